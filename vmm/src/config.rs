@@ -1,0 +1,35 @@
+//! The plain-data description of a VM that the front end hands to [`crate::run`].
+//!
+//! Nothing here knows about command-line syntax: the CLI validates user input and builds a
+//! `VmConfig`; the VMM checks only what depends on the host (KVM limits, files).
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+/// Where the KVM device comes from.
+#[derive(Debug)]
+pub enum KvmSource {
+    /// Open `/dev/kvm` ourselves.
+    Open,
+    /// An fd inherited through the sd_listen_fds protocol under the name `kvm`.
+    Inherited(OwnedFd),
+}
+
+/// Everything needed to build and run one VM.
+#[derive(Debug)]
+pub struct VmConfig {
+    /// Machine name (already validated as a hostname by the front end).
+    pub name: String,
+    /// Number of vCPUs, at least 1.
+    pub vcpus: u32,
+    /// Guest RAM in bytes.
+    pub mem_bytes: u64,
+    /// Kernel image: bzImage or ELF vmlinux, detected by content.
+    pub kernel: PathBuf,
+    /// Initrds, loaded back to back in this order.
+    pub initrds: Vec<PathBuf>,
+    /// Extra kernel command-line arguments, appended after the defaults.
+    pub extra_cmdline: Vec<String>,
+    /// Where KVM comes from.
+    pub kvm: KvmSource,
+}
