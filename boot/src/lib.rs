@@ -1,1 +1,14 @@
-//! boot
+//! Everything the guest needs in memory before its first instruction: the kernel, initrd and
+//! command line, the boot protocol structures and the firmware tables (ACPI).
+//!
+//! These are pure functions over guest memory: nothing here touches KVM, so all of it can be
+//! unit-tested (and fuzzed) without a hypervisor.
+
+pub mod x86_64;
+
+pub use x86_64::acpi::{AcpiInfo, build_acpi_tables};
+pub use x86_64::layout::{MemoryLayout, RamRange};
+pub use x86_64::loader::{BootEntry, BootError, KernelFormat, LoadedKernel, load_kernel};
+
+/// The guest physical memory type used by the whole VMM.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;

@@ -1,0 +1,200 @@
+//! ACPI tables: RSDP, XSDT, FADT, DSDT and MADT, built with the `acpi_tables` crate.
+//!
+//! The platform is "hardware-reduced" ACPI: no fixed-feature PM1 blocks or SCI, just the sleep
+//! control/status registers and a reset register, all in I/O space and served by one small
+//! device in the VMM. That is all Linux needs to power off (S5) and reset.
+
+use acpi_tables::Aml;
+use acpi_tables::aml::{Name, Package, Path};
+use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
+use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, MADT, ProcessorLocalApic};
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::sdt::Sdt;
+use acpi_tables::xsdt::XSDT;
+use vm_memory::{Bytes, GuestAddress};
+
+use super::layout::{ACPI_START, APIC_START, HIGH_MEMORY_START, IOAPIC_START};
+use super::loader::BootError;
+use crate::GuestMemoryMmap;
+
+const OEM_ID: [u8; 6] = *b"RVMSPN";
+const OEM_TABLE_ID: [u8; 8] = *b"RVMSPAWN";
+const OEM_REVISION: u32 = 1;
+
+/// The value of `SLP_TYP` that `\_S5` names; writing it with `SLP_EN` powers the machine off.
+pub const S5_SLEEP_TYPE: u8 = 5;
+/// The value written to the reset register to reset the machine.
+pub const RESET_VALUE: u8 = 1;
+
+/// What the tables tell the guest, and so what the VMM's devices must implement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcpiInfo {
+    /// Number of vCPUs (one local APIC each, APIC IDs 0..n).
+    pub vcpus: u8,
+    /// I/O port of the sleep control register (byte).
+    pub sleep_control_port: u16,
+    /// I/O port of the sleep status register (byte).
+    pub sleep_status_port: u16,
+    /// I/O port of the reset register (byte).
+    pub reset_port: u16,
+}
+
+fn io_register(port: u16) -> GAS {
+    GAS::new(
+        AddressSpace::SystemIo,
+        8,
+        0,
+        AccessSize::ByteAccess,
+        u64::from(port),
+    )
+}
+
+fn dsdt() -> Vec<u8> {
+    let mut sdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    let mut aml = Vec::new();
+    // \_S5: the sleep type for soft-off, which Linux writes to the sleep control register.
+    Name::new(
+        Path::new("_S5_"),
+        &Package::new(vec![&S5_SLEEP_TYPE, &0u8, &0u8, &0u8]),
+    )
+    .to_aml_bytes(&mut aml);
+    sdt.append_slice(&aml);
+    sdt.as_slice().to_vec()
+}
+
+fn fadt(info: &AcpiInfo, dsdt_addr: u64) -> Vec<u8> {
+    let mut b = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
+        .dsdt_64(dsdt_addr)
+        .flag(Flags::HwReducedAcpi)
+        .flag(Flags::ResetRegSup)
+        // No fixed-feature power or sleep buttons.
+        .flag(Flags::PwrButton)
+        .flag(Flags::SlpButton);
+    b.reset_reg = io_register(info.reset_port);
+    b.reset_value = RESET_VALUE;
+    b.sleep_control_reg = io_register(info.sleep_control_port);
+    b.sleep_status_reg = io_register(info.sleep_status_port);
+    let mut bytes = Vec::new();
+    b.finalize().to_aml_bytes(&mut bytes);
+    bytes
+}
+
+fn madt(info: &AcpiInfo) -> Vec<u8> {
+    let mut madt = MADT::new(
+        OEM_ID,
+        OEM_TABLE_ID,
+        OEM_REVISION,
+        LocalInterruptController::Address(APIC_START as u32),
+    );
+    for id in 0..info.vcpus {
+        madt.add_structure(ProcessorLocalApic::new(id, id, EnabledStatus::Enabled));
+    }
+    madt.add_structure(IoApic::new(0, IOAPIC_START as u32, 0));
+    let mut bytes = Vec::new();
+    madt.to_aml_bytes(&mut bytes);
+    bytes
+}
+
+fn align16(v: u64) -> u64 {
+    (v + 15) & !15
+}
+
+/// Write RSDP, XSDT, FADT, DSDT and MADT into the BIOS area at [`ACPI_START`], where Linux
+/// scans for the RSDP and which the e820 map reserves.
+pub fn build_acpi_tables(mem: &GuestMemoryMmap, info: &AcpiInfo) -> Result<(), BootError> {
+    let mut at = ACPI_START + align16(Rsdp::len() as u64);
+    let mut place = |bytes: &[u8]| -> Result<u64, BootError> {
+        let addr = at;
+        at = align16(at + bytes.len() as u64);
+        if at > HIGH_MEMORY_START {
+            return Err(BootError::Memory("the ACPI tables (too large)"));
+        }
+        mem.write_slice(bytes, GuestAddress(addr))
+            .map_err(|_| BootError::Memory("the ACPI tables"))?;
+        Ok(addr)
+    };
+    let dsdt_addr = place(&dsdt())?;
+    let fadt_addr = place(&fadt(info, dsdt_addr))?;
+    let madt_addr = place(&madt(info))?;
+    let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    xsdt.add_entry(fadt_addr);
+    xsdt.add_entry(madt_addr);
+    let mut xsdt_bytes = Vec::new();
+    xsdt.to_aml_bytes(&mut xsdt_bytes);
+    let xsdt_addr = place(&xsdt_bytes)?;
+    let mut rsdp = Vec::new();
+    Rsdp::new(OEM_ID, xsdt_addr).to_aml_bytes(&mut rsdp);
+    mem.write_slice(&rsdp, GuestAddress(ACPI_START))
+        .map_err(|_| BootError::Memory("the RSDP"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checksum_ok(t: &[u8]) -> bool {
+        t.iter().fold(0u8, |a, b| a.wrapping_add(*b)) == 0
+    }
+
+    fn table_at(mem: &GuestMemoryMmap, addr: u64) -> Vec<u8> {
+        let len: u32 = mem.read_obj(GuestAddress(addr + 4)).unwrap();
+        let mut t = vec![0u8; len as usize];
+        mem.read_slice(&mut t, GuestAddress(addr)).unwrap();
+        t
+    }
+
+    #[test]
+    fn tables_chain_from_the_rsdp_with_valid_checksums() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
+        let info = AcpiInfo {
+            vcpus: 3,
+            sleep_control_port: 0x600,
+            sleep_status_port: 0x601,
+            reset_port: 0x602,
+        };
+        build_acpi_tables(&mem, &info).unwrap();
+        let mut rsdp = [0u8; 36];
+        mem.read_slice(&mut rsdp, GuestAddress(ACPI_START)).unwrap();
+        assert_eq!(&rsdp[..8], b"RSD PTR ");
+        assert!(checksum_ok(&rsdp[..20]) && checksum_ok(&rsdp));
+        let xsdt_addr = u64::from_le_bytes(rsdp[24..32].try_into().unwrap());
+        let xsdt = table_at(&mem, xsdt_addr);
+        assert_eq!(&xsdt[..4], b"XSDT");
+        assert!(checksum_ok(&xsdt));
+        let entries: Vec<u64> = xsdt[36..]
+            .chunks(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let fadt = table_at(&mem, entries[0]);
+        let madt = table_at(&mem, entries[1]);
+        assert_eq!(&fadt[..4], b"FACP");
+        assert!(checksum_ok(&fadt));
+        assert_eq!(&madt[..4], b"APIC");
+        assert!(checksum_ok(&madt));
+        // One local APIC entry (type 0) per vCPU and one IOAPIC (type 1).
+        let mut off = 44;
+        let (mut lapics, mut ioapics) = (0, 0);
+        while off < madt.len() {
+            match madt[off] {
+                0 => lapics += 1,
+                1 => ioapics += 1,
+                _ => {}
+            }
+            off += madt[off + 1] as usize;
+        }
+        assert_eq!((lapics, ioapics), (3, 1));
+        // FADT: X_DSDT at offset 140 points to a valid DSDT naming \_S5.
+        let dsdt_addr = u64::from_le_bytes(fadt[140..148].try_into().unwrap());
+        let dsdt = table_at(&mem, dsdt_addr);
+        assert_eq!(&dsdt[..4], b"DSDT");
+        assert!(checksum_ok(&dsdt));
+        assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
+        // Sleep control register (offset 244) is in I/O space at our port.
+        assert_eq!(fadt[244], 1);
+        assert_eq!(u64::from_le_bytes(fadt[248..256].try_into().unwrap()), 0x600);
+        // Hardware-reduced flag.
+        let flags = u32::from_le_bytes(fadt[112..116].try_into().unwrap());
+        assert_ne!(flags & (1 << 20), 0);
+    }
+}

@@ -1,0 +1,145 @@
+//! Where things live in the guest's physical address space.
+//!
+//! Low memory below 1 MiB holds the boot structures; RAM runs from 0 up to at most
+//! [`MMIO_HOLE_START`], continues above 4 GiB when the guest has more, and the hole in between is
+//! kept for the IOAPIC, the local APICs and, later, PCI BARs.
+
+use vm_memory::GuestAddress;
+
+/// GDT for the boot CPU (4 entries of 8 bytes).
+pub const BOOT_GDT_START: u64 = 0x500;
+/// An empty IDT: interrupts stay disabled until the kernel loads its own.
+pub const BOOT_IDT_START: u64 = 0x520;
+/// PVH `hvm_start_info`.
+pub const PVH_INFO_START: u64 = 0x6000;
+/// PVH module list (the initrd).
+pub const PVH_MODLIST_START: u64 = 0x6040;
+/// PVH memory map (up to [`PVH_MEMMAP_MAX`] entries).
+pub const PVH_MEMMAP_START: u64 = 0x6080;
+/// Room for the PVH memory map, in entries of 24 bytes.
+pub const PVH_MEMMAP_MAX: usize = 32;
+/// The Linux zero page (`struct boot_params`).
+pub const ZERO_PAGE_START: u64 = 0x7000;
+/// Initial stack pointer of the boot CPU.
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+/// Identity-map page tables: PML4, one PDPT and four page directories (4 GiB with 2 MiB pages).
+pub const PML4_START: u64 = 0x9000;
+/// Page-directory-pointer table.
+pub const PDPTE_START: u64 = 0xa000;
+/// First of the four page directories.
+pub const PDE_START: u64 = 0xb000;
+/// Kernel command line.
+pub const CMDLINE_START: u64 = 0x2_0000;
+/// x86's COMMAND_LINE_SIZE: the longest command line the kernel accepts, with its NUL.
+pub const CMDLINE_MAX_SIZE: usize = 2048;
+/// End of conventional memory below the EBDA.
+pub const EBDA_START: u64 = 0x9_fc00;
+/// ACPI tables live in the BIOS area, where Linux also scans for the RSDP.
+pub const ACPI_START: u64 = 0xe_0000;
+/// End of the BIOS area; the kernel is loaded from here up.
+pub const HIGH_MEMORY_START: u64 = 0x10_0000;
+/// Start of the 32-bit hole for device MMIO (IOAPIC, LAPIC, later PCI).
+pub const MMIO_HOLE_START: u64 = 0xc000_0000;
+/// Where RAM continues above the hole.
+pub const HIGH_RAM_START: u64 = 0x1_0000_0000;
+/// The IOAPIC's MMIO base.
+pub const IOAPIC_START: u64 = 0xfec0_0000;
+/// The local APICs' MMIO base.
+pub const APIC_START: u64 = 0xfee0_0000;
+/// KVM's three-page TSS region (needed on Intel), at the top of the hole below the BIOS ROM.
+pub const KVM_TSS_START: u64 = 0xfffb_d000;
+/// KVM's identity-map page (needed on Intel), just below the TSS.
+pub const KVM_IDENTITY_MAP_START: u64 = 0xfffb_c000;
+
+/// One contiguous range of guest RAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RamRange {
+    /// Guest physical start.
+    pub start: GuestAddress,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// The guest's RAM split around the MMIO hole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryLayout {
+    /// One or two RAM ranges, in ascending order.
+    pub ram: Vec<RamRange>,
+}
+
+impl MemoryLayout {
+    /// Lay out `mem_bytes` of RAM: below the hole first, the rest from 4 GiB.
+    pub fn new(mem_bytes: u64) -> Self {
+        let low = mem_bytes.min(MMIO_HOLE_START);
+        let mut ram = vec![RamRange {
+            start: GuestAddress(0),
+            size: low,
+        }];
+        if mem_bytes > low {
+            ram.push(RamRange {
+                start: GuestAddress(HIGH_RAM_START),
+                size: mem_bytes - low,
+            });
+        }
+        MemoryLayout { ram }
+    }
+
+    /// End (exclusive) of RAM below the hole: the ceiling for the initrd.
+    pub fn low_ram_end(&self) -> u64 {
+        self.ram[0].size
+    }
+
+    /// The e820 map: (start, size, type) with type 1 = RAM, 2 = reserved.
+    ///
+    /// The BIOS area holding the ACPI tables is reserved so the kernel never reuses it.
+    pub fn e820(&self) -> Vec<(u64, u64, u32)> {
+        const RAM: u32 = 1;
+        const RESERVED: u32 = 2;
+        let mut map = vec![
+            (0, EBDA_START, RAM),
+            (ACPI_START, HIGH_MEMORY_START - ACPI_START, RESERVED),
+        ];
+        if self.low_ram_end() > HIGH_MEMORY_START {
+            map.push((
+                HIGH_MEMORY_START,
+                self.low_ram_end() - HIGH_MEMORY_START,
+                RAM,
+            ));
+        }
+        for r in &self.ram[1..] {
+            map.push((r.start.0, r.size, RAM));
+        }
+        map
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_guest_fits_below_the_hole() {
+        let l = MemoryLayout::new(512 << 20);
+        assert_eq!(l.ram.len(), 1);
+        assert_eq!(l.low_ram_end(), 512 << 20);
+        let e820 = l.e820();
+        let ram: u64 = e820.iter().filter(|e| e.2 == 1).map(|e| e.1).sum();
+        assert_eq!(ram, (512 << 20) - (HIGH_MEMORY_START - EBDA_START));
+    }
+
+    #[test]
+    fn large_guest_is_split_around_the_hole() {
+        let l = MemoryLayout::new(4 << 30);
+        assert_eq!(l.ram.len(), 2);
+        assert_eq!(l.ram[0].size, MMIO_HOLE_START);
+        assert_eq!(l.ram[1].start, GuestAddress(HIGH_RAM_START));
+        assert_eq!(l.ram[1].size, (4 << 30) - MMIO_HOLE_START);
+        assert!(l.e820().iter().any(|e| e.0 == HIGH_RAM_START && e.2 == 1));
+        // No e820 RAM entry may reach into the hole.
+        for (start, size, ty) in l.e820() {
+            if ty == 1 && start < HIGH_RAM_START {
+                assert!(start + size <= MMIO_HOLE_START);
+            }
+        }
+    }
+}

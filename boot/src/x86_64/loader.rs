@@ -1,0 +1,540 @@
+//! Loading a kernel, its initrds and its command line into guest memory, and writing the boot
+//! protocol structures (Linux zero page or PVH start info) that describe them.
+//!
+//! The image format is decided by content: an ELF file with a PVH note boots at its PVH entry
+//! (32-bit, paging off); any other ELF vmlinux and every bzImage boot through the Linux 64-bit
+//! boot protocol. Parsing and copying are `linux-loader`'s; this module only decides where
+//! things go and fills the structures.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use linux_loader::configurator::linux::LinuxBootConfigurator;
+use linux_loader::configurator::pvh::PvhBootConfigurator;
+use linux_loader::configurator::{BootConfigurator, BootParams};
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
+use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
+use vm_memory::{Bytes, GuestAddress};
+
+use super::layout::*;
+use crate::GuestMemoryMmap;
+
+/// Errors from loading the kernel and initrds.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// A kernel or initrd file could not be opened or read.
+    #[error("Failed to open {what} '{path}': {source}")]
+    Open {
+        /// "kernel" or "initrd".
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is neither a bzImage nor an ELF kernel.
+    #[error("'{0}' is not a Linux kernel (neither a bzImage nor an ELF vmlinux)")]
+    NotAKernel(PathBuf),
+    /// linux-loader rejected the image.
+    #[error("Failed to load kernel '{path}': {source}")]
+    Load {
+        /// The kernel file.
+        path: PathBuf,
+        /// Why.
+        source: linux_loader::loader::Error,
+    },
+    /// The command line is longer than the kernel accepts.
+    #[error("Kernel command line length ({len}) exceeds the kernel's COMMAND_LINE_SIZE ({max}).")]
+    CmdlineTooLong {
+        /// Length without the NUL.
+        len: usize,
+        /// The limit, including the NUL.
+        max: usize,
+    },
+    /// The command line contains a NUL byte.
+    #[error("Kernel command line contains a NUL byte")]
+    CmdlineNul,
+    /// The initrds do not fit in guest RAM between the kernel and the initrd ceiling.
+    #[error("Initrd of {size} bytes does not fit in guest memory below {ceiling:#x} (kernel ends at {kernel_end:#x})")]
+    InitrdTooLarge {
+        /// Total initrd size.
+        size: u64,
+        /// Highest address the initrd may reach.
+        ceiling: u64,
+        /// Where the kernel ends.
+        kernel_end: u64,
+    },
+    /// Writing boot structures into guest memory failed.
+    #[error("Failed to write {0} into guest memory")]
+    Memory(&'static str),
+}
+
+impl BootError {
+    /// The errno that describes this error (the process exit code).
+    pub fn errno(&self) -> i32 {
+        match self {
+            BootError::Open { source, .. } => source.raw_os_error().unwrap_or(5), // EIO,
+            BootError::NotAKernel(_) | BootError::Load { .. } => 8, // ENOEXEC
+            BootError::CmdlineTooLong { .. } => 7,                  // E2BIG
+            BootError::CmdlineNul => 22,                            // EINVAL
+            BootError::InitrdTooLarge { .. } => 27,                 // EFBIG
+            BootError::Memory(_) => 14,                             // EFAULT
+        }
+    }
+}
+
+/// The kernel image format, as detected from its content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelFormat {
+    /// A bzImage (Linux x86 boot protocol).
+    BzImage,
+    /// An ELF vmlinux.
+    Elf,
+}
+
+/// How the boot CPU enters the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootEntry {
+    /// 64-bit boot protocol: long mode, identity-mapped paging, RSI = zero page.
+    Linux64 {
+        /// Entry point.
+        rip: u64,
+        /// Address of `struct boot_params`.
+        zero_page: u64,
+    },
+    /// PVH: 32-bit protected mode without paging, EBX = start info.
+    Pvh {
+        /// Entry point.
+        rip: u64,
+        /// Address of `hvm_start_info`.
+        start_info: u64,
+    },
+}
+
+/// What was loaded and how to start it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadedKernel {
+    /// Detected format.
+    pub format: KernelFormat,
+    /// Entry and boot structure.
+    pub entry: BootEntry,
+    /// Where the initrd went and its size, if any.
+    pub initrd: Option<(u64, u64)>,
+}
+
+fn open(what: &'static str, path: &Path) -> Result<File, BootError> {
+    File::open(path).map_err(|source| BootError::Open {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn detect(file: &mut File, path: &Path) -> Result<KernelFormat, BootError> {
+    let read_err = |source| BootError::Open {
+        what: "kernel",
+        path: path.to_owned(),
+        source,
+    };
+    let mut head = [0u8; 0x206];
+    let mut n = 0;
+    while n < head.len() {
+        match file.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(read_err(e)),
+        }
+    }
+    file.seek(SeekFrom::Start(0)).map_err(read_err)?;
+    if n >= 4 && head[..4] == *b"\x7fELF" {
+        Ok(KernelFormat::Elf)
+    } else if n >= 0x206 && head[0x202..0x206] == *b"HdrS" {
+        Ok(KernelFormat::BzImage)
+    } else {
+        Err(BootError::NotAKernel(path.to_owned()))
+    }
+}
+
+/// Build the command line bytes (with the terminating NUL), checking the kernel's limit.
+pub fn build_cmdline(parts: &[&str], max_with_nul: usize) -> Result<Vec<u8>, BootError> {
+    let line = parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ");
+    if line.as_bytes().contains(&0) {
+        return Err(BootError::CmdlineNul);
+    }
+    if line.len() >= max_with_nul {
+        return Err(BootError::CmdlineTooLong {
+            len: line.len(),
+            max: max_with_nul,
+        });
+    }
+    let mut bytes = line.into_bytes();
+    bytes.push(0);
+    Ok(bytes)
+}
+
+/// Load `kernel`, `initrds` (concatenated, each part 4-byte aligned) and `cmdline` into `mem`,
+/// write the boot protocol structures, and say how to enter the kernel.
+pub fn load_kernel(
+    mem: &GuestMemoryMmap,
+    layout: &MemoryLayout,
+    kernel: &Path,
+    initrds: &[PathBuf],
+    cmdline: &str,
+) -> Result<LoadedKernel, BootError> {
+    let mut file = open("kernel", kernel)?;
+    let format = detect(&mut file, kernel)?;
+    let load_err = |source| BootError::Load {
+        path: kernel.to_owned(),
+        source,
+    };
+    let himem = Some(GuestAddress(HIGH_MEMORY_START));
+    let result = match format {
+        KernelFormat::BzImage => {
+            BzImage::load(mem, None, &mut file, himem).map_err(load_err)?
+        }
+        KernelFormat::Elf => Elf::load(mem, None, &mut file, himem).map_err(load_err)?,
+    };
+
+    let header = result.setup_header;
+    // The kernel's own limit wins when it is stricter than x86's COMMAND_LINE_SIZE.
+    let max = header
+        .map(|h| h.cmdline_size as usize + 1)
+        .filter(|&m| m > 1)
+        .map_or(CMDLINE_MAX_SIZE, |m| m.min(CMDLINE_MAX_SIZE));
+    let cmdline = build_cmdline(&[cmdline], max)?;
+    mem.write_slice(&cmdline, GuestAddress(CMDLINE_START))
+        .map_err(|_| BootError::Memory("the command line"))?;
+
+    let ceiling = header
+        .map(|h| u64::from(h.initrd_addr_max).saturating_add(1))
+        .filter(|&c| c > 1)
+        .unwrap_or(u64::MAX)
+        .min(layout.low_ram_end());
+    let initrd = load_initrds(mem, initrds, result.kernel_end, ceiling)?;
+
+    let entry = match result.pvh_boot_cap {
+        PvhBootCapability::PvhEntryPresent(addr) if format == KernelFormat::Elf => {
+            write_pvh_start_info(mem, layout, initrd, cmdline.len())?;
+            BootEntry::Pvh {
+                rip: addr.0,
+                start_info: PVH_INFO_START,
+            }
+        }
+        _ => {
+            write_zero_page(mem, layout, header, initrd, cmdline.len())?;
+            BootEntry::Linux64 {
+                // The 64-bit entry of a bzImage is 0x200 past the start of its
+                // protected-mode code; an ELF vmlinux's entry is its e_entry.
+                rip: match format {
+                    KernelFormat::BzImage => result.kernel_load.0 + 0x200,
+                    KernelFormat::Elf => result.kernel_load.0,
+                },
+                zero_page: ZERO_PAGE_START,
+            }
+        }
+    };
+    Ok(LoadedKernel {
+        format,
+        entry,
+        initrd,
+    })
+}
+
+fn align_up(v: u64, a: u64) -> Option<u64> {
+    v.checked_add(a - 1).map(|x| x & !(a - 1))
+}
+
+/// Put all initrds, back to back with 4-byte alignment between parts, as high as possible below
+/// `ceiling` (where the kernel will not overwrite them while decompressing itself).
+fn load_initrds(
+    mem: &GuestMemoryMmap,
+    initrds: &[PathBuf],
+    kernel_end: u64,
+    ceiling: u64,
+) -> Result<Option<(u64, u64)>, BootError> {
+    if initrds.is_empty() {
+        return Ok(None);
+    }
+    let mut files = Vec::with_capacity(initrds.len());
+    let mut total: u64 = 0;
+    for path in initrds {
+        let f = open("initrd", path)?;
+        let len = f
+            .metadata()
+            .map_err(|source| BootError::Open {
+                what: "initrd",
+                path: path.clone(),
+                source,
+            })?
+            .len();
+        total = align_up(total, 4)
+            .and_then(|t| t.checked_add(len))
+            .ok_or(BootError::InitrdTooLarge {
+                size: u64::MAX,
+                ceiling,
+                kernel_end,
+            })?;
+        files.push((f, len, path));
+    }
+    let too_large = BootError::InitrdTooLarge {
+        size: total,
+        ceiling,
+        kernel_end,
+    };
+    let start = ceiling.checked_sub(total).ok_or(too_large)? & !0xfff;
+    if start < align_up(kernel_end, 0x1000).unwrap_or(u64::MAX) {
+        return Err(BootError::InitrdTooLarge {
+            size: total,
+            ceiling,
+            kernel_end,
+        });
+    }
+    let mut at = start;
+    for (mut f, len, path) in files {
+        at = align_up(at, 4).ok_or(BootError::Memory("the initrd"))?;
+        let len_usize = usize::try_from(len).map_err(|_| BootError::Memory("the initrd"))?;
+        mem.read_exact_volatile_from(GuestAddress(at), &mut f, len_usize)
+            .map_err(|e| BootError::Open {
+                what: "initrd",
+                path: path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        at += len;
+    }
+    Ok(Some((start, total)))
+}
+
+fn write_zero_page(
+    mem: &GuestMemoryMmap,
+    layout: &MemoryLayout,
+    header: Option<setup_header>,
+    initrd: Option<(u64, u64)>,
+    cmdline_len_with_nul: usize,
+) -> Result<(), BootError> {
+    const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
+    const KERNEL_HDR_MAGIC: u32 = 0x5372_6448;
+    const KERNEL_LOADER_OTHER: u8 = 0xff;
+    const KERNEL_MIN_ALIGNMENT_BYTES: u32 = 0x100_0000;
+
+    let mut params = boot_params::default();
+    if let Some(h) = header {
+        params.hdr = h;
+    } else {
+        // An ELF vmlinux has no setup header: describe ourselves as a boot loader would.
+        params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
+        params.hdr.header = KERNEL_HDR_MAGIC;
+        params.hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT_BYTES;
+    }
+    params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
+    params.hdr.cmd_line_ptr = CMDLINE_START as u32;
+    params.hdr.cmdline_size = (cmdline_len_with_nul - 1) as u32;
+    if let Some((addr, size)) = initrd {
+        params.hdr.ramdisk_image = addr as u32;
+        params.hdr.ramdisk_size = size as u32;
+    }
+    params.acpi_rsdp_addr = ACPI_START;
+    let e820 = layout.e820();
+    if e820.len() > params.e820_table.len() {
+        return Err(BootError::Memory("the e820 map"));
+    }
+    for (slot, (addr, size, type_)) in params.e820_table.iter_mut().zip(&e820) {
+        *slot = boot_e820_entry {
+            addr: *addr,
+            size: *size,
+            r#type: *type_,
+        };
+    }
+    params.e820_entries = e820.len() as u8;
+
+    let bp = BootParams::new(&params, GuestAddress(ZERO_PAGE_START));
+    LinuxBootConfigurator::write_bootparams::<GuestMemoryMmap>(&bp, mem)
+        .map_err(|_| BootError::Memory("the zero page"))
+}
+
+fn write_pvh_start_info(
+    mem: &GuestMemoryMmap,
+    layout: &MemoryLayout,
+    initrd: Option<(u64, u64)>,
+    cmdline_len_with_nul: usize,
+) -> Result<(), BootError> {
+    const XEN_HVM_START_MAGIC_VALUE: u32 = 0x336e_c578;
+    let _ = cmdline_len_with_nul;
+    let e820 = layout.e820();
+    if e820.len() > PVH_MEMMAP_MAX {
+        return Err(BootError::Memory("the PVH memory map"));
+    }
+    // hvm_start_info, version 1: see xen/include/public/arch-x86/hvm/start_info.h.
+    let mut info = Vec::with_capacity(56);
+    info.extend_from_slice(&XEN_HVM_START_MAGIC_VALUE.to_le_bytes());
+    info.extend_from_slice(&1u32.to_le_bytes()); // version
+    info.extend_from_slice(&0u32.to_le_bytes()); // flags
+    info.extend_from_slice(&u32::from(initrd.is_some()).to_le_bytes()); // nr_modules
+    info.extend_from_slice(&PVH_MODLIST_START.to_le_bytes());
+    info.extend_from_slice(&CMDLINE_START.to_le_bytes());
+    info.extend_from_slice(&ACPI_START.to_le_bytes()); // rsdp_paddr
+    info.extend_from_slice(&PVH_MEMMAP_START.to_le_bytes());
+    info.extend_from_slice(&(e820.len() as u32).to_le_bytes());
+    info.extend_from_slice(&0u32.to_le_bytes()); // reserved
+
+    let mut memmap = Vec::with_capacity(e820.len() * 24);
+    for (addr, size, type_) in &e820 {
+        memmap.extend_from_slice(&addr.to_le_bytes());
+        memmap.extend_from_slice(&size.to_le_bytes());
+        memmap.extend_from_slice(&type_.to_le_bytes());
+        memmap.extend_from_slice(&0u32.to_le_bytes());
+    }
+    let modules = initrd.map(|(addr, size)| {
+        let mut m = Vec::with_capacity(32);
+        m.extend_from_slice(&addr.to_le_bytes());
+        m.extend_from_slice(&size.to_le_bytes());
+        m.extend_from_slice(&0u64.to_le_bytes()); // cmdline_paddr
+        m.extend_from_slice(&0u64.to_le_bytes()); // reserved
+        m
+    });
+    let bp = BootParams {
+        header: info,
+        header_start: GuestAddress(PVH_INFO_START),
+        sections: Some(memmap),
+        sections_start: Some(GuestAddress(PVH_MEMMAP_START)),
+        modules_start: modules.as_ref().map(|_| GuestAddress(PVH_MODLIST_START)),
+        modules,
+    };
+    PvhBootConfigurator::write_bootparams::<GuestMemoryMmap>(&bp, mem)
+        .map_err(|_| BootError::Memory("the PVH start info"))
+}
+
+/// A flat segment descriptor as the boot CPU's registers must mirror it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// Selector (index * 8).
+    pub selector: u16,
+    /// The raw 64-bit GDT entry.
+    pub entry: u64,
+}
+
+/// 64-bit boot protocol: `__BOOT_CS` is 0x10 and `__BOOT_DS` is 0x18 (Documentation/x86/boot.rst).
+pub const LONG_MODE_CODE: Segment = Segment {
+    selector: 0x10,
+    entry: gdt_entry(0xa09b, 0, 0xfffff),
+};
+/// Data segment for the 64-bit boot protocol.
+pub const LONG_MODE_DATA: Segment = Segment {
+    selector: 0x18,
+    entry: gdt_entry(0xc093, 0, 0xfffff),
+};
+/// PVH: flat 32-bit code segment.
+pub const PROTECTED_MODE_CODE: Segment = Segment {
+    selector: 0x08,
+    entry: gdt_entry(0xc09b, 0, 0xfffff),
+};
+/// A TSS descriptor: VMX requires a usable task register.
+pub const BOOT_TSS: Segment = Segment {
+    selector: 0x20,
+    entry: gdt_entry(0x808b, 0, 0xfffff),
+};
+
+/// Encode a GDT entry from its flags (access byte in bits 0-7, flags in 12-15), base and limit.
+pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
+    ((base as u64 & 0xff00_0000) << (56 - 24))
+        | ((flags as u64 & 0x0000_f0ff) << 40)
+        | ((limit as u64 & 0x000f_0000) << (48 - 16))
+        | ((base as u64 & 0x00ff_ffff) << 16)
+        | (limit as u64 & 0x0000_ffff)
+}
+
+/// Write the GDT (null, PVH code, long-mode code, data, TSS), an empty IDT and identity-mapped
+/// page tables for the first 4 GiB (2 MiB pages), which the 64-bit protocol needs.
+pub fn write_boot_cpu_tables(mem: &GuestMemoryMmap) -> Result<(), BootError> {
+    let gdt = [
+        0,
+        PROTECTED_MODE_CODE.entry,
+        LONG_MODE_CODE.entry,
+        LONG_MODE_DATA.entry,
+        BOOT_TSS.entry,
+    ];
+    for (i, e) in gdt.iter().enumerate() {
+        mem.write_obj(*e, GuestAddress(BOOT_GDT_START + 8 * i as u64))
+            .map_err(|_| BootError::Memory("the GDT"))?;
+    }
+    mem.write_obj(0u64, GuestAddress(BOOT_IDT_START))
+        .map_err(|_| BootError::Memory("the IDT"))?;
+
+    const PRESENT_RW: u64 = 0x3;
+    const HUGE: u64 = 0x80;
+    mem.write_obj(PDPTE_START | PRESENT_RW, GuestAddress(PML4_START))
+        .map_err(|_| BootError::Memory("the page tables"))?;
+    for dir in 0..4u64 {
+        let pd = PDE_START + dir * 0x1000;
+        mem.write_obj(pd | PRESENT_RW, GuestAddress(PDPTE_START + dir * 8))
+            .map_err(|_| BootError::Memory("the page tables"))?;
+        let entries: Vec<u8> = (0..512u64)
+            .flat_map(|i| (((dir << 30) + (i << 21)) | PRESENT_RW | HUGE).to_le_bytes())
+            .collect();
+        mem.write_slice(&entries, GuestAddress(pd))
+            .map_err(|_| BootError::Memory("the page tables"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gdt_entries_match_the_intel_encoding() {
+        assert_eq!(gdt_entry(0xa09b, 0, 0xfffff), 0x00af_9b00_0000_ffff);
+        assert_eq!(gdt_entry(0xc093, 0, 0xfffff), 0x00cf_9300_0000_ffff);
+    }
+
+    #[test]
+    fn cmdline_is_joined_and_nul_terminated() {
+        let c = build_cmdline(&["console=ttyS0", "", "quiet"], 2048).unwrap();
+        assert_eq!(c, b"console=ttyS0 quiet\0");
+    }
+
+    #[test]
+    fn cmdline_over_the_limit_is_refused_with_vmspawns_message() {
+        let long = "x".repeat(2048);
+        let e = build_cmdline(&[&long], 2048).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Kernel command line length (2048) exceeds the kernel's COMMAND_LINE_SIZE (2048)."
+        );
+        assert!(build_cmdline(&[&"x".repeat(2047)], 2048).is_ok());
+    }
+
+    #[test]
+    fn garbage_is_not_a_kernel() {
+        let dir = std::env::temp_dir().join(format!("rvmspawn-boot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("not-a-kernel");
+        std::fs::write(&path, b"hello, this is not a kernel").unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
+        let layout = MemoryLayout::new(64 << 20);
+        let e = load_kernel(&mem, &layout, &path, &[], "").unwrap_err();
+        assert!(matches!(e, BootError::NotAKernel(_)), "{e}");
+        assert_eq!(e.errno(), 8);
+        let e = load_kernel(&mem, &layout, &dir.join("missing"), &[], "").unwrap_err();
+        assert_eq!(e.errno(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn page_tables_identity_map_4_gib() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        write_boot_cpu_tables(&mem).unwrap();
+        let pml4: u64 = mem.read_obj(GuestAddress(PML4_START)).unwrap();
+        assert_eq!(pml4 & !0xfff, PDPTE_START);
+        let last: u64 = mem
+            .read_obj(GuestAddress(PDE_START + 3 * 0x1000 + 511 * 8))
+            .unwrap();
+        assert_eq!(last & !0xfff, (3 << 30) + (511 << 21));
+    }
+}
