@@ -1,1 +1,20 @@
-//! devices
+//! Guest-visible devices. Nothing here knows about KVM or the command line: devices see port or
+//! MMIO accesses through [`BusDevice`], raise interrupts through `EventFd`s that the VMM wires to
+//! irqfds, and report guest power requests through a callback.
+
+pub mod bus;
+pub mod legacy;
+
+pub use bus::{Bus, BusDevice};
+
+/// A request from the guest to change the machine's power state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestRequest {
+    /// Power off (ACPI S5).
+    PowerOff,
+    /// Reset the machine (ACPI reset register or the keyboard controller's reset line).
+    Reset,
+}
+
+/// How a device tells the VMM about a [`GuestRequest`].
+pub type RequestSink = std::sync::Arc<dyn Fn(GuestRequest) + Send + Sync>;

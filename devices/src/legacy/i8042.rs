@@ -1,0 +1,66 @@
+//! Just enough of the i8042 keyboard controller for its one job in a VM: the CPU reset line.
+//!
+//! Linux's `reboot=k` (and its fallback chain) writes 0xFE to port 0x64 after waiting for the
+//! controller's input buffer to be empty; the status register therefore always reads "empty".
+
+use crate::{BusDevice, GuestRequest, RequestSink};
+
+/// First port (data); the command/status port is at +4.
+pub const I8042_PORT: u64 = 0x60;
+/// Ports covered: 0x60 to 0x64.
+pub const I8042_PORTS: u64 = 5;
+const COMMAND_OFFSET: u64 = 4;
+const CMD_RESET_CPU: u8 = 0xfe;
+
+/// The keyboard controller's reset line.
+pub struct I8042 {
+    sink: RequestSink,
+}
+
+impl std::fmt::Debug for I8042 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("I8042").finish_non_exhaustive()
+    }
+}
+
+impl I8042 {
+    /// A controller that reports a reset request to `sink`.
+    pub fn new(sink: RequestSink) -> Self {
+        I8042 { sink }
+    }
+}
+
+impl BusDevice for I8042 {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        // No data, input buffer empty: the guest never waits on us.
+        data.fill(0);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset == COMMAND_OFFSET && data == [CMD_RESET_CPU] {
+            (self.sink)(GuestRequest::Reset);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn only_the_reset_command_resets() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let mut dev = I8042::new(Arc::new(move |r| s.lock().unwrap().push(r)));
+        let mut status = [0xffu8];
+        dev.read(COMMAND_OFFSET, &mut status);
+        assert_eq!(status, [0]);
+        dev.write(COMMAND_OFFSET, &[0xad]);
+        dev.write(0, &[CMD_RESET_CPU]);
+        dev.write(COMMAND_OFFSET, &[CMD_RESET_CPU, 0]);
+        assert!(seen.lock().unwrap().is_empty());
+        dev.write(COMMAND_OFFSET, &[CMD_RESET_CPU]);
+        assert_eq!(*seen.lock().unwrap(), vec![GuestRequest::Reset]);
+    }
+}
