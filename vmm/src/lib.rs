@@ -1,22 +1,85 @@
 //! The virtual machine monitor: the only crate that talks to KVM.
+//!
+//! [`run`] builds a machine from a [`VmConfig`], runs it, and rebuilds it when the guest resets
+//! (as systemd-vmspawn's QEMU does), until the guest powers off, the user leaves, or a signal
+//! arrives.
 
 mod config;
+mod console;
+mod event_loop;
+mod kvm;
+mod machine;
+mod memory;
+mod vcpu;
+mod x86_64;
 
 pub use config::{KvmSource, VmConfig};
+
+/// The command line every direct boot starts with; the user's arguments follow.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
+
+/// Most vCPUs a machine can have: APIC IDs are 8 bits in the MADT, and 0xff is the broadcast ID.
+pub const MAX_VCPUS: u32 = 254;
 
 /// Errors from building or running a VM.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Placeholder until the machine is built.
-    #[error("not implemented")]
-    NotImplemented,
+    /// `/dev/kvm` could not be opened.
+    #[error("Failed to open /dev/kvm: {}", strerror(*.0))]
+    OpenKvm(i32),
+    /// KVM reports an API version other than 12.
+    #[error("Unsupported KVM API version {0} (need 12)")]
+    KvmApiVersion(i32),
+    /// KVM lacks a capability the VMM needs.
+    #[error("KVM lacks a required capability: {0}")]
+    KvmCapMissing(&'static str),
+    /// A KVM ioctl failed.
+    #[error("{} failed: {}", .0, strerror(*.1))]
+    Kvm(&'static str, i32),
+    /// More vCPUs than the machine can have.
+    #[error("Too many vCPUs: {requested} requested, at most {max} possible on this host")]
+    TooManyVcpus {
+        /// What was asked for.
+        requested: u32,
+        /// The limit.
+        max: u32,
+    },
+    /// Guest memory could not be created.
+    #[error("Failed to allocate guest memory: {}", strerror(*.0))]
+    Memory(i32),
+    /// Loading the kernel or building boot structures failed.
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    /// A thread or signal handler could not be set up.
+    #[error("Failed to start a thread: {}", strerror(*.0))]
+    Thread(i32),
+    /// A host facility (epoll, signalfd, eventfd, the terminal) failed.
+    #[error("{0}: {1}")]
+    Host(&'static str, std::io::Error),
+    /// A device could not be attached.
+    #[error("Failed to set up device {0}: {1}")]
+    Device(&'static str, String),
+    /// A vCPU failed (KVM internal error, failed entry, unexpected exit).
+    #[error("{0}")]
+    Guest(String),
+}
+
+fn strerror(errno: i32) -> std::io::Error {
+    std::io::Error::from_raw_os_error(errno)
 }
 
 impl Error {
     /// The errno that best describes this error, used as the process exit code.
     pub fn errno(&self) -> i32 {
         match self {
-            Error::NotImplemented => libc::EOPNOTSUPP,
+            Error::OpenKvm(e) | Error::Kvm(_, e) | Error::Memory(e) | Error::Thread(e) => *e,
+            Error::KvmApiVersion(_) | Error::KvmCapMissing(_) => libc::EOPNOTSUPP,
+            Error::TooManyVcpus { .. } => libc::EINVAL,
+            Error::Boot(e) => e.errno(),
+            Error::Host(_, e) => e.raw_os_error().unwrap_or(libc::EIO),
+            Error::Device(..) => libc::EIO,
+            // vmspawn reports a VMM that died abnormally as EPROTO.
+            Error::Guest(_) => libc::EPROTO,
         }
     }
 }
@@ -26,15 +89,40 @@ impl Error {
 pub enum VmExit {
     /// The guest powered off (ACPI S5).
     PowerOff,
-    /// The guest asked for a reset and the run ends (as `-no-reboot` would).
-    Reset,
     /// The user ended the run from the console (Ctrl-] three times).
     ConsoleKill,
-    /// A termination signal (SIGTERM/SIGINT) ended the run.
+    /// A termination signal (SIGTERM/SIGINT/SIGHUP) ended the run.
     Signal(i32),
 }
 
 /// Build the VM described by `config` and run it until it ends.
-pub fn run(_config: VmConfig) -> Result<VmExit, Error> {
-    Err(Error::NotImplemented)
+pub fn run(config: VmConfig) -> Result<VmExit, Error> {
+    let kvm = kvm::open(config.kvm)?;
+    let max = MAX_VCPUS.min(u32::try_from(kvm.get_max_vcpus()).unwrap_or(MAX_VCPUS));
+    if config.vcpus == 0 || config.vcpus > max {
+        return Err(Error::TooManyVcpus {
+            requested: config.vcpus,
+            max,
+        });
+    }
+    let spec = machine::MachineSpec {
+        vcpus: config.vcpus,
+        mem_bytes: config.mem_bytes,
+        kernel: config.kernel,
+        initrds: config.initrds,
+        cmdline: std::iter::once(DEFAULT_CMDLINE.to_string())
+            .chain(config.extra_cmdline)
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    let mut console = event_loop::Console::new()?;
+    loop {
+        let machine = machine::Machine::build(&kvm, &spec)?;
+        let outcome = console.run(&machine);
+        machine.stop();
+        match outcome? {
+            event_loop::Outcome::Reset => continue,
+            event_loop::Outcome::Exit(exit) => return Ok(exit),
+        }
+    }
 }

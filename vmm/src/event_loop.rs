@@ -1,0 +1,293 @@
+//! The VMM's main thread: waits on the user's terminal, termination signals and the machine's
+//! events, and decides when a run ends.
+//!
+//! Termination signals are blocked in every thread and read from a signalfd here, so a signal
+//! never interrupts a vCPU or a device in the middle of an access.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Instant;
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use crate::Error;
+use crate::VmExit;
+use crate::console::{EscapeDetector, Terminal};
+use crate::machine::Machine;
+use crate::vcpu::MachineEvent;
+
+const TOKEN_MACHINE: u64 = 0;
+const TOKEN_SIGNAL: u64 = 1;
+const TOKEN_STDIN: u64 = 2;
+const TOKEN_INPUT_DRAINED: u64 = 3;
+
+/// Input typed ahead of the guest is held up to this much; beyond it stdin is not read until the
+/// guest catches up, so a fast producer cannot grow the VMM's memory without bound.
+const MAX_PENDING_INPUT: usize = 64 * 1024;
+
+/// How a machine's run ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The guest reset: build the machine again.
+    Reset,
+    /// The run is over.
+    Exit(VmExit),
+}
+
+/// Signals that end the VM.
+const TERMINATION_SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+/// Blocks the termination signals for the life of the VM and restores the mask afterwards.
+struct SignalMask {
+    old: libc::sigset_t,
+}
+
+impl SignalMask {
+    fn block() -> Result<(SignalMask, libc::sigset_t), Error> {
+        // SAFETY: sigset_t is plain data; sigemptyset initialises it before any use.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: as above, `old` is written by pthread_sigmask before being read.
+        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a valid sigset_t; these calls only edit it.
+        unsafe {
+            libc::sigemptyset(&mut set);
+            for s in TERMINATION_SIGNALS {
+                libc::sigaddset(&mut set, s);
+            }
+        }
+        // SAFETY: both pointers are valid sigset_t values owned by this frame.
+        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) };
+        if rc != 0 {
+            return Err(Error::Host(
+                "pthread_sigmask",
+                std::io::Error::from_raw_os_error(rc),
+            ));
+        }
+        Ok((SignalMask { old }, set))
+    }
+}
+
+impl Drop for SignalMask {
+    fn drop(&mut self) {
+        // SAFETY: `old` is the mask saved by `block`.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut()) };
+    }
+}
+
+/// The user's side of the VM: terminal, typed input and signals. Lives across guest resets.
+pub struct Console {
+    epoll: Epoll,
+    signalfd: OwnedFd,
+    stdin_open: bool,
+    stdin_watched: bool,
+    pending: VecDeque<u8>,
+    escape: EscapeDetector,
+    // Dropped last among the fields that matter: the terminal is restored after the loop ends.
+    _terminal: Terminal,
+    _mask: SignalMask,
+}
+
+impl std::fmt::Debug for Console {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Console")
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn epoll_ctl(epoll: &Epoll, op: ControlOperation, fd: RawFd, token: u64) -> std::io::Result<()> {
+    epoll.ctl(op, fd, EpollEvent::new(EventSet::IN, token))
+}
+
+impl Console {
+    /// Take over the terminal and the termination signals.
+    pub fn new() -> Result<Console, Error> {
+        let (mask, set) = SignalMask::block()?;
+        // SAFETY: `set` is a valid sigset_t; -1 asks for a new signalfd.
+        let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(Error::Host("signalfd", std::io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` is a new descriptor that nothing else owns.
+        let signalfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let epoll = Epoll::new().map_err(|e| Error::Host("epoll", e))?;
+        epoll_ctl(
+            &epoll,
+            ControlOperation::Add,
+            signalfd.as_raw_fd(),
+            TOKEN_SIGNAL,
+        )
+        .map_err(|e| Error::Host("epoll", e))?;
+        // Standard input may be closed, /dev/null or a regular file (which epoll refuses): in
+        // those cases the guest simply gets no input.
+        let stdin_open = epoll_ctl(
+            &epoll,
+            ControlOperation::Add,
+            libc::STDIN_FILENO,
+            TOKEN_STDIN,
+        )
+        .is_ok();
+        Ok(Console {
+            epoll,
+            signalfd,
+            stdin_open,
+            stdin_watched: stdin_open,
+            pending: VecDeque::new(),
+            escape: EscapeDetector::default(),
+            _terminal: Terminal::raw_if_tty(),
+            _mask: mask,
+        })
+    }
+
+    /// Run until `machine` stops or the user or a signal ends the VM.
+    pub fn run(&mut self, machine: &Machine) -> Result<Outcome, Error> {
+        let ep = |e| Error::Host("epoll", e);
+        epoll_ctl(
+            &self.epoll,
+            ControlOperation::Add,
+            machine.events.wake.as_raw_fd(),
+            TOKEN_MACHINE,
+        )
+        .map_err(ep)?;
+        epoll_ctl(
+            &self.epoll,
+            ControlOperation::Add,
+            machine.input_drained.as_raw_fd(),
+            TOKEN_INPUT_DRAINED,
+        )
+        .map_err(ep)?;
+        let outcome = self.wait(machine);
+        let _ = epoll_ctl(
+            &self.epoll,
+            ControlOperation::Delete,
+            machine.events.wake.as_raw_fd(),
+            0,
+        );
+        let _ = epoll_ctl(
+            &self.epoll,
+            ControlOperation::Delete,
+            machine.input_drained.as_raw_fd(),
+            0,
+        );
+        outcome
+    }
+
+    fn wait(&mut self, machine: &Machine) -> Result<Outcome, Error> {
+        // Input typed before a reset goes to the new machine.
+        self.feed_guest(machine);
+        let mut events = vec![EpollEvent::default(); 8];
+        loop {
+            let n = match self.epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::Host("epoll_wait", e)),
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    TOKEN_MACHINE => {
+                        let _ = machine.events.wake.read();
+                        match machine.events.take() {
+                            Some(MachineEvent::PowerOff) => {
+                                return Ok(Outcome::Exit(VmExit::PowerOff));
+                            }
+                            Some(MachineEvent::Reset) => return Ok(Outcome::Reset),
+                            Some(MachineEvent::Failed(why)) => return Err(Error::Guest(why)),
+                            None => {}
+                        }
+                    }
+                    TOKEN_SIGNAL => {
+                        if let Some(signo) = self.read_signal() {
+                            return Ok(Outcome::Exit(VmExit::Signal(signo)));
+                        }
+                    }
+                    TOKEN_STDIN => {
+                        if self.read_stdin() {
+                            return Ok(Outcome::Exit(VmExit::ConsoleKill));
+                        }
+                        self.feed_guest(machine);
+                    }
+                    TOKEN_INPUT_DRAINED => {
+                        let _ = machine.input_drained.read();
+                        self.feed_guest(machine);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn read_signal(&self) -> Option<i32> {
+        // SAFETY: signalfd_siginfo is plain data; all-zero is valid.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: `info` is a writable buffer of exactly `size` bytes.
+        let n = unsafe {
+            libc::read(
+                self.signalfd.as_raw_fd(),
+                (&mut info as *mut libc::signalfd_siginfo).cast(),
+                size,
+            )
+        };
+        (n == size as isize).then_some(info.ssi_signo as i32)
+    }
+
+    /// Read what the user typed; true if it completed the escape sequence.
+    fn read_stdin(&mut self) -> bool {
+        let mut buf = [0u8; 4096];
+        // SAFETY: `buf` is a writable buffer of its full length.
+        let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+            ) {
+                return false;
+            }
+        }
+        if n <= 0 {
+            // End of input (or an error that will repeat): stop watching, keep the VM running.
+            self.set_stdin_watched(false);
+            self.stdin_open = false;
+            return false;
+        }
+        let typed = &buf[..n as usize];
+        if self.escape.feed(typed, Instant::now()) {
+            return true;
+        }
+        self.pending.extend(typed);
+        if self.pending.len() >= MAX_PENDING_INPUT {
+            self.set_stdin_watched(false);
+        }
+        false
+    }
+
+    fn set_stdin_watched(&mut self, watched: bool) {
+        if !self.stdin_open || self.stdin_watched == watched {
+            return;
+        }
+        let op = if watched {
+            ControlOperation::Add
+        } else {
+            ControlOperation::Delete
+        };
+        if epoll_ctl(&self.epoll, op, libc::STDIN_FILENO, TOKEN_STDIN).is_ok() {
+            self.stdin_watched = watched;
+        }
+    }
+
+    /// Move pending input into COM1's FIFO as far as it has room.
+    fn feed_guest(&mut self, machine: &Machine) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut serial = machine.serial.lock().unwrap_or_else(|p| p.into_inner());
+        let (a, _) = self.pending.as_slices();
+        let taken = serial.enqueue(a);
+        drop(serial);
+        self.pending.drain(..taken);
+        if self.pending.len() < MAX_PENDING_INPUT {
+            self.set_stdin_watched(true);
+        }
+    }
+}

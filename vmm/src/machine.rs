@@ -1,0 +1,215 @@
+//! One boot of the VM: KVM VM, memory, devices, boot image and vCPU threads.
+//!
+//! A guest reset throws the whole machine away and builds a new one from the same
+//! [`MachineSpec`]: the cheapest way to get every device and vCPU back to its power-on state.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use boot::x86_64::acpi::{RESET_VALUE, S5_SLEEP_TYPE};
+use boot::x86_64::layout::{KVM_IDENTITY_MAP_START, KVM_TSS_START};
+use boot::{AcpiInfo, GuestMemoryMmap, MemoryLayout};
+use devices::legacy::cmos::{CMOS_PORT, CMOS_PORTS};
+use devices::legacy::i8042::{I8042_PORT, I8042_PORTS};
+use devices::legacy::power::{ACPI_POWER_PORT, ACPI_POWER_PORTS};
+use devices::legacy::serial::{COM1_IRQ, COM1_PORT, UART_PORTS};
+use devices::legacy::{AcpiPower, Cmos, I8042, SerialConsole};
+use devices::{Bus, BusDevice, GuestRequest, RequestSink};
+use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
+use kvm_ioctls::{Kvm, VmFd};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::vcpu::{self, Buses, EventSlot, MachineEvent, VcpuThread};
+use crate::x86_64::{cpuid, regs};
+use crate::{Error, memory};
+
+/// What every boot of the machine is built from.
+#[derive(Debug, Clone)]
+pub struct MachineSpec {
+    /// vCPU count.
+    pub vcpus: u32,
+    /// RAM in bytes.
+    pub mem_bytes: u64,
+    /// Kernel image.
+    pub kernel: PathBuf,
+    /// Initrds.
+    pub initrds: Vec<PathBuf>,
+    /// Full kernel command line.
+    pub cmdline: String,
+}
+
+/// A built, running machine.
+pub struct Machine {
+    // Kept alive for as long as the vCPUs run: the VM owns the memory slots and irqfds.
+    _vm: VmFd,
+    _mem: GuestMemoryMmap,
+    /// COM1, for queuing the user's input.
+    pub serial: Arc<Mutex<SerialConsole>>,
+    /// Signalled when the guest has drained COM1's receive FIFO.
+    pub input_drained: EventFd,
+    /// Power-off, reset and failure reports.
+    pub events: Arc<EventSlot>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<VcpuThread>,
+}
+
+impl std::fmt::Debug for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Machine")
+            .field("vcpus", &self.threads.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
+    move |e| Error::Kvm(what, e.errno())
+}
+
+fn host_err(what: &'static str) -> impl Fn(std::io::Error) -> Error {
+    move |e| Error::Host(what, e)
+}
+
+fn attach(
+    bus: &mut Bus,
+    name: &'static str,
+    base: u64,
+    len: u64,
+    dev: Arc<Mutex<dyn BusDevice>>,
+) -> Result<(), Error> {
+    bus.insert(base, len, dev)
+        .map_err(|e| Error::Device(name, e.to_string()))
+}
+
+impl Machine {
+    /// Build the machine and start its vCPUs.
+    pub fn build(kvm: &Kvm, spec: &MachineSpec) -> Result<Machine, Error> {
+        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        vm.set_tss_address(KVM_TSS_START as usize)
+            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        vm.set_identity_map_address(KVM_IDENTITY_MAP_START)
+            .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        vm.create_irq_chip()
+            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+
+        let layout = MemoryLayout::new(spec.mem_bytes);
+        let mem = memory::create(&layout)?;
+        memory::register(&vm, &mem)?;
+
+        let loaded = boot::load_kernel(&mem, &layout, &spec.kernel, &spec.initrds, &spec.cmdline)?;
+        boot::x86_64::loader::write_boot_cpu_tables(&mem)?;
+        let vcpus_u8 = u8::try_from(spec.vcpus).map_err(|_| Error::TooManyVcpus {
+            requested: spec.vcpus,
+            max: crate::MAX_VCPUS,
+        })?;
+        boot::build_acpi_tables(
+            &mem,
+            &AcpiInfo {
+                vcpus: vcpus_u8,
+                sleep_control_port: ACPI_POWER_PORT as u16,
+                sleep_status_port: ACPI_POWER_PORT as u16 + 1,
+                reset_port: ACPI_POWER_PORT as u16 + 2,
+            },
+        )?;
+
+        let events = Arc::new(EventSlot::new().map_err(host_err("eventfd"))?);
+        let sink: RequestSink = {
+            let events = events.clone();
+            Arc::new(move |r| {
+                events.report(match r {
+                    GuestRequest::PowerOff => MachineEvent::PowerOff,
+                    GuestRequest::Reset => MachineEvent::Reset,
+                })
+            })
+        };
+
+        let new_eventfd =
+            || EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(host_err("eventfd"));
+        let serial_irq = new_eventfd()?;
+        vm.register_irqfd(&serial_irq, COM1_IRQ)
+            .map_err(kvm_err("KVM_IRQFD"))?;
+        let input_drained = new_eventfd()?;
+        let serial = Arc::new(Mutex::new(SerialConsole::new(
+            serial_irq,
+            input_drained.try_clone().map_err(host_err("eventfd"))?,
+            Box::new(std::io::stdout()),
+        )));
+
+        let mut io = Bus::new();
+        attach(&mut io, "serial", COM1_PORT, UART_PORTS, serial.clone())?;
+        attach(
+            &mut io,
+            "i8042",
+            I8042_PORT,
+            I8042_PORTS,
+            Arc::new(Mutex::new(I8042::new(sink.clone()))),
+        )?;
+        attach(
+            &mut io,
+            "rtc",
+            CMOS_PORT,
+            CMOS_PORTS,
+            Arc::new(Mutex::new(Cmos::new())),
+        )?;
+        attach(
+            &mut io,
+            "acpi-power",
+            ACPI_POWER_PORT,
+            ACPI_POWER_PORTS,
+            Arc::new(Mutex::new(AcpiPower::new(S5_SLEEP_TYPE, RESET_VALUE, sink))),
+        )?;
+        let buses = Buses {
+            io: Arc::new(io),
+            mmio: Arc::new(Bus::new()),
+        };
+
+        let supported = kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let mut fds = Vec::with_capacity(spec.vcpus as usize);
+        for id in 0..spec.vcpus {
+            let vcpu = vm
+                .create_vcpu(u64::from(id))
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            vcpu.set_cpuid2(&cpuid::for_vcpu(&supported, id, spec.vcpus))
+                .map_err(kvm_err("KVM_SET_CPUID2"))?;
+            regs::setup_common(&vcpu)?;
+            if id == 0 {
+                regs::setup_boot_cpu(&vcpu, loaded.entry)?;
+            }
+            fds.push(vcpu);
+        }
+
+        vcpu::install_kick_handler()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::with_capacity(fds.len());
+        for (id, fd) in fds.into_iter().enumerate() {
+            match vcpu::spawn(id as u32, fd, buses.clone(), stop.clone(), events.clone()) {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    vcpu::stop_all(threads, &stop);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Machine {
+            _vm: vm,
+            _mem: mem,
+            serial,
+            input_drained,
+            events,
+            stop,
+            threads,
+        })
+    }
+
+    /// Stop every vCPU and release the machine.
+    pub fn stop(self) {
+        vcpu::stop_all(self.threads, &self.stop);
+    }
+}
