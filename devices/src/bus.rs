@@ -88,7 +88,10 @@ impl Bus {
 
     /// The device and offset serving an access of `size` bytes at `addr`, if one covers it all.
     fn find(&self, addr: u64, size: usize) -> Option<(&Entry, u64)> {
-        let i = self.entries.partition_point(|e| e.base <= addr).checked_sub(1)?;
+        let i = self
+            .entries
+            .partition_point(|e| e.base <= addr)
+            .checked_sub(1)?;
         let e = &self.entries[i];
         let offset = addr - e.base;
         (offset.checked_add(size as u64)? <= e.len).then_some((e, offset))
@@ -145,10 +148,14 @@ mod tests {
         let mut bus = Bus::new();
         let a = Arc::new(Mutex::new(Echo(vec![])));
         bus.insert(0x3f8, 8, a.clone()).unwrap();
-        bus.insert(0x70, 2, Arc::new(Mutex::new(Echo(vec![])))).unwrap();
+        bus.insert(0x70, 2, Arc::new(Mutex::new(Echo(vec![]))))
+            .unwrap();
         assert_eq!(
             bus.insert(0x3fc, 8, Arc::new(Mutex::new(Echo(vec![])))),
-            Err(BusError::Overlap { base: 0x3fc, len: 8 })
+            Err(BusError::Overlap {
+                base: 0x3fc,
+                len: 8
+            })
         );
         assert!(bus.insert(u64::MAX, 2, a.clone()).is_err());
         let mut d = [0u8; 1];

@@ -1,1 +1,222 @@
-//! Test-host harness
+//! Harness for integration tests that boot real guests with the `rvmspawn` binary.
+//!
+//! A batch of boots runs as one shell script, either directly (when `/dev/kvm` is backed by
+//! hardware virtualisation) or inside the nested test host (`scripts/testhost.sh`), because one
+//! test-host start costs several seconds under emulation. Each boot's output is framed by
+//! marker lines, so every test asserts on exactly what its own guest printed.
+//!
+//! `RVMSPAWN_TEST_MODE=direct|testhost` forces the mode; `RVMSPAWN_BIN` names the binary
+//! (default: `target/release/rvmspawn`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The workspace root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace")
+        .to_path_buf()
+}
+
+/// The rvmspawn binary under test.
+pub fn rvmspawn_bin() -> PathBuf {
+    let bin = std::env::var_os("RVMSPAWN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/release/rvmspawn"));
+    assert!(
+        bin.exists(),
+        "{} does not exist: run `cargo build --release` first (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Where the guest assets are (built by `scripts/assets.sh`).
+pub fn assets() -> PathBuf {
+    repo_root().join(".cache/assets")
+}
+
+/// How boots are run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Straight on this machine's `/dev/kvm`.
+    Direct,
+    /// Inside the nested test host.
+    TestHost,
+}
+
+/// Decide the mode: forced by `RVMSPAWN_TEST_MODE`, else direct only when `/dev/kvm` is backed
+/// by VT-x/AMD-V (the kvm_intel or kvm_amd module) rather than a software hypervisor.
+pub fn mode() -> Mode {
+    match std::env::var("RVMSPAWN_TEST_MODE").as_deref() {
+        Ok("direct") => return Mode::Direct,
+        Ok("testhost") => return Mode::TestHost,
+        Ok(other) if !other.is_empty() => {
+            panic!("RVMSPAWN_TEST_MODE must be 'direct' or 'testhost', not '{other}'")
+        }
+        _ => {}
+    }
+    let hw =
+        Path::new("/sys/module/kvm_intel").exists() || Path::new("/sys/module/kvm_amd").exists();
+    if hw && Path::new("/dev/kvm").exists() && !Path::new("/sys/module/kvm_pvm").exists() {
+        Mode::Direct
+    } else {
+        Mode::TestHost
+    }
+}
+
+/// Build (or find in the cache) the guest and test-host assets.
+pub fn ensure_assets() {
+    let status = Command::new(repo_root().join("scripts/assets.sh"))
+        .status()
+        .expect("run scripts/assets.sh");
+    assert!(status.success(), "scripts/assets.sh failed: {status}");
+}
+
+/// What one boot printed (stdout and stderr together) and how rvmspawn exited.
+#[derive(Debug, Clone, Default)]
+pub struct BootResult {
+    /// Everything printed between this boot's markers.
+    pub output: String,
+    /// rvmspawn's exit status (or the shell's, e.g. 124 from `timeout`).
+    pub rc: Option<i32>,
+}
+
+impl BootResult {
+    /// The value of the first `KEY=value` line the guest printed.
+    pub fn value(&self, key: &str) -> Option<&str> {
+        let prefix = format!("{key}=");
+        self.output
+            .lines()
+            .map(|l| l.trim_end_matches('\r'))
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+    }
+
+    /// How many lines are exactly `line`.
+    pub fn count_lines(&self, line: &str) -> usize {
+        self.output
+            .lines()
+            .filter(|l| l.trim_end_matches('\r') == line)
+            .count()
+    }
+}
+
+/// A set of named shell snippets, each one boot, run in one go.
+#[derive(Debug, Default)]
+pub struct Batch {
+    steps: Vec<(String, String)>,
+}
+
+impl Batch {
+    /// A new, empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add a step: `script` is POSIX shell run with `$RVMSPAWN`, `$KERNEL`, `$VMLINUX` and
+    /// `$INITRD` set; its exit status is the step's.
+    pub fn step(mut self, name: &str, script: &str) -> Self {
+        self.steps.push((name.to_string(), script.to_string()));
+        self
+    }
+
+    /// Run every step and return each one's result by name.
+    pub fn run(self) -> BTreeMap<String, BootResult> {
+        ensure_assets();
+        let root = repo_root();
+        let bin = rvmspawn_bin();
+        let a = assets();
+        let mut script = String::from("#!/bin/sh\n");
+        script += &format!(
+            "RVMSPAWN='{}'\nKERNEL='{}'\nVMLINUX='{}'\nINITRD='{}'\nexport RVMSPAWN KERNEL VMLINUX INITRD\n",
+            bin.display(),
+            a.join("guest/vmlinuz").display(),
+            a.join("guest/vmlinux").display(),
+            a.join("guest/initramfs.cpio.gz").display(),
+        );
+        for (name, step) in &self.steps {
+            script += &format!(
+                "echo '@@RVMSPAWN-TEST-BEGIN {name}'\n( {step}\n) 2>&1 </dev/null\necho \"@@RVMSPAWN-TEST-END {name} rc=$?\"\n"
+            );
+        }
+        let dir = root.join(".cache/test-batches");
+        std::fs::create_dir_all(&dir).expect("create .cache/test-batches");
+        let path = dir.join(format!("batch-{}.sh", std::process::id()));
+        std::fs::write(&path, script).expect("write the batch script");
+
+        let mode = mode();
+        let mut cmd = match mode {
+            Mode::Direct => {
+                let mut c = Command::new("sh");
+                c.arg(&path);
+                c
+            }
+            Mode::TestHost => {
+                let mut c = Command::new(root.join("scripts/testhost.sh"));
+                c.args(["--timeout", "1200", "--", "sh"]).arg(&path);
+                c
+            }
+        };
+        let out = cmd.current_dir(&root).output().expect("run the batch");
+        let _ = std::fs::remove_file(&path);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let results = parse(&text);
+        // Make failures debuggable from the test log alone.
+        eprintln!(
+            "batch ({mode:?}) exited {}; stderr:\n{}\nstdout:\n{text}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        results
+    }
+}
+
+/// Split a batch's output into its steps.
+pub fn parse(text: &str) -> BTreeMap<String, BootResult> {
+    let mut results = BTreeMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in text.lines() {
+        let line = line.trim_end_matches('\r');
+        if let Some(name) = line.strip_prefix("@@RVMSPAWN-TEST-BEGIN ") {
+            current = Some((name.to_string(), String::new()));
+        } else if let Some(rest) = line.strip_prefix("@@RVMSPAWN-TEST-END ") {
+            let (name, rc) = rest.rsplit_once(" rc=").unwrap_or((rest, ""));
+            if let Some((_, output)) = current.take() {
+                results.insert(
+                    name.to_string(),
+                    BootResult {
+                        output,
+                        rc: rc.parse().ok(),
+                    },
+                );
+            }
+        } else if let Some((_, output)) = current.as_mut() {
+            output.push_str(line);
+            output.push('\n');
+        }
+    }
+    // A step cut short (test host died) still shows what it printed, with no exit status.
+    if let Some((name, output)) = current {
+        results.insert(name, BootResult { output, rc: None });
+    }
+    results
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_framed_steps() {
+        let r = parse(
+            "noise\n@@RVMSPAWN-TEST-BEGIN a\nRVMSPAWN-NPROC=2\r\nx\n@@RVMSPAWN-TEST-END a rc=0\n@@RVMSPAWN-TEST-BEGIN b\npartial\n",
+        );
+        assert_eq!(r["a"].rc, Some(0));
+        assert_eq!(r["a"].value("RVMSPAWN-NPROC"), Some("2"));
+        assert_eq!(r["a"].count_lines("x"), 1);
+        assert_eq!(r["b"].rc, None);
+        assert!(r["b"].output.contains("partial"));
+    }
+}

@@ -160,12 +160,28 @@ mod tests {
     fn civil_dates() {
         assert_eq!(
             Civil::from_unix(0),
-            Civil { year: 1970, month: 1, day: 1, hour: 0, minute: 0, second: 0, weekday: 5 }
+            Civil {
+                year: 1970,
+                month: 1,
+                day: 1,
+                hour: 0,
+                minute: 0,
+                second: 0,
+                weekday: 5
+            }
         );
         // 2026-11-29 04:30:15 UTC, a Sunday.
         assert_eq!(
             Civil::from_unix(1_795_926_615),
-            Civil { year: 2026, month: 11, day: 29, hour: 4, minute: 30, second: 15, weekday: 1 }
+            Civil {
+                year: 2026,
+                month: 11,
+                day: 29,
+                hour: 4,
+                minute: 30,
+                second: 15,
+                weekday: 1
+            }
         );
         // Leap day.
         let t = Civil::from_unix(951_782_400); // 2000-02-29

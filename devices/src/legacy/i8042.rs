@@ -1,7 +1,10 @@
-//! Just enough of the i8042 keyboard controller for its one job in a VM: the CPU reset line.
+//! The i8042 keyboard controller's one job in a VM: the CPU reset line, from `vm-superio`.
 //!
 //! Linux's `reboot=k` (and its fallback chain) writes 0xFE to port 0x64 after waiting for the
-//! controller's input buffer to be empty; the status register therefore always reads "empty".
+//! controller's input buffer to be empty; `vm-superio`'s controller reads as "empty" and turns
+//! that command into a trigger, which here becomes a [`GuestRequest::Reset`].
+
+use vm_superio::{I8042Device, Trigger};
 
 use crate::{BusDevice, GuestRequest, RequestSink};
 
@@ -9,12 +12,25 @@ use crate::{BusDevice, GuestRequest, RequestSink};
 pub const I8042_PORT: u64 = 0x60;
 /// Ports covered: 0x60 to 0x64.
 pub const I8042_PORTS: u64 = 5;
+#[cfg(test)]
 const COMMAND_OFFSET: u64 = 4;
+#[cfg(test)]
 const CMD_RESET_CPU: u8 = 0xfe;
+
+/// Turns the controller's reset trigger into a reset request.
+struct ResetLine(RequestSink);
+
+impl Trigger for ResetLine {
+    type E = std::convert::Infallible;
+    fn trigger(&self) -> Result<(), Self::E> {
+        (self.0)(GuestRequest::Reset);
+        Ok(())
+    }
+}
 
 /// The keyboard controller's reset line.
 pub struct I8042 {
-    sink: RequestSink,
+    dev: I8042Device<ResetLine>,
 }
 
 impl std::fmt::Debug for I8042 {
@@ -26,19 +42,23 @@ impl std::fmt::Debug for I8042 {
 impl I8042 {
     /// A controller that reports a reset request to `sink`.
     pub fn new(sink: RequestSink) -> Self {
-        I8042 { sink }
+        I8042 {
+            dev: I8042Device::new(ResetLine(sink)),
+        }
     }
 }
 
 impl BusDevice for I8042 {
-    fn read(&mut self, _offset: u64, data: &mut [u8]) {
-        // No data, input buffer empty: the guest never waits on us.
-        data.fill(0);
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        match (u8::try_from(offset), data) {
+            (Ok(reg), [byte]) => *byte = self.dev.read(reg),
+            (_, data) => data.fill(0),
+        }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if offset == COMMAND_OFFSET && data == [CMD_RESET_CPU] {
-            (self.sink)(GuestRequest::Reset);
+        if let (Ok(reg), [byte]) = (u8::try_from(offset), data) {
+            let Ok(()) = self.dev.write(reg, *byte);
         }
     }
 }

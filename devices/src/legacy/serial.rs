@@ -132,7 +132,10 @@ mod tests {
         assert_eq!(d, [b'a']);
         s.read(0, &mut d);
         assert_eq!(d, [b'b']);
-        assert!(drained.read().is_ok(), "draining the FIFO must wake the VMM");
+        assert!(
+            drained.read().is_ok(),
+            "draining the FIFO must wake the VMM"
+        );
         // The FIFO takes 64 bytes; the rest must wait, not vanish.
         assert_eq!(s.enqueue(&[b'x'; 100]), 64);
         assert_eq!(s.enqueue(b"y"), 0);

@@ -1,0 +1,150 @@
+//! Boot Debian's cloud kernel with rvmspawn and check what the guest itself reports.
+//!
+//! All boots run in one batch (one test-host start); each test checks its own boot's output.
+//! The guest's /init (scripts/assets.sh) prints `RVMSPAWN-*` lines and then acts on
+//! `rvmspawn.action=` (poweroff by default).
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use rvmspawn_tests::{Batch, BootResult};
+
+const T: &str = "timeout -s KILL 300";
+
+fn results() -> &'static BTreeMap<String, BootResult> {
+    static RESULTS: OnceLock<BTreeMap<String, BootResult>> = OnceLock::new();
+    RESULTS.get_or_init(|| {
+        Batch::new()
+            .step(
+                "default",
+                &format!(r#"{T} "$RVMSPAWN" --linux="$KERNEL" --initrd="$INITRD""#),
+            )
+            .step(
+                "smp2",
+                &format!(r#"{T} "$RVMSPAWN" -q --qemu-smp=2 --linux="$KERNEL" --initrd="$INITRD""#),
+            )
+            .step(
+                "mem1g",
+                &format!(r#"{T} "$RVMSPAWN" -q --qemu-mem=1G --linux="$KERNEL" --initrd="$INITRD""#),
+            )
+            .step(
+                "args",
+                &format!(
+                    r#"{T} "$RVMSPAWN" -q -M argtest --linux="$KERNEL" --initrd="$INITRD" rvmspawn.test=hello quiet -- foo=bar"#
+                ),
+            )
+            .step(
+                "elf",
+                &format!(r#"{T} "$RVMSPAWN" -q --linux="$VMLINUX" --initrd="$INITRD""#),
+            )
+            .step(
+                // The guest reboots: the VM must start again (as vmspawn's QEMU does), until
+                // SIGTERM stops it cleanly.
+                "reboot",
+                r#""$RVMSPAWN" -q --linux="$KERNEL" --initrd="$INITRD" rvmspawn.action=reboot > "${TMPDIR:-/tmp}/rvmspawn-reboot-$$.out" 2>&1 &
+pid=$!
+i=0
+while [ "$(grep -c '^RVMSPAWN-GUEST-INIT' "${TMPDIR:-/tmp}/rvmspawn-reboot-$$.out")" -lt 2 ] && [ $i -lt 600 ]; do sleep 0.5; i=$((i+1)); done
+kill -TERM $pid
+wait $pid
+rc=$?
+cat "${TMPDIR:-/tmp}/rvmspawn-reboot-$$.out"
+exit $rc"#,
+            )
+            .run()
+    })
+}
+
+fn get(name: &str) -> &'static BootResult {
+    results()
+        .get(name)
+        .unwrap_or_else(|| panic!("boot '{name}' did not run; see the batch output above"))
+}
+
+fn assert_booted(r: &BootResult) {
+    assert_eq!(
+        r.count_lines("RVMSPAWN-GUEST-INIT"),
+        1,
+        "guest did not reach /init exactly once:\n{}",
+        r.output
+    );
+}
+
+#[test]
+fn guest_reaches_init_and_poweroff_exits_zero() {
+    let r = get("default");
+    assert_booted(r);
+    assert_eq!(r.value("RVMSPAWN-NPROC"), Some("1"), "default is one vCPU");
+    assert_eq!(r.value("RVMSPAWN-ACTION"), Some("poweroff"));
+    assert_eq!(
+        r.rc,
+        Some(0),
+        "guest poweroff must end rvmspawn with 0:\n{}",
+        r.output
+    );
+    // Without -q, rvmspawn announces itself and how to leave.
+    assert!(r.output.contains("Spawning VM "), "{}", r.output);
+    assert!(
+        r.output
+            .contains("Press Ctrl-] three times within 1s to kill VM.")
+    );
+    // The default 2G of memory.
+    let kb: u64 = r.value("RVMSPAWN-MEMTOTAL-KB").unwrap().parse().unwrap();
+    assert!((1_800_000..=2_097_152).contains(&kb), "MemTotal {kb} kB");
+}
+
+#[test]
+fn two_vcpus_are_two_cpus_in_the_guest() {
+    let r = get("smp2");
+    assert_booted(r);
+    assert_eq!(r.value("RVMSPAWN-NPROC"), Some("2"), "{}", r.output);
+    assert_eq!(r.rc, Some(0));
+}
+
+#[test]
+fn one_gib_of_memory_is_about_one_gib_in_the_guest() {
+    let r = get("mem1g");
+    assert_booted(r);
+    let kb: u64 = r.value("RVMSPAWN-MEMTOTAL-KB").unwrap().parse().unwrap();
+    // MemTotal excludes the kernel image and reserved areas, so it is a little below 1 GiB.
+    assert!((900_000..=1_048_576).contains(&kb), "MemTotal {kb} kB");
+    assert_eq!(r.rc, Some(0));
+}
+
+#[test]
+fn extra_arguments_reach_the_kernel_command_line() {
+    let r = get("args");
+    assert_booted(r);
+    let cmdline = r
+        .value("RVMSPAWN-CMDLINE")
+        .expect("guest printed its cmdline");
+    assert!(cmdline.starts_with("console=ttyS0"), "{cmdline}");
+    assert!(cmdline.contains(" rvmspawn.test=hello quiet"), "{cmdline}");
+    assert!(cmdline.contains("foo=bar"), "{cmdline}");
+    // -q: only the guest's console.
+    assert!(!r.output.contains("Spawning VM"), "{}", r.output);
+    assert_eq!(r.rc, Some(0));
+}
+
+#[test]
+fn elf_vmlinux_boots_through_pvh() {
+    let r = get("elf");
+    assert_booted(r);
+    assert_eq!(r.rc, Some(0), "{}", r.output);
+}
+
+#[test]
+fn guest_reboot_restarts_the_vm_and_sigterm_stops_it() {
+    let r = get("reboot");
+    assert!(
+        r.count_lines("RVMSPAWN-GUEST-INIT") >= 2,
+        "the guest's reboot must start it again:\n{}",
+        r.output
+    );
+    assert_eq!(
+        r.rc,
+        Some(0),
+        "SIGTERM ends rvmspawn cleanly:\n{}",
+        r.output
+    );
+}
