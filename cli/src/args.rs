@@ -61,7 +61,7 @@ pub struct Args {
           action = ArgAction::Append, allow_hyphen_values = true)]
     pub qemu_smp: Vec<String>,
 
-    /// Guest memory size, with an optional K, M, G, T, P or E suffix [default: 2G]
+    /// Guest memory size, like 512M or 2G [default: 2G]
     #[arg(long, value_name = "MEM", help_heading = HOST,
           action = ArgAction::Append, allow_hyphen_values = true)]
     pub qemu_mem: Vec<String>,
@@ -108,7 +108,7 @@ pub struct Args {
     #[arg(long, help_heading = HOST)]
     pub network_user_mode: bool,
 
-    /// Firmware description (JSON) to boot with, or `list` to show the ones found
+    /// Firmware description (JSON) to boot with, or `list` to list them
     #[arg(long, value_name = "PATH", help_heading = HOST,
           action = ArgAction::Append, allow_hyphen_values = true)]
     pub firmware: Vec<OsString>,
@@ -138,12 +138,12 @@ pub struct Args {
           action = ArgAction::Append, allow_hyphen_values = true)]
     pub bind_ro: Vec<OsString>,
 
-    /// Pass a credential read from a file (or from our own credentials)
+    /// Pass a credential read from a file, or one of our own credentials
     #[arg(long, value_name = "ID:PATH", help_heading = CREDENTIALS,
           action = ArgAction::Append, allow_hyphen_values = true)]
     pub load_credential: Vec<OsString>,
 
-    /// Pass a credential with a literal value; C escapes like \n and \x00 are decoded
+    /// Pass a credential given literally, with C escapes (\n, \x00)
     #[arg(long, value_name = "ID:VALUE", help_heading = CREDENTIALS,
           action = ArgAction::Append, allow_hyphen_values = true)]
     pub set_credential: Vec<OsString>,

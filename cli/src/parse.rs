@@ -153,8 +153,8 @@ fn leading_digits(s: &str) -> &str {
     &s[..end]
 }
 
-/// Highest vCPU count accepted; the xAPIC IDs of a single-socket guest end at 254 and one
-/// more is the broadcast ID, so this is the most a guest without x2APIC can address.
+/// Highest vCPU count accepted: xAPIC IDs have 8 bits and 0xFF means broadcast, so this
+/// is the most a guest without x2APIC can address.
 pub const MAX_VCPUS: u32 = 255;
 
 /// `--qemu-smp`: vmspawn hands the string to QEMU's `-smp`, whose topology syntax has no
