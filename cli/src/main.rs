@@ -1,1 +1,207 @@
-fn main() {}
+//! rvmspawn: systemd-vmspawn's command line, booting on KVM without QEMU.
+//!
+//! Failures print one line and exit with the errno, as systemd's tools do, so callers
+//! can tell a bad option (EINVAL) from a missing feature (EOPNOTSUPP) or a missing file.
+
+mod args;
+mod config;
+mod error;
+mod listen_fds;
+mod parse;
+
+use std::os::fd::OwnedFd;
+use std::process::ExitCode;
+
+use args::Args;
+use config::{Host, MIB, Settings};
+use error::Failure;
+use listen_fds::ListenFds;
+
+fn main() -> ExitCode {
+    // SAFETY: this is the first thing the process does: no other thread exists yet and
+    // no file has been opened, so fds from 3 on are either passed ones or unused.
+    let passed = unsafe { listen_fds::take() };
+
+    let args = match Args::try_parse_from(std::env::args_os()) {
+        Ok(args) => args,
+        Err(err) => {
+            // clap's message (with usage) is kept; only the exit code follows systemd.
+            let _ = err.print();
+            return if err.use_stderr() {
+                errno_exit(libc::EINVAL)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+
+    match prepare(args, passed) {
+        // The vsock device fd stays open for the whole run: the VM will need it once
+        // vsock exists.
+        Ok((config, _vhost_vsock)) => {
+            let outcome = vmm::run(config);
+            if let Err(err) = &outcome {
+                eprintln!("rvmspawn: {}", error_chain(err));
+            }
+            ExitCode::from(exit_code(&outcome))
+        }
+        Err(failure) => {
+            eprintln!("rvmspawn: {failure}");
+            errno_exit(failure.errno)
+        }
+    }
+}
+
+/// Everything between the command line and the VM; the status lines are printed here so
+/// that they only appear for a VM that is about to start. Also returns the passed
+/// vhost-vsock fd, if any.
+fn prepare(
+    args: Args,
+    passed: Result<ListenFds, Failure>,
+) -> Result<(vmm::VmConfig, Option<OwnedFd>), Failure> {
+    let host = Host::detect()?;
+    let settings = Settings::from_args(args, &host)?;
+    settings.check()?;
+    let name = settings.machine_name(&host)?;
+    settings.check_files()?;
+
+    let mut passed = passed?;
+    passed.close_unrecognized();
+    let kvm = match passed.kvm.take() {
+        Some(fd) => vmm::KvmSource::Inherited(fd),
+        None => vmm::KvmSource::Open,
+    };
+    let quiet = settings.quiet;
+    let config = settings.into_vm_config(name, kvm);
+    if !quiet {
+        eprint!("{}", status_lines(&config));
+    }
+    Ok((config, passed.vhost_vsock.take()))
+}
+
+/// vmspawn's two status lines, the first extended with the machine's size.
+fn status_lines(config: &vmm::VmConfig) -> String {
+    let cpus = if config.vcpus == 1 { "vCPU" } else { "vCPUs" };
+    format!(
+        "Spawning VM {} on {} with {} {cpus} and {} MiB.\n\
+         Press Ctrl-] three times within 1s to kill VM.\n",
+        config.name,
+        config.kernel.display(),
+        config.vcpus,
+        config.mem_bytes / MIB,
+    )
+}
+
+/// How a run maps to the exit status. Every way the guest or the user ends the VM is a
+/// success, as in vmspawn: it returns the guest's EXIT_STATUS when the guest reports one
+/// over vsock (which does not exist here yet) and EXIT_SUCCESS otherwise, including after
+/// Ctrl-] and after shutting the guest down on SIGTERM.
+fn exit_code(outcome: &Result<vmm::VmExit, vmm::Error>) -> u8 {
+    match outcome {
+        Ok(
+            vmm::VmExit::PowerOff
+            | vmm::VmExit::Reset
+            | vmm::VmExit::ConsoleKill
+            | vmm::VmExit::Signal(_),
+        ) => 0,
+        Err(err) => errno_code(err.errno()),
+    }
+}
+
+/// An errno as an exit status: never 0 (that would claim success) and never truncated
+/// into something else by the kernel's 8-bit exit status.
+fn errno_code(errno: i32) -> u8 {
+    u8::try_from(errno.clamp(1, 255)).expect("clamped into u8 range")
+}
+
+fn errno_exit(errno: i32) -> ExitCode {
+    ExitCode::from(errno_code(errno))
+}
+
+/// The error and its causes, as "outer: inner: innermost".
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fmt;
+    use std::path::PathBuf;
+
+    #[test]
+    fn guest_and_user_endings_are_success() {
+        for exit in [
+            vmm::VmExit::PowerOff,
+            vmm::VmExit::Reset,
+            vmm::VmExit::ConsoleKill,
+            vmm::VmExit::Signal(libc::SIGTERM),
+        ] {
+            assert_eq!(exit_code(&Ok(exit)), 0, "{exit:?}");
+        }
+    }
+
+    #[test]
+    fn errors_exit_with_their_errno() {
+        let err = vmm::Error::NotImplemented;
+        assert_eq!(exit_code(&Err(err)), libc::EOPNOTSUPP as u8);
+        assert_eq!(errno_code(libc::ENOENT), 2);
+        assert_eq!(errno_code(0), 1);
+        assert_eq!(errno_code(-5), 1);
+        assert_eq!(errno_code(4096), 255);
+    }
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl fmt::Display for Layer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn error_chains_are_joined() {
+        let err = Layer(
+            "Failed to load kernel",
+            Some(Box::new(Layer("bad magic", None))),
+        );
+        assert_eq!(error_chain(&err), "Failed to load kernel: bad magic");
+        assert_eq!(error_chain(&Layer("alone", None)), "alone");
+    }
+
+    fn config(vcpus: u32) -> vmm::VmConfig {
+        vmm::VmConfig {
+            name: "vm".into(),
+            vcpus,
+            mem_bytes: 2 << 30,
+            kernel: PathBuf::from("/boot/vmlinuz"),
+            initrds: Vec::new(),
+            extra_cmdline: Vec::new(),
+            kvm: vmm::KvmSource::Open,
+        }
+    }
+
+    #[test]
+    fn status() {
+        assert_eq!(
+            status_lines(&config(2)),
+            "Spawning VM vm on /boot/vmlinuz with 2 vCPUs and 2048 MiB.\n\
+             Press Ctrl-] three times within 1s to kill VM.\n"
+        );
+        assert!(status_lines(&config(1)).contains("with 1 vCPU and"));
+    }
+}

@@ -1,0 +1,229 @@
+//! The command line as clap sees it: option names, value names and help texts.
+//!
+//! Values are collected raw. systemd validates them with its own parsers and reports
+//! failures as a single line with an errno, which clap's value parsers cannot express;
+//! `config` does that job.
+
+use std::ffi::OsString;
+
+use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser};
+
+const IMAGE: &str = "Image";
+const HOST: &str = "Host Configuration";
+const IDENTITY: &str = "System Identity";
+const USERNS: &str = "User Namespacing";
+const MOUNTS: &str = "Mounts";
+const CREDENTIALS: &str = "Credentials";
+
+// Options taking a value are `Append` so that every occurrence is validated, as getopt
+// hands each one to systemd's parser; the last occurrence wins. Values may start with a
+// hyphen because getopt takes the next argument as the value unconditionally.
+#[derive(Debug, Parser)]
+#[command(
+    name = "rvmspawn",
+    about = "Spawn an OS in a virtual machine, on KVM.",
+    version,
+    disable_help_flag = true,
+    disable_version_flag = true,
+    args_override_self = true,
+    infer_long_args = true,
+    max_term_width = 100
+)]
+pub struct Args {
+    /// Show this help
+    #[arg(short, long, action = ArgAction::Help)]
+    help: Option<bool>,
+
+    /// Print the version and exit
+    #[arg(long, action = ArgAction::Version)]
+    version: Option<bool>,
+
+    /// Do not print status messages, only the guest's console output
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// Accepted for compatibility; rvmspawn never starts a pager
+    #[arg(long)]
+    pub no_pager: bool,
+
+    /// Directory holding the guest's root file system
+    #[arg(short = 'D', long, value_name = "PATH", help_heading = IMAGE,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub directory: Vec<OsString>,
+
+    /// Disk image (or block device) holding the guest's root file system
+    #[arg(short, long, value_name = "PATH", help_heading = IMAGE,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub image: Vec<OsString>,
+
+    /// Number of virtual CPUs [default: 1]
+    #[arg(long, value_name = "SMP", help_heading = HOST,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub qemu_smp: Vec<String>,
+
+    /// Guest memory size, like 512M or 2G [default: 2G]
+    #[arg(long, value_name = "MEM", help_heading = HOST,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub qemu_mem: Vec<String>,
+
+    /// Whether to use KVM (rvmspawn always needs it) [default: auto]
+    #[arg(long, value_name = "BOOL", help_heading = HOST,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub qemu_kvm: Vec<String>,
+
+    /// Whether to give the guest a vsock device [default: auto]
+    #[arg(long, value_name = "BOOL", help_heading = HOST,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub qemu_vsock: Vec<String>,
+
+    /// Fixed vsock CID for the guest, 3 to 4294967294 [default: random]
+    #[arg(long, value_name = "CID", help_heading = HOST,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub vsock_cid: Vec<String>,
+
+    /// Whether to give the guest a software TPM (swtpm) [default: auto]
+    #[arg(long, value_name = "BOOL", help_heading = HOST,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub tpm: Vec<String>,
+
+    /// Kernel image to boot directly
+    #[arg(long, value_name = "PATH", help_heading = HOST,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub linux: Vec<OsString>,
+
+    /// Initrd for direct kernel boot; may be repeated, loaded in order
+    #[arg(long, value_name = "PATH", help_heading = HOST,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub initrd: Vec<OsString>,
+
+    /// Show the guest in a graphical window
+    #[arg(long, help_heading = HOST)]
+    pub qemu_gui: bool,
+
+    /// Connect the guest to the host through a TAP device
+    #[arg(short, long, help_heading = HOST)]
+    pub network_tap: bool,
+
+    /// Give the guest user-mode (NAT) networking
+    #[arg(long, help_heading = HOST)]
+    pub network_user_mode: bool,
+
+    /// Firmware description (JSON) to boot with, or `list` to list them
+    #[arg(long, value_name = "PATH", help_heading = HOST,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub firmware: Vec<OsString>,
+
+    /// Whether to pick firmware with Secure Boot support [default: auto]
+    #[arg(long, value_name = "BOOL", help_heading = HOST,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub secure_boot: Vec<String>,
+
+    /// Name of the virtual machine
+    #[arg(short = 'M', long, value_name = "NAME", help_heading = IDENTITY,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub machine: Vec<String>,
+
+    /// Map guest UIDs/GIDs from 0 up onto host IDs from UID_SHIFT on (--directory only)
+    #[arg(long, value_name = "UID_SHIFT[:UID_RANGE]", help_heading = USERNS,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub private_users: Vec<String>,
+
+    /// Share a host directory with the guest; `\:` escapes a colon
+    #[arg(long, value_name = "PATH[:PATH]", help_heading = MOUNTS,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub bind: Vec<OsString>,
+
+    /// Like --bind, but read-only
+    #[arg(long, value_name = "PATH[:PATH]", help_heading = MOUNTS,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub bind_ro: Vec<OsString>,
+
+    /// Pass a credential read from a file, or one of our own credentials
+    #[arg(long, value_name = "ID:PATH", help_heading = CREDENTIALS,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub load_credential: Vec<OsString>,
+
+    /// Pass a credential given literally, with C escapes (\n, \x00)
+    #[arg(long, value_name = "ID:VALUE", help_heading = CREDENTIALS,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub set_credential: Vec<OsString>,
+
+    /// Extra kernel command-line arguments (after all options)
+    #[arg(value_name = "ARGS", trailing_var_arg = true)]
+    pub kernel_args: Vec<String>,
+
+    /// --bind and --bind-ro in command-line order, which decides mount order.
+    #[arg(skip)]
+    pub binds: Vec<(Mount, OsString)>,
+
+    /// --load-credential and --set-credential in command-line order, so that a duplicate
+    /// ID is blamed on its second occurrence.
+    #[arg(skip)]
+    pub credentials: Vec<(CredentialArg, OsString)>,
+}
+
+/// Which of the two bind options a value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mount {
+    ReadWrite,
+    ReadOnly,
+}
+
+/// Which of the two credential options a value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialArg {
+    Load,
+    Set,
+}
+
+impl Args {
+    /// Parses a full argv (program name first).
+    pub fn try_parse_from<I, T>(argv: I) -> Result<Args, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let matches = Args::command().try_get_matches_from(argv)?;
+        let mut args = Args::from_arg_matches(&matches)?;
+        args.binds = in_order(
+            &matches,
+            &[("bind", Mount::ReadWrite), ("bind_ro", Mount::ReadOnly)],
+        );
+        args.credentials = in_order(
+            &matches,
+            &[
+                ("load_credential", CredentialArg::Load),
+                ("set_credential", CredentialArg::Set),
+            ],
+        );
+        Ok(args)
+    }
+}
+
+/// Merges the occurrences of several options by their position on the command line.
+fn in_order<K: Copy>(matches: &ArgMatches, ids: &[(&str, K)]) -> Vec<(K, OsString)> {
+    let mut all = Vec::new();
+    for &(id, kind) in ids {
+        let (Some(indices), Some(values)) = (matches.indices_of(id), matches.get_many(id)) else {
+            continue;
+        };
+        for (index, value) in indices.zip(values) {
+            let value: &OsString = value;
+            all.push((index, kind, value.clone()));
+        }
+    }
+    all.sort_by_key(|&(index, _, _)| index);
+    all.into_iter()
+        .map(|(_, kind, value)| (kind, value))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn definition_is_consistent() {
+        Args::command().debug_assert();
+    }
+}

@@ -1,0 +1,808 @@
+//! From the raw command line to a `vmm::VmConfig`: every value parsed and checked
+//! (EINVAL, ERANGE), then vmspawn's rules between options, then refusals of what rvmspawn
+//! cannot do yet (EOPNOTSUPP), then the files. Nothing here touches KVM.
+
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+
+use crate::args::{Args, CredentialArg, Mount};
+use crate::error::Failure;
+use crate::parse::{
+    self, BindMount, Credential, Firmware, Invalid, UidRange, hostname_cleanup, hostname_is_valid,
+};
+
+pub const MIB: u64 = 1 << 20;
+
+/// vmspawn's default.
+pub const DEFAULT_MEM: u64 = 2 << 30;
+
+/// Below this a stock distribution kernel with an initrd does not reach userspace; a
+/// clear error beats an out-of-memory panic on the guest console.
+pub const MIN_MEM: u64 = 64 * MIB;
+
+/// Name for a VM booted with `--linux` alone when the current directory gives none.
+pub const FALLBACK_NAME: &str = "rvmspawn";
+
+/// What validation needs to know about the host, gathered once so tests can fake it.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// Relative paths on the command line are relative to this.
+    pub cwd: PathBuf,
+    /// Physical memory; larger guests are refused.
+    pub mem_bytes: u64,
+    /// Names a VM that boots the host's own root directory, as vmspawn does.
+    pub hostname: String,
+}
+
+impl Host {
+    pub fn detect() -> Result<Host, Failure> {
+        let cwd = std::env::current_dir()
+            .map_err(|e| Failure::io("Failed to determine current directory", &e))?;
+        // SAFETY: sysconf() only reads system parameters; it has no preconditions.
+        let (pages, page_size) = unsafe {
+            (
+                libc::sysconf(libc::_SC_PHYS_PAGES),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        let mem_bytes = u64::try_from(pages)
+            .ok()
+            .zip(u64::try_from(page_size).ok())
+            .and_then(|(pages, size)| pages.checked_mul(size))
+            .ok_or_else(|| {
+                Failure::io(
+                    "Failed to determine the host's memory size",
+                    &io::Error::last_os_error(),
+                )
+            })?;
+        let hostname = fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim_end().to_owned())
+            .unwrap_or_default();
+        Ok(Host {
+            cwd,
+            mem_bytes,
+            hostname,
+        })
+    }
+}
+
+/// The command line, parsed and checked value by value.
+#[derive(Debug)]
+pub struct Settings {
+    pub quiet: bool,
+    pub directory: Option<PathBuf>,
+    pub image: Option<PathBuf>,
+    pub vcpus: u32,
+    pub mem_bytes: u64,
+    /// `None`: detect.
+    pub kvm: Option<bool>,
+    pub vsock: Option<bool>,
+    /// `None`: pick a free one.
+    pub vsock_cid: Option<u32>,
+    pub tpm: Option<bool>,
+    pub linux: Option<PathBuf>,
+    pub initrds: Vec<PathBuf>,
+    pub gui: bool,
+    pub network_tap: bool,
+    pub network_user_mode: bool,
+    pub firmware: Option<Firmware>,
+    pub secure_boot: Option<bool>,
+    /// `None`: derive from the image, directory or current directory.
+    pub machine: Option<String>,
+    pub private_users: Option<UidRange>,
+    /// In command-line order.
+    pub binds: Vec<BindMount>,
+    /// In command-line order, IDs unique.
+    pub credentials: Vec<Credential>,
+    pub kernel_args: Vec<String>,
+}
+
+/// Parses every occurrence of an option, as getopt would hand each to systemd's parser,
+/// and keeps the last one together with the text it came from.
+fn last<'a, V, T>(
+    option: &str,
+    values: &'a [V],
+    parse: impl Fn(&'a V) -> Result<T, Invalid>,
+) -> Result<Option<(&'a V, T)>, Failure>
+where
+    V: AsRef<OsStr>,
+{
+    let mut result = None;
+    for value in values {
+        let parsed = parse(value).map_err(|why| Failure::value(option, shown(value), why))?;
+        result = Some((value, parsed));
+    }
+    Ok(result)
+}
+
+fn last_value<'a, V: AsRef<OsStr>, T>(
+    option: &str,
+    values: &'a [V],
+    parse: impl Fn(&'a V) -> Result<T, Invalid>,
+) -> Result<Option<T>, Failure> {
+    Ok(last(option, values, parse)?.map(|(_, parsed)| parsed))
+}
+
+fn shown(value: &impl AsRef<OsStr>) -> std::path::Display<'_> {
+    Path::new(value.as_ref()).display()
+}
+
+impl Settings {
+    pub fn from_args(args: Args, host: &Host) -> Result<Settings, Failure> {
+        let cwd = host.cwd.as_path();
+        let path = |v: &OsString| Ok(parse::parse_path(v, cwd));
+        let tristate = |v: &String| parse::parse_tristate(v);
+
+        let directory = last_value("directory", &args.directory, path)?.flatten();
+        let image = last_value("image", &args.image, path)?.flatten();
+        let vcpus = last_value("qemu-smp", &args.qemu_smp, |v| parse::parse_smp(v))?.unwrap_or(1);
+        let mem_bytes = match last("qemu-mem", &args.qemu_mem, |v| parse::parse_size(v))? {
+            Some((text, bytes)) => guest_memory(bytes, host.mem_bytes)
+                .map_err(|why| Failure::value("qemu-mem", text, why))?,
+            // Not held against the host's size: like QEMU, the default counts on the
+            // guest touching only what it uses.
+            None => DEFAULT_MEM,
+        };
+        let kvm = last_value("qemu-kvm", &args.qemu_kvm, tristate)?.flatten();
+        let vsock = last_value("qemu-vsock", &args.qemu_vsock, tristate)?.flatten();
+        let vsock_cid =
+            last_value("vsock-cid", &args.vsock_cid, |v| parse::parse_vsock_cid(v))?.flatten();
+        let tpm = last_value("tpm", &args.tpm, tristate)?.flatten();
+        let linux = last_value("linux", &args.linux, path)?.flatten();
+        let initrds = args
+            .initrd
+            .iter()
+            .map(|v| {
+                parse::parse_path(v, cwd)
+                    .ok_or_else(|| Failure::value("initrd", "", Invalid::syntax("expected a path")))
+            })
+            .collect::<Result<_, _>>()?;
+        let firmware = last_value("firmware", &args.firmware, |v| {
+            parse::parse_firmware(v, cwd)
+        })?
+        .flatten();
+        let secure_boot = last_value("secure-boot", &args.secure_boot, tristate)?.flatten();
+        let machine =
+            last_value("machine", &args.machine, |v| parse::parse_machine_name(v))?.flatten();
+        let private_users = last_value("private-users", &args.private_users, |v| {
+            parse::parse_private_users(v)
+        })?;
+
+        let binds = args
+            .binds
+            .iter()
+            .map(|(kind, value)| {
+                let (option, read_only) = match kind {
+                    Mount::ReadWrite => ("bind", false),
+                    Mount::ReadOnly => ("bind-ro", true),
+                };
+                parse::parse_bind(value, read_only, cwd)
+                    .map_err(|why| Failure::value(option, shown(value), why))
+            })
+            .collect::<Result<_, _>>()?;
+
+        let mut credentials: Vec<Credential> = Vec::new();
+        for (kind, value) in &args.credentials {
+            let (option, parsed) = match kind {
+                CredentialArg::Load => ("load-credential", parse::parse_load_credential(value)),
+                CredentialArg::Set => ("set-credential", parse::parse_set_credential(value)),
+            };
+            let credential = parsed
+                .and_then(|c| {
+                    if credentials.iter().any(|known| known.id == c.id) {
+                        Err(Invalid {
+                            errno: libc::EEXIST,
+                            reason: format!("credential '{}' is already set", c.id),
+                        })
+                    } else {
+                        Ok(c)
+                    }
+                })
+                .map_err(|why| Failure::value(option, shown(value), why))?;
+            credentials.push(credential);
+        }
+
+        Ok(Settings {
+            quiet: args.quiet,
+            directory,
+            image,
+            vcpus,
+            mem_bytes,
+            kvm,
+            vsock,
+            vsock_cid,
+            tpm,
+            linux,
+            initrds,
+            gui: args.qemu_gui,
+            network_tap: args.network_tap,
+            network_user_mode: args.network_user_mode,
+            firmware,
+            secure_boot,
+            machine,
+            private_users,
+            binds,
+            credentials,
+            kernel_args: args.kernel_args,
+        })
+    }
+
+    /// vmspawn's rules between options, then whatever rvmspawn cannot do yet.
+    pub fn check(&self) -> Result<(), Failure> {
+        let einval = |message: &str| Err(Failure::new(libc::EINVAL, message));
+        if self.directory.is_some() && self.image.is_some() {
+            return einval("Please specify either --directory= or --image=, not both.");
+        }
+        if !self.initrds.is_empty() && self.linux.is_none() {
+            return einval("--initrd= requires --linux=.");
+        }
+        // Booting a kernel with no root file system is our extension; without any of the
+        // three vmspawn would look -M up as an installed image or boot the current
+        // directory, neither of which exists here.
+        if self.directory.is_none() && self.image.is_none() && self.linux.is_none() {
+            return Err(Failure::new(
+                libc::EOPNOTSUPP,
+                "Nothing to boot: specify --linux= (or --directory=/--image=, not supported \
+                 yet); finding images by machine name or booting the current directory is \
+                 not supported.",
+            ));
+        }
+
+        // vmspawn's auto mode falls back to emulation (TCG) when KVM is missing;
+        // rvmspawn has no emulator, so auto is the same as yes, and no is impossible.
+        if self.kvm == Some(false) {
+            return Err(Failure::new(
+                libc::EOPNOTSUPP,
+                "--qemu-kvm=no is not supported: rvmspawn has no CPU emulator and always \
+                 uses KVM.",
+            ));
+        }
+        let refusals = [
+            (self.directory.is_some(), "--directory="),
+            (self.image.is_some(), "--image="),
+            // auto means "if available", and no vsock device exists yet, so auto and no
+            // are both honoured; yes cannot be.
+            (self.vsock == Some(true), "--qemu-vsock=yes"),
+            (self.vsock_cid.is_some(), "--vsock-cid="),
+            // Likewise auto means "use swtpm if found", and the TPM device does not
+            // exist yet, which counts as swtpm unavailable.
+            (self.tpm == Some(true), "--tpm=yes"),
+            (self.gui, "--qemu-gui"),
+            (self.network_tap, "--network-tap"),
+            (self.network_user_mode, "--network-user-mode"),
+            (self.firmware.is_some(), "--firmware="),
+            // auto is the same as not asking: no firmware preference.
+            (self.secure_boot.is_some(), "--secure-boot="),
+            (self.private_users.is_some(), "--private-users="),
+            (self.binds.iter().any(|b| !b.read_only), "--bind="),
+            (self.binds.iter().any(|b| b.read_only), "--bind-ro="),
+            (
+                self.credentials.iter().any(|c| !c.is_literal()),
+                "--load-credential=",
+            ),
+            (
+                self.credentials.iter().any(Credential::is_literal),
+                "--set-credential=",
+            ),
+        ];
+        match refusals.iter().find(|(given, _)| *given) {
+            Some((_, what)) => Err(Failure::unsupported(what)),
+            None => Ok(()),
+        }
+    }
+
+    /// The name given with -M, or vmspawn's default: the image file name without `.raw`,
+    /// the directory's name, or the host name when booting `/`.
+    ///
+    /// `--linux` alone is our extension. vmspawn without an image or directory boots the
+    /// current directory and is named after it, so that name is kept, cleaned up into a
+    /// host name; when nothing usable is left (e.g. in `/`) the VM is called "rvmspawn",
+    /// since a VM without a root file system has no better name.
+    pub fn machine_name(&self, host: &Host) -> Result<String, Failure> {
+        if let Some(name) = &self.machine {
+            return Ok(name.clone());
+        }
+        let file_name = |p: &Path| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        let raw = if let Some(image) = &self.image {
+            let name = file_name(image);
+            name.strip_suffix(".raw").unwrap_or(&name).to_owned()
+        } else if let Some(directory) = &self.directory {
+            if directory == Path::new("/") {
+                host.hostname.clone()
+            } else {
+                file_name(directory)
+            }
+        } else {
+            let name = hostname_cleanup(&file_name(&host.cwd));
+            return Ok(if hostname_is_valid(&name) {
+                name
+            } else {
+                FALLBACK_NAME.to_owned()
+            });
+        };
+        let name = hostname_cleanup(&raw);
+        if hostname_is_valid(&name) {
+            Ok(name)
+        } else {
+            Err(Failure::new(
+                libc::EINVAL,
+                "Failed to determine machine name automatically, please use -M.",
+            ))
+        }
+    }
+
+    /// Fails early, with the file named, instead of after the VM has been set up.
+    pub fn check_files(&self) -> Result<(), Failure> {
+        if let Some(kernel) = &self.linux {
+            check_readable_file("kernel", kernel)?;
+        }
+        for initrd in &self.initrds {
+            check_readable_file("initrd", initrd)?;
+        }
+        Ok(())
+    }
+
+    /// Assumes [`Settings::check`] passed. Decides nothing about KVM: the caller says
+    /// where it comes from.
+    pub fn into_vm_config(self, name: String, kvm: vmm::KvmSource) -> vmm::VmConfig {
+        vmm::VmConfig {
+            name,
+            vcpus: self.vcpus,
+            mem_bytes: self.mem_bytes,
+            kernel: self
+                .linux
+                .expect("check() requires --linux= until --directory=/--image= exist"),
+            initrds: self.initrds,
+            extra_cmdline: self.kernel_args,
+            kvm,
+        }
+    }
+}
+
+/// Rounds up to whole MiB, as vmspawn does when it passes the size to QEMU, which also
+/// keeps guest RAM page-aligned.
+fn guest_memory(bytes: u64, host_bytes: u64) -> Result<u64, Invalid> {
+    let too_big = || {
+        Invalid::range(format!(
+            "more than the host's {}M of memory",
+            host_bytes / MIB
+        ))
+    };
+    let rounded = bytes.div_ceil(MIB).checked_mul(MIB).ok_or_else(too_big)?;
+    if rounded < MIN_MEM {
+        return Err(Invalid::range(format!(
+            "a guest needs at least {}M of memory",
+            MIN_MEM / MIB
+        )));
+    }
+    if rounded > host_bytes {
+        return Err(too_big());
+    }
+    Ok(rounded)
+}
+
+fn check_readable_file(what: &str, path: &Path) -> Result<(), Failure> {
+    let context = || format!("Failed to open {what} '{}'", path.display());
+    let fail = |errno| Failure::io(context(), &io::Error::from_raw_os_error(errno));
+    // stat() before open(), because opening a FIFO would block.
+    let kind = fs::metadata(path)
+        .map_err(|e| Failure::io(context(), &e))?
+        .file_type();
+    if kind.is_dir() {
+        return Err(fail(libc::EISDIR));
+    }
+    if kind.is_fifo() || kind.is_socket() || kind.is_char_device() || kind.is_block_device() {
+        return Err(Failure::new(
+            libc::EINVAL,
+            format!("{}: not a regular file", context()),
+        ));
+    }
+    fs::File::open(path).map_err(|e| Failure::io(context(), &e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::CredentialData;
+
+    const EINVAL: i32 = libc::EINVAL;
+    const ERANGE: i32 = libc::ERANGE;
+    const EOPNOTSUPP: i32 = libc::EOPNOTSUPP;
+
+    fn host() -> Host {
+        Host {
+            cwd: "/home/u".into(),
+            mem_bytes: 8 << 30,
+            hostname: "hosty".into(),
+        }
+    }
+
+    fn settings_on(host: &Host, argv: &[&str]) -> Result<Settings, Failure> {
+        let args = Args::try_parse_from(std::iter::once("rvmspawn").chain(argv.iter().copied()))
+            .expect("clap accepts the command line");
+        Settings::from_args(args, host)
+    }
+
+    fn settings(argv: &[&str]) -> Result<Settings, Failure> {
+        settings_on(&host(), argv)
+    }
+
+    /// Parses and checks, stopping before the files.
+    fn checked(argv: &[&str]) -> Result<Settings, Failure> {
+        let s = settings(argv)?;
+        s.check()?;
+        Ok(s)
+    }
+
+    fn failure(argv: &[&str]) -> Failure {
+        checked(argv).expect_err("should have been refused")
+    }
+
+    fn vm_config(argv: &[&str]) -> vmm::VmConfig {
+        let host = host();
+        let s = checked(argv).expect("valid");
+        let name = s.machine_name(&host).expect("named");
+        s.into_vm_config(name, vmm::KvmSource::Open)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = vm_config(&["--linux=/boot/vmlinuz"]);
+        assert_eq!(c.name, "u");
+        assert_eq!(c.vcpus, 1);
+        assert_eq!(c.mem_bytes, 2 << 30);
+        assert_eq!(c.kernel, Path::new("/boot/vmlinuz"));
+        assert!(c.initrds.is_empty());
+        assert!(c.extra_cmdline.is_empty());
+        assert!(matches!(c.kvm, vmm::KvmSource::Open));
+    }
+
+    #[test]
+    fn everything_supported() {
+        let c = vm_config(&[
+            "-q",
+            "--no-pager",
+            "--qemu-smp=4",
+            "--qemu-mem=1.5G",
+            "--qemu-kvm=yes",
+            "--qemu-vsock=auto",
+            "--vsock-cid=",
+            "--tpm=no",
+            "--firmware=",
+            "--secure-boot=",
+            "--linux",
+            "vmlinuz",
+            "--initrd=/b/one.img",
+            "--initrd",
+            "two.img",
+            "-M",
+            "test-vm",
+            "console=ttyS0",
+            "--",
+            "-x",
+        ]);
+        assert_eq!(c.name, "test-vm");
+        assert_eq!(c.vcpus, 4);
+        assert_eq!(c.mem_bytes, 1536 * MIB);
+        assert_eq!(c.kernel, Path::new("/home/u/vmlinuz"));
+        assert_eq!(
+            c.initrds,
+            [Path::new("/b/one.img"), Path::new("/home/u/two.img")]
+        );
+        // Everything after the first argument belongs to the guest, like getopt's "+".
+        assert_eq!(c.extra_cmdline, ["console=ttyS0", "--", "-x"]);
+    }
+
+    #[test]
+    fn options_must_precede_kernel_arguments() {
+        let c = vm_config(&["--linux=/k", "quiet", "-q", "--qemu-mem=1G"]);
+        assert_eq!(c.extra_cmdline, ["quiet", "-q", "--qemu-mem=1G"]);
+        assert_eq!(c.mem_bytes, 2 << 30);
+        let c = vm_config(&["--linux=/k", "--", "--qemu-mem=1G"]);
+        assert_eq!(c.extra_cmdline, ["--qemu-mem=1G"]);
+    }
+
+    #[test]
+    fn last_occurrence_wins_but_all_are_checked() {
+        let c = vm_config(&[
+            "--linux=/k",
+            "--qemu-mem=1G",
+            "--qemu-mem=3G",
+            "--qemu-smp=2",
+        ]);
+        assert_eq!(c.mem_bytes, 3 << 30);
+        let f = failure(&["--linux=/k", "--qemu-mem=banana", "--qemu-mem=3G"]);
+        assert_eq!(f.errno, EINVAL);
+        // The host-size check only applies to the value that is used.
+        let c = vm_config(&["--linux=/k", "--qemu-mem=100G", "--qemu-mem=1G"]);
+        assert_eq!(c.mem_bytes, 1 << 30);
+        // An empty value resets to the default.
+        let c = vm_config(&["--linux=/a", "--linux=/b", "-M", "x", "-M", ""]);
+        assert_eq!(c.kernel, Path::new("/b"));
+        assert_eq!(c.name, "u");
+    }
+
+    #[test]
+    fn memory_limits() {
+        let mem = |v: &str| settings(&["--linux=/k", &format!("--qemu-mem={v}")]);
+        assert_eq!(mem("64M").unwrap().mem_bytes, 64 * MIB);
+        assert_eq!(mem("100000K").unwrap().mem_bytes, 98 * MIB);
+        assert_eq!(mem("67108865").unwrap().mem_bytes, 65 * MIB);
+        assert_eq!(mem("8G").unwrap().mem_bytes, 8 << 30);
+        let f = mem("63M").unwrap_err();
+        assert_eq!(f.errno, ERANGE);
+        assert_eq!(
+            f.message,
+            "Failed to parse --qemu-mem= value '63M': a guest needs at least 64M of memory"
+        );
+        let f = mem("9G").unwrap_err();
+        assert_eq!(f.errno, ERANGE);
+        assert!(f.message.contains("8192M"), "{}", f.message);
+        assert_eq!(mem("15E").unwrap_err().errno, ERANGE);
+        assert_eq!(mem("18446744073709551615").unwrap_err().errno, ERANGE);
+        assert_eq!(mem("16E").unwrap_err().errno, ERANGE);
+        assert_eq!(mem("2g").unwrap_err().errno, EINVAL);
+        // The default is not held against small hosts.
+        let small = Host {
+            mem_bytes: 1 << 30,
+            ..host()
+        };
+        let s = settings_on(&small, &["--linux=/k"]).unwrap();
+        assert_eq!(s.mem_bytes, 2 << 30);
+    }
+
+    #[test]
+    fn value_errors_name_option_and_value() {
+        let cases: [(&[&str], i32, &str); 12] = [
+            (&["--qemu-mem=banana"], EINVAL, "--qemu-mem= value 'banana'"),
+            (&["--qemu-smp=0"], ERANGE, "--qemu-smp= value '0'"),
+            (&["--qemu-smp=2,sockets=2"], EINVAL, "--qemu-smp= value"),
+            (&["--qemu-kvm=maybe"], EINVAL, "--qemu-kvm= value 'maybe'"),
+            (&["--qemu-vsock=2"], EINVAL, "--qemu-vsock= value '2'"),
+            (&["--vsock-cid=2"], ERANGE, "--vsock-cid= value '2'"),
+            (&["--tpm=x"], EINVAL, "--tpm= value 'x'"),
+            (
+                &["--firmware=ovmf.json"],
+                EINVAL,
+                "--firmware= value 'ovmf.json'",
+            ),
+            (&["--secure-boot=x"], EINVAL, "--secure-boot= value 'x'"),
+            (&["-M", "a b"], EINVAL, "--machine= value 'a b'"),
+            (&["--private-users=x"], EINVAL, "--private-users= value 'x'"),
+            (&["--bind-ro=rel"], EINVAL, "--bind-ro= value 'rel'"),
+        ];
+        for (argv, errno, text) in cases {
+            let mut argv = argv.to_vec();
+            argv.push("--linux=/k");
+            let f = settings(&argv).expect_err(text);
+            assert_eq!(f.errno, errno, "{argv:?}");
+            assert!(f.message.starts_with("Failed to parse "), "{}", f.message);
+            assert!(f.message.contains(text), "{}", f.message);
+        }
+        let f = settings(&["--initrd="]).unwrap_err();
+        assert_eq!(f.errno, EINVAL);
+        assert!(f.message.contains("--initrd="), "{}", f.message);
+    }
+
+    #[test]
+    fn parse_errors_come_before_refusals() {
+        let f = failure(&["--linux=/k", "--bind=/a", "--vsock-cid=1"]);
+        assert_eq!(f.errno, ERANGE);
+        let f = failure(&["-D", "/a", "-i", "/b", "--qemu-mem=x"]);
+        assert_eq!(f.errno, EINVAL);
+        assert!(f.message.contains("--qemu-mem"), "{}", f.message);
+    }
+
+    #[test]
+    fn option_combinations() {
+        let f = failure(&["-D", "/srv/os", "-i", "/srv/os.raw"]);
+        assert_eq!(f.errno, EINVAL);
+        assert!(f.message.contains("--directory=") && f.message.contains("--image="));
+        let f = failure(&["--initrd=/i"]);
+        assert_eq!(f.errno, EINVAL);
+        assert_eq!(f.message, "--initrd= requires --linux=.");
+        let f = failure(&[]);
+        assert_eq!(f.errno, EOPNOTSUPP);
+        assert!(f.message.contains("--linux="), "{}", f.message);
+        let f = failure(&["-M", "foo", "-q"]);
+        assert_eq!(f.errno, EOPNOTSUPP);
+    }
+
+    #[test]
+    fn unimplemented_options_are_refused() {
+        let cases: [(&[&str], &str); 15] = [
+            (&["-D", "/srv/os"], "--directory="),
+            (&["--image=/srv/os.raw"], "--image="),
+            (&["--qemu-vsock=yes"], "--qemu-vsock=yes"),
+            (&["--vsock-cid=3"], "--vsock-cid="),
+            (&["--tpm=yes"], "--tpm=yes"),
+            (&["--qemu-gui"], "--qemu-gui"),
+            (&["-n"], "--network-tap"),
+            (&["--network-user-mode"], "--network-user-mode"),
+            (&["--firmware=list"], "--firmware="),
+            (&["--firmware=/fw.json"], "--firmware="),
+            (&["--secure-boot=no"], "--secure-boot="),
+            (&["--private-users=65536"], "--private-users="),
+            (&["--bind=/srv"], "--bind="),
+            (&["--bind-ro=/srv:/mnt"], "--bind-ro="),
+            (&["--set-credential=a:b"], "--set-credential="),
+        ];
+        for (argv, option) in cases {
+            let mut argv = argv.to_vec();
+            argv.push("--linux=/k");
+            let f = failure(&argv);
+            assert_eq!(f.errno, EOPNOTSUPP, "{argv:?}");
+            assert!(f.message.starts_with(option), "{argv:?}: {}", f.message);
+            assert!(f.message.contains("not supported yet"), "{}", f.message);
+        }
+        let f = failure(&["--linux=/k", "--load-credential=a:/etc/a"]);
+        assert!(f.message.contains("--load-credential="), "{}", f.message);
+    }
+
+    #[test]
+    fn kvm_cannot_be_turned_off() {
+        for no in ["--qemu-kvm=no", "--qemu-kvm=0", "--qemu-kvm=OFF"] {
+            let f = failure(&["--linux=/k", no]);
+            assert_eq!(f.errno, EOPNOTSUPP);
+            assert!(f.message.starts_with("--qemu-kvm=no "), "{}", f.message);
+            assert!(f.message.contains("emulator"), "{}", f.message);
+        }
+    }
+
+    #[test]
+    fn detect_modes_are_accepted() {
+        for argv in [
+            [
+                "--qemu-kvm=auto",
+                "--qemu-vsock=no",
+                "--tpm=auto",
+                "--secure-boot=auto",
+            ],
+            ["--qemu-kvm=", "--qemu-vsock=", "--tpm=", "--secure-boot="],
+            [
+                "--qemu-kvm=1",
+                "--qemu-vsock=0",
+                "--tpm=off",
+                "--vsock-cid=",
+            ],
+        ] {
+            let mut argv = argv.to_vec();
+            argv.push("--linux=/k");
+            checked(&argv).unwrap();
+        }
+    }
+
+    #[test]
+    fn binds_and_credentials_keep_command_line_order() {
+        let s = settings(&[
+            "--bind-ro=/a",
+            "--bind=/b:/c",
+            "--bind-ro=d\\:e:/f",
+            "--set-credential=one:1",
+            "--load-credential=two:/etc/two",
+            "--set-credential=three:3",
+        ])
+        .unwrap();
+        let binds: Vec<_> = s
+            .binds
+            .iter()
+            .map(|b| {
+                (
+                    b.source.to_str().unwrap(),
+                    b.target.to_str().unwrap(),
+                    b.read_only,
+                )
+            })
+            .collect();
+        assert_eq!(
+            binds,
+            [
+                ("/a", "/a", true),
+                ("/b", "/c", false),
+                ("/home/u/d:e", "/f", true)
+            ]
+        );
+        let ids: Vec<_> = s.credentials.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["one", "two", "three"]);
+        assert_eq!(
+            s.credentials[1].data,
+            CredentialData::File("/etc/two".into())
+        );
+    }
+
+    #[test]
+    fn duplicate_credentials() {
+        let f = settings(&["--load-credential=x:/a", "--set-credential=x:b"]).unwrap_err();
+        assert_eq!(f.errno, libc::EEXIST);
+        assert!(
+            f.message.contains("--set-credential= value 'x:b'"),
+            "{}",
+            f.message
+        );
+        let f = settings(&["--set-credential=x:b", "--load-credential=x:/a"]).unwrap_err();
+        assert!(f.message.contains("--load-credential="), "{}", f.message);
+    }
+
+    fn name_in(cwd: &str, argv: &[&str]) -> Result<String, Failure> {
+        let host = Host {
+            cwd: cwd.into(),
+            ..host()
+        };
+        settings_on(&host, argv)?.machine_name(&host)
+    }
+
+    #[test]
+    fn machine_names_for_kernel_only_boots() {
+        assert_eq!(name_in("/home/u", &["--linux=/k"]).unwrap(), "u");
+        assert_eq!(
+            name_in("/tmp/My Project", &["--linux=/k"]).unwrap(),
+            "MyProject"
+        );
+        assert_eq!(name_in("/", &["--linux=/k"]).unwrap(), FALLBACK_NAME);
+        assert_eq!(name_in("/tmp/...", &["--linux=/k"]).unwrap(), FALLBACK_NAME);
+        assert_eq!(name_in("/", &["--linux=/k", "-M", "vm"]).unwrap(), "vm");
+    }
+
+    #[test]
+    fn machine_names_like_vmspawn() {
+        assert_eq!(name_in("/", &["-i", "/var/fedora.raw"]).unwrap(), "fedora");
+        assert_eq!(
+            name_in("/", &["-i", "/var/fedora.qcow2"]).unwrap(),
+            "fedora.qcow2"
+        );
+        assert_eq!(name_in("/var", &["-i", "arch.raw"]).unwrap(), "arch");
+        assert_eq!(name_in("/", &["-D", "/srv/debian/"]).unwrap(), "debian");
+        assert_eq!(name_in("/", &["-D", "/"]).unwrap(), "hosty");
+        assert_eq!(name_in("/", &["-D", "/srv/.."]).unwrap_err().errno, EINVAL);
+        assert_eq!(
+            name_in("/", &["-i", "/var/öö.raw"]).unwrap_err().errno,
+            EINVAL
+        );
+        assert_eq!(name_in("/", &["-i", "/x.raw", "-M", "y"]).unwrap(), "y");
+    }
+
+    fn temp_path(tag: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("rvmspawn-config-{}-{tag}", std::process::id()))
+    }
+
+    #[test]
+    fn file_checks() {
+        let kernel = temp_path("kernel");
+        fs::write(&kernel, b"not really a kernel").unwrap();
+        let with = |argv: &[&str]| settings(argv).unwrap().check_files();
+
+        let k = format!("--linux={}", kernel.display());
+        assert_eq!(with(&[&k]), Ok(()));
+        assert_eq!(
+            with(&[&k, &format!("--initrd={}", kernel.display())]),
+            Ok(())
+        );
+
+        let f = with(&["--linux=/nonexistent"]).unwrap_err();
+        assert_eq!(f.errno, libc::ENOENT);
+        assert_eq!(
+            f.message,
+            "Failed to open kernel '/nonexistent': No such file or directory"
+        );
+        let f = with(&[&k, "--initrd=/nonexistent.img"]).unwrap_err();
+        assert_eq!(
+            f.message,
+            "Failed to open initrd '/nonexistent.img': No such file or directory"
+        );
+        let f = with(&["--linux=/"]).unwrap_err();
+        assert_eq!(f.errno, libc::EISDIR);
+        let f = with(&["--linux=/dev/null"]).unwrap_err();
+        assert_eq!(f.errno, EINVAL);
+        assert!(f.message.contains("not a regular file"));
+
+        fs::remove_file(&kernel).unwrap();
+    }
+}

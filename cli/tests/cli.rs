@@ -1,0 +1,320 @@
+//! Runs the rvmspawn binary and checks what a caller sees: help, exit codes and error
+//! lines. None of these needs a VM to run: every case either fails before the VM is set
+//! up, or only looks at what is printed before it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rvmspawn");
+
+const EINVAL: i32 = 22;
+const ERANGE: i32 = 34;
+const ENOENT: i32 = 2;
+const EOPNOTSUPP: i32 = 95;
+
+/// Every long option of systemd-vmspawn(1) v256, which rvmspawn must all accept.
+const MAN_PAGE_OPTIONS: [&str; 25] = [
+    "quiet",
+    "directory",
+    "image",
+    "qemu-smp",
+    "qemu-mem",
+    "qemu-kvm",
+    "qemu-vsock",
+    "vsock-cid",
+    "tpm",
+    "linux",
+    "initrd",
+    "qemu-gui",
+    "network-tap",
+    "network-user-mode",
+    "firmware",
+    "secure-boot",
+    "machine",
+    "private-users",
+    "bind",
+    "bind-ro",
+    "load-credential",
+    "set-credential",
+    "no-pager",
+    "help",
+    "version",
+];
+
+/// A file that exists for as long as the value lives, to get past the kernel checks.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(tag: &str) -> TempFile {
+        let path =
+            std::env::temp_dir().join(format!("rvmspawn-cli-test-{}-{tag}", std::process::id()));
+        std::fs::write(&path, b"not a kernel").expect("create temporary file");
+        TempFile(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn linux_arg(&self) -> String {
+        format!("--linux={}", self.0.display())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_FDNAMES")
+        .output()
+        .expect("run rvmspawn")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Asserts a failure with `code` reported as one `rvmspawn: ` line mentioning `words`.
+fn assert_one_line_error(args: &[&str], code: i32, words: &[&str]) {
+    let out = run(args);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+    assert!(stdout(&out).is_empty(), "{args:?}");
+    assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    assert!(err.starts_with("rvmspawn: "), "{args:?}: {err}");
+    for word in words {
+        assert!(err.contains(word), "{args:?}: '{word}' missing in {err}");
+    }
+}
+
+#[test]
+fn help_lists_every_option_of_the_man_page() {
+    let out = run(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = stdout(&out);
+    for option in MAN_PAGE_OPTIONS {
+        let shown = format!("--{option}");
+        let listed = help
+            .match_indices(&shown)
+            .any(|(at, _)| matches!(help[at + shown.len()..].chars().next(), Some(' ' | '\n')));
+        assert!(listed, "--help does not list {shown}:\n{help}");
+    }
+    for short in ["-q,", "-D,", "-i,", "-n,", "-M,", "-h,"] {
+        assert!(help.contains(short), "--help lacks {short}");
+    }
+    for heading in [
+        "Image:",
+        "Host Configuration:",
+        "System Identity:",
+        "User Namespacing:",
+        "Mounts:",
+        "Credentials:",
+    ] {
+        assert!(help.contains(heading), "--help lacks {heading}");
+    }
+    assert_eq!(run(&["-h"]).status.code(), Some(0));
+}
+
+#[test]
+fn every_option_of_the_man_page_is_accepted() {
+    for option in MAN_PAGE_OPTIONS {
+        let out = run(&[&format!("--{option}"), "x"]);
+        let err = stderr(&out);
+        assert!(!err.contains("unexpected argument"), "--{option}: {err}");
+    }
+}
+
+#[test]
+fn version() {
+    let out = run(&["--version"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stdout(&out).starts_with("rvmspawn "), "{}", stdout(&out));
+}
+
+#[test]
+fn bad_values_exit_einval_naming_option_and_value() {
+    assert_one_line_error(
+        &["--qemu-mem=banana", "--linux=/k"],
+        EINVAL,
+        &["--qemu-mem", "banana"],
+    );
+    assert_one_line_error(&["--qemu-smp=two"], EINVAL, &["--qemu-smp", "two"]);
+    assert_one_line_error(&["--tpm=perhaps"], EINVAL, &["--tpm", "perhaps"]);
+    assert_one_line_error(&["-M", "no spaces"], EINVAL, &["--machine", "no spaces"]);
+    assert_one_line_error(&["--bind=rel"], EINVAL, &["--bind=", "rel"]);
+}
+
+#[test]
+fn out_of_range_values_exit_erange() {
+    assert_one_line_error(&["--vsock-cid=2"], ERANGE, &["--vsock-cid", "'2'"]);
+    assert_one_line_error(&["--qemu-mem=1M"], ERANGE, &["--qemu-mem", "1M"]);
+    assert_one_line_error(&["--qemu-smp=0"], ERANGE, &["--qemu-smp", "'0'"]);
+}
+
+#[test]
+fn missing_kernel_exits_with_errno() {
+    assert_one_line_error(
+        &["--linux=/nonexistent"],
+        ENOENT,
+        &["'/nonexistent'", "No such file or directory"],
+    );
+    let kernel = TempFile::new("kernel-for-initrd");
+    assert_one_line_error(
+        &[&kernel.linux_arg(), "--initrd=/nonexistent.img"],
+        ENOENT,
+        &["initrd", "'/nonexistent.img'"],
+    );
+}
+
+#[test]
+fn unimplemented_options_exit_eopnotsupp() {
+    let kernel = TempFile::new("kernel-unsupported");
+    let linux = kernel.linux_arg();
+    let cases: [(&[&str], &str); 17] = [
+        (&["--directory=/srv/os"], "--directory="),
+        (&["-D", "/srv/os"], "--directory="),
+        (&["--image=/srv/os.raw"], "--image="),
+        (&["-i", "/srv/os.raw"], "--image="),
+        (&["--qemu-vsock=yes"], "--qemu-vsock"),
+        (&["--vsock-cid=3"], "--vsock-cid"),
+        (&["--tpm=yes"], "--tpm"),
+        (&["--qemu-gui"], "--qemu-gui"),
+        (&["-n"], "--network-tap"),
+        (&["--network-user-mode"], "--network-user-mode"),
+        (&["--firmware=list"], "--firmware"),
+        (&["--secure-boot=yes"], "--secure-boot"),
+        (&["--private-users=65536:65536"], "--private-users"),
+        (&["--bind=/srv"], "--bind="),
+        (&["--bind-ro=/srv:/mnt"], "--bind-ro="),
+        (&["--load-credential=key:/etc/key"], "--load-credential"),
+        (&["--set-credential=key:value"], "--set-credential"),
+    ];
+    for (args, option) in cases {
+        let mut args = args.to_vec();
+        args.push(&linux);
+        assert_one_line_error(&args, EOPNOTSUPP, &[option, "not supported"]);
+    }
+}
+
+#[test]
+fn kvm_off_is_refused() {
+    let kernel = TempFile::new("kernel-nokvm");
+    assert_one_line_error(
+        &["--qemu-kvm=no", &kernel.linux_arg()],
+        EOPNOTSUPP,
+        &["--qemu-kvm=no", "KVM"],
+    );
+}
+
+#[test]
+fn something_to_boot_is_required() {
+    assert_one_line_error(&[], EOPNOTSUPP, &["--linux="]);
+    assert_one_line_error(&["-M", "vm", "-q"], EOPNOTSUPP, &["--linux="]);
+}
+
+#[test]
+fn directory_and_image_exclude_each_other() {
+    assert_one_line_error(
+        &["-D", "/srv/os", "-i", "/srv/os.raw"],
+        EINVAL,
+        &["--directory=", "--image="],
+    );
+}
+
+#[test]
+fn initrd_needs_linux() {
+    let initrd = TempFile::new("initrd-alone");
+    let arg = format!("--initrd={}", initrd.path().display());
+    assert_one_line_error(&[&arg], EINVAL, &["--initrd=", "--linux="]);
+}
+
+#[test]
+fn usage_errors_exit_einval_with_clap_message() {
+    for args in [&["--no-such-option"][..], &["--qemu-mem"], &["-x"]] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(EINVAL), "{args:?}");
+        assert!(
+            stderr(&out).contains("error:"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn status_lines_unless_quiet() {
+    let kernel = TempFile::new("kernel-status");
+    let linux = kernel.linux_arg();
+    let common = ["-M", "statusvm", "--qemu-mem=64M", &linux];
+    let out = run(&common);
+    let err = stderr(&out);
+    let first = format!(
+        "Spawning VM statusvm on {} with 1 vCPU and 64 MiB.",
+        kernel.path().display()
+    );
+    assert!(err.contains(&first), "{err}");
+    assert!(err.contains("Press Ctrl-] three times within 1s to kill VM."));
+
+    let mut quiet = common.to_vec();
+    quiet.insert(0, "-q");
+    let err = stderr(&run(&quiet));
+    assert!(!err.contains("Spawning VM"), "{err}");
+    assert!(!err.contains("Press Ctrl-]"), "{err}");
+}
+
+/// Runs rvmspawn through sh so that $LISTEN_PID can be the pid rvmspawn will have
+/// (exec keeps it) and the passed fds are set up by redirections.
+fn run_with_fds(names: &str, redirections: &str, args: &[&str]) -> Output {
+    let script = format!(
+        "LISTEN_PID=$$ LISTEN_FDS={} LISTEN_FDNAMES={names} exec \"$@\" {redirections}",
+        names.split(':').count()
+    );
+    Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .arg(BIN)
+        .args(args)
+        .output()
+        .expect("run rvmspawn through sh")
+}
+
+#[test]
+fn unknown_passed_fds_are_closed_with_a_notice() {
+    let kernel = TempFile::new("kernel-fds");
+    let out = run_with_fds(
+        "kvm:foo:vhost-vsock",
+        "3</dev/null 4</dev/null 5</dev/null",
+        &["-q", "--qemu-mem=64M", &kernel.linux_arg()],
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("Couldn't recognize passed fd 4 (foo), closing fd and ignoring..."),
+        "{err}"
+    );
+    assert!(!err.contains("fd 3"), "{err}");
+    assert!(!err.contains("fd 5"), "{err}");
+}
+
+#[test]
+fn passed_fds_that_are_not_open_are_an_error() {
+    let kernel = TempFile::new("kernel-badfd");
+    let out = run_with_fds("kvm:foo", "3</dev/null 4<&-", &[&kernel.linux_arg()]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(9), "{err}");
+    assert!(
+        err.contains("Failed to get passed file descriptors"),
+        "{err}"
+    );
+}
