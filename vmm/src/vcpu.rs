@@ -113,47 +113,47 @@ pub fn spawn(
     Ok(VcpuThread { handle })
 }
 
-/// Dispatch a port access. String I/O (`rep outsb` and friends) arrives as one buffer of
-/// `count * size` bytes; anything but a single 1, 2 or 4 byte access is split into bytes.
-fn io_access(bus: &Bus, port: u16, data: &mut [u8], write: bool) {
-    let port = u64::from(port);
-    if matches!(data.len(), 1 | 2 | 4) {
-        if write {
-            bus.write(port, data);
-        } else {
-            bus.read(port, data);
-        }
+/// Serve the port access KVM just exited for. KVM describes string I/O (`rep outsb` and
+/// friends) as `count` accesses of `size` bytes in one buffer; kvm-ioctls hands over the buffer
+/// but not the access size, so it is read from `kvm_run` and each access dispatched on its own.
+fn io_exit(vcpu: &mut VcpuFd, bus: &Bus, port: u16) {
+    let run = vcpu.get_kvm_run();
+    // SAFETY: the last exit was KVM_EXIT_IO (the caller matched it), so `io` is the union's
+    // active field; it is plain data.
+    let io = unsafe { run.__bindgen_anon_1.io };
+    let size = usize::from(io.size);
+    let Some(total) = size
+        .checked_mul(io.count as usize)
+        .filter(|&t| t > 0 && t <= 4096)
+    else {
         return;
-    }
-    for byte in data.chunks_mut(1) {
+    };
+    let base = (run as *mut kvm_bindings::kvm_run).cast::<u8>();
+    // SAFETY: KVM put `count * size` bytes (at most a page, checked above) at `data_offset`
+    // inside this vCPU's kvm_run mapping, which stays mapped while we hold `vcpu` mutably; no
+    // other reference to those bytes exists during this call.
+    let data = unsafe { std::slice::from_raw_parts_mut(base.add(io.data_offset as usize), total) };
+    let port = u64::from(port);
+    let write = u32::from(io.direction) == kvm_bindings::KVM_EXIT_IO_OUT;
+    for access in data.chunks_mut(size) {
         if write {
-            bus.write(port, byte);
+            bus.write(port, access);
         } else {
-            bus.read(port, byte);
+            bus.read(port, access);
         }
     }
 }
 
 fn run_once(id: u32, vcpu: &mut VcpuFd, buses: &Buses) -> Option<MachineEvent> {
-    match vcpu.run() {
-        Ok(VcpuExit::IoIn(port, data)) => io_access(&buses.io, port, data, false),
-        Ok(VcpuExit::IoOut(port, data)) => {
-            // The buffer is the guest's output; dispatch needs a mutable slice only for reads.
-            let mut copy = [0u8; 8];
-            if data.len() <= copy.len() {
-                copy[..data.len()].copy_from_slice(data);
-                io_access(&buses.io, port, &mut copy[..data.len()], true);
-            } else {
-                for b in data.iter() {
-                    buses.io.write(u64::from(port), &[*b]);
-                }
-            }
-        }
+    let io_port = match vcpu.run() {
+        Ok(VcpuExit::IoIn(port, _)) | Ok(VcpuExit::IoOut(port, _)) => Some(port),
         Ok(VcpuExit::MmioRead(addr, data)) => {
             buses.mmio.read(addr, data);
+            None
         }
         Ok(VcpuExit::MmioWrite(addr, data)) => {
             buses.mmio.write(addr, data);
+            None
         }
         // A triple fault: the CPU resets, and so does the machine, as on a PC.
         Ok(VcpuExit::Shutdown) => return Some(MachineEvent::Reset),
@@ -165,7 +165,7 @@ fn run_once(id: u32, vcpu: &mut VcpuFd, buses: &Buses) -> Option<MachineEvent> {
                 other => MachineEvent::Failed(format!("vCPU {id}: unknown system event {other}")),
             });
         }
-        Ok(VcpuExit::Intr) => {}
+        Ok(VcpuExit::Intr) => None,
         Ok(VcpuExit::FailEntry(reason, cpu)) => {
             return Some(MachineEvent::Failed(format!(
                 "vCPU {id}: KVM failed to enter the guest (hardware reason {reason:#x} on CPU {cpu})"
@@ -181,12 +181,15 @@ fn run_once(id: u32, vcpu: &mut VcpuFd, buses: &Buses) -> Option<MachineEvent> {
                 "vCPU {id}: unexpected exit {other:?}"
             )));
         }
-        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
         Err(e) => {
             return Some(MachineEvent::Failed(format!(
                 "vCPU {id}: KVM_RUN failed: {e}"
             )));
         }
+    };
+    if let Some(port) = io_port {
+        io_exit(vcpu, &buses.io, port);
     }
     None
 }

@@ -8,7 +8,9 @@ use acpi_tables::Aml;
 use acpi_tables::aml::{Name, Package, Path};
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
-use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, MADT, ProcessorLocalApic};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, MADT, ProcessorLocalApic,
+};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -192,7 +194,10 @@ mod tests {
         assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
         // Sleep control register (offset 244) is in I/O space at our port.
         assert_eq!(fadt[244], 1);
-        assert_eq!(u64::from_le_bytes(fadt[248..256].try_into().unwrap()), 0x600);
+        assert_eq!(
+            u64::from_le_bytes(fadt[248..256].try_into().unwrap()),
+            0x600
+        );
         // Hardware-reduced flag.
         let flags = u32::from_le_bytes(fadt[112..116].try_into().unwrap());
         assert_ne!(flags & (1 << 20), 0);

@@ -56,7 +56,9 @@ pub enum BootError {
     #[error("Kernel command line contains a NUL byte")]
     CmdlineNul,
     /// The initrds do not fit in guest RAM between the kernel and the initrd ceiling.
-    #[error("Initrd of {size} bytes does not fit in guest memory below {ceiling:#x} (kernel ends at {kernel_end:#x})")]
+    #[error(
+        "Initrd of {size} bytes does not fit in guest memory below {ceiling:#x} (kernel ends at {kernel_end:#x})"
+    )]
     InitrdTooLarge {
         /// Total initrd size.
         size: u64,
@@ -75,11 +77,11 @@ impl BootError {
     pub fn errno(&self) -> i32 {
         match self {
             BootError::Open { source, .. } => source.raw_os_error().unwrap_or(5), // EIO,
-            BootError::NotAKernel(_) | BootError::Load { .. } => 8, // ENOEXEC
-            BootError::CmdlineTooLong { .. } => 7,                  // E2BIG
-            BootError::CmdlineNul => 22,                            // EINVAL
-            BootError::InitrdTooLarge { .. } => 27,                 // EFBIG
-            BootError::Memory(_) => 14,                             // EFAULT
+            BootError::NotAKernel(_) | BootError::Load { .. } => 8,               // ENOEXEC
+            BootError::CmdlineTooLong { .. } => 7,                                // E2BIG
+            BootError::CmdlineNul => 22,                                          // EINVAL
+            BootError::InitrdTooLarge { .. } => 27,                               // EFBIG
+            BootError::Memory(_) => 14,                                           // EFAULT
         }
     }
 }
@@ -196,9 +198,7 @@ pub fn load_kernel(
     };
     let himem = Some(GuestAddress(HIGH_MEMORY_START));
     let result = match format {
-        KernelFormat::BzImage => {
-            BzImage::load(mem, None, &mut file, himem).map_err(load_err)?
-        }
+        KernelFormat::BzImage => BzImage::load(mem, None, &mut file, himem).map_err(load_err)?,
         KernelFormat::Elf => Elf::load(mem, None, &mut file, himem).map_err(load_err)?,
     };
 
@@ -274,13 +274,13 @@ fn load_initrds(
                 source,
             })?
             .len();
-        total = align_up(total, 4)
-            .and_then(|t| t.checked_add(len))
-            .ok_or(BootError::InitrdTooLarge {
+        total = align_up(total, 4).and_then(|t| t.checked_add(len)).ok_or(
+            BootError::InitrdTooLarge {
                 size: u64::MAX,
                 ceiling,
                 kernel_end,
-            })?;
+            },
+        )?;
         files.push((f, len, path));
     }
     let too_large = BootError::InitrdTooLarge {
