@@ -114,6 +114,8 @@ impl Machine {
                 sleep_control_port: ACPI_POWER_PORT as u16,
                 sleep_status_port: ACPI_POWER_PORT as u16 + 1,
                 reset_port: ACPI_POWER_PORT as u16 + 2,
+                com1: (COM1_PORT as u16, COM1_IRQ),
+                rtc_port: CMOS_PORT as u16,
             },
         )?;
 

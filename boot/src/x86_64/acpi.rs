@@ -5,7 +5,7 @@
 //! device in the VMM. That is all Linux needs to power off (S5) and reset.
 
 use acpi_tables::Aml;
-use acpi_tables::aml::{Name, Package, Path};
+use acpi_tables::aml::{Device, EISAName, IO, Interrupt, Name, Package, Path, ResourceTemplate};
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{
@@ -40,6 +40,10 @@ pub struct AcpiInfo {
     pub sleep_status_port: u16,
     /// I/O port of the reset register (byte).
     pub reset_port: u16,
+    /// COM1's I/O base and its interrupt (GSI).
+    pub com1: (u16, u32),
+    /// The CMOS RTC's I/O base (two ports).
+    pub rtc_port: u16,
 }
 
 fn io_register(port: u16) -> GAS {
@@ -52,9 +56,35 @@ fn io_register(port: u16) -> GAS {
     )
 }
 
-fn dsdt() -> Vec<u8> {
+fn dsdt(info: &AcpiInfo) -> Vec<u8> {
     let mut sdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     let mut aml = Vec::new();
+    // On a hardware-reduced platform Linux sets up no ISA interrupt routing of its own: a
+    // legacy device gets its interrupt only when ACPI describes it (the UART's driver then
+    // binds through PNP and its GSI is routed through the IOAPIC).
+    let (com1_port, com1_gsi) = info.com1;
+    let com1_io = IO::new(com1_port, com1_port, 1, 8);
+    let com1_irq = Interrupt::new(true, true, false, false, com1_gsi);
+    let com1_resources = ResourceTemplate::new(vec![&com1_io, &com1_irq]);
+    Device::new(
+        Path::new("_SB_.COM1"),
+        vec![
+            &Name::new(Path::new("_HID"), &EISAName::new("PNP0501")),
+            &Name::new(Path::new("_UID"), &0u8),
+            &Name::new(Path::new("_CRS"), &com1_resources),
+        ],
+    )
+    .to_aml_bytes(&mut aml);
+    let rtc_io = IO::new(info.rtc_port, info.rtc_port, 1, 2);
+    let rtc_resources = ResourceTemplate::new(vec![&rtc_io]);
+    Device::new(
+        Path::new("_SB_.RTC_"),
+        vec![
+            &Name::new(Path::new("_HID"), &EISAName::new("PNP0B00")),
+            &Name::new(Path::new("_CRS"), &rtc_resources),
+        ],
+    )
+    .to_aml_bytes(&mut aml);
     // \_S5: the sleep type for soft-off, which Linux writes to the sleep control register.
     Name::new(
         Path::new("_S5_"),
@@ -116,7 +146,7 @@ pub fn build_acpi_tables(mem: &GuestMemoryMmap, info: &AcpiInfo) -> Result<(), B
             .map_err(|_| BootError::Memory("the ACPI tables"))?;
         Ok(addr)
     };
-    let dsdt_addr = place(&dsdt())?;
+    let dsdt_addr = place(&dsdt(info))?;
     let fadt_addr = place(&fadt(info, dsdt_addr))?;
     let madt_addr = place(&madt(info))?;
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
@@ -154,6 +184,8 @@ mod tests {
             sleep_control_port: 0x600,
             sleep_status_port: 0x601,
             reset_port: 0x602,
+            com1: (0x3f8, 4),
+            rtc_port: 0x70,
         };
         build_acpi_tables(&mem, &info).unwrap();
         let mut rsdp = [0u8; 36];
@@ -192,6 +224,9 @@ mod tests {
         assert_eq!(&dsdt[..4], b"DSDT");
         assert!(checksum_ok(&dsdt));
         assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
+        // COM1 as PNP0501 (EISA id 0x0105d041) with its interrupt.
+        assert!(dsdt.windows(4).any(|w| w == [0x41, 0xd0, 0x05, 0x01]));
+        assert!(dsdt.windows(4).any(|w| w == b"COM1"));
         // Sleep control register (offset 244) is in I/O space at our port.
         assert_eq!(fadt[244], 1);
         assert_eq!(
