@@ -103,6 +103,7 @@ impl Machine {
 
         let loaded = boot::load_kernel(&mem, &layout, &spec.kernel, &spec.initrds, &spec.cmdline)?;
         boot::x86_64::loader::write_boot_cpu_tables(&mem)?;
+        boot::x86_64::loader::write_reset_vector(&mem)?;
         let vcpus_u8 = u8::try_from(spec.vcpus).map_err(|_| Error::TooManyVcpus {
             requested: spec.vcpus,
             max: crate::MAX_VCPUS,

@@ -36,6 +36,8 @@ pub const CMDLINE_MAX_SIZE: usize = 2048;
 pub const EBDA_START: u64 = 0x9_fc00;
 /// ACPI tables live in the BIOS area, where Linux also scans for the RSDP.
 pub const ACPI_START: u64 = 0xe_0000;
+/// The x86 reset vector (F000:FFF0), where a real-mode restart jumps.
+pub const RESET_VECTOR: u64 = 0xf_fff0;
 /// End of the BIOS area; the kernel is loaded from here up.
 pub const HIGH_MEMORY_START: u64 = 0x10_0000;
 /// Start of the 32-bit hole for device MMIO (IOAPIC, LAPIC, later PCI).

@@ -449,6 +449,18 @@ pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
         | (limit as u64 & 0x0000_ffff)
 }
 
+/// What sits at the reset vector: with no BIOS behind it, a jump there must still reset the
+/// machine. Linux on a hardware-reduced ACPI platform reboots by default through "EFI", which
+/// without EFI falls back to a real-mode jump to F000:FFF0; this stub then pulses the i8042's
+/// reset line (`mov al, 0xfe; out 0x64, al; hlt` in a loop).
+const RESET_VECTOR_STUB: [u8; 7] = [0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd];
+
+/// Write the reset-vector stub.
+pub fn write_reset_vector(mem: &GuestMemoryMmap) -> Result<(), BootError> {
+    mem.write_slice(&RESET_VECTOR_STUB, GuestAddress(RESET_VECTOR))
+        .map_err(|_| BootError::Memory("the reset vector"))
+}
+
 /// Write the GDT (null, PVH code, long-mode code, data, TSS), an empty IDT and identity-mapped
 /// page tables for the first 4 GiB (2 MiB pages), which the 64-bit protocol needs.
 pub fn write_boot_cpu_tables(mem: &GuestMemoryMmap) -> Result<(), BootError> {

@@ -1,0 +1,245 @@
+#!/bin/bash
+# Build the kernels and initramfs images that integration tests and benchmarks
+# boot, into .cache/assets/ of the repository (see scripts/README-testhost.md):
+#   guest/vmlinuz            Debian cloud kernel (bzImage), what rvmspawn boots
+#   guest/vmlinux            the ELF inside it (PVH note checked), for PVH boot
+#   guest/initramfs.cpio.gz  busybox + /init printing RVMSPAWN-* lines
+#   testhost/vmlinuz         Debian generic kernel for the nested test host
+#   testhost/vmlinux         the ELF inside it, which testhost.sh boots (PVH)
+#   testhost/initramfs.cpio.gz  busybox + kvm-amd, vhost, 9p... + /init
+# Idempotent: each asset has a stamp recording the kernel version and a hash
+# of the inputs (these scripts), and is rebuilt only when the stamp differs.
+# Kernel versions come from the meta packages, so a Debian point release is
+# picked up by itself. Needs the packages in scripts/packages.txt and a
+# working `apt-get download` (after apt-get update) the first time.
+#
+# Options: -q  quiet (only errors); used by testhost.sh on every run.
+set -euo pipefail
+
+quiet=0
+[ "${1:-}" = -q ] && quiet=1
+
+scripts=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(dirname "$scripts")
+assets=$root/.cache/assets
+
+log() { [ "$quiet" = 1 ] || echo "assets: $*" >&2; }
+die() { echo "assets: error: $*" >&2; exit 1; }
+
+# Modules the test host loads: KVM itself, what rvmspawn's devices need on the
+# host side (vhost-vsock, vhost-net, tun, bridges/veth for network tests), and
+# virtio-pci + 9p for the shared root. Dependencies are added automatically.
+TESTHOST_MODULES=(virtio_pci 9pnet_virtio 9p kvm kvm_amd tun vhost_net vhost_vsock
+    bridge veth overlay)
+# Modules of the cloud kernel for the guest initramfs (none yet; e.g. virtio_blk
+# virtio_net vmw_vsock_virtio_transport virtiofs when tests need them).
+GUEST_MODULES=()
+
+mkdir -p "$assets"
+# Serialise concurrent callers (two testhost.sh runs at once) on a lock.
+exec 9>"$assets/.lock"
+flock 9
+
+# --- kernel versions --------------------------------------------------------
+# `linux-image-cloud-amd64` depends on `linux-image-<ver>-cloud-amd64`.
+# apt-cache takes about half a second, so the answer is remembered in
+# $assets/kver together with a fingerprint of the apt lists it came from.
+lists_key=$(stat -c '%n %Y %s' /var/lib/apt/lists/*_Packages* 2>/dev/null |
+    sha256sum | cut -c1-16)
+kver_base="" generic_base="" key=""
+[ -f "$assets/kver" ] && read -r key kver_base generic_base <"$assets/kver"
+if [ "$key" != "$lists_key" ] || [ -z "$kver_base" ]; then
+    deps=$(apt-cache depends linux-image-cloud-amd64 linux-image-amd64 2>/dev/null || true)
+    if ! grep -q 'Depends: linux-image-' <<<"$deps" && [ "$(id -u)" = 0 ]; then
+        # A fresh machine may never have fetched the package lists.
+        log "no kernel meta packages in apt's lists; running apt-get update"
+        apt-get update -qq >&2 || true
+        lists_key=$(stat -c '%n %Y %s' /var/lib/apt/lists/*_Packages* 2>/dev/null |
+            sha256sum | cut -c1-16)
+        deps=$(apt-cache depends linux-image-cloud-amd64 linux-image-amd64 2>/dev/null || true)
+    fi
+    new_cloud=$(sed -n 's/^ *Depends: linux-image-\(.*\)-cloud-amd64$/\1/p' <<<"$deps" | head -n1)
+    new_generic=$(sed -n 's/^ *Depends: linux-image-\(.*[0-9]\)-amd64$/\1/p' <<<"$deps" | head -n1)
+    if [ -n "$new_cloud" ] && [ -n "$new_generic" ]; then
+        kver_base=$new_cloud generic_base=$new_generic
+    elif [ -n "$kver_base" ]; then
+        # Offline or no apt lists: keep using what was built last time.
+        log "apt-cache cannot resolve the kernel meta packages; reusing $kver_base"
+    else
+        die "apt-cache cannot resolve linux-image-cloud-amd64/linux-image-amd64 (run apt-get update)"
+    fi
+fi
+cloud_kver=$kver_base-cloud-amd64
+generic_kver=$generic_base-amd64
+
+inputs_hash=$(cat "$scripts/assets.sh" "$scripts/extract-vmlinux.py" \
+    "$scripts/initramfs/guest-init" "$scripts/initramfs/testhost-init" |
+    sha256sum | cut -c1-16)
+
+# A stamp holds the kernel version and the hash of the inputs it was built from.
+stamp_ok() { # NAME KVER [HASH]
+    [ "$(cat "$assets/stamps/$1" 2>/dev/null)" = "$2 ${3-$inputs_hash}" ]
+}
+stamp_set() { # NAME KVER [HASH]
+    mkdir -p "$assets/stamps"
+    echo "$2 ${3-$inputs_hash}" >"$assets/stamps/$1"
+}
+
+# --- kernel packages --------------------------------------------------------
+# Download and unpack linux-image-KVER into $assets/extract/KVER.
+unpack_kernel() { # KVER
+    local kver=$1 pkg=linux-image-$1
+    if stamp_ok "extract-$kver" "$kver" unpacked; then return; fi
+    log "downloading and unpacking $pkg"
+    mkdir -p "$assets/debs"
+    rm -f "$assets/debs/${pkg}_"*.deb
+    # Its only chatter on success is the "unsandboxed as root" warning.
+    local err
+    err=$(cd "$assets/debs" && apt-get download -q=2 "$pkg" 2>&1) ||
+        die "apt-get download $pkg failed: $err"
+    local debs=("$assets/debs/${pkg}_"*.deb) deb
+    deb=${debs[0]}
+    [ -f "$deb" ] || die "apt-get download $pkg failed"
+    rm -rf "$assets/extract/$kver"
+    mkdir -p "$assets/extract/$kver"
+    dpkg-deb -x "$deb" "$assets/extract/$kver"
+    # modules.dep for modprobe --show-depends (the package ships none).
+    depmod -b "$assets/extract/$kver" "$kver"
+    stamp_set "extract-$kver" "$kver" unpacked
+}
+
+# --- initramfs helpers --------------------------------------------------------
+# Busybox with a symlink per applet, and /dev/console so the kernel can give
+# /init its stdio before devtmpfs is mounted.
+init_tree() { # DIR
+    local dir=$1 applet
+    rm -rf "$dir"
+    mkdir -p "$dir"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,etc,mnt,tmp,root}
+    # The initramfs has no libc: Debian's `busybox` package is dynamic.
+    if ldd /bin/busybox >/dev/null 2>&1; then
+        die "/bin/busybox is dynamically linked; install busybox-static"
+    fi
+    cp /bin/busybox "$dir/bin/busybox"
+    for applet in $("$dir/bin/busybox" --list-full); do
+        [ -e "$dir/$applet" ] || ln -s /bin/busybox "$dir/$applet"
+    done
+    mknod -m 600 "$dir/dev/console" c 5 1 2>/dev/null || true
+    : >"$dir/etc/modules.list"
+}
+
+# Copy kernel modules and all their dependencies from an unpacked kernel
+# package into an initramfs tree, decompressed (busybox insmod may not read
+# .ko.xz/.ko.zst), and append them in load order to /etc/modules.list, which
+# the /init scripts insmod one by one. Built-in modules are skipped.
+add_modules() { # DIR KVER MODULE...
+    local dir=$1 kver=$2 tree=$assets/extract/$2 line path rel dst
+    shift 2
+    for mod in "$@"; do
+        modprobe -d "$tree" -S "$kver" --show-depends "$mod" ||
+            die "module $mod not found in $kver"
+    done | while read -r line; do
+        case $line in
+            insmod\ *) ;;
+            *) continue ;; # "builtin MOD"
+        esac
+        path=${line#insmod }
+        path=${path%% *}
+        rel=${path#"$tree"}
+        rel=${rel%.xz}
+        rel=${rel%.zst}
+        rel=${rel%.gz}
+        dst=$dir$rel
+        grep -qxF "$rel" "$dir/etc/modules.list" && continue
+        mkdir -p "$(dirname "$dst")"
+        case $path in
+            *.xz) xz -dc "$path" >"$dst" ;;
+            *.zst) zstd -dcq "$path" >"$dst" ;;
+            *.gz) gzip -dc "$path" >"$dst" ;;
+            *) cp "$path" "$dst" ;;
+        esac
+        echo "$rel" >>"$dir/etc/modules.list"
+    done
+}
+
+# Replace files by rename, never in place: another testhost.sh run may be
+# reading the old one right now (the lock only covers building).
+install_file() { # SRC DST
+    cp "$1" "$2.tmp"
+    mv "$2.tmp" "$2"
+}
+
+pack_initramfs() { # DIR OUT
+    (cd "$1" && find . -mindepth 1 | LC_ALL=C sort |
+        cpio -o -H newc -R 0:0 --quiet) | gzip -9n >"$2.tmp"
+    mv "$2.tmp" "$2"
+}
+
+# --- guest --------------------------------------------------------------------
+build_guest() {
+    local dir=$assets/guest work=$assets/work/guest
+    if stamp_ok guest "$cloud_kver" && [ -f "$dir/initramfs.cpio.gz" ]; then
+        return
+    fi
+    unpack_kernel "$cloud_kver"
+    log "building guest assets for $cloud_kver"
+    mkdir -p "$dir"
+    install_file "$assets/extract/$cloud_kver/boot/vmlinuz-$cloud_kver" "$dir/vmlinuz"
+    local out
+    out=$(python3 "$scripts/extract-vmlinux.py" "$dir/vmlinuz" "$dir/vmlinux")
+    log "$out"
+    # Cross-check the PVH note with binutils where it is installed.
+    if command -v readelf >/dev/null; then
+        readelf -n "$dir/vmlinux" | grep -Eq '^ *Xen[[:space:]].*(0x00000012|PHYS32_ENTRY)' ||
+            die "readelf finds no XEN_ELFNOTE_PHYS32_ENTRY note in guest/vmlinux"
+    fi
+    init_tree "$work"
+    install -m 755 "$scripts/initramfs/guest-init" "$work/init"
+    if [ "${#GUEST_MODULES[@]}" -gt 0 ]; then
+        add_modules "$work" "$cloud_kver" "${GUEST_MODULES[@]}"
+    fi
+    pack_initramfs "$work" "$dir/initramfs.cpio.gz"
+    rm -rf "$work"
+    echo "$cloud_kver" >"$dir/kernel-version"
+    stamp_set guest "$cloud_kver"
+}
+
+# --- test host ------------------------------------------------------------------
+build_testhost() {
+    local dir=$assets/testhost work=$assets/work/testhost
+    if stamp_ok testhost "$generic_kver" && [ -f "$dir/initramfs.cpio.gz" ]; then
+        return
+    fi
+    unpack_kernel "$generic_kver"
+    log "building test-host assets for $generic_kver"
+    mkdir -p "$dir"
+    install_file "$assets/extract/$generic_kver/boot/vmlinuz-$generic_kver" "$dir/vmlinuz"
+    # testhost.sh boots the ELF through its PVH entry: under TCG that saves
+    # the ~2.5 s the bzImage spends decompressing itself.
+    local out
+    out=$(python3 "$scripts/extract-vmlinux.py" "$dir/vmlinuz" "$dir/vmlinux")
+    log "$out"
+    init_tree "$work"
+    install -m 755 "$scripts/initramfs/testhost-init" "$work/init"
+    add_modules "$work" "$generic_kver" "${TESTHOST_MODULES[@]}"
+    grep -q kvm-amd "$work/etc/modules.list" || die "kvm-amd missing from the test-host initramfs"
+    pack_initramfs "$work" "$dir/initramfs.cpio.gz"
+    rm -rf "$work"
+    echo "$generic_kver" >"$dir/kernel-version"
+    stamp_set testhost "$generic_kver"
+}
+
+build_guest
+build_testhost
+echo "$lists_key $kver_base $generic_base" >"$assets/kver"
+
+# Drop unpacked trees and packages of kernel versions no longer current.
+for d in "$assets"/extract/*; do
+    [ -d "$d" ] || continue
+    case ${d##*/} in
+        "$cloud_kver" | "$generic_kver") ;;
+        *)
+            log "removing old ${d##*/}"
+            rm -rf "$d" "$assets/debs/linux-image-${d##*/}_"*.deb "$assets/stamps/extract-${d##*/}" ;;
+    esac
+done
+log "ready: guest $cloud_kver, test host $generic_kver in $assets"

@@ -1,0 +1,83 @@
+#!/bin/bash
+# The inside of bench-boot.sh: runs in the nested test host (which has a real
+# /dev/kvm), from the repository root. Boots the guest test kernel+initramfs
+# RUNS times with each VMM, interleaved (rvmspawn, QEMU microvm, QEMU pc,
+# rvmspawn, ...) so that drifting load on this shared machine hits all of them
+# alike, and prints a table of medians. All VMMs get 512 MiB and 1 vCPU, the
+# same bzImage, initramfs and "console=ttyS0 quiet" (rvmspawn: "quiet" on top
+# of its own console setup). Usage: scripts/bench-boot-inner.sh [RUNS]
+set -euo pipefail
+
+runs=${1:-5}
+scripts=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(dirname "$scripts")
+cd "$root"
+
+kernel=.cache/assets/guest/vmlinuz
+initrd=.cache/assets/guest/initramfs.cpio.gz
+rvmspawn=${RVMSPAWN_BIN:-target/release/rvmspawn}
+measure=$scripts/bench-boot-measure.py
+
+[ -c /dev/kvm ] || { echo "bench-boot: no /dev/kvm" >&2; exit 1; }
+[ -x /usr/bin/time ] || { echo "bench-boot: GNU time (/usr/bin/time) is missing" >&2; exit 1; }
+
+cmd_rvmspawn=("$rvmspawn" -q --qemu-mem=512M --qemu-smp=1 "--linux=$kernel" "--initrd=$initrd" quiet)
+# microvm needs its legacy PIT/PIC/RTC switched on explicitly: with the
+# defaults Debian's kernel spends ~6 s more in timer calibration. ACPI (on by
+# default) is what lets the guest power the machine off.
+qemu_common=(-enable-kvm -cpu host -m 512 -smp 1 -nodefaults -nographic -no-reboot
+    -serial stdio -kernel "$kernel" -initrd "$initrd" -append "console=ttyS0 quiet")
+# shellcheck disable=SC2054 # the commas belong to QEMU's -M value
+cmd_microvm=(qemu-system-x86_64 -M microvm,x-option-roms=off,isa-serial=on,rtc=on,pit=on,pic=on
+    "${qemu_common[@]}")
+cmd_pc=(qemu-system-x86_64 -M pc "${qemu_common[@]}")
+
+labels=(rvmspawn qemu-microvm qemu-pc)
+out=$(mktemp -d)
+results=$out/results
+: >"$results"
+
+have_rvmspawn=1
+if [ ! -x "$rvmspawn" ]; then
+    echo "bench-boot: $rvmspawn not found or not executable (set RVMSPAWN_BIN, or cargo build --release)" >&2
+    echo "rvmspawn - - - not-built" >>"$results"
+    have_rvmspawn=0
+fi
+
+boot() { # LABEL RESULTS-FILE
+    local cmd
+    case $1 in
+        rvmspawn) cmd=("${cmd_rvmspawn[@]}") ;;
+        qemu-microvm) cmd=("${cmd_microvm[@]}") ;;
+        qemu-pc) cmd=("${cmd_pc[@]}") ;;
+    esac
+    python3 "$measure" run "$1" "$2" "$out/$1.log" -- "${cmd[@]}" || true
+}
+
+# One unmeasured boot each first: it pulls the binaries, libraries and guest
+# images over 9p into the test host's page cache, which would otherwise be
+# charged to whichever VMM happens to go first.
+echo "bench-boot: warm-up boots (not counted)"
+for label in "${labels[@]}"; do
+    [ "$label" = rvmspawn ] && [ "$have_rvmspawn" = 0 ] && continue
+    boot "$label" /dev/null
+done
+
+echo "bench-boot: $runs measured boots per VMM; columns: VMM to-init-ms total-ms peak-RSS-KiB status"
+for ((i = 1; i <= runs; i++)); do
+    for label in "${labels[@]}"; do
+        [ "$label" = rvmspawn ] && [ "$have_rvmspawn" = 0 ] && continue
+        boot "$label" "$results"
+    done
+done
+
+# Show how rvmspawn failed (it is young): the end of its last console output.
+if [ "$have_rvmspawn" = 1 ] && awk '$1 == "rvmspawn" && $5 != "ok" { bad = 1 } END { exit !bad }' "$results"; then
+    echo "bench-boot: rvmspawn failed; the end of its output:"
+    tail -n 20 "$out/rvmspawn.log"
+fi
+
+echo
+echo "Boot to /init, in the nested test host (QEMU TCG; compare ratios, not absolute times):"
+python3 "$measure" summary "$results" "${labels[@]}"
+rm -rf "$out"

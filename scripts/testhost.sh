@@ -1,0 +1,135 @@
+#!/bin/bash
+# Run a command inside the nested test host: a QEMU TCG machine (-cpu max
+# emulates AMD SVM) booting Debian's generic kernel, which loads kvm-amd and so
+# has a real /dev/kvm plus /dev/vhost-vsock, /dev/vhost-net and /dev/net/tun.
+# This machine's own /dev/kvm (kvm_pvm) cannot boot stock kernels; see
+# shared/testhost.md and scripts/README-testhost.md.
+#
+# Usage: scripts/testhost.sh [--timeout SECS] [--] COMMAND [ARGS...]
+#
+# The host's / is shared read-only and COMMAND runs chrooted in it, in the
+# current directory, with the console (the test host's ttyS0) on our stdout.
+# Exit status: COMMAND's; 124 on timeout (QEMU is killed); 125 if the test
+# host failed before reporting an exit code.
+#
+# Environment:
+#   RVMSPAWN_* and RUST_BACKTRACE   exported to COMMAND
+#   RVMSPAWN_KEEP_RUN=1             keep .cache/testhost-runs/<id> afterwards
+#   RVMSPAWN_TESTHOST_QEMU          QEMU binary (default qemu-system-x86_64)
+#   RVMSPAWN_TESTHOST_MEM / _SMP    test-host memory and vCPUs (3G, 2)
+#   RVMSPAWN_TESTHOST_9P_CACHE      9p cache mode of the shared root (loose)
+#   RVMSPAWN_TESTHOST_KERNEL        test-host kernel (.cache/assets/testhost/vmlinux,
+#                                   booted via PVH: no decompression under TCG)
+set -euo pipefail
+
+usage() {
+    echo "usage: $0 [--timeout SECS] [--] COMMAND [ARGS...]" >&2
+    exit 2
+}
+
+timeout=600
+while [ $# -gt 0 ]; do
+    case $1 in
+        --timeout) [ $# -ge 2 ] || usage; timeout=$2; shift 2 ;;
+        --timeout=*) timeout=${1#--timeout=}; shift ;;
+        -h | --help) usage ;;
+        --) shift; break ;;
+        -*) usage ;;
+        *) break ;;
+    esac
+done
+[ $# -gt 0 ] || usage
+case $timeout in '' | *[!0-9]*) echo "$0: --timeout wants whole seconds" >&2; exit 2 ;; esac
+
+scripts=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
+root=$(dirname "$scripts")
+assets=$root/.cache/assets
+
+"$scripts/assets.sh" -q
+
+# One directory per run, shared read-write with the test host as `rvmrun`.
+mkdir -p "$root/.cache/testhost-runs"
+run=$(mktemp -d "$root/.cache/testhost-runs/XXXXXXXX")
+# shellcheck disable=SC2317 # called by the trap
+cleanup() {
+    if [ "${RVMSPAWN_KEEP_RUN:-0}" = 1 ]; then
+        echo "testhost: run directory kept: $run" >&2
+    else
+        rm -rf "$run"
+    fi
+}
+trap cleanup EXIT
+
+# The test host sees the physical tree, so resolve symlinks in the cwd.
+cwd=$(pwd -P)
+interactive=0
+[ -t 0 ] && interactive=1
+
+{
+    printf 'hostpath=%q\n' "$run"
+    printf 'cache=%q\n' "${RVMSPAWN_TESTHOST_9P_CACHE:-loose}"
+    printf 'interactive=%s\n' "$interactive"
+} >"$run/config"
+# Directories that must stay visible although the test host mounts tmpfs
+# over /tmp and /run (a checkout under /tmp, say).
+printf '%s\n' "$root" "$cwd" >"$run/visible"
+
+# The command file, run by bash in the chroot: exports, cd, exec COMMAND.
+# printf %q quotes every word so that bash reads back exactly our argv.
+{
+    echo '#!/bin/bash'
+    printf 'export TERM=%q\n' "${TERM:-dumb}"
+    while IFS= read -r name; do
+        case $name in
+            RVMSPAWN_* | RUST_BACKTRACE) printf 'export %s=%q\n' "$name" "${!name}" ;;
+        esac
+    done < <(compgen -e)
+    printf 'cd -- %q || exit 125\n' "$cwd"
+    printf 'exec'
+    printf ' %q' "$@"
+    printf '\n'
+} >"$run/cmd"
+
+# qboot instead of SeaBIOS: quicker, and prints nothing on the serial port.
+# -virtfs takes a comma-separated list: double commas in paths.
+# shellcheck disable=SC2054 # the commas belong to QEMU option values
+qemu=("${RVMSPAWN_TESTHOST_QEMU:-qemu-system-x86_64}"
+    -accel tcg,thread=multi -cpu max
+    -smp "${RVMSPAWN_TESTHOST_SMP:-2}" -m "${RVMSPAWN_TESTHOST_MEM:-3G}"
+    -nodefaults -nographic -no-reboot -bios qboot.rom
+    -kernel "${RVMSPAWN_TESTHOST_KERNEL:-$assets/testhost/vmlinux}" -initrd "$assets/testhost/initramfs.cpio.gz"
+    -append "console=ttyS0 quiet loglevel=0 panic=-1"
+    -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap
+    -virtfs "local,path=${run//,/,,},mount_tag=rvmrun,security_model=none,multidevs=remap")
+
+set +e
+if [ "$interactive" = 1 ]; then
+    # Our terminal drives the test host's console. signal=off: Ctrl-C goes to
+    # the command in the test host instead of killing QEMU; the multiplexer
+    # still offers Ctrl-A x (quit QEMU) and Ctrl-A c (QEMU monitor).
+    # --foreground keeps QEMU in the terminal's process group, so it can read.
+    timeout --foreground --kill-after=10 "$timeout" "${qemu[@]}" \
+        -chardev stdio,id=con,mux=on,signal=off -serial chardev:con \
+        -mon chardev=con,mode=readline
+else
+    # No terminal (CI, pipes): the console is output only. stdin from
+    # /dev/null also protects QEMU when our stdin is closed altogether.
+    timeout --foreground --kill-after=10 "$timeout" "${qemu[@]}" \
+        -serial stdio </dev/null
+fi
+qrc=$?
+set -e
+
+if [ -s "$run/error" ]; then
+    sed 's/^/testhost: /' "$run/error" >&2
+fi
+if [ "$qrc" = 124 ]; then
+    echo "testhost: timed out after ${timeout}s, QEMU killed" >&2
+    exit 124
+fi
+if [ ! -f "$run/rc" ]; then
+    echo "testhost: the test host reported no exit code (QEMU exit status $qrc)" >&2
+    exit 125
+fi
+rc=$(cat "$run/rc")
+exit "$rc"
