@@ -362,6 +362,9 @@ impl Settings {
             initrds: self.initrds,
             extra_cmdline: self.kernel_args,
             kvm,
+            // Only vhost-user back ends (virtiofsd for --directory=/--bind=) need to map guest
+            // memory; those options are refused until they exist.
+            shared_memory: false,
         }
     }
 }

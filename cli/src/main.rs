@@ -186,6 +186,7 @@ mod tests {
             initrds: Vec::new(),
             extra_cmdline: Vec::new(),
             kvm: vmm::KvmSource::Open,
+            shared_memory: false,
         }
     }
 

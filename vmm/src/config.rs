@@ -32,4 +32,8 @@ pub struct VmConfig {
     pub extra_cmdline: Vec<String>,
     /// Where KVM comes from.
     pub kvm: KvmSource,
+    /// Back guest RAM with a shared memfd, so that another process (a vhost-user back end such
+    /// as virtiofsd) can map it; otherwise it is private anonymous memory, which gets huge pages
+    /// on more hosts and boots faster.
+    pub shared_memory: bool,
 }

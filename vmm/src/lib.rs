@@ -114,6 +114,11 @@ pub fn run(config: VmConfig) -> Result<VmExit, Error> {
             .chain(config.extra_cmdline)
             .collect::<Vec<_>>()
             .join(" "),
+        memory: if config.shared_memory {
+            memory::Backing::SharedMemfd
+        } else {
+            memory::Backing::Private
+        },
     };
     let mut console = event_loop::Console::new()?;
     loop {

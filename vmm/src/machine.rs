@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use boot::x86_64::acpi::{RESET_VALUE, S5_SLEEP_TYPE};
 use boot::x86_64::layout::{KVM_IDENTITY_MAP_START, KVM_TSS_START};
-use boot::{AcpiInfo, GuestMemoryMmap, MemoryLayout};
+use boot::{AcpiInfo, MemoryLayout};
 use devices::legacy::cmos::{CMOS_PORT, CMOS_PORTS};
 use devices::legacy::i8042::{I8042_PORT, I8042_PORTS};
 use devices::legacy::power::{ACPI_POWER_PORT, ACPI_POWER_PORTS};
@@ -37,13 +37,15 @@ pub struct MachineSpec {
     pub initrds: Vec<PathBuf>,
     /// Full kernel command line.
     pub cmdline: String,
+    /// What guest RAM is made of.
+    pub memory: memory::Backing,
 }
 
 /// A built, running machine.
 pub struct Machine {
     // Kept alive for as long as the vCPUs run: the VM owns the memory slots and irqfds.
     _vm: VmFd,
-    _mem: GuestMemoryMmap,
+    _ram: memory::GuestRam,
     /// COM1, for queuing the user's input.
     pub serial: Arc<Mutex<SerialConsole>>,
     /// Signalled when the guest has drained COM1's receive FIFO.
@@ -98,18 +100,19 @@ impl Machine {
         vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
 
         let layout = MemoryLayout::new(spec.mem_bytes);
-        let mem = memory::create(&layout)?;
-        memory::register(&vm, &mem)?;
+        let ram = memory::create(&layout, spec.memory)?;
+        let mem = &ram.mem;
+        memory::register(&vm, mem)?;
 
-        let loaded = boot::load_kernel(&mem, &layout, &spec.kernel, &spec.initrds, &spec.cmdline)?;
-        boot::x86_64::loader::write_boot_cpu_tables(&mem)?;
-        boot::x86_64::loader::write_reset_vector(&mem)?;
+        let loaded = boot::load_kernel(mem, &layout, &spec.kernel, &spec.initrds, &spec.cmdline)?;
+        boot::x86_64::loader::write_boot_cpu_tables(mem)?;
+        boot::x86_64::loader::write_reset_vector(mem)?;
         let vcpus_u8 = u8::try_from(spec.vcpus).map_err(|_| Error::TooManyVcpus {
             requested: spec.vcpus,
             max: crate::MAX_VCPUS,
         })?;
         boot::build_acpi_tables(
-            &mem,
+            mem,
             &AcpiInfo {
                 vcpus: vcpus_u8,
                 sleep_control_port: ACPI_POWER_PORT as u16,
@@ -202,7 +205,7 @@ impl Machine {
         }
         Ok(Machine {
             _vm: vm,
-            _mem: mem,
+            _ram: ram,
             serial,
             input_drained,
             events,

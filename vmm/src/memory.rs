@@ -1,16 +1,74 @@
-//! Guest RAM: one memfd, mapped shared, so that later vhost-user back ends (virtiofsd) can map
-//! the same pages; registered with KVM one slot per RAM range.
+//! Guest RAM.
+//!
+//! Every RAM range is mapped at a 2 MiB-aligned host address and advised for transparent huge
+//! pages, so KVM can back the guest with 2 MiB pages: far fewer nested page faults and TLB
+//! misses. Measured in the test host (`docs/architecture.md`), this takes the guest's own time
+//! to `/init` from 2.3-4.4 s down to 1.5-1.7 s, level with QEMU, which aligns its RAM the same way.
+//!
+//! Two backings:
+//! - [`Backing::Private`], anonymous private memory: the default, because anonymous memory gets
+//!   huge pages on any host with THP, while shared memory (shmem/memfd) gets them only where the
+//!   administrator enabled THP for shmem (Debian's default is "never").
+//! - [`Backing::SharedMemfd`], one memfd mapped shared: for when another process must map the
+//!   guest's memory (vhost-user back ends such as virtiofsd). systemd-vmspawn makes the same
+//!   choice: its QEMU gets a memfd memory backend only when virtio-fs is in use.
 
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 
 use boot::{GuestMemoryMmap, MemoryLayout};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
-use vm_memory::{FileOffset, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{FileOffset, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap};
 
 use crate::Error;
+
+/// What guest RAM is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backing {
+    /// Anonymous private memory.
+    #[default]
+    Private,
+    /// A memfd mapped shared, which other processes can map too.
+    SharedMemfd,
+}
+
+const HUGE_PAGE: usize = 2 << 20;
+
+/// A host mapping that guest memory regions point into; unmapped when dropped.
+#[derive(Debug)]
+struct Mapping {
+    addr: *mut u8,
+    len: usize,
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `addr..addr+len` is a mapping this struct created and owns; the guest memory
+        // regions that point into it are dropped before it (field order in `GuestRam`) and KVM
+        // no longer uses it once the VM fd is closed.
+        unsafe { libc::munmap(self.addr.cast(), self.len) };
+    }
+}
+
+/// Guest memory together with the host mappings that back it.
+#[derive(Debug)]
+pub struct GuestRam {
+    /// The guest's physical memory.
+    pub mem: GuestMemoryMmap,
+    // Declared after `mem`, so dropped after it.
+    _mappings: Vec<Mapping>,
+}
+
+fn os_err() -> Error {
+    Error::Memory(
+        std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::ENOMEM),
+    )
+}
 
 fn memfd(name: &str, size: u64) -> Result<File, Error> {
     let cname = CString::new(name).map_err(|_| Error::Memory(libc::EINVAL))?;
@@ -18,7 +76,7 @@ fn memfd(name: &str, size: u64) -> Result<File, Error> {
     // -1, and touches no memory of ours.
     let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
-        return Err(Error::Memory(last_errno()));
+        return Err(os_err());
     }
     // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
     let file = unsafe { File::from_raw_fd(fd) };
@@ -27,27 +85,103 @@ fn memfd(name: &str, size: u64) -> Result<File, Error> {
     Ok(file)
 }
 
-pub(crate) fn last_errno() -> i32 {
-    std::io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
+/// Map `len` bytes at a 2 MiB-aligned address: anonymous, or `file` from `offset`.
+fn map_aligned(len: usize, file: Option<(&File, u64)>) -> Result<(Mapping, i32), Error> {
+    let reserve = len
+        .checked_add(HUGE_PAGE)
+        .ok_or(Error::Memory(libc::ENOMEM))?;
+    // SAFETY: a new inaccessible anonymous reservation; no existing mapping is affected.
+    let raw = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            reserve,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if raw == libc::MAP_FAILED {
+        return Err(os_err());
+    }
+    let raw = raw as usize;
+    let start = (raw + HUGE_PAGE - 1) & !(HUGE_PAGE - 1);
+    let end = start + len;
+    // SAFETY: both ranges lie inside the reservation made above and are not used by anything.
+    unsafe {
+        if start > raw {
+            libc::munmap(raw as *mut libc::c_void, start - raw);
+        }
+        if raw + reserve > end {
+            libc::munmap(end as *mut libc::c_void, raw + reserve - end);
+        }
+    }
+    let mapping = Mapping {
+        addr: start as *mut u8,
+        len,
+    };
+    let (flags, fd, offset) = match file {
+        Some((f, off)) => (libc::MAP_SHARED, f.as_raw_fd(), off),
+        None => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0),
+    };
+    let offset = libc::off_t::try_from(offset).map_err(|_| Error::Memory(libc::EOVERFLOW))?;
+    // SAFETY: MAP_FIXED replaces exactly the reservation that `mapping` owns (start..end), which
+    // nothing else uses; on failure `mapping` unmaps it.
+    let p = unsafe {
+        libc::mmap(
+            start as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags | libc::MAP_FIXED | libc::MAP_NORESERVE,
+            fd,
+            offset,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(os_err());
+    }
+    // SAFETY: advice on our own mapping. It fails harmlessly where THP is not available; huge
+    // pages are only a speed-up.
+    unsafe { libc::madvise(p, len, libc::MADV_HUGEPAGE) };
+    Ok((mapping, flags))
 }
 
-/// Create guest memory for `layout`, backed by one memfd.
-pub fn create(layout: &MemoryLayout) -> Result<GuestMemoryMmap, Error> {
+/// Create guest memory for `layout`.
+pub fn create(layout: &MemoryLayout, backing: Backing) -> Result<GuestRam, Error> {
     let total: u64 = layout.ram.iter().map(|r| r.size).sum();
-    let file = memfd("rvmspawn-guest-ram", total)?;
+    let file = match backing {
+        Backing::Private => None,
+        Backing::SharedMemfd => Some(memfd("rvmspawn-guest-ram", total)?),
+    };
     let mut offset = 0u64;
-    let mut ranges = Vec::with_capacity(layout.ram.len());
+    let mut regions = Vec::with_capacity(layout.ram.len());
+    let mut mappings = Vec::with_capacity(layout.ram.len());
     for r in &layout.ram {
         let size = usize::try_from(r.size).map_err(|_| Error::Memory(libc::ENOMEM))?;
-        let f = file
-            .try_clone()
-            .map_err(|e| Error::Memory(e.raw_os_error().unwrap_or(libc::EMFILE)))?;
-        ranges.push((r.start, size, Some(FileOffset::new(f, offset))));
+        let (mapping, flags) = map_aligned(size, file.as_ref().map(|f| (f, offset)))?;
+        let mut builder = MmapRegionBuilder::new(size)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(flags);
+        if let Some(f) = &file {
+            let f = f
+                .try_clone()
+                .map_err(|e| Error::Memory(e.raw_os_error().unwrap_or(libc::EMFILE)))?;
+            builder = builder.with_file_offset(FileOffset::new(f, offset));
+        }
+        // SAFETY: `mapping` is a live, page-aligned mapping of exactly `size` bytes that
+        // outlives the region (see `GuestRam`'s field order).
+        let region = unsafe { builder.with_raw_mmap_pointer(mapping.addr) }
+            .build()
+            .map_err(|_| Error::Memory(libc::EINVAL))?;
+        mappings.push(mapping);
+        regions.push(GuestRegionMmap::new(region, r.start).ok_or(Error::Memory(libc::EINVAL))?);
         offset += r.size;
     }
-    GuestMemoryMmap::from_ranges_with_files(ranges).map_err(|_| Error::Memory(libc::ENOMEM))
+    let mem = GuestMemoryMmap::from_regions(regions).map_err(|_| Error::Memory(libc::EINVAL))?;
+    Ok(GuestRam {
+        mem,
+        _mappings: mappings,
+    })
 }
 
 /// Tell KVM about every region of `mem`.
@@ -63,10 +197,52 @@ pub fn register(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), Error> {
             memory_size: region.len(),
             userspace_addr: host as u64,
         };
-        // SAFETY: the region describes a live mapping owned by `mem`, which outlives the VM
-        // (the VM is torn down before the memory is dropped), and slots do not overlap.
+        // SAFETY: the region describes a live mapping owned by `GuestRam`, which the machine
+        // drops only after the VM, and slots do not overlap.
         unsafe { vm.set_user_memory_region(region) }
             .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION", e.errno()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestAddress};
+
+    #[test]
+    fn both_backings_give_aligned_usable_memory() {
+        for backing in [Backing::Private, Backing::SharedMemfd] {
+            let layout = MemoryLayout::new(64 << 20);
+            let ram = create(&layout, backing).unwrap();
+            let region = ram.mem.iter().next().unwrap();
+            let host = ram.mem.get_host_address(GuestAddress(0)).unwrap() as usize;
+            assert_eq!(host % HUGE_PAGE, 0, "{backing:?}");
+            assert_eq!(region.len(), 64 << 20);
+            assert_eq!(
+                region.file_offset().is_some(),
+                backing == Backing::SharedMemfd
+            );
+            ram.mem
+                .write_obj(0xdead_beef_u32, GuestAddress(63 << 20))
+                .unwrap();
+            assert_eq!(
+                ram.mem.read_obj::<u32>(GuestAddress(63 << 20)).unwrap(),
+                0xdead_beef
+            );
+        }
+    }
+
+    #[test]
+    fn memory_above_4g_is_a_second_region_of_the_same_memfd() {
+        // Only the layout is exercised: nothing touches the pages, so this reserves no RAM.
+        let layout = MemoryLayout::new(5 << 30);
+        let ram = create(&layout, Backing::SharedMemfd).unwrap();
+        let offsets: Vec<u64> = ram
+            .mem
+            .iter()
+            .map(|r| r.file_offset().unwrap().start())
+            .collect();
+        assert_eq!(offsets, vec![0, layout.ram[0].size]);
+    }
 }
