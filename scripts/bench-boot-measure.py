@@ -128,16 +128,16 @@ def summary(results, labels):
         print("%-14s %14.0f %12.0f %15s %6d%s" % (
             label, m[0], m[1], "%.1f" % m[2] if m[2] is not None else "-",
             len(ok), extra))
-    first = labels[0]
-    for other in labels[1:]:
-        name = "%s/%s" % (first, other)
-        if first in med and other in med:
-            a, b = med[first], med[other]
-            rss = "%.2f" % (a[2] / b[2]) if a[2] and b[2] else "-"
-            print("%-28s to-init %.2f  total %.2f  RSS %s" % (
-                name, a[0] / b[0], a[1] / b[1], rss))
-        else:
-            print("%-28s n/a (a VMM failed)" % name)
+    for ours in [l for l in labels if l.startswith("rvmspawn")]:
+        for other in [l for l in labels if not l.startswith("rvmspawn")]:
+            name = "%s/%s" % (ours, other)
+            if ours in med and other in med:
+                a, b = med[ours], med[other]
+                rss = "%.2f" % (a[2] / b[2]) if a[2] and b[2] else "-"
+                print("%-28s to-init %.2f  total %.2f  RSS %s" % (
+                    name, a[0] / b[0], a[1] / b[1], rss))
+            else:
+                print("%-28s n/a (a VMM failed)" % name)
 
 
 def main():

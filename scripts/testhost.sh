@@ -16,7 +16,8 @@
 #   RVMSPAWN_* and RUST_BACKTRACE   exported to COMMAND
 #   RVMSPAWN_KEEP_RUN=1             keep .cache/testhost-runs/<id> afterwards
 #   RVMSPAWN_TESTHOST_QEMU          QEMU binary (default qemu-system-x86_64)
-#   RVMSPAWN_TESTHOST_MEM / _SMP    test-host memory and vCPUs (3G, 2)
+#   RVMSPAWN_TESTHOST_MEM / _SMP    test-host memory and vCPUs (3G, 1: with 2, the
+#                                   emulated test host wedged in 2 of 3 test runs)
 #   RVMSPAWN_TESTHOST_9P_CACHE      9p cache mode of the shared root (loose)
 #   RVMSPAWN_TESTHOST_KERNEL        test-host kernel (.cache/assets/testhost/vmlinux,
 #                                   booted via PVH: no decompression under TCG)
@@ -95,7 +96,7 @@ printf '%s\n' "$root" "$cwd" >"$run/visible"
 # shellcheck disable=SC2054 # the commas belong to QEMU option values
 qemu=("${RVMSPAWN_TESTHOST_QEMU:-qemu-system-x86_64}"
     -accel tcg,thread=multi -cpu max
-    -smp "${RVMSPAWN_TESTHOST_SMP:-2}" -m "${RVMSPAWN_TESTHOST_MEM:-3G}"
+    -smp "${RVMSPAWN_TESTHOST_SMP:-1}" -m "${RVMSPAWN_TESTHOST_MEM:-3G}"
     -nodefaults -nographic -no-reboot -bios qboot.rom
     -kernel "${RVMSPAWN_TESTHOST_KERNEL:-$assets/testhost/vmlinux}" -initrd "$assets/testhost/initramfs.cpio.gz"
     -append "console=ttyS0 quiet loglevel=0 panic=-1"

@@ -153,9 +153,9 @@ fn leading_digits(s: &str) -> &str {
     &s[..end]
 }
 
-/// Highest vCPU count accepted: xAPIC IDs have 8 bits and 0xFF means broadcast, so this
-/// is the most a guest without x2APIC can address.
-pub const MAX_VCPUS: u32 = 255;
+/// Highest vCPU count accepted: the machine's own limit (8-bit APIC IDs in the MADT, 0xFF
+/// being the broadcast ID).
+pub const MAX_VCPUS: u32 = vmm::MAX_VCPUS;
 
 /// `--qemu-smp`: vmspawn hands the string to QEMU's `-smp`, whose topology syntax has no
 /// meaning without QEMU. A plain count is the part that carries over.
@@ -767,12 +767,12 @@ mod tests {
     fn smp() {
         assert_eq!(parse_smp("1"), Ok(1));
         assert_eq!(parse_smp("4"), Ok(4));
-        assert_eq!(parse_smp("255"), Ok(255));
+        assert_eq!(parse_smp("254"), Ok(254));
         assert_eq!(parse_smp("007"), Ok(7));
         for bad in ["", "two", "4,sockets=2", "cpus=4", "+4", " 4", "-1", "1.5"] {
             assert_eq!(errno(parse_smp(bad)), EINVAL, "{bad}");
         }
-        for out in ["0", "256", "99999999999999999999"] {
+        for out in ["0", "255", "99999999999999999999"] {
             assert_eq!(errno(parse_smp(out)), ERANGE, "{out}");
         }
     }

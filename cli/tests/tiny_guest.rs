@@ -269,3 +269,24 @@ fn guest_reset_restarts_the_machine_and_sigterm_ends_it() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "SIGTERM is a clean stop");
 }
+
+#[test]
+fn a_file_that_is_not_a_kernel_is_refused_clearly() {
+    let dir = std::env::temp_dir().join(format!("rvmspawn-notkernel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notes.txt");
+    std::fs::write(&path, "just some text, certainly not a kernel\n".repeat(40)).unwrap();
+    let out = rvmspawn(&path, &[]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(libc::ENOEXEC), "{stderr}");
+    assert!(stderr.contains("is not a Linux kernel"), "{stderr}");
+    assert!(stderr.contains("notes.txt"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    // A truncated ELF header is just as clearly refused, not a panic.
+    std::fs::write(&path, b"\x7fELF\x02\x01\x01").unwrap();
+    let out = rvmspawn(&path, &[]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(libc::ENOEXEC), "{stderr}");
+    assert!(stderr.contains("Failed to load kernel"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -155,35 +155,42 @@ impl Batch {
             }
             Mode::TestHost => {
                 let mut c = Command::new(root.join("scripts/testhost.sh"));
-                c.args(["--timeout", "1200", "--", "sh"]).arg(&path);
+                c.args(["--timeout", "600", "--", "sh"]).arg(&path);
                 c
             }
         };
-        let mut out = command()
-            .current_dir(&root)
-            .output()
-            .expect("run the batch");
+        let (mut status, mut text) = run_streaming(command().current_dir(&root));
         // Nested virtualisation under emulation occasionally wedges the whole test host
         // (testhost.sh: 124 timeout, 125 test host failed); that says nothing about rvmspawn,
         // so such a run is repeated once. A failing guest or rvmspawn is never retried.
-        if mode == Mode::TestHost && matches!(out.status.code(), Some(124 | 125)) {
-            eprintln!("test host failed ({}); retrying the batch once", out.status);
-            out = command()
-                .current_dir(&root)
-                .output()
-                .expect("run the batch");
+        if mode == Mode::TestHost && matches!(status.code(), Some(124 | 125)) {
+            eprintln!("test host failed ({status}); retrying the batch once");
+            (status, text) = run_streaming(command().current_dir(&root));
         }
+        eprintln!("batch ({mode:?}) exited {status}");
         let _ = std::fs::remove_file(&path);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let results = parse(&text);
-        // Make failures debuggable from the test log alone.
-        eprintln!(
-            "batch ({mode:?}) exited {}; stderr:\n{}\nstdout:\n{text}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        results
+        parse(&text)
     }
+}
+
+/// Run `cmd`, echoing its output to stderr line by line as it comes (so a slow or stuck boot
+/// shows where it is, in the test log), and return its status and everything it printed.
+fn run_streaming(cmd: &mut Command) -> (std::process::ExitStatus, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the batch");
+    let mut text = String::new();
+    let stdout = child.stdout.take().expect("piped stdout");
+    for line in BufReader::new(stdout).split(b'\n') {
+        let Ok(line) = line else { break };
+        let line = String::from_utf8_lossy(&line);
+        eprintln!("  | {line}");
+        text.push_str(&line);
+        text.push('\n');
+    }
+    (child.wait().expect("wait for the batch"), text)
 }
 
 /// Split a batch's output into its steps.

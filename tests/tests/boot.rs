@@ -118,7 +118,10 @@ fn extra_arguments_reach_the_kernel_command_line() {
     let cmdline = r
         .value("RVMSPAWN-CMDLINE")
         .expect("guest printed its cmdline");
-    assert!(cmdline.starts_with("console=ttyS0"), "{cmdline}");
+    assert!(
+        cmdline.starts_with(&format!("{} ", vmm_default_cmdline())),
+        "{cmdline}"
+    );
     assert!(cmdline.contains(" rvmspawn.test=hello quiet"), "{cmdline}");
     assert!(cmdline.contains("foo=bar"), "{cmdline}");
     // -q: only the guest's console.
@@ -147,4 +150,10 @@ fn guest_reboot_restarts_the_vm_and_sigterm_stops_it() {
         "SIGTERM ends rvmspawn cleanly:\n{}",
         r.output
     );
+}
+
+/// rvmspawn's default kernel command line (vmm::DEFAULT_CMDLINE), which the guest must see
+/// first, before the user's arguments.
+fn vmm_default_cmdline() -> &'static str {
+    "console=ttyS0"
 }
