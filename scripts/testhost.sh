@@ -19,6 +19,8 @@
 #   RVMSPAWN_TESTHOST_MEM / _SMP    test-host memory and vCPUs (3G, 1: with 2, the
 #                                   emulated test host wedged in 2 of 3 test runs)
 #   RVMSPAWN_TESTHOST_9P_CACHE      9p cache mode of the shared root (loose)
+#   RVMSPAWN_TESTHOST_STALL         seconds without QEMU CPU progress before a
+#                                   run counts as wedged (60; without a terminal)
 #   RVMSPAWN_TESTHOST_KERNEL        test-host kernel (.cache/assets/testhost/vmlinux,
 #                                   booted via PVH: no decompression under TCG)
 set -euo pipefail
@@ -103,6 +105,30 @@ qemu=("${RVMSPAWN_TESTHOST_QEMU:-qemu-system-x86_64}"
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap
     -virtfs "local,path=${run//,/,,},mount_tag=rvmrun,security_model=none,multidevs=remap")
 
+# The emulated test host occasionally wedges: QEMU then uses no CPU at all (its
+# guest waits for an interrupt that never comes). A healthy test host, even an
+# idle one, keeps ticking, so a QEMU whose CPU time stands still for $stall
+# seconds is killed at once instead of at the overall timeout.
+stall=${RVMSPAWN_TESTHOST_STALL:-60}
+watchdog() { # PID of timeout(1), whose child is QEMU
+    local qpid="" last="" now still=0
+    while sleep 10; do
+        [ -n "$qpid" ] || qpid=$(pgrep -P "$1" | head -n 1) || continue
+        now=$(awk '{ print $14 + $15 }' "/proc/$qpid/stat" 2>/dev/null) || return 0
+        if [ "$now" = "$last" ]; then
+            still=$((still + 10))
+            if [ "$still" -ge "$stall" ]; then
+                : >"$run/stalled"
+                kill -KILL "$qpid" 2>/dev/null
+                return 0
+            fi
+        else
+            still=0
+        fi
+        last=$now
+    done
+}
+
 set +e
 if [ "$interactive" = 1 ]; then
     # Our terminal drives the test host's console. signal=off: Ctrl-C goes to
@@ -112,14 +138,25 @@ if [ "$interactive" = 1 ]; then
     timeout --foreground --kill-after=10 "$timeout" "${qemu[@]}" \
         -chardev stdio,id=con,mux=on,signal=off -serial chardev:con \
         -mon chardev=con,mode=readline
+    qrc=$?
 else
     # No terminal (CI, pipes): the console is output only. stdin from
     # /dev/null also protects QEMU when our stdin is closed altogether.
     timeout --foreground --kill-after=10 "$timeout" "${qemu[@]}" \
-        -serial stdio </dev/null
+        -serial stdio </dev/null &
+    tpid=$!
+    watchdog "$tpid" &
+    wpid=$!
+    wait "$tpid"
+    qrc=$?
+    kill "$wpid" 2>/dev/null
+    wait "$wpid" 2>/dev/null
 fi
-qrc=$?
 set -e
+if [ -f "$run/stalled" ]; then
+    echo "testhost: the test host made no progress for ${stall}s (wedged), QEMU killed" >&2
+    exit 124
+fi
 
 if [ -s "$run/error" ]; then
     sed 's/^/testhost: /' "$run/error" >&2

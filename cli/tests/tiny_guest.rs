@@ -135,6 +135,21 @@ fn run(kernel: &Path, extra: &[&str], input: &[u8]) -> (Vec<u8>, Option<i32>) {
     (reader.join().unwrap(), status.code())
 }
 
+/// Read the child's stdout until `needle` has appeared `times` times; panics if it exits first.
+fn read_until(stdout: &mut impl Read, needle: &[u8], times: usize) {
+    let mut seen: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 256];
+    while seen.windows(needle.len()).filter(|w| *w == needle).count() < times {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "rvmspawn exited before printing {:?} {times} times",
+            String::from_utf8_lossy(needle)
+        );
+        seen.extend(&buf[..n]);
+    }
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -188,14 +203,7 @@ fn ctrl_bracket_three_times_ends_the_vm() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut seen: Vec<u8> = Vec::new();
-    let mut buf = [0u8; 64];
-    while !contains(&seen, b"waiting\n") {
-        let n = stdout.read(&mut buf).unwrap();
-        assert!(n > 0, "rvmspawn exited early");
-        seen.extend(&buf[..n]);
-    }
+    read_until(&mut child.stdout.take().unwrap(), b"waiting\n", 1);
     let mut stdin = child.stdin.take().unwrap();
     // Two escapes and a key do not end it; three escapes in a row do.
     stdin.write_all(b"\x1d\x1dx").unwrap();
@@ -256,14 +264,8 @@ fn guest_reset_restarts_the_machine_and_sigterm_ends_it() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut seen: Vec<u8> = Vec::new();
-    let mut buf = [0u8; 256];
-    while seen.windows(5).filter(|w| w == b"boot\n").count() < 3 {
-        let n = stdout.read(&mut buf).unwrap();
-        assert!(n > 0, "rvmspawn exited instead of restarting the guest");
-        seen.extend(&buf[..n]);
-    }
+    // Three boots: the guest's reset request restarted the machine twice.
+    read_until(&mut child.stdout.take().unwrap(), b"boot\n", 3);
     // SAFETY: sending a signal to our own child process.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();

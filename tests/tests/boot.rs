@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use rvmspawn_tests::{Batch, BootResult};
 
-const T: &str = "timeout -s KILL 300";
+const T: &str = "timeout -s KILL 120";
 
 fn results() -> &'static BTreeMap<String, BootResult> {
     static RESULTS: OnceLock<BTreeMap<String, BootResult>> = OnceLock::new();
@@ -44,7 +44,7 @@ fn results() -> &'static BTreeMap<String, BootResult> {
                 r#""$RVMSPAWN" -q --linux="$KERNEL" --initrd="$INITRD" rvmspawn.action=reboot > "${TMPDIR:-/tmp}/rvmspawn-reboot-$$.out" 2>&1 &
 pid=$!
 i=0
-while [ "$(grep -c '^RVMSPAWN-GUEST-INIT' "${TMPDIR:-/tmp}/rvmspawn-reboot-$$.out")" -lt 2 ] && [ $i -lt 600 ]; do sleep 0.5; i=$((i+1)); done
+while [ "$(grep -c '^RVMSPAWN-GUEST-INIT' "${TMPDIR:-/tmp}/rvmspawn-reboot-$$.out")" -lt 2 ] && [ $i -lt 240 ]; do sleep 0.5; i=$((i+1)); done
 kill -TERM $pid
 wait $pid
 rc=$?
