@@ -292,3 +292,35 @@ fn a_file_that_is_not_a_kernel_is_refused_clearly() {
     assert!(stderr.contains("Failed to load kernel"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_terminal_that_stops_reading_cannot_keep_the_vmm_from_stopping() {
+    // Print 'x' forever.
+    let mut code = mov_dx(0x3f8);
+    code.extend([0xb0, b'x', 0xee, 0xeb, 0xfb]); // 4: mov al,'x'; out dx,al; jmp 4
+    let k = write_guest("flood", &code);
+    let mut child = rvmspawn(&k, &[])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read a little, then stop reading: the pipe and rvmspawn's buffer fill up.
+    let mut stdout = child.stdout.take().unwrap();
+    read_until(&mut stdout, b"x", 1);
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rvmspawn hung with a full stdout"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(stdout);
+    assert_eq!(status.code(), Some(0));
+}

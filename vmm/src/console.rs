@@ -110,3 +110,202 @@ mod tests {
         assert!(!d.feed(b"hello", t0));
     }
 }
+
+/// How much guest output may wait for the terminal before the guest's UART writes wait too.
+const OUTPUT_BUFFER: usize = 1 << 20;
+
+#[derive(Debug, Default)]
+struct OutputState {
+    buf: std::collections::VecDeque<u8>,
+    /// Set while a machine is being torn down: writers waiting for room give up, so a terminal
+    /// that stopped reading cannot keep a vCPU thread from stopping.
+    abandon: bool,
+    /// No more output will come; the writer thread drains what is left and ends.
+    closed: bool,
+    /// The writer thread has ended.
+    done: bool,
+}
+
+#[derive(Debug, Default)]
+struct OutputShared {
+    state: std::sync::Mutex<OutputState>,
+    changed: std::sync::Condvar,
+}
+
+impl OutputShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutputState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The guest console's output path: the UART (on a vCPU thread) appends to a buffer, and one
+/// thread writes the buffer to stdout. A vCPU thread therefore never makes a system call per
+/// byte and never waits for the terminal, unless a whole megabyte is already waiting for it
+/// (then the guest is slowed to the terminal's pace, as by a real serial line; nothing is lost).
+#[derive(Debug)]
+pub struct ConsoleOutput {
+    shared: std::sync::Arc<OutputShared>,
+}
+
+/// A writer into the console output, for a UART.
+#[derive(Debug, Clone)]
+pub struct ConsoleSink {
+    shared: std::sync::Arc<OutputShared>,
+}
+
+impl ConsoleOutput {
+    /// Start the thread that writes guest output to `out`.
+    pub fn start(mut out: Box<dyn std::io::Write + Send>) -> std::io::Result<ConsoleOutput> {
+        let shared = std::sync::Arc::new(OutputShared::default());
+        let s = shared.clone();
+        std::thread::Builder::new()
+            .name("console-out".into())
+            .spawn(move || {
+                let mut chunk = Vec::new();
+                loop {
+                    let mut st = s.lock();
+                    while st.buf.is_empty() && !st.closed {
+                        st = s.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+                    }
+                    if st.buf.is_empty() {
+                        st.done = true;
+                        s.changed.notify_all();
+                        return;
+                    }
+                    chunk.clear();
+                    chunk.extend(st.buf.drain(..));
+                    s.changed.notify_all();
+                    drop(st);
+                    // A terminal that went away (EPIPE) just loses the output, as a serial
+                    // line with nobody listening would.
+                    let _ = out.write_all(&chunk).and_then(|()| out.flush());
+                }
+            })?;
+        Ok(ConsoleOutput { shared })
+    }
+
+    /// A writer for a UART.
+    pub fn sink(&self) -> ConsoleSink {
+        ConsoleSink {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Make writers that wait for room give up (while vCPUs are being stopped), or stop that.
+    pub fn set_abandon(&self, abandon: bool) {
+        self.shared.lock().abandon = abandon;
+        self.shared.changed.notify_all();
+    }
+}
+
+impl Drop for ConsoleOutput {
+    /// Let the writer thread write out what is buffered, waiting at most a few seconds for a
+    /// terminal that does not read (the thread is then left to the process's exit).
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut st = self.shared.lock();
+        st.closed = true;
+        st.abandon = true;
+        self.shared.changed.notify_all();
+        while !st.done {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            st = self
+                .shared
+                .changed
+                .wait_timeout(st, deadline - now)
+                .map_or_else(|p| p.into_inner().0, |(g, _)| g);
+        }
+    }
+}
+
+impl std::io::Write for ConsoleSink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let mut st = self.shared.lock();
+        while st.buf.len() + data.len() > OUTPUT_BUFFER && !st.abandon {
+            st = self
+                .shared
+                .changed
+                .wait(st)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        if !st.abandon {
+            st.buf.extend(data);
+            self.shared.changed.notify_all();
+        }
+        Ok(data.len())
+    }
+
+    /// The writer thread flushes after every chunk; nothing to do per byte.
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod output_tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Collect(Arc<Mutex<Vec<u8>>>);
+    impl Write for Collect {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn everything_written_reaches_the_terminal_in_order() {
+        let out = Collect::default();
+        let console = ConsoleOutput::start(Box::new(out.clone())).unwrap();
+        let mut sink = console.sink();
+        let data: Vec<u8> = (0..3 * OUTPUT_BUFFER).map(|i| (i % 251) as u8).collect();
+        for b in data.chunks(1) {
+            sink.write_all(b).unwrap();
+        }
+        drop(console);
+        assert_eq!(*out.0.lock().unwrap(), data);
+    }
+
+    struct Stuck;
+    impl Write for Stuck {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            std::thread::sleep(Duration::from_secs(3600));
+            Ok(0)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_terminal_that_never_reads_cannot_hold_a_writer_once_abandoned() {
+        let console = ConsoleOutput::start(Box::new(Stuck)).unwrap();
+        let mut sink = console.sink();
+        let shared = console.shared.clone();
+        let writer = std::thread::spawn(move || {
+            for _ in 0..3 * OUTPUT_BUFFER / 4096 {
+                sink.write_all(&[b'x'; 4096]).unwrap();
+            }
+        });
+        // The writer fills the buffer and waits for room that never comes...
+        while shared.lock().buf.len() + 4096 <= OUTPUT_BUFFER {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!writer.is_finished());
+        // ...until the machine stops, which lets it go.
+        console.set_abandon(true);
+        writer.join().unwrap();
+        // Dropping would wait (5 s) for the stuck terminal; nothing more to check here.
+        std::mem::forget(console);
+    }
+}

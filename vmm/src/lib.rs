@@ -121,10 +121,15 @@ pub fn run(config: VmConfig) -> Result<VmExit, Error> {
         },
     };
     let mut console = event_loop::Console::new()?;
+    // Declared after `console`, so dropped (and drained) before the terminal is restored.
+    let output = console::ConsoleOutput::start(Box::new(std::io::stdout()))
+        .map_err(|e| Error::Host("console output thread", e))?;
     loop {
-        let machine = machine::Machine::build(&kvm, &spec)?;
+        let machine = machine::Machine::build(&kvm, &spec, output.sink())?;
         let outcome = console.run(&machine);
+        output.set_abandon(true);
         machine.stop();
+        output.set_abandon(false);
         match outcome? {
             event_loop::Outcome::Reset => continue,
             event_loop::Outcome::Exit(exit) => return Ok(exit),

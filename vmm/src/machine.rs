@@ -85,7 +85,11 @@ fn attach(
 
 impl Machine {
     /// Build the machine and start its vCPUs.
-    pub fn build(kvm: &Kvm, spec: &MachineSpec) -> Result<Machine, Error> {
+    pub fn build(
+        kvm: &Kvm,
+        spec: &MachineSpec,
+        console: crate::console::ConsoleSink,
+    ) -> Result<Machine, Error> {
         let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         vm.set_tss_address(KVM_TSS_START as usize)
             .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
@@ -143,7 +147,7 @@ impl Machine {
         let serial = Arc::new(Mutex::new(SerialConsole::new(
             serial_irq,
             input_drained.try_clone().map_err(host_err("eventfd"))?,
-            Box::new(std::io::stdout()),
+            Box::new(console),
         )));
 
         let mut io = Bus::new();
