@@ -167,9 +167,9 @@ impl Batch {
         let (mut status, mut text) = run_streaming(command().current_dir(&root));
         // Nested virtualisation under emulation occasionally wedges the whole test host
         // (testhost.sh: 124 timeout, 125 test host failed); that says nothing about rvmspawn,
-        // so such a run is repeated, twice at most. A failing guest or rvmspawn is never
+        // so such a run is repeated, three times at most. A failing guest or rvmspawn is never
         // retried: the batch then ends normally and the tests see what it printed.
-        for _ in 0..2 {
+        for _ in 0..3 {
             if mode != Mode::TestHost || !matches!(status.code(), Some(124 | 125)) {
                 break;
             }
