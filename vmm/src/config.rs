@@ -18,7 +18,8 @@ pub enum KvmSource {
 /// Everything needed to build and run one VM.
 #[derive(Debug)]
 pub struct VmConfig {
-    /// Machine name (already validated as a hostname by the front end).
+    /// Machine name (already validated as a hostname by the front end). The front end shows
+    /// it in its status line; the machine will carry it once it has SMBIOS tables (issue 4).
     pub name: String,
     /// Number of vCPUs, at least 1.
     pub vcpus: u32,

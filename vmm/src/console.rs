@@ -87,30 +87,6 @@ impl EscapeDetector {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn three_escapes_within_a_second_end_the_vm() {
-        let t0 = Instant::now();
-        let mut d = EscapeDetector::default();
-        assert!(!d.feed(&[ESCAPE, ESCAPE], t0));
-        assert!(d.feed(&[ESCAPE], t0 + Duration::from_millis(900)));
-    }
-
-    #[test]
-    fn slow_or_interrupted_escapes_do_not() {
-        let t0 = Instant::now();
-        let mut d = EscapeDetector::default();
-        assert!(!d.feed(&[ESCAPE, ESCAPE], t0));
-        assert!(!d.feed(&[ESCAPE], t0 + Duration::from_millis(1500)));
-        let mut d = EscapeDetector::default();
-        assert!(!d.feed(&[ESCAPE, ESCAPE, b'a', ESCAPE], t0));
-        assert!(!d.feed(b"hello", t0));
-    }
-}
-
 /// How much guest output may wait for the terminal before the guest's UART writes wait too.
 const OUTPUT_BUFFER: usize = 1 << 20;
 
@@ -307,5 +283,29 @@ mod output_tests {
         writer.join().unwrap();
         // Dropping would wait (5 s) for the stuck terminal; nothing more to check here.
         std::mem::forget(console);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn three_escapes_within_a_second_end_the_vm() {
+        let t0 = Instant::now();
+        let mut d = EscapeDetector::default();
+        assert!(!d.feed(&[ESCAPE, ESCAPE], t0));
+        assert!(d.feed(&[ESCAPE], t0 + Duration::from_millis(900)));
+    }
+
+    #[test]
+    fn slow_or_interrupted_escapes_do_not() {
+        let t0 = Instant::now();
+        let mut d = EscapeDetector::default();
+        assert!(!d.feed(&[ESCAPE, ESCAPE], t0));
+        assert!(!d.feed(&[ESCAPE], t0 + Duration::from_millis(1500)));
+        let mut d = EscapeDetector::default();
+        assert!(!d.feed(&[ESCAPE, ESCAPE, b'a', ESCAPE], t0));
+        assert!(!d.feed(b"hello", t0));
     }
 }

@@ -221,14 +221,14 @@ pub fn load_kernel(
 
     let entry = match result.pvh_boot_cap {
         PvhBootCapability::PvhEntryPresent(addr) if format == KernelFormat::Elf => {
-            write_pvh_start_info(mem, layout, initrd, cmdline.len())?;
+            write_pvh_start_info(mem, layout, initrd)?;
             BootEntry::Pvh {
                 rip: addr.0,
                 start_info: PVH_INFO_START,
             }
         }
         _ => {
-            write_zero_page(mem, layout, header, initrd, cmdline.len())?;
+            write_zero_page(mem, layout, header, initrd)?;
             BootEntry::Linux64 {
                 // The 64-bit entry of a bzImage is 0x200 past the start of its
                 // protected-mode code; an ELF vmlinux's entry is its e_entry.
@@ -316,7 +316,6 @@ fn write_zero_page(
     layout: &MemoryLayout,
     header: Option<setup_header>,
     initrd: Option<(u64, u64)>,
-    cmdline_len_with_nul: usize,
 ) -> Result<(), BootError> {
     const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
     const KERNEL_HDR_MAGIC: u32 = 0x5372_6448;
@@ -333,8 +332,8 @@ fn write_zero_page(
         params.hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT_BYTES;
     }
     params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
+    // cmdline_size is the kernel's limit, for the loader to read; it is left as the kernel set it.
     params.hdr.cmd_line_ptr = CMDLINE_START as u32;
-    params.hdr.cmdline_size = (cmdline_len_with_nul - 1) as u32;
     if let Some((addr, size)) = initrd {
         params.hdr.ramdisk_image = addr as u32;
         params.hdr.ramdisk_size = size as u32;
@@ -362,10 +361,8 @@ fn write_pvh_start_info(
     mem: &GuestMemoryMmap,
     layout: &MemoryLayout,
     initrd: Option<(u64, u64)>,
-    cmdline_len_with_nul: usize,
 ) -> Result<(), BootError> {
     const XEN_HVM_START_MAGIC_VALUE: u32 = 0x336e_c578;
-    let _ = cmdline_len_with_nul;
     let e820 = layout.e820();
     if e820.len() > PVH_MEMMAP_MAX {
         return Err(BootError::Memory("the PVH memory map"));
