@@ -245,9 +245,9 @@ impl Settings {
         if self.directory.is_none() && self.image.is_none() && self.linux.is_none() {
             return Err(Failure::new(
                 libc::EOPNOTSUPP,
-                "Nothing to boot: specify --linux= (or --directory=/--image=, not supported \
-                 yet); finding images by machine name or booting the current directory is \
-                 not supported.",
+                "Nothing to boot: specify --linux= (or --image=; --directory= is not \
+                 supported yet); finding images by machine name or booting the current \
+                 directory is not supported.",
             ));
         }
 
@@ -260,9 +260,16 @@ impl Settings {
                  uses KVM.",
             ));
         }
+        // Booting an image without a kernel goes through UEFI firmware.
+        if self.image.is_some() && self.linux.is_none() {
+            return Err(Failure::new(
+                libc::EOPNOTSUPP,
+                "--image= without --linux= (booting the image through UEFI firmware) is not \
+                 supported yet; pass the kernel with --linux=.",
+            ));
+        }
         let refusals = [
             (self.directory.is_some(), "--directory="),
-            (self.image.is_some(), "--image="),
             // auto means "if available", and no vsock device exists yet, so auto and no
             // are both honoured; yes cannot be.
             (self.vsock == Some(true), "--qemu-vsock=yes"),
@@ -346,6 +353,9 @@ impl Settings {
         for initrd in &self.initrds {
             check_readable_file("initrd", initrd)?;
         }
+        if let Some(image) = &self.image {
+            check_image(image)?;
+        }
         Ok(())
     }
 
@@ -358,13 +368,22 @@ impl Settings {
             mem_bytes: self.mem_bytes,
             kernel: self
                 .linux
-                .expect("check() requires --linux= until --directory=/--image= exist"),
+                .expect("check() requires --linux= until firmware boot exists"),
             initrds: self.initrds,
             extra_cmdline: self.kernel_args,
             kvm,
             // Only vhost-user back ends (virtiofsd for --directory=/--bind=) need to map guest
             // memory; those options are refused until they exist.
             shared_memory: false,
+            disks: self
+                .image
+                .into_iter()
+                .map(|path| vmm::DiskConfig {
+                    path,
+                    root: true,
+                    discard: true,
+                })
+                .collect(),
         }
     }
 }
@@ -408,6 +427,27 @@ fn check_readable_file(what: &str, path: &Path) -> Result<(), Failure> {
         ));
     }
     fs::File::open(path).map_err(|e| Failure::io(context(), &e))?;
+    Ok(())
+}
+
+/// A disk image must be a regular file or a block device; the VMM opens and locks it.
+fn check_image(path: &Path) -> Result<(), Failure> {
+    let context = || format!("Failed to open disk image '{}'", path.display());
+    let kind = fs::metadata(path)
+        .map_err(|e| Failure::io(context(), &e))?
+        .file_type();
+    if kind.is_dir() {
+        return Err(Failure::io(
+            context(),
+            &io::Error::from_raw_os_error(libc::EISDIR),
+        ));
+    }
+    if !kind.is_file() && !kind.is_block_device() {
+        return Err(Failure::new(
+            libc::EINVAL,
+            format!("{}: not a regular file or block device", context()),
+        ));
+    }
     Ok(())
 }
 
@@ -617,13 +657,20 @@ mod tests {
         assert!(f.message.contains("--linux="), "{}", f.message);
         let f = failure(&["-M", "foo", "-q"]);
         assert_eq!(f.errno, EOPNOTSUPP);
+        // An image without a kernel needs UEFI firmware.
+        let f = failure(&["-i", "/srv/os.raw"]);
+        assert_eq!(f.errno, EOPNOTSUPP);
+        assert!(
+            f.message.starts_with("--image= without --linux="),
+            "{}",
+            f.message
+        );
     }
 
     #[test]
     fn unimplemented_options_are_refused() {
-        let cases: [(&[&str], &str); 15] = [
+        let cases: [(&[&str], &str); 14] = [
             (&["-D", "/srv/os"], "--directory="),
-            (&["--image=/srv/os.raw"], "--image="),
             (&["--qemu-vsock=yes"], "--qemu-vsock=yes"),
             (&["--vsock-cid=3"], "--vsock-cid="),
             (&["--tpm=yes"], "--tpm=yes"),

@@ -82,11 +82,17 @@ fn prepare(
 /// vmspawn's two status lines, the first extended with the machine's size.
 fn status_lines(config: &vmm::VmConfig) -> String {
     let cpus = if config.vcpus == 1 { "vCPU" } else { "vCPUs" };
+    // Like vmspawn: the image when there is one, else what is booted.
+    let on = config
+        .disks
+        .iter()
+        .find(|d| d.root)
+        .map_or(&config.kernel, |d| &d.path);
     format!(
         "Spawning VM {} on {} with {} {cpus} and {} MiB.\n\
          Press Ctrl-] three times within 1s to kill VM.\n",
         config.name,
-        config.kernel.display(),
+        on.display(),
         config.vcpus,
         config.mem_bytes / MIB,
     )
@@ -187,6 +193,7 @@ mod tests {
             extra_cmdline: Vec::new(),
             kvm: vmm::KvmSource::Open,
             shared_memory: false,
+            disks: Vec::new(),
         }
     }
 
@@ -198,5 +205,12 @@ mod tests {
              Press Ctrl-] three times within 1s to kill VM.\n"
         );
         assert!(status_lines(&config(1)).contains("with 1 vCPU and"));
+        let mut c = config(1);
+        c.disks.push(vmm::DiskConfig {
+            path: PathBuf::from("/srv/os.raw"),
+            root: true,
+            discard: true,
+        });
+        assert!(status_lines(&c).starts_with("Spawning VM vm on /srv/os.raw with"));
     }
 }

@@ -181,11 +181,9 @@ fn missing_kernel_exits_with_errno() {
 fn unimplemented_options_exit_eopnotsupp() {
     let kernel = TempFile::new("kernel-unsupported");
     let linux = kernel.linux_arg();
-    let cases: [(&[&str], &str); 17] = [
+    let cases: [(&[&str], &str); 15] = [
         (&["--directory=/srv/os"], "--directory="),
         (&["-D", "/srv/os"], "--directory="),
-        (&["--image=/srv/os.raw"], "--image="),
-        (&["-i", "/srv/os.raw"], "--image="),
         (&["--qemu-vsock=yes"], "--qemu-vsock"),
         (&["--vsock-cid=3"], "--vsock-cid"),
         (&["--tpm=yes"], "--tpm"),
@@ -205,6 +203,26 @@ fn unimplemented_options_exit_eopnotsupp() {
         args.push(&linux);
         assert_one_line_error(&args, EOPNOTSUPP, &[option, "not supported"]);
     }
+}
+
+#[test]
+fn image_needs_a_kernel_and_must_exist() {
+    assert_one_line_error(
+        &["-i", "/srv/os.raw"],
+        EOPNOTSUPP,
+        &["--image=", "--linux=", "not supported"],
+    );
+    let kernel = TempFile::new("kernel-image");
+    assert_one_line_error(
+        &["-i", "/nonexistent.raw", &kernel.linux_arg()],
+        ENOENT,
+        &["disk image", "'/nonexistent.raw'"],
+    );
+    assert_one_line_error(
+        &["-i", "/", &kernel.linux_arg()],
+        21, // EISDIR
+        &["disk image", "'/'"],
+    );
 }
 
 #[test]

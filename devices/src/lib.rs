@@ -4,6 +4,8 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod pci;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice};
 

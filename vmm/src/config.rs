@@ -37,4 +37,18 @@ pub struct VmConfig {
     /// as virtiofsd) can map it; otherwise it is private anonymous memory, which gets huge pages
     /// on more hosts and boots faster.
     pub shared_memory: bool,
+    /// Disks, in the order the guest sees them.
+    pub disks: Vec<DiskConfig>,
+}
+
+/// A disk image for the guest (virtio-blk).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// Raw image file or block device.
+    pub path: PathBuf,
+    /// The root disk (`--image=`): for a direct kernel boot its root partition goes on the
+    /// kernel command line unless the user's arguments already name one.
+    pub root: bool,
+    /// Pass the guest's discards on to the image.
+    pub discard: bool,
 }

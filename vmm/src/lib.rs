@@ -10,10 +10,11 @@ mod event_loop;
 mod kvm;
 mod machine;
 mod memory;
+mod pci;
 mod vcpu;
 mod x86_64;
 
-pub use config::{KvmSource, VmConfig};
+pub use config::{DiskConfig, KvmSource, VmConfig};
 
 /// The command line every direct boot starts with; the user's arguments follow.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
@@ -59,6 +60,12 @@ pub enum Error {
     /// A device could not be attached.
     #[error("Failed to set up device {0}: {1}")]
     Device(&'static str, String),
+    /// A disk image could not be opened or locked.
+    #[error(transparent)]
+    Disk(#[from] devices::virtio::block::DiskError),
+    /// No root partition could be found on the root disk for a direct kernel boot.
+    #[error(transparent)]
+    Root(#[from] boot::GptError),
     /// A vCPU failed (KVM internal error, failed entry, unexpected exit).
     #[error("{0}")]
     Guest(String),
@@ -78,6 +85,8 @@ impl Error {
             Error::Boot(e) => e.errno(),
             Error::Host(_, e) => e.raw_os_error().unwrap_or(libc::EIO),
             Error::Device(..) => libc::EIO,
+            Error::Disk(e) => e.errno(),
+            Error::Root(e) => e.errno(),
             // vmspawn reports a VMM that died abnormally as EPROTO.
             Error::Guest(_) => libc::EPROTO,
         }
@@ -105,15 +114,38 @@ pub fn run(config: VmConfig) -> Result<VmExit, Error> {
             max,
         });
     }
+    // Opened and locked once: a reboot keeps the lock.
+    let mut disks = Vec::with_capacity(config.disks.len());
+    let mut root_arg = None;
+    for d in &config.disks {
+        let image = devices::virtio::block::DiskImage::open(
+            &d.path,
+            devices::virtio::block::DiskOptions {
+                read_only: false,
+                discard: d.discard,
+            },
+        )?;
+        // vmspawn finds the root partition of the image for a direct kernel boot, unless the
+        // user's arguments already say where root is.
+        if d.root && !boot::gpt::cmdline_selects_root(&config.extra_cmdline) {
+            root_arg = Some(boot::discover_root(image.file())?.kernel_arg());
+        }
+        disks.push(machine::DiskSpec {
+            serial: disk_serial(&d.path),
+            image: std::sync::Arc::new(image),
+        });
+    }
     let spec = machine::MachineSpec {
         vcpus: config.vcpus,
         mem_bytes: config.mem_bytes,
         kernel: config.kernel,
         initrds: config.initrds,
         cmdline: std::iter::once(DEFAULT_CMDLINE.to_string())
+            .chain(root_arg)
             .chain(config.extra_cmdline)
             .collect::<Vec<_>>()
             .join(" "),
+        disks,
         memory: if config.shared_memory {
             memory::Backing::SharedMemfd
         } else {
@@ -134,5 +166,34 @@ pub fn run(config: VmConfig) -> Result<VmExit, Error> {
             event_loop::Outcome::Reset => continue,
             event_loop::Outcome::Exit(exit) => return Ok(exit),
         }
+    }
+}
+
+/// vmspawn's disk serial: the image's file name when it fits the 20 bytes of a virtio-blk ID,
+/// else the first 20 hex digits of the name's SHA-256.
+fn disk_serial(path: &std::path::Path) -> [u8; devices::virtio::block::ID_BYTES] {
+    use sha2::Digest;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    devices::virtio::block::serial_for(&name, |bytes| {
+        sha2::Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn disk_serial_is_the_name_or_its_hash() {
+        assert_eq!(
+            &super::disk_serial(std::path::Path::new("/srv/disk.raw"))[..9],
+            b"disk.raw\0"
+        );
+        let long = super::disk_serial(std::path::Path::new("a-rather-long-image-name.raw"));
+        assert!(long.iter().all(u8::is_ascii_hexdigit));
     }
 }

@@ -8,13 +8,20 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use boot::x86_64::acpi::{RESET_VALUE, S5_SLEEP_TYPE};
-use boot::x86_64::layout::{KVM_IDENTITY_MAP_START, KVM_TSS_START};
+use boot::x86_64::layout::{
+    KVM_IDENTITY_MAP_START, KVM_TSS_START, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_MMIO_SIZE,
+    PCI_MMIO_START,
+};
 use boot::{AcpiInfo, MemoryLayout};
 use devices::legacy::cmos::{CMOS_PORT, CMOS_PORTS};
 use devices::legacy::i8042::{I8042_PORT, I8042_PORTS};
 use devices::legacy::power::{ACPI_POWER_PORT, ACPI_POWER_PORTS};
 use devices::legacy::serial::{COM1_IRQ, COM1_PORT, UART_PORTS};
 use devices::legacy::{AcpiPower, Cmos, I8042, SerialConsole};
+use devices::pci::PciBus;
+use devices::virtio::VirtioDevice;
+use devices::virtio::block::{Block, DiskImage, ID_BYTES};
+use devices::virtio::rng::Rng;
 use devices::{Bus, BusDevice, GuestRequest, RequestSink};
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
 use kvm_ioctls::{Kvm, VmFd};
@@ -39,12 +46,26 @@ pub struct MachineSpec {
     pub cmdline: String,
     /// What guest RAM is made of.
     pub memory: memory::Backing,
+    /// Disks, in the order the guest sees them (the first is `vda`).
+    pub disks: Vec<DiskSpec>,
+}
+
+/// A disk: the image, opened and locked once for the VM's whole life, and its serial.
+#[derive(Debug, Clone)]
+pub struct DiskSpec {
+    /// The open image.
+    pub image: Arc<DiskImage>,
+    /// What GET_ID returns.
+    pub serial: [u8; ID_BYTES],
 }
 
 /// A built, running machine.
 pub struct Machine {
+    // Fields drop in order: the PCI devices (whose threads use guest memory) go before the VM
+    // and the RAM.
+    _pci: Arc<PciBus>,
     // Kept alive for as long as the vCPUs run: the VM owns the memory slots and irqfds.
-    _vm: VmFd,
+    _vm: Arc<VmFd>,
     _ram: memory::GuestRam,
     /// COM1, for queuing the user's input.
     pub serial: Arc<Mutex<SerialConsole>>,
@@ -90,7 +111,7 @@ impl Machine {
         spec: &MachineSpec,
         console: crate::console::ConsoleSink,
     ) -> Result<Machine, Error> {
-        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        let vm = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
         vm.set_tss_address(KVM_TSS_START as usize)
             .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
         vm.set_identity_map_address(KVM_IDENTITY_MAP_START)
@@ -124,6 +145,8 @@ impl Machine {
                 reset_port: ACPI_POWER_PORT as u16 + 2,
                 com1: (COM1_PORT as u16, COM1_IRQ),
                 rtc_port: CMOS_PORT as u16,
+                pci_ecam: (PCI_ECAM_START, PCI_ECAM_SIZE),
+                pci_mmio: (PCI_MMIO_START, PCI_MMIO_SIZE),
             },
         )?;
 
@@ -173,9 +196,20 @@ impl Machine {
             ACPI_POWER_PORTS,
             Arc::new(Mutex::new(AcpiPower::new(S5_SLEEP_TYPE, RESET_VALUE, sink))),
         )?;
+        let mut mmio = Bus::new();
+        let queues = spec.vcpus as usize;
+        let mut virtio: Vec<Box<dyn VirtioDevice>> = spec
+            .disks
+            .iter()
+            .map(|d| {
+                Box::new(Block::new(d.image.clone(), d.serial, queues)) as Box<dyn VirtioDevice>
+            })
+            .collect();
+        virtio.push(Box::new(Rng::new()));
+        let pci = crate::pci::build(&vm, mem, virtio, &mut io, &mut mmio)?;
         let buses = Buses {
             io: Arc::new(io),
-            mmio: Arc::new(Bus::new()),
+            mmio: Arc::new(mmio),
         };
 
         let supported = kvm
@@ -208,6 +242,7 @@ impl Machine {
             }
         }
         Ok(Machine {
+            _pci: pci,
             _vm: vm,
             _ram: ram,
             serial,
@@ -220,6 +255,13 @@ impl Machine {
 
     /// Stop every vCPU and release the machine.
     pub fn stop(self) {
-        vcpu::stop_all(self.threads, &self.stop);
+        drop(self);
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        // vCPUs first: they may be inside a device; then the fields drop in order.
+        vcpu::stop_all(std::mem::take(&mut self.threads), &self.stop);
     }
 }

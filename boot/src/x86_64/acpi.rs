@@ -5,12 +5,16 @@
 //! device in the VMM. That is all Linux needs to power off (S5) and reset.
 
 use acpi_tables::Aml;
-use acpi_tables::aml::{Device, EISAName, IO, Interrupt, Name, Package, Path, ResourceTemplate};
+use acpi_tables::aml::{
+    AddressSpace as AmlAddressSpace, AddressSpaceCacheable, Device, EISAName, IO, Interrupt,
+    Memory32Fixed, Name, Package, Path, ResourceTemplate,
+};
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{
     EnabledStatus, IoApic, LocalInterruptController, MADT, ProcessorLocalApic,
 };
+use acpi_tables::mcfg::MCFG;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -44,6 +48,10 @@ pub struct AcpiInfo {
     pub com1: (u16, u32),
     /// The CMOS RTC's I/O base (two ports).
     pub rtc_port: u16,
+    /// PCI bus 0's ECAM window (base, size).
+    pub pci_ecam: (u64, u64),
+    /// PCI memory window for BARs (base, size), below 4 GiB.
+    pub pci_mmio: (u64, u64),
 }
 
 fn io_register(port: u16) -> GAS {
@@ -85,6 +93,7 @@ fn dsdt(info: &AcpiInfo) -> Vec<u8> {
         ],
     )
     .to_aml_bytes(&mut aml);
+    aml.extend_from_slice(&pci_host_bridge(info));
     // \_S5: the sleep type for soft-off, which Linux writes to the sleep control register.
     Name::new(
         Path::new("_S5_"),
@@ -93,6 +102,60 @@ fn dsdt(info: &AcpiInfo) -> Vec<u8> {
     .to_aml_bytes(&mut aml);
     sdt.append_slice(&aml);
     sdt.as_slice().to_vec()
+}
+
+/// The host bridge of PCI segment 0, bus 0: legacy config ports, the I/O space outside them, and
+/// the BAR window; plus a motherboard-resource device claiming ECAM, which Linux checks before
+/// it trusts the MCFG table.
+fn pci_host_bridge(info: &AcpiInfo) -> Vec<u8> {
+    let (ecam, ecam_len) = info.pci_ecam;
+    let (mmio, mmio_len) = info.pci_mmio;
+    let bus = AmlAddressSpace::<u16>::new_bus_number(0, 0);
+    let config_ports = IO::new(0xcf8, 0xcf8, 1, 8);
+    let io_low = AmlAddressSpace::<u16>::new_io(0, 0xcf7, None);
+    let io_high = AmlAddressSpace::<u16>::new_io(0xd00, 0xffff, None);
+    let window = AmlAddressSpace::<u32>::new_memory(
+        AddressSpaceCacheable::NotCacheable,
+        true,
+        mmio as u32,
+        (mmio + mmio_len - 1) as u32,
+        None,
+    );
+    let resources = ResourceTemplate::new(vec![&bus, &config_ports, &io_low, &io_high, &window]);
+    let mut aml = Vec::new();
+    Device::new(
+        Path::new("_SB_.PCI0"),
+        vec![
+            &Name::new(Path::new("_HID"), &EISAName::new("PNP0A08")),
+            &Name::new(Path::new("_CID"), &EISAName::new("PNP0A03")),
+            &Name::new(Path::new("_UID"), &0u8),
+            &Name::new(Path::new("_SEG"), &0u8),
+            &Name::new(Path::new("_BBN"), &0u8),
+            &Name::new(Path::new("_CRS"), &resources),
+        ],
+    )
+    .to_aml_bytes(&mut aml);
+    let ecam_range = Memory32Fixed::new(false, ecam as u32, ecam_len as u32);
+    let ecam_resources = ResourceTemplate::new(vec![&ecam_range]);
+    Device::new(
+        Path::new("_SB_.MRES"),
+        vec![
+            &Name::new(Path::new("_HID"), &EISAName::new("PNP0C02")),
+            &Name::new(Path::new("_UID"), &1u8),
+            &Name::new(Path::new("_CRS"), &ecam_resources),
+        ],
+    )
+    .to_aml_bytes(&mut aml);
+    aml
+}
+
+fn mcfg(info: &AcpiInfo) -> Vec<u8> {
+    let mut mcfg = MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    // Segment 0, buses 0 to 0.
+    mcfg.add_ecam(info.pci_ecam.0, 0, 0, 0);
+    let mut bytes = Vec::new();
+    mcfg.to_aml_bytes(&mut bytes);
+    bytes
 }
 
 fn fadt(info: &AcpiInfo, dsdt_addr: u64) -> Vec<u8> {
@@ -149,9 +212,11 @@ pub fn build_acpi_tables(mem: &GuestMemoryMmap, info: &AcpiInfo) -> Result<(), B
     let dsdt_addr = place(&dsdt(info))?;
     let fadt_addr = place(&fadt(info, dsdt_addr))?;
     let madt_addr = place(&madt(info))?;
+    let mcfg_addr = place(&mcfg(info))?;
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     xsdt.add_entry(fadt_addr);
     xsdt.add_entry(madt_addr);
+    xsdt.add_entry(mcfg_addr);
     let mut xsdt_bytes = Vec::new();
     xsdt.to_aml_bytes(&mut xsdt_bytes);
     let xsdt_addr = place(&xsdt_bytes)?;
@@ -186,6 +251,8 @@ mod tests {
             reset_port: 0x602,
             com1: (0x3f8, 4),
             rtc_port: 0x70,
+            pci_ecam: (0xe000_0000, 1 << 20),
+            pci_mmio: (0xc000_0000, 0x2000_0000),
         };
         build_acpi_tables(&mem, &info).unwrap();
         let mut rsdp = [0u8; 36];
@@ -227,6 +294,20 @@ mod tests {
         // COM1 as PNP0501 (EISA id 0x0105d041) with its interrupt.
         assert!(dsdt.windows(4).any(|w| w == [0x41, 0xd0, 0x05, 0x01]));
         assert!(dsdt.windows(4).any(|w| w == b"COM1"));
+        // The host bridge (PNP0A08, EISA id 0x080ad041) and the ECAM reservation (PNP0C02).
+        assert!(dsdt.windows(4).any(|w| w == b"PCI0"));
+        assert!(dsdt.windows(4).any(|w| w == [0x41, 0xd0, 0x0a, 0x08]));
+        assert!(dsdt.windows(4).any(|w| w == [0x41, 0xd0, 0x0c, 0x02]));
+        // MCFG: one allocation, ECAM base at offset 44, buses 0-0.
+        let mcfg = table_at(&mem, entries[2]);
+        assert_eq!(&mcfg[..4], b"MCFG");
+        assert!(checksum_ok(&mcfg));
+        assert_eq!(mcfg.len(), 44 + 16);
+        assert_eq!(
+            u64::from_le_bytes(mcfg[44..52].try_into().unwrap()),
+            0xe000_0000
+        );
+        assert_eq!((mcfg[54], mcfg[55]), (0, 0));
         // Sleep control register (offset 244) is in I/O space at our port.
         assert_eq!(fadt[244], 1);
         assert_eq!(

@@ -46,6 +46,14 @@ pub const MMIO_HOLE_START: u64 = 0xc000_0000;
 pub const HIGH_RAM_START: u64 = 0x1_0000_0000;
 /// The IOAPIC's MMIO base.
 pub const IOAPIC_START: u64 = 0xfec0_0000;
+/// PCI memory window for BARs: the first 512 MiB of the MMIO hole.
+pub const PCI_MMIO_START: u64 = MMIO_HOLE_START;
+/// Size of the PCI memory window.
+pub const PCI_MMIO_SIZE: u64 = 0x2000_0000;
+/// ECAM (memory-mapped PCI configuration space) for bus 0, right after the window.
+pub const PCI_ECAM_START: u64 = PCI_MMIO_START + PCI_MMIO_SIZE;
+/// ECAM size for bus 0 alone: 32 devices x 8 functions x 4 KiB.
+pub const PCI_ECAM_SIZE: u64 = 1 << 20;
 /// The local APICs' MMIO base.
 pub const APIC_START: u64 = 0xfee0_0000;
 /// KVM's three-page TSS region (needed on Intel), at the top of the hole below the BIOS ROM.
@@ -108,6 +116,8 @@ impl MemoryLayout {
                 RAM,
             ));
         }
+        // Linux uses ECAM only where the firmware's memory map reserves it.
+        map.push((PCI_ECAM_START, PCI_ECAM_SIZE, RESERVED));
         for r in &self.ram[1..] {
             map.push((r.start.0, r.size, RAM));
         }

@@ -1,0 +1,151 @@
+//! A thread that serves one queue: it sleeps until the driver notifies the queue (KVM signals
+//! the ioeventfd without leaving the guest), runs the device's handler, and exits when the
+//! device is reset or dropped.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::thread::JoinHandle;
+
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{GuestMemoryMmap, Interrupt};
+
+/// A running queue thread; dropping it stops and joins the thread.
+#[derive(Debug)]
+pub struct QueueWorker {
+    kill: EventFd,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl QueueWorker {
+    /// Start a thread that calls `handler` once at start and then after every notification.
+    /// When `handler` returns false the queue is broken: the thread stops serving it and only
+    /// waits to be stopped.
+    pub fn spawn<F>(name: String, notify: EventFd, mut handler: F) -> io::Result<QueueWorker>
+    where
+        F: FnMut() -> bool + Send + 'static,
+    {
+        let kill = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
+        let thread_kill = kill.try_clone()?;
+        let handle = std::thread::Builder::new().name(name).spawn(move || {
+            let mut serving = handler();
+            loop {
+                let mut fds = [
+                    libc::pollfd {
+                        fd: thread_kill.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    },
+                    libc::pollfd {
+                        fd: notify.as_raw_fd(),
+                        events: if serving { libc::POLLIN } else { 0 },
+                        revents: 0,
+                    },
+                ];
+                // SAFETY: `fds` is a valid array of two pollfd structs for the whole call.
+                let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+                if n < 0 {
+                    if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return;
+                }
+                if fds[0].revents != 0 {
+                    return;
+                }
+                if fds[1].revents & libc::POLLIN != 0 {
+                    // Several notifications collapse into one counter; one pass serves them all.
+                    let _ = notify.read();
+                    serving = handler();
+                }
+            }
+        })?;
+        Ok(QueueWorker {
+            kill,
+            handle: Some(handle),
+        })
+    }
+}
+
+impl Drop for QueueWorker {
+    fn drop(&mut self) {
+        let _ = self.kill.write(1);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Drain a queue: hand every available chain to `process`, return it to the used ring with the
+/// length `process` wrote, and interrupt the driver when it asked for it. Returns false when the
+/// driver broke the ring (the device then asks for a reset and serves the queue no more).
+pub fn serve_queue<F>(
+    queue: &mut virtio_queue::Queue,
+    mem: &GuestMemoryMmap,
+    interrupt: &dyn Interrupt,
+    index: u16,
+    mut process: F,
+) -> bool
+where
+    F: FnMut(&GuestMemoryMmap, DescriptorChain<&GuestMemoryMmap>) -> u32,
+{
+    let mut used_any = false;
+    let ok = (|| -> Result<(), virtio_queue::Error> {
+        loop {
+            queue.disable_notification(mem)?;
+            while let Some(chain) = queue.iter(mem)?.next() {
+                let head = chain.head_index();
+                let len = process(mem, chain);
+                queue.add_used(mem, head, len)?;
+                used_any = true;
+            }
+            // Re-enabling tells whether more arrived meanwhile; if so, go round again.
+            if !queue.enable_notification(mem)? {
+                return Ok(());
+            }
+        }
+    })();
+    if ok.is_err() {
+        interrupt.needs_reset();
+        return false;
+    }
+    if used_any && queue.needs_notification(mem).unwrap_or(true) {
+        interrupt.queue(index);
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn runs_on_notification_and_stops_on_drop() {
+        let notify = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = calls.clone();
+        let w = QueueWorker::spawn("test".into(), notify.try_clone().unwrap(), move || {
+            c.fetch_add(1, Ordering::SeqCst) < 1
+        })
+        .unwrap();
+        let wait_for = |n: u32| {
+            let t = Instant::now();
+            while calls.load(Ordering::SeqCst) < n && t.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            calls.load(Ordering::SeqCst)
+        };
+        assert_eq!(wait_for(1), 1);
+        notify.write(1).unwrap();
+        assert_eq!(wait_for(2), 2);
+        // The handler said the queue is broken: further notifications are not served.
+        notify.write(1).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        drop(w);
+    }
+}
