@@ -79,6 +79,8 @@ pub struct PciConfig {
     regs: Box<[u8; CONFIG_SPACE_SIZE]>,
     writable: Box<[u8; CONFIG_SPACE_SIZE]>,
     bars: [Option<Bar>; BAR_COUNT],
+    /// BAR registers in use, including the upper halves of 64-bit BARs.
+    taken: [bool; BAR_COUNT],
     next_capability: usize,
     last_capability: Option<usize>,
 }
@@ -100,6 +102,7 @@ impl PciConfig {
             regs: Box::new([0; CONFIG_SPACE_SIZE]),
             writable: Box::new([0; CONFIG_SPACE_SIZE]),
             bars: [None; BAR_COUNT],
+            taken: [false; BAR_COUNT],
             next_capability: FIRST_CAPABILITY,
             last_capability: None,
         };
@@ -165,7 +168,7 @@ impl PciConfig {
             || (!bar.is_64bit && bar.size > 1 << 31)
             || !addr.is_multiple_of(bar.size)
             || (!bar.is_64bit && addr > u64::from(u32::MAX))
-            || self.bars[index..index + regs].iter().any(Option::is_some)
+            || self.taken[index..index + regs].iter().any(|t| *t)
         {
             return Err(invalid);
         }
@@ -179,6 +182,7 @@ impl PciConfig {
             self.set_writable(off + 4, &((mask >> 32) as u32).to_le_bytes());
         }
         self.bars[index] = Some(bar);
+        self.taken[index..index + regs].fill(true);
         Ok(())
     }
 
@@ -317,6 +321,8 @@ mod tests {
             prefetchable: false,
         };
         c.add_bar(0, bar, 0xc000_0000).unwrap();
+        assert_eq!(c.decoded_bar(0), None, "decoding starts off");
+        c.set_command(COMMAND_MEMORY);
         assert_eq!(c.decoded_bar(0), Some((0xc000_0000, 0x8000)));
         // Linux turns decoding off, writes ones, reads the size mask, restores.
         c.write(COMMAND, &0u16.to_le_bytes());
@@ -342,6 +348,8 @@ mod tests {
             prefetchable: true,
         };
         c.add_bar(2, bar, 0x1_0000_0000).unwrap();
+        c.set_command(COMMAND_MEMORY);
+        assert_eq!(c.decoded_bar(2), Some((0x1_0000_0000, 0x4000)));
         assert_eq!(read32(&c, 0x18), 0b1100);
         assert_eq!(read32(&c, 0x1c), 1);
         c.write(0x18, &[0xff; 4]);

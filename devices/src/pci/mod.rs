@@ -393,6 +393,7 @@ mod tests {
                 0xc000_0000,
             )
             .unwrap();
+        config.set_command(config::COMMAND_MEMORY);
         let dummy = Arc::new(Mutex::new(Dummy {
             config,
             writes: vec![],

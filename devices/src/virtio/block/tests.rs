@@ -1,1 +1,367 @@
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::FromRawFd;
 
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Address, Bytes, GuestAddress};
+
+use super::*;
+use crate::virtio::{GuestMemoryMmap, Interrupt};
+
+const DESC_TABLE: u64 = 0x1000;
+const AVAIL: u64 = 0x2000;
+const USED: u64 = 0x3000;
+const QSIZE: u16 = 16;
+const DISK_SECTORS: u64 = 64;
+
+const F_NEXT: u16 = 1;
+const F_WRITE: u16 = 2;
+
+fn memfd(len: u64) -> File {
+    // SAFETY: a new anonymous file; the name is a valid C string.
+    let fd = unsafe { libc::memfd_create(c"rvmspawn-test-disk".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0);
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    let f = unsafe { File::from_raw_fd(fd) };
+    f.set_len(len).unwrap();
+    f
+}
+
+struct Rig {
+    mem: GuestMemoryMmap,
+    queue: Queue,
+    handler: RequestHandler,
+    disk: Arc<DiskImage>,
+    next_desc: u16,
+    avail_idx: u16,
+}
+
+#[derive(Default)]
+struct NoInterrupt;
+impl Interrupt for NoInterrupt {
+    fn queue(&self, _: u16) {}
+    fn config(&self) {}
+    fn needs_reset(&self) {}
+}
+
+impl Rig {
+    fn new(read_only: bool) -> Rig {
+        let file = memfd(DISK_SECTORS * SECTOR_SIZE);
+        let mut pattern = Vec::new();
+        for s in 0..DISK_SECTORS {
+            pattern.extend(std::iter::repeat_n(s as u8, SECTOR_SIZE as usize));
+        }
+        (&file).write_all(&pattern).unwrap();
+        let disk =
+            Arc::new(DiskImage::from_file(file, Path::new("test.raw"), read_only, true).unwrap());
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mut queue = Queue::new(QSIZE).unwrap();
+        queue.set_desc_table_address(Some(DESC_TABLE as u32), Some(0));
+        queue.set_avail_ring_address(Some(AVAIL as u32), Some(0));
+        queue.set_used_ring_address(Some(USED as u32), Some(0));
+        queue.set_ready(true);
+        assert!(queue.is_valid(&mem));
+        let features = Block::new(disk.clone(), *b"serial-of-the-disk!!", 1).features;
+        Rig {
+            handler: RequestHandler::new(disk.clone(), *b"serial-of-the-disk!!", features),
+            mem,
+            queue,
+            disk,
+            next_desc: 0,
+            avail_idx: 0,
+        }
+    }
+
+    /// Put a chain of (addr, len, flags) descriptors on the avail ring; returns its head.
+    fn chain(&mut self, descs: &[(u64, u32, u16)]) -> u16 {
+        // Every earlier chain has been served by now, so the table can be reused.
+        self.next_desc = 0;
+        let head = self.next_desc;
+        for (i, (addr, len, flags)) in descs.iter().enumerate() {
+            let idx = self.next_desc;
+            let next = if i + 1 < descs.len() { idx + 1 } else { 0 };
+            let flags = if i + 1 < descs.len() {
+                flags | F_NEXT
+            } else {
+                *flags
+            };
+            self.raw_desc(idx, *addr, *len, flags, next);
+            self.next_desc += 1;
+        }
+        self.push(head);
+        head
+    }
+
+    fn raw_desc(&self, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let at = GuestAddress(DESC_TABLE + 16 * u64::from(idx));
+        self.mem.write_obj(addr, at).unwrap();
+        self.mem.write_obj(len, at.unchecked_add(8)).unwrap();
+        self.mem.write_obj(flags, at.unchecked_add(12)).unwrap();
+        self.mem.write_obj(next, at.unchecked_add(14)).unwrap();
+    }
+
+    fn push(&mut self, head: u16) {
+        let slot = AVAIL + 4 + 2 * u64::from(self.avail_idx % QSIZE);
+        self.mem.write_obj(head, GuestAddress(slot)).unwrap();
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        self.mem
+            .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
+            .unwrap();
+    }
+
+    fn header(&self, at: u64, kind: u32, sector: u64) {
+        self.mem.write_obj(kind, GuestAddress(at)).unwrap();
+        self.mem.write_obj(0u32, GuestAddress(at + 4)).unwrap();
+        self.mem.write_obj(sector, GuestAddress(at + 8)).unwrap();
+    }
+
+    /// Serve the queue; returns (used length, status byte at `status_at`) of the last request.
+    fn run(&mut self, status_at: u64) -> (u32, u8) {
+        self.mem.write_obj(0xeeu8, GuestAddress(status_at)).unwrap();
+        let handler = &mut self.handler;
+        assert!(serve_queue(
+            &mut self.queue,
+            &self.mem,
+            &NoInterrupt,
+            0,
+            |m, c| { handler.process(m, c) }
+        ));
+        let used_idx: u16 = self.mem.read_obj(GuestAddress(USED + 2)).unwrap();
+        let elem = USED + 4 + 8 * u64::from(used_idx.wrapping_sub(1) % QSIZE);
+        let len: u32 = self.mem.read_obj(GuestAddress(elem + 4)).unwrap();
+        (len, self.mem.read_obj(GuestAddress(status_at)).unwrap())
+    }
+
+    fn disk_bytes(&self) -> Vec<u8> {
+        let mut f = self.disk.file();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        let mut v = Vec::new();
+        f.read_to_end(&mut v).unwrap();
+        v
+    }
+}
+
+const HDR: u64 = 0x10000;
+const DATA: u64 = 0x20000;
+const STATUS: u64 = 0x30000;
+
+#[test]
+fn reads_into_scattered_buffers() {
+    let mut r = Rig::new(false);
+    r.header(HDR, VIRTIO_BLK_T_IN, 3);
+    r.chain(&[
+        (HDR, 16, 0),
+        (DATA, 512, F_WRITE),
+        (DATA + 0x1000, 1024, F_WRITE),
+        (STATUS, 1, F_WRITE),
+    ]);
+    assert_eq!(r.run(STATUS), (1536 + 1, S_OK));
+    let mut buf = vec![0u8; 1024];
+    r.mem
+        .read_slice(&mut buf[..512], GuestAddress(DATA))
+        .unwrap();
+    assert!(buf[..512].iter().all(|b| *b == 3));
+    r.mem
+        .read_slice(&mut buf, GuestAddress(DATA + 0x1000))
+        .unwrap();
+    assert!(buf[..512].iter().all(|b| *b == 4) && buf[512..].iter().all(|b| *b == 5));
+}
+
+#[test]
+fn writes_reach_the_file_and_flush_succeeds() {
+    let mut r = Rig::new(false);
+    r.header(HDR, VIRTIO_BLK_T_OUT, 10);
+    r.mem
+        .write_slice(&[0xab; 1024], GuestAddress(DATA))
+        .unwrap();
+    // Header and data in one descriptor: framing is the driver's choice.
+    r.mem
+        .write_slice(&[0xab; 1024], GuestAddress(HDR + 16))
+        .unwrap();
+    r.chain(&[(HDR, 16 + 1024, 0), (STATUS, 1, F_WRITE)]);
+    assert_eq!(r.run(STATUS), (1, S_OK));
+    let disk = r.disk_bytes();
+    assert!(disk[10 * 512..12 * 512].iter().all(|b| *b == 0xab));
+    assert!(disk[12 * 512..13 * 512].iter().all(|b| *b == 12));
+    r.header(HDR, VIRTIO_BLK_T_FLUSH, 0);
+    r.chain(&[(HDR, 16, 0), (STATUS, 1, F_WRITE)]);
+    assert_eq!(r.run(STATUS), (1, S_OK));
+}
+
+#[test]
+fn read_only_disks_refuse_writes() {
+    let mut r = Rig::new(true);
+    assert_ne!(r.handler.disk.read_only as u8, 0);
+    r.header(HDR, VIRTIO_BLK_T_OUT, 0);
+    r.chain(&[(HDR, 16, 0), (DATA, 512, 0), (STATUS, 1, F_WRITE)]);
+    assert_eq!(r.run(STATUS), (1, S_IOERR));
+    assert!(r.disk_bytes()[..512].iter().all(|b| *b == 0));
+    // Discard is not offered, so it is unsupported.
+    r.header(HDR, VIRTIO_BLK_T_DISCARD, 0);
+    r.chain(&[(HDR, 16, 0), (DATA, 16, 0), (STATUS, 1, F_WRITE)]);
+    assert_eq!(r.run(STATUS), (1, S_UNSUPP));
+}
+
+#[test]
+fn get_id_returns_the_serial() {
+    let mut r = Rig::new(false);
+    r.header(HDR, VIRTIO_BLK_T_GET_ID, 0);
+    r.chain(&[(HDR, 16, 0), (DATA, 20, F_WRITE), (STATUS, 1, F_WRITE)]);
+    assert_eq!(r.run(STATUS), (21, S_OK));
+    let mut id = [0u8; 20];
+    r.mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+    assert_eq!(&id, b"serial-of-the-disk!!");
+}
+
+#[test]
+fn discard_and_write_zeroes() {
+    let mut r = Rig::new(false);
+    assert!(r.disk.discard(), "memfds can punch holes");
+    let range = |r: &Rig, at: u64, sector: u64, count: u32, flags: u32| {
+        r.mem.write_obj(sector, GuestAddress(at)).unwrap();
+        r.mem.write_obj(count, GuestAddress(at + 8)).unwrap();
+        r.mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
+    };
+    r.header(HDR, VIRTIO_BLK_T_DISCARD, 0);
+    range(&r, DATA, 2, 2, 0);
+    range(&r, DATA + 16, 8, 1, 0);
+    r.chain(&[(HDR, 16, 0), (DATA, 32, 0), (STATUS, 1, F_WRITE)]);
+    assert_eq!(r.run(STATUS), (1, S_OK));
+    let disk = r.disk_bytes();
+    assert!(disk[2 * 512..4 * 512].iter().all(|b| *b == 0));
+    assert!(disk[4 * 512..5 * 512].iter().all(|b| *b == 4));
+    assert!(disk[8 * 512..9 * 512].iter().all(|b| *b == 0));
+    // The unmap flag is for write-zeroes only.
+    range(&r, DATA, 2, 2, 1);
+    r.chain(&[(HDR, 16, 0), (DATA, 16, 0), (STATUS, 1, F_WRITE)]);
+    assert_eq!(r.run(STATUS), (1, S_UNSUPP));
+    r.header(HDR, VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    range(&r, DATA, 20, 3, 0);
+    range(&r, DATA + 16, 30, 1, 1);
+    r.chain(&[(HDR, 16, 0), (DATA, 32, 0), (STATUS, 1, F_WRITE)]);
+    assert_eq!(r.run(STATUS), (1, S_OK));
+    let disk = r.disk_bytes();
+    assert!(disk[20 * 512..23 * 512].iter().all(|b| *b == 0));
+    assert!(disk[23 * 512..24 * 512].iter().all(|b| *b == 23));
+    assert!(disk[30 * 512..31 * 512].iter().all(|b| *b == 0));
+    // A range past the end, a ragged range list, too many ranges.
+    range(&r, DATA, DISK_SECTORS - 1, 2, 0);
+    r.chain(&[(HDR, 16, 0), (DATA, 16, 0), (STATUS, 1, F_WRITE)]);
+    assert_eq!(r.run(STATUS), (1, S_IOERR));
+    r.chain(&[(HDR, 16, 0), (DATA, 15, 0), (STATUS, 1, F_WRITE)]);
+    assert_eq!(r.run(STATUS), (1, S_IOERR));
+    r.chain(&[(HDR, 16, 0), (DATA, 16 * 33, 0), (STATUS, 1, F_WRITE)]);
+    assert_eq!(r.run(STATUS), (1, S_IOERR));
+}
+
+#[test]
+fn malformed_requests_fail_cleanly() {
+    let mut r = Rig::new(false);
+    // Past the end, and a sector number that would overflow.
+    for sector in [DISK_SECTORS, DISK_SECTORS - 1, u64::MAX] {
+        r.header(HDR, VIRTIO_BLK_T_IN, sector);
+        r.chain(&[(HDR, 16, 0), (DATA, 1024, F_WRITE), (STATUS, 1, F_WRITE)]);
+        assert_eq!(r.run(STATUS), (1, S_IOERR), "sector {sector}");
+    }
+    // Not a whole number of sectors.
+    r.header(HDR, VIRTIO_BLK_T_IN, 0);
+    r.chain(&[(HDR, 16, 0), (DATA, 100, F_WRITE), (STATUS, 1, F_WRITE)]);
+    assert_eq!(r.run(STATUS), (1, S_IOERR));
+    // A short header.
+    r.chain(&[(HDR, 8, 0), (STATUS, 1, F_WRITE)]);
+    assert_eq!(r.run(STATUS), (1, S_IOERR));
+    // A readable buffer after a writable one.
+    r.header(HDR, VIRTIO_BLK_T_IN, 0);
+    r.chain(&[
+        (HDR, 16, 0),
+        (DATA, 512, F_WRITE),
+        (DATA, 512, 0),
+        (STATUS, 1, F_WRITE),
+    ]);
+    assert_eq!(r.run(STATUS), (1, S_IOERR));
+    // Data outside guest memory.
+    r.chain(&[(HDR, 16, 0), (1 << 30, 512, F_WRITE), (STATUS, 1, F_WRITE)]);
+    assert_eq!(r.run(STATUS), (1, S_IOERR));
+    // A write with its "data" in a device-writable buffer has no data at all: a zero-length
+    // write is fine, but the buffer must not be read as data.
+    r.header(HDR, VIRTIO_BLK_T_OUT, 0);
+    r.chain(&[(HDR, 16, 0), (STATUS, 1, F_WRITE)]);
+    assert_eq!(r.run(STATUS), (1, S_OK));
+    // An unknown request type.
+    r.header(HDR, 0x1234, 0);
+    r.chain(&[(HDR, 16, 0), (STATUS, 1, F_WRITE)]);
+    assert_eq!(r.run(STATUS), (1, S_UNSUPP));
+    // No writable byte for the status at all: nothing is written, used length 0.
+    r.header(HDR, VIRTIO_BLK_T_IN, 0);
+    r.chain(&[(HDR, 16, 0), (DATA, 512, 0)]);
+    assert_eq!(r.run(STATUS), (0, 0xee));
+    assert!(r.disk_bytes()[..512].iter().all(|b| *b == 0));
+}
+
+#[test]
+fn a_descriptor_loop_ends() {
+    let mut r = Rig::new(false);
+    r.header(HDR, VIRTIO_BLK_T_IN, 0);
+    // Descriptor 0 chains to itself forever.
+    r.raw_desc(0, HDR, 16, F_NEXT, 0);
+    r.push(0);
+    r.next_desc = 1;
+    let (len, status) = r.run(STATUS);
+    assert_eq!((len, status), (0, 0xee));
+}
+
+#[test]
+fn config_space_describes_the_disk() {
+    let file = memfd(10 << 20);
+    let disk = Arc::new(DiskImage::from_file(file, Path::new("d"), false, true).unwrap());
+    let b = Block::new(disk, [0; ID_BYTES], 4);
+    let mut c = [0u8; CONFIG_LEN];
+    b.read_config(0, &mut c);
+    assert_eq!(u64::from_le_bytes(c[0..8].try_into().unwrap()), 20480);
+    assert_eq!(u32::from_le_bytes(c[12..16].try_into().unwrap()), SEG_MAX);
+    assert_eq!(u16::from_le_bytes(c[34..36].try_into().unwrap()), 4);
+    assert_eq!(c[56], 1);
+    assert_ne!(b.features() & (1 << VIRTIO_BLK_F_MQ), 0);
+    assert_ne!(b.features() & (1 << VIRTIO_BLK_F_DISCARD), 0);
+    assert_eq!(b.features() & (1 << VIRTIO_BLK_F_RO), 0);
+    assert_eq!(b.queue_max_sizes().len(), 4);
+    let mut past = [0xffu8; 8];
+    b.read_config(u64::MAX - 2, &mut past);
+    assert_eq!(past, [0; 8]);
+}
+
+#[test]
+fn image_files_are_locked_and_errors_have_errnos() {
+    let dir = std::env::temp_dir().join(format!("rvmspawn-blk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("disk.raw");
+    std::fs::write(&path, vec![0u8; 4096]).unwrap();
+    let opts = DiskOptions {
+        read_only: false,
+        discard: true,
+    };
+    let first = DiskImage::open(&path, opts).unwrap();
+    assert_eq!(first.size(), 4096);
+    let second = DiskImage::open(&path, opts).unwrap_err();
+    assert!(matches!(second, DiskError::Locked(_)));
+    assert_eq!(second.errno(), libc::EBUSY);
+    assert!(second.to_string().contains("disk.raw"));
+    drop(first);
+    drop(DiskImage::open(&path, opts).unwrap());
+    let missing = DiskImage::open(&dir.join("nope.raw"), opts).unwrap_err();
+    assert_eq!(missing.errno(), libc::ENOENT);
+    let not_image = DiskImage::open(&dir, opts).unwrap_err();
+    assert!(not_image.errno() == libc::EISDIR || not_image.errno() == libc::EINVAL);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn serial_is_the_name_or_a_hash() {
+    assert_eq!(
+        &serial_for("disk.raw", |_| unreachable!())[..9],
+        b"disk.raw\0"
+    );
+    let long = serial_for("a-name-longer-than-twenty.raw", |_| {
+        "0123456789abcdef0123456789".into()
+    });
+    assert_eq!(&long, b"0123456789abcdef0123");
+}
