@@ -1,0 +1,228 @@
+//! virtio-blk and virtio-rng on PCI, checked from both sides: what the guest's kernel reports
+//! and does (scripts/initramfs/guest-init, `rvmspawn.blk=1` / `rvmspawn.rng=1`), and what the
+//! host finds in the image file afterwards.
+//!
+//! One batch (one test-host start). Images live in the test host's /tmp (tmpfs), where holes
+//! can be punched.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use rvmspawn_tests::{Batch, BootResult};
+
+const T: &str = "timeout -s KILL 120";
+/// Partition UUID of the root partition in the GPT test image.
+const ROOT_UUID: &str = "6a9e3b52-4f0c-4c62-9d7e-3f2f5c1b8a11";
+
+/// Shell that prepares `$D/disk.raw`: 64 MiB, sparse, with a 4 KiB pattern at 0 and real
+/// data from 2 MiB to 3 MiB (so a discard there has blocks to free).
+const PREPARE: &str = r#"D=$(mktemp -d)
+python3 - "$D/disk.raw" <<'PY'
+import sys
+with open(sys.argv[1], "wb") as f:
+    f.truncate(64 << 20)
+    f.write(bytes((i * 7 + 3) % 251 for i in range(4096)))
+    f.seek(2 << 20)
+    f.write(b"\xa5" * (1 << 20))
+PY
+echo "HOST-PATTERN-MD5=$(head -c 4096 "$D/disk.raw" | md5sum | cut -d' ' -f1)"
+echo "HOST-BLOCKS-BEFORE=$(stat -c %b "$D/disk.raw")""#;
+
+/// Shell that reports, after the VM, what the image holds.
+const INSPECT: &str = r#"echo "HOST-WRITTEN-MD5=$(dd if="$D/disk.raw" bs=4096 skip=256 count=1 2>/dev/null | md5sum | cut -d' ' -f1)"
+echo "HOST-BLOCKS-AFTER=$(stat -c %b "$D/disk.raw")"
+python3 - "$D/disk.raw" <<'PY'
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+print("HOST-HOLE-AT-2M=%d" % (os.lseek(fd, 2 << 20, os.SEEK_HOLE) == 2 << 20))
+os.lseek(fd, 2 << 20, os.SEEK_SET)
+print("HOST-2M-ZERO=%d" % (os.read(fd, 1 << 20) == bytes(1 << 20)))
+PY"#;
+
+fn results() -> &'static BTreeMap<String, BootResult> {
+    static RESULTS: OnceLock<BTreeMap<String, BootResult>> = OnceLock::new();
+    RESULTS.get_or_init(|| {
+        Batch::new()
+            .step(
+                // Two vCPUs: one request queue each.
+                "disk",
+                &format!(
+                    r#"{PREPARE}
+{T} "$RVMSPAWN" -q --qemu-smp=2 --linux="$KERNEL" --initrd="$INITRD" -i "$D/disk.raw" root=/dev/vda rvmspawn.blk=1 rvmspawn.rng=1
+rc=$?
+{INSPECT}
+rm -rf "$D"
+exit $rc"#
+                ),
+            )
+            .step(
+                // A file rvmspawn cannot open for writing (a read-only mount: root ignores
+                // file modes) is given to the guest read-only.
+                "readonly",
+                &format!(
+                    r#"{PREPARE}
+mkdir "$D/ro" && mount --bind "$D" "$D/ro" && mount -o remount,bind,ro "$D/ro" || exit 99
+{T} "$RVMSPAWN" -q --linux="$KERNEL" --initrd="$INITRD" -i "$D/ro/disk.raw" root=/dev/vda rvmspawn.blk=1
+rc=$?
+umount "$D/ro"
+{INSPECT}
+echo "HOST-PATTERN-MD5-AFTER=$(head -c 4096 "$D/disk.raw" | md5sum | cut -d' ' -f1)"
+rm -rf "$D"
+exit $rc"#
+                ),
+            )
+            .step(
+                // While one VM runs on an image, a second one must not get it.
+                "locked",
+                &format!(
+                    r#"{PREPARE}
+"$RVMSPAWN" -q --linux="$KERNEL" --initrd="$INITRD" -i "$D/disk.raw" root=/dev/vda rvmspawn.action=hang >/dev/null 2>&1 &
+first=$!
+sleep 2
+{T} "$RVMSPAWN" -q --linux="$KERNEL" --initrd="$INITRD" -i "$D/disk.raw" root=/dev/vda
+echo "HOST-SECOND-RC=$?"
+kill -TERM $first
+wait $first
+rc=$?
+rm -rf "$D"
+exit $rc"#
+                ),
+            )
+            .step(
+                // A GPT image with a root partition: a direct kernel boot is told where root
+                // is, as vmspawn does.
+                "gpt",
+                &format!(
+                    r#"D=$(mktemp -d)
+truncate -s 32M "$D/gpt.raw"
+printf 'label: gpt\nstart=2048, size=20480, type=4f68bce3-e8cd-4db1-96e7-fbcaf984b709, uuid={ROOT_UUID}\n' | sfdisk -q "$D/gpt.raw" || exit 99
+{T} "$RVMSPAWN" -q --linux="$KERNEL" --initrd="$INITRD" -i "$D/gpt.raw"
+rc=$?
+rm -rf "$D"
+exit $rc"#
+                ),
+            )
+            .step(
+                // No partition table and no root= of the user's: refused, like vmspawn.
+                "nogpt",
+                &format!(
+                    r#"D=$(mktemp -d)
+truncate -s 8M "$D/plain.raw"
+{T} "$RVMSPAWN" -q --linux="$KERNEL" --initrd="$INITRD" -i "$D/plain.raw"
+rc=$?
+rm -rf "$D"
+exit $rc"#
+                ),
+            )
+            .run()
+    })
+}
+
+fn get(name: &str) -> &'static BootResult {
+    results()
+        .get(name)
+        .unwrap_or_else(|| panic!("boot '{name}' did not run; see the batch output above"))
+}
+
+fn expect(r: &BootResult, key: &str, want: &str) {
+    assert_eq!(r.value(key), Some(want), "{key}:\n{}", r.output);
+}
+
+/// md5 of "RVMSPAWN-GUEST-WROTE-BLOCK-4096\n" x 128, what the guest writes at 1 MiB.
+const GUEST_PATTERN_MD5: &str = "f9c2e8749af18775462e61b6d0be9688";
+
+#[test]
+fn guest_sees_a_virtio_disk_of_the_image_size() {
+    let r = get("disk");
+    assert_eq!(r.rc, Some(0), "{}", r.output);
+    expect(r, "RVMSPAWN-BLK-DEVICE", "vda");
+    expect(r, "RVMSPAWN-BLK-SECTORS", &(64u64 * 2048).to_string());
+    expect(r, "RVMSPAWN-BLK-RO", "0");
+    // vmspawn's serial: the image's file name.
+    expect(r, "RVMSPAWN-BLK-SERIAL", "disk.raw");
+    expect(r, "RVMSPAWN-BLK-QUEUES", "2");
+    expect(r, "RVMSPAWN-BLK-LOGICAL-BLOCK-SIZE", "512");
+    let discard: u64 = r
+        .value("RVMSPAWN-BLK-DISCARD-MAX-BYTES")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(discard > 0, "discard is offered on tmpfs:\n{}", r.output);
+}
+
+#[test]
+fn guest_reads_host_data_and_its_writes_land_in_the_file() {
+    let r = get("disk");
+    let host = r.value("HOST-PATTERN-MD5").expect("host pattern md5");
+    expect(r, "RVMSPAWN-BLK-READ-MD5", host);
+    expect(r, "RVMSPAWN-BLK-WRITE", "ok");
+    expect(r, "RVMSPAWN-BLK-READBACK-MD5", GUEST_PATTERN_MD5);
+    // After the VM is gone, the file holds what the guest wrote and synced.
+    expect(r, "HOST-WRITTEN-MD5", GUEST_PATTERN_MD5);
+}
+
+#[test]
+fn discard_punches_holes_in_the_file() {
+    let r = get("disk");
+    expect(r, "RVMSPAWN-BLK-DISCARD", "ok");
+    expect(r, "HOST-HOLE-AT-2M", "1");
+    expect(r, "HOST-2M-ZERO", "1");
+    let blocks = |k| -> u64 { r.value(k).and_then(|v| v.parse().ok()).unwrap_or(0) };
+    // 1 MiB freed (2048 blocks of 512 bytes), 4 KiB written.
+    assert!(
+        blocks("HOST-BLOCKS-AFTER") + 2000 <= blocks("HOST-BLOCKS-BEFORE") + 8,
+        "{}",
+        r.output
+    );
+}
+
+#[test]
+fn hwrng_is_virtio() {
+    let r = get("disk");
+    expect(r, "RVMSPAWN-RNG-CURRENT", "virtio_rng.0");
+    expect(r, "RVMSPAWN-RNG-BYTES", "64");
+}
+
+#[test]
+fn read_only_image_refuses_guest_writes() {
+    let r = get("readonly");
+    assert_eq!(r.rc, Some(0), "{}", r.output);
+    expect(r, "RVMSPAWN-BLK-RO", "1");
+    let host = r.value("HOST-PATTERN-MD5").expect("host pattern md5");
+    expect(r, "RVMSPAWN-BLK-READ-MD5", host);
+    expect(r, "RVMSPAWN-BLK-WRITE", "fail");
+    assert_ne!(r.value("RVMSPAWN-BLK-DISCARD"), Some("ok"), "{}", r.output);
+    expect(r, "HOST-PATTERN-MD5-AFTER", host);
+    assert_ne!(r.value("HOST-WRITTEN-MD5"), Some(GUEST_PATTERN_MD5));
+}
+
+#[test]
+fn an_image_in_use_is_refused() {
+    let r = get("locked");
+    // EBUSY, with a message naming the image.
+    expect(r, "HOST-SECOND-RC", "16");
+    assert!(
+        r.output.contains("disk.raw is in use by another process"),
+        "{}",
+        r.output
+    );
+    assert_eq!(r.rc, Some(0), "the first VM ends cleanly on SIGTERM");
+}
+
+#[test]
+fn root_partition_goes_on_the_kernel_command_line() {
+    let r = get("gpt");
+    assert_eq!(r.rc, Some(0), "{}", r.output);
+    let cmdline = r.value("RVMSPAWN-CMDLINE").expect("guest printed its cmdline");
+    assert!(
+        cmdline.contains(&format!("root=PARTUUID={ROOT_UUID}")),
+        "{cmdline}"
+    );
+}
+
+#[test]
+fn image_without_root_partition_is_refused() {
+    let r = get("nogpt");
+    assert_eq!(r.rc, Some(2), "ENOENT:\n{}", r.output);
+    assert!(r.output.contains("no GPT") || r.output.contains("partition"), "{}", r.output);
+    assert_eq!(r.count_lines("RVMSPAWN-GUEST-INIT"), 0);
+}
