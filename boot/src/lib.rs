@@ -4,8 +4,10 @@
 //! These are pure functions over guest memory: nothing here touches KVM, so all of it can be
 //! unit-tested (and fuzzed) without a hypervisor.
 
+pub mod gpt;
 pub mod x86_64;
 
+pub use gpt::{GptError, RootArg, discover_root};
 pub use x86_64::acpi::{AcpiInfo, build_acpi_tables};
 pub use x86_64::layout::{MemoryLayout, RamRange};
 pub use x86_64::loader::{BootEntry, BootError, KernelFormat, LoadedKernel, load_kernel};
