@@ -1150,6 +1150,9 @@ mod tests {
             "x.root=1"
         ]));
         assert!(!cmdline_selects_root::<&str>(&[]));
+        // As the VMM holds them.
+        let args: Vec<String> = vec!["quiet".into(), "mount.usr=/dev/vda2".into()];
+        assert!(cmdline_selects_root(&args));
     }
 
     fn temp_path(name: &str) -> std::path::PathBuf {
