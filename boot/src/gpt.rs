@@ -94,8 +94,10 @@ impl GptError {
     pub fn errno(&self) -> i32 {
         match self {
             GptError::Io(e) => e.raw_os_error().unwrap_or(5), // EIO
-            GptError::NoPartitionTable | GptError::NoRootPartition => 2, // ENOENT
-            GptError::InvalidPartitionTable(_) => 74,         // EBADMSG
+            // vmspawn's dissection fails with ENOPKG when it finds no partition table.
+            GptError::NoPartitionTable => 65,         // ENOPKG
+            GptError::NoRootPartition => 2,           // ENOENT
+            GptError::InvalidPartitionTable(_) => 74, // EBADMSG
         }
     }
 }
@@ -958,7 +960,7 @@ mod tests {
         for img in [&[][..], &[0; 100][..], &[0; 64 << 10][..]] {
             let err = discover(img).unwrap_err();
             assert!(matches!(err, GptError::NoPartitionTable), "{err:?}");
-            assert_eq!(err.errno(), 2);
+            assert_eq!(err.errno(), 65);
             assert!(err.to_string().contains("no GPT partition table"));
             assert!(err.to_string().contains("root="));
         }
