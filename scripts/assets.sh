@@ -7,17 +7,27 @@
 #   testhost/vmlinuz         Debian generic kernel for the nested test host
 #   testhost/vmlinux         the ELF inside it, which testhost.sh boots (PVH)
 #   testhost/initramfs.cpio.gz  busybox + kvm-amd, vhost, 9p... + /init
+#   bench-blk/initramfs.cpio    (only with --bench-blk) the guest initramfs
+#                               plus Debian's fio and its libraries, for
+#                               bench-blk.sh; uncompressed (see build_bench_blk)
 # Idempotent: each asset has a stamp recording the kernel version and a hash
 # of the inputs (these scripts), and is rebuilt only when the stamp differs.
 # Kernel versions come from the meta packages, so a Debian point release is
 # picked up by itself. Needs the packages in scripts/packages.txt and a
 # working `apt-get download` (after apt-get update) the first time.
 #
-# Options: -q  quiet (only errors); used by testhost.sh on every run.
+# Options: -q           quiet (only errors); used by testhost.sh on every run.
+#          --bench-blk  also build bench-blk/ (needs fio installed).
 set -euo pipefail
 
-quiet=0
-[ "${1:-}" = -q ] && quiet=1
+quiet=0 bench_blk=0
+for arg in "$@"; do
+    case $arg in
+        -q) quiet=1 ;;
+        --bench-blk) bench_blk=1 ;;
+        *) echo "usage: $0 [-q] [--bench-blk]" >&2; exit 2 ;;
+    esac
+done
 
 scripts=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$scripts")
@@ -31,9 +41,11 @@ die() { echo "assets: error: $*" >&2; exit 1; }
 # virtio-pci + 9p for the shared root. Dependencies are added automatically.
 TESTHOST_MODULES=(virtio_pci 9pnet_virtio 9p kvm kvm_amd tun vhost_net vhost_vsock
     bridge veth overlay)
-# Modules of the cloud kernel for the guest initramfs (none yet; e.g. virtio_blk
-# virtio_net vmw_vsock_virtio_transport virtiofs when tests need them).
-GUEST_MODULES=()
+# Modules of the cloud kernel for the guest initramfs: virtio over PCI, the
+# block device and the entropy source (all =m in Debian's cloud kernel; virtio,
+# virtio_ring and the virtio-pci libraries come as dependencies). Later
+# candidates: virtio_net vmw_vsock_virtio_transport virtiofs.
+GUEST_MODULES=(virtio_pci virtio_blk virtio_rng)
 
 mkdir -p "$assets"
 # Serialise concurrent callers (two testhost.sh runs at once) on a lock.
@@ -168,10 +180,13 @@ install_file() { # SRC DST
     mv "$2.tmp" "$2"
 }
 
-pack_initramfs() { # DIR OUT
-    (cd "$1" && find . -mindepth 1 | LC_ALL=C sort |
-        cpio -o -H newc -R 0:0 --quiet) | gzip -9n >"$2.tmp"
-    mv "$2.tmp" "$2"
+pack_initramfs() { # DIR OUT [COMPRESSOR...]  (default gzip -9n)
+    local dir=$1 out=$2
+    shift 2
+    [ $# -gt 0 ] || set -- gzip -9n
+    (cd "$dir" && find . -mindepth 1 | LC_ALL=C sort |
+        cpio -o -H newc -R 0:0 --quiet) | "$@" >"$out.tmp"
+    mv "$out.tmp" "$out"
 }
 
 # --- guest --------------------------------------------------------------------
@@ -192,15 +207,64 @@ build_guest() {
         readelf -n "$dir/vmlinux" | grep -Eq '^ *Xen[[:space:]].*(0x00000012|PHYS32_ENTRY)' ||
             die "readelf finds no XEN_ELFNOTE_PHYS32_ENTRY note in guest/vmlinux"
     fi
-    init_tree "$work"
-    install -m 755 "$scripts/initramfs/guest-init" "$work/init"
-    if [ "${#GUEST_MODULES[@]}" -gt 0 ]; then
-        add_modules "$work" "$cloud_kver" "${GUEST_MODULES[@]}"
-    fi
+    guest_tree "$work"
     pack_initramfs "$work" "$dir/initramfs.cpio.gz"
     rm -rf "$work"
     echo "$cloud_kver" >"$dir/kernel-version"
     stamp_set guest "$cloud_kver"
+}
+
+# The guest initramfs tree: busybox, /init, GUEST_MODULES.
+guest_tree() { # DIR
+    init_tree "$1"
+    install -m 755 "$scripts/initramfs/guest-init" "$1/init"
+    if [ "${#GUEST_MODULES[@]}" -gt 0 ]; then
+        add_modules "$1" "$cloud_kver" "${GUEST_MODULES[@]}"
+    fi
+}
+
+# --- block benchmark guest (--bench-blk) -----------------------------------------
+# The guest initramfs plus /usr/bin/fio from Debian's package, every library
+# ldd lists (at the same paths, so RUNPATHs keep working) and the dynamic
+# loader. Debian's fio links Ceph, Gluster, RDMA and PMEM libraries (about
+# 80 MB; every engine is built in, there are no engine .so files to add), so
+# the archive is left uncompressed: the guest only copies it, which under
+# nested emulation is much quicker than decompressing it. rvmspawn.blkbench=1
+# on the kernel command line makes /init run fio (scripts/initramfs/guest-init).
+build_bench_blk() {
+    local dir=$assets/bench-blk work=$assets/work/bench-blk fio libs lib hash
+    fio=$(command -v fio) || die "fio is not installed (apt-get install fio; see scripts/packages.txt)"
+    libs=$(ldd "$fio" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | sort -u)
+    [ -n "$libs" ] || die "ldd lists no libraries for $fio"
+    # Rebuilt when the scripts, fio or any of its libraries change.
+    # shellcheck disable=SC2086 # one path per word
+    hash=$( { echo "$inputs_hash"; stat -L -c '%n %s %Y' "$fio" $libs; } | sha256sum | cut -c1-16)
+    if stamp_ok bench-blk "$cloud_kver" "$hash" && [ -f "$dir/initramfs.cpio" ]; then
+        return
+    fi
+    log "building the block-benchmark initramfs (fio $("$fio" --version))"
+    # The guest's modules; bench-blk-inner.sh loads brd and ext4 in the test
+    # host from the unpacked test-host kernel.
+    unpack_kernel "$cloud_kver"
+    unpack_kernel "$generic_kver"
+    mkdir -p "$dir"
+    guest_tree "$work"
+    install -D -m 755 "$fio" "$work/usr/bin/fio"
+    for lib in $libs; do
+        # -L: the file a symlink names, stored under the name the loader asks for.
+        mkdir -p "$work$(dirname "$lib")"
+        cp -L "$lib" "$work$lib"
+    done
+    # The loader finds every library in its default directories or through
+    # RUNPATH; check that nothing is missing in the tree itself.
+    if command -v chroot >/dev/null && [ "$(id -u)" = 0 ]; then
+        chroot "$work" /usr/bin/fio --version >/dev/null ||
+            die "fio does not run inside the bench initramfs tree"
+    fi
+    pack_initramfs "$work" "$dir/initramfs.cpio" cat
+    rm -rf "$work"
+    echo "$cloud_kver" >"$dir/kernel-version"
+    stamp_set bench-blk "$cloud_kver" "$hash"
 }
 
 # --- test host ------------------------------------------------------------------
@@ -230,6 +294,7 @@ build_testhost() {
 
 build_guest
 build_testhost
+[ "$bench_blk" = 0 ] || build_bench_blk
 echo "$lists_key $kver_base $generic_base" >"$assets/kver"
 
 # Drop unpacked trees and packages of kernel versions no longer current.
