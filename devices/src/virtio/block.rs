@@ -5,6 +5,13 @@
 //! straight into the guest's buffers; the host page cache is used (like QEMU's default
 //! `cache=writeback`), and a flush request is acknowledged only after `fdatasync` returns.
 //!
+//! Writes whose buffers and offset are sector-aligned (all of them, from a Linux guest) go
+//! through a second descriptor of the same file opened with `O_DIRECT`, where the file system
+//! allows it: the guest has its own page cache, and copying its writes into the host's as well
+//! costs a copy and double the memory (QEMU's `cache=none` reasoning). Reads stay buffered, so
+//! data the host has cached is served from memory. The kernel keeps the two paths coherent
+//! (a direct write drops cached pages of its range; dirty pages are written before it).
+//!
 //! Every request comes from the guest and is checked before it touches the file: header size,
 //! descriptor directions, data length (a multiple of 512), sector range, segment counts. A bad
 //! request completes with `VIRTIO_BLK_S_IOERR` (or `UNSUPP` for unknown types) and the device
@@ -89,6 +96,8 @@ pub struct DiskOptions {
 #[derive(Debug)]
 pub struct DiskImage {
     file: File,
+    /// The same file opened with O_DIRECT, for aligned writes (None where unsupported).
+    direct: Option<File>,
     path: PathBuf,
     size: u64,
     read_only: bool,
@@ -199,6 +208,7 @@ impl DiskImage {
             discard: false,
             logical_block: SECTOR_SIZE as u32,
             physical_block: SECTOR_SIZE as u32,
+            direct: None,
             file,
         };
         if ft.is_block_device() {
@@ -230,6 +240,9 @@ impl DiskImage {
                 .is_ok();
         } else {
             return Err(DiskError::NotAnImage(path.to_owned()));
+        }
+        if !image.read_only {
+            image.direct = reopen_direct(&image.file);
         }
         Ok(image)
     }
@@ -295,6 +308,18 @@ impl DiskImage {
             len,
         )
     }
+}
+
+/// A second, independent open of `file` with O_DIRECT, through /proc/self/fd (the path may
+/// have changed since; the descriptor has not). None where the file system refuses O_DIRECT
+/// (tmpfs, for one).
+fn reopen_direct(file: &File) -> Option<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .ok()
 }
 
 /// Whether the kernel says this block device can discard.
@@ -661,7 +686,33 @@ impl RequestHandler {
         let Some(offset) = self.range(sector, len) else {
             return (S_IOERR, 0);
         };
-        match move_data(&self.disk.file, mem, &self.data, offset, write) {
+        let aligned = |d: &Desc| {
+            d.addr.is_multiple_of(DIRECT_ALIGN) && u64::from(d.len).is_multiple_of(DIRECT_ALIGN)
+        };
+        let direct = match &self.disk.direct {
+            Some(f)
+                if write
+                    && offset.is_multiple_of(DIRECT_ALIGN)
+                    && self.data.iter().all(aligned) =>
+            {
+                Some(f)
+            }
+            _ => None,
+        };
+        let mut result = match direct {
+            Some(f) => move_data(f, mem, &self.data, offset, true),
+            None => move_data(&self.disk.file, mem, &self.data, offset, write),
+        };
+        // A device with stricter alignment than a sector refuses the direct write; the page
+        // cache takes it instead.
+        if direct.is_some()
+            && result
+                .as_ref()
+                .is_err_and(|e| e.raw_os_error() == Some(libc::EINVAL))
+        {
+            result = move_data(&self.disk.file, mem, &self.data, offset, true);
+        }
+        match result {
             Ok(()) if write => (S_OK, 0),
             Ok(()) => (S_OK, u32::try_from(len).unwrap_or(u32::MAX)),
             Err(_) => (S_IOERR, 0),
@@ -711,6 +762,11 @@ impl RequestHandler {
         (S_OK, 0)
     }
 }
+
+/// Alignment of guest buffers and offsets for the O_DIRECT path. Guest RAM regions start 2 MiB
+/// aligned in guest and host address space alike, so a guest address aligned to this is a host
+/// address aligned to it.
+const DIRECT_ALIGN: u64 = 512;
 
 /// How many buffers one preadv/pwritev call takes from us.
 const IOV_BATCH: usize = 64;
