@@ -1,13 +1,15 @@
 //! Everything the guest needs in memory before its first instruction: the kernel, initrd and
-//! command line, the boot protocol structures and the firmware tables (ACPI).
+//! command line, the boot protocol structures and the firmware tables (ACPI, SMBIOS).
 //!
 //! These are pure functions over guest memory: nothing here touches KVM, so all of it can be
 //! unit-tested (and fuzzed) without a hypervisor.
 
 pub mod gpt;
+pub mod smbios;
 pub mod x86_64;
 
 pub use gpt::{GptError, RootArg, discover_root};
+pub use smbios::{SmbiosError, SmbiosInfo, parse_uuid, uuid_from_name, write_smbios};
 pub use x86_64::acpi::{AcpiInfo, build_acpi_tables};
 pub use x86_64::layout::{MemoryLayout, RamRange};
 pub use x86_64::loader::{BootEntry, BootError, KernelFormat, LoadedKernel, load_kernel};

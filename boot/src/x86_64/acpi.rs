@@ -20,7 +20,7 @@ use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 use vm_memory::{Bytes, GuestAddress};
 
-use super::layout::{ACPI_START, APIC_START, HIGH_MEMORY_START, IOAPIC_START};
+use super::layout::{ACPI_START, APIC_START, IOAPIC_START, SMBIOS_START};
 use super::loader::BootError;
 use crate::GuestMemoryMmap;
 
@@ -195,20 +195,30 @@ fn align16(v: u64) -> u64 {
     (v + 15) & !15
 }
 
-/// Write RSDP, XSDT, FADT, DSDT and MADT into the BIOS area at [`ACPI_START`], where Linux
-/// scans for the RSDP and which the e820 map reserves.
+/// Write one table at `*at` and move `*at` to the next 16-byte boundary after it. A table that
+/// would reach `end` is refused before anything is written: the ACPI tables never grow into the
+/// SMBIOS area that follows them.
+fn place_table(
+    mem: &GuestMemoryMmap,
+    at: &mut u64,
+    end: u64,
+    bytes: &[u8],
+) -> Result<u64, BootError> {
+    let addr = *at;
+    if addr + bytes.len() as u64 > end {
+        return Err(BootError::Memory("the ACPI tables (too large)"));
+    }
+    mem.write_slice(bytes, GuestAddress(addr))
+        .map_err(|_| BootError::Memory("the ACPI tables"))?;
+    *at = align16(addr + bytes.len() as u64);
+    Ok(addr)
+}
+
+/// Write RSDP, XSDT, FADT, DSDT and MADT into the BIOS area from [`ACPI_START`] up to
+/// [`SMBIOS_START`], where Linux scans for the RSDP and which the e820 map reserves.
 pub fn build_acpi_tables(mem: &GuestMemoryMmap, info: &AcpiInfo) -> Result<(), BootError> {
     let mut at = ACPI_START + align16(Rsdp::len() as u64);
-    let mut place = |bytes: &[u8]| -> Result<u64, BootError> {
-        let addr = at;
-        at = align16(at + bytes.len() as u64);
-        if at > HIGH_MEMORY_START {
-            return Err(BootError::Memory("the ACPI tables (too large)"));
-        }
-        mem.write_slice(bytes, GuestAddress(addr))
-            .map_err(|_| BootError::Memory("the ACPI tables"))?;
-        Ok(addr)
-    };
+    let mut place = |bytes: &[u8]| place_table(mem, &mut at, SMBIOS_START, bytes);
     let dsdt_addr = place(&dsdt(info))?;
     let fadt_addr = place(&fadt(info, dsdt_addr))?;
     let madt_addr = place(&madt(info))?;
@@ -224,6 +234,21 @@ pub fn build_acpi_tables(mem: &GuestMemoryMmap, info: &AcpiInfo) -> Result<(), B
     Rsdp::new(OEM_ID, xsdt_addr).to_aml_bytes(&mut rsdp);
     mem.write_slice(&rsdp, GuestAddress(ACPI_START))
         .map_err(|_| BootError::Memory("the RSDP"))
+}
+
+/// A machine like the VMM's, for tests here and of the tables that share the BIOS area.
+#[cfg(test)]
+pub(crate) fn test_info(vcpus: u8) -> AcpiInfo {
+    AcpiInfo {
+        vcpus,
+        sleep_control_port: 0x600,
+        sleep_status_port: 0x601,
+        reset_port: 0x602,
+        com1: (0x3f8, 4),
+        rtc_port: 0x70,
+        pci_ecam: (0xe000_0000, 1 << 20),
+        pci_mmio: (0xc000_0000, 0x2000_0000),
+    }
 }
 
 #[cfg(test)]
@@ -244,17 +269,7 @@ mod tests {
     #[test]
     fn tables_chain_from_the_rsdp_with_valid_checksums() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
-        let info = AcpiInfo {
-            vcpus: 3,
-            sleep_control_port: 0x600,
-            sleep_status_port: 0x601,
-            reset_port: 0x602,
-            com1: (0x3f8, 4),
-            rtc_port: 0x70,
-            pci_ecam: (0xe000_0000, 1 << 20),
-            pci_mmio: (0xc000_0000, 0x2000_0000),
-        };
-        build_acpi_tables(&mem, &info).unwrap();
+        build_acpi_tables(&mem, &test_info(3)).unwrap();
         let mut rsdp = [0u8; 36];
         mem.read_slice(&mut rsdp, GuestAddress(ACPI_START)).unwrap();
         assert_eq!(&rsdp[..8], b"RSD PTR ");
@@ -317,5 +332,38 @@ mod tests {
         // Hardware-reduced flag.
         let flags = u32::from_le_bytes(fadt[112..116].try_into().unwrap());
         assert_ne!(flags & (1 << 20), 0);
+        // Every table ends below the SMBIOS area.
+        for addr in [xsdt_addr, entries[0], entries[1], entries[2], dsdt_addr] {
+            assert!(addr + table_at(&mem, addr).len() as u64 <= SMBIOS_START);
+        }
+    }
+
+    #[test]
+    fn tables_never_reach_the_smbios_area() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
+        mem.write_slice(&[0xaa; 16], GuestAddress(SMBIOS_START))
+            .unwrap();
+        // A table that ends exactly at the SMBIOS area fits.
+        let mut at = SMBIOS_START - 0x100;
+        let fits = vec![1u8; 0x100];
+        assert_eq!(
+            place_table(&mem, &mut at, SMBIOS_START, &fits).unwrap(),
+            SMBIOS_START - 0x100
+        );
+        assert_eq!(at, SMBIOS_START);
+        // One byte more is refused, and nothing is written.
+        let mut at = SMBIOS_START - 0x100;
+        let too_large = vec![2u8; 0x101];
+        let err = place_table(&mem, &mut at, SMBIOS_START, &too_large).unwrap_err();
+        assert!(matches!(err, BootError::Memory(_)), "{err}");
+        assert_eq!(at, SMBIOS_START - 0x100);
+        let mut smbios = [0u8; 16];
+        mem.read_slice(&mut smbios, GuestAddress(SMBIOS_START))
+            .unwrap();
+        assert_eq!(smbios, [0xaa; 16]);
+        let mut before = [0u8; 1];
+        mem.read_slice(&mut before, GuestAddress(SMBIOS_START - 1))
+            .unwrap();
+        assert_eq!(before, [1]);
     }
 }

@@ -34,8 +34,18 @@ pub const CMDLINE_START: u64 = 0x2_0000;
 pub const CMDLINE_MAX_SIZE: usize = 2048;
 /// End of conventional memory below the EBDA.
 pub const EBDA_START: u64 = 0x9_fc00;
-/// ACPI tables live in the BIOS area, where Linux also scans for the RSDP.
+/// ACPI tables live in the BIOS area, where Linux also scans for the RSDP. They end below
+/// [`SMBIOS_START`].
 pub const ACPI_START: u64 = 0xe_0000;
+/// The SMBIOS 3.0 entry point: the first 16-byte boundary of the range 0xF0000-0xFFFFF that
+/// Linux scans for it when there is no EFI, so it is the first anchor the scan meets.
+pub const SMBIOS_START: u64 = 0xf_0000;
+/// The SMBIOS structure table, right after the 24-byte entry point.
+pub const SMBIOS_TABLE_START: u64 = SMBIOS_START + 0x20;
+/// The SMBIOS table ends before the reset-vector stub.
+pub const SMBIOS_END: u64 = RESET_VECTOR;
+/// Room for the SMBIOS structure table (65,488 bytes).
+pub const SMBIOS_TABLE_MAX_SIZE: u64 = SMBIOS_END - SMBIOS_TABLE_START;
 /// The x86 reset vector (F000:FFF0), where a real-mode restart jumps.
 pub const RESET_VECTOR: u64 = 0xf_fff0;
 /// End of the BIOS area; the kernel is loaded from here up.
@@ -60,6 +70,15 @@ pub const APIC_START: u64 = 0xfee0_0000;
 pub const KVM_TSS_START: u64 = 0xfffb_d000;
 /// KVM's identity-map page (needed on Intel), just below the TSS.
 pub const KVM_IDENTITY_MAP_START: u64 = 0xfffb_c000;
+
+// The BIOS area's tables, in order, inside the range the e820 map reserves.
+const _: () = assert!(
+    ACPI_START < SMBIOS_START
+        && SMBIOS_START + 0x18 <= SMBIOS_TABLE_START
+        && SMBIOS_TABLE_START < SMBIOS_END
+        && SMBIOS_END <= RESET_VECTOR
+        && RESET_VECTOR < HIGH_MEMORY_START
+);
 
 /// One contiguous range of guest RAM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,7 +120,8 @@ impl MemoryLayout {
 
     /// The e820 map: (start, size, type) with type 1 = RAM, 2 = reserved.
     ///
-    /// The BIOS area holding the ACPI tables is reserved so the kernel never reuses it.
+    /// The BIOS area holding the ACPI and SMBIOS tables is reserved so the kernel never reuses
+    /// it.
     pub fn e820(&self) -> Vec<(u64, u64, u32)> {
         const RAM: u32 = 1;
         const RESERVED: u32 = 2;
