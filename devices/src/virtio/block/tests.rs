@@ -383,23 +383,36 @@ fn direct_and_buffered_writes_agree() {
     let mut r = Rig::with_file(file, false);
     let _ = std::fs::remove_file(&path);
     if r.disk.direct.is_none() {
-        eprintln!("O_DIRECT is not supported for {}; only the buffered path ran", path.display());
+        eprintln!(
+            "O_DIRECT is not supported for {}; only the buffered path ran",
+            path.display()
+        );
     }
     // Aligned (the direct path where there is one), then unaligned buffers (the page cache),
     // then a read of both: each sees the other's data.
     r.header(HDR, VIRTIO_BLK_T_OUT, 4);
-    r.mem.write_slice(&[0x11; 1024], GuestAddress(DATA)).unwrap();
+    r.mem
+        .write_slice(&[0x11; 1024], GuestAddress(DATA))
+        .unwrap();
     r.chain(&[(HDR, 16, 0), (DATA, 1024, 0), (STATUS, 1, F_WRITE)]);
     assert_eq!(r.run(STATUS), (1, S_OK));
     r.header(HDR, VIRTIO_BLK_T_OUT, 5);
-    r.mem.write_slice(&[0x22; 512], GuestAddress(DATA + 3)).unwrap();
+    r.mem
+        .write_slice(&[0x22; 512], GuestAddress(DATA + 3))
+        .unwrap();
     r.chain(&[(HDR, 16, 0), (DATA + 3, 512, 0), (STATUS, 1, F_WRITE)]);
     assert_eq!(r.run(STATUS), (1, S_OK));
     r.header(HDR, VIRTIO_BLK_T_IN, 3);
-    r.chain(&[(HDR, 16, 0), (DATA + 0x1000, 2048, F_WRITE), (STATUS, 1, F_WRITE)]);
+    r.chain(&[
+        (HDR, 16, 0),
+        (DATA + 0x1000, 2048, F_WRITE),
+        (STATUS, 1, F_WRITE),
+    ]);
     assert_eq!(r.run(STATUS), (2049, S_OK));
     let mut got = vec![0u8; 2048];
-    r.mem.read_slice(&mut got, GuestAddress(DATA + 0x1000)).unwrap();
+    r.mem
+        .read_slice(&mut got, GuestAddress(DATA + 0x1000))
+        .unwrap();
     assert!(got[..512].iter().all(|b| *b == 3));
     assert!(got[512..1024].iter().all(|b| *b == 0x11));
     assert!(got[1024..1536].iter().all(|b| *b == 0x22));
