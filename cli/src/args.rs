@@ -123,6 +123,16 @@ pub struct Args {
           action = ArgAction::Append, allow_hyphen_values = true)]
     pub machine: Vec<String>,
 
+    /// The SMBIOS system UUID (32 hex digits, or 8-4-4-4-12) [default: derived from the name]
+    #[arg(long, value_name = "UUID", help_heading = IDENTITY,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub uuid: Vec<String>,
+
+    /// Pass an arbitrary SMBIOS type 11 (OEM) string to the guest
+    #[arg(short = 's', long, value_name = "STRING", help_heading = IDENTITY,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub smbios11: Vec<OsString>,
+
     /// Map guest UIDs/GIDs from 0 up onto host IDs from UID_SHIFT on (--directory only)
     #[arg(long, value_name = "UID_SHIFT[:UID_RANGE]", help_heading = USERNS,
           action = ArgAction::Append, allow_hyphen_values = true)]

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use crate::args::{Args, CredentialArg, Mount};
 use crate::error::Failure;
 use crate::parse::{
-    self, BindMount, Credential, Firmware, Invalid, UidRange, hostname_cleanup, hostname_is_valid,
+    self, BindMount, Credential, CredentialData, Firmware, Invalid, UidRange, hostname_cleanup,
+    hostname_is_valid,
 };
 
 pub const MIB: u64 = 1 << 20;
@@ -97,6 +98,10 @@ pub struct Settings {
     pub binds: Vec<BindMount>,
     /// In command-line order, IDs unique.
     pub credentials: Vec<Credential>,
+    /// `--uuid=`, in SMBIOS text byte order.
+    pub uuid: Option<[u8; 16]>,
+    /// `-s/--smbios11=`, in command-line order.
+    pub smbios11: Vec<String>,
     pub kernel_args: Vec<String>,
 }
 
@@ -205,8 +210,34 @@ impl Settings {
             credentials.push(credential);
         }
 
+        let uuid = last("uuid", &args.uuid, |v| {
+            vmm::parse_uuid(v).map_err(|e| Invalid {
+                errno: e.errno(),
+                reason: e.to_string(),
+            })
+        })?
+        .map(|(_, u)| u);
+        let smbios11 = args
+            .smbios11
+            .iter()
+            .map(|v| {
+                v.to_str()
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .ok_or_else(|| {
+                        Failure::value(
+                            "smbios11",
+                            shown(v),
+                            Invalid::syntax("an SMBIOS string must be non-empty UTF-8"),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
         Ok(Settings {
             quiet: args.quiet,
+            uuid,
+            smbios11,
             directory,
             image,
             vcpus,
@@ -286,15 +317,7 @@ impl Settings {
             (self.private_users.is_some(), "--private-users="),
             (self.binds.iter().any(|b| !b.read_only), "--bind="),
             (self.binds.iter().any(|b| b.read_only), "--bind-ro="),
-            (
-                self.credentials.iter().any(|c| !c.is_literal()),
-                "--load-credential=",
-            ),
-            (
-                self.credentials.iter().any(Credential::is_literal),
-                "--set-credential=",
-            ),
-        ];
+            ];
         match refusals.iter().find(|(given, _)| *given) {
             Some((_, what)) => Err(Failure::unsupported(what)),
             None => Ok(()),
@@ -359,9 +382,68 @@ impl Settings {
         Ok(())
     }
 
+    /// The SMBIOS type 11 strings for the guest: each credential as
+    /// `io.systemd.credential.binary:ID=BASE64`, exactly as systemd-vmspawn passes them, then
+    /// the `--smbios11=` strings. Reads `--load-credential=` files (relative paths from the
+    /// working directory) and our own credentials from `$CREDENTIALS_DIRECTORY`.
+    pub fn oem_strings(&self) -> Result<Vec<String>, Failure> {
+        use base64::Engine;
+        let mut strings = Vec::with_capacity(self.credentials.len() + self.smbios11.len());
+        for c in &self.credentials {
+            let data = match &c.data {
+                CredentialData::Value(v) => v.clone(),
+                CredentialData::File(path) => fs::read(path).map_err(|e| {
+                    Failure::io(
+                        format!(
+                            "Failed to read credential '{}' from '{}'",
+                            c.id,
+                            path.display()
+                        ),
+                        &e,
+                    )
+                })?,
+                CredentialData::Inherited(name) => {
+                    let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") else {
+                        return Err(Failure::new(
+                            libc::ENXIO,
+                            format!(
+                                "Failed to read credential '{}': '{name}' names one of our own \
+                                 credentials, but $CREDENTIALS_DIRECTORY is not set",
+                                c.id
+                            ),
+                        ));
+                    };
+                    let path = Path::new(&dir).join(name);
+                    fs::read(&path).map_err(|e| {
+                        Failure::io(
+                            format!(
+                                "Failed to read credential '{}' from '{}'",
+                                c.id,
+                                path.display()
+                            ),
+                            &e,
+                        )
+                    })?
+                }
+            };
+            strings.push(format!(
+                "io.systemd.credential.binary:{}={}",
+                c.id,
+                base64::engine::general_purpose::STANDARD.encode(data)
+            ));
+        }
+        strings.extend(self.smbios11.iter().cloned());
+        Ok(strings)
+    }
+
     /// Assumes [`Settings::check`] passed. Decides nothing about KVM: the caller says
     /// where it comes from.
-    pub fn into_vm_config(self, name: String, kvm: vmm::KvmSource) -> vmm::VmConfig {
+    pub fn into_vm_config(
+        self,
+        name: String,
+        kvm: vmm::KvmSource,
+        oem_strings: Vec<String>,
+    ) -> vmm::VmConfig {
         vmm::VmConfig {
             name,
             vcpus: self.vcpus,
@@ -384,6 +466,8 @@ impl Settings {
                     discard: true,
                 })
                 .collect(),
+            uuid: self.uuid,
+            oem_strings,
         }
     }
 }
@@ -493,7 +577,7 @@ mod tests {
         let host = host();
         let s = checked(argv).expect("valid");
         let name = s.machine_name(&host).expect("named");
-        s.into_vm_config(name, vmm::KvmSource::Open)
+        s.into_vm_config(name, vmm::KvmSource::Open, Vec::new())
     }
 
     #[test]
@@ -669,7 +753,7 @@ mod tests {
 
     #[test]
     fn unimplemented_options_are_refused() {
-        let cases: [(&[&str], &str); 14] = [
+        let cases: [(&[&str], &str); 13] = [
             (&["-D", "/srv/os"], "--directory="),
             (&["--qemu-vsock=yes"], "--qemu-vsock=yes"),
             (&["--vsock-cid=3"], "--vsock-cid="),
@@ -683,7 +767,6 @@ mod tests {
             (&["--private-users=65536"], "--private-users="),
             (&["--bind=/srv"], "--bind="),
             (&["--bind-ro=/srv:/mnt"], "--bind-ro="),
-            (&["--set-credential=a:b"], "--set-credential="),
         ];
         for (argv, option) in cases {
             let mut argv = argv.to_vec();
@@ -693,8 +776,52 @@ mod tests {
             assert!(f.message.starts_with(option), "{argv:?}: {}", f.message);
             assert!(f.message.contains("not supported yet"), "{}", f.message);
         }
-        let f = failure(&["--linux=/k", "--load-credential=a:/etc/a"]);
-        assert!(f.message.contains("--load-credential="), "{}", f.message);
+    }
+
+    #[test]
+    fn credentials_become_vmspawn_smbios_strings() {
+        let dir = std::env::temp_dir().join(format!("rvmspawn-cred-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("secret");
+        fs::write(&file, b"from a file\n").unwrap();
+        let load = format!("--load-credential=loaded:{}", file.display());
+        let s = settings(&[
+            "--linux=/k",
+            r"--set-credential=text:hello\nworld",
+            r"--set-credential=bin:a\x00b",
+            &load,
+            "-s",
+            "io.systemd.stub.kernel-cmdline-extra=quiet",
+            "--uuid=0123456789abcdef0123456789ABCDEF",
+        ])
+        .unwrap();
+        assert_eq!(
+            s.oem_strings().unwrap(),
+            [
+                "io.systemd.credential.binary:text=aGVsbG8Kd29ybGQ=",
+                "io.systemd.credential.binary:bin=YQBi",
+                "io.systemd.credential.binary:loaded=ZnJvbSBhIGZpbGUK",
+                "io.systemd.stub.kernel-cmdline-extra=quiet",
+            ]
+        );
+        assert_eq!(s.uuid.unwrap()[..2], [0x01, 0x23]);
+        // A missing file names the credential and the file, and exits with its errno.
+        let missing = format!("--load-credential=gone:{}", dir.join("nope").display());
+        let f = settings(&["--linux=/k", &missing])
+            .unwrap()
+            .oem_strings()
+            .unwrap_err();
+        assert_eq!(f.errno, libc::ENOENT);
+        assert!(f.message.contains("'gone'") && f.message.contains("nope"), "{}", f.message);
+        fs::remove_dir_all(&dir).unwrap();
+        let f = failure(&["--linux=/k", "--uuid=0123"]);
+        assert_eq!(f.errno, EINVAL);
+        assert!(f.message.contains("--uuid="), "{}", f.message);
+        let f = failure(&["--linux=/k", "--uuid=00000000-0000-0000-0000-000000000000"]);
+        assert_eq!(f.errno, EINVAL);
+        let f = failure(&["--linux=/k", "--smbios11="]);
+        assert_eq!(f.errno, EINVAL);
+        assert!(f.message.contains("--smbios11="), "{}", f.message);
     }
 
     #[test]

@@ -64,6 +64,7 @@ fn prepare(
     settings.check()?;
     let name = settings.machine_name(&host)?;
     settings.check_files()?;
+    let oem_strings = settings.oem_strings()?;
 
     let mut passed = passed?;
     passed.close_unrecognized();
@@ -72,7 +73,7 @@ fn prepare(
         None => vmm::KvmSource::Open,
     };
     let quiet = settings.quiet;
-    let config = settings.into_vm_config(name, kvm);
+    let config = settings.into_vm_config(name, kvm, oem_strings);
     if !quiet {
         eprint!("{}", status_lines(&config));
     }
@@ -194,6 +195,8 @@ mod tests {
             kvm: vmm::KvmSource::Open,
             shared_memory: false,
             disks: Vec::new(),
+            uuid: None,
+            oem_strings: Vec::new(),
         }
     }
 

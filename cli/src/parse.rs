@@ -435,7 +435,6 @@ fn simplify(path: &Path) -> PathBuf {
 
 /// Where a credential's data comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(dead_code, reason = "consumed once credentials are implemented")]
 pub enum CredentialData {
     /// `--set-credential`: the bytes themselves.
     Value(Vec<u8>),
@@ -450,13 +449,6 @@ pub enum CredentialData {
 pub struct Credential {
     pub id: String,
     pub data: CredentialData,
-}
-
-impl Credential {
-    /// Whether it came from `--set-credential`.
-    pub fn is_literal(&self) -> bool {
-        matches!(self.data, CredentialData::Value(_))
-    }
 }
 
 /// Linux's `NAME_MAX`.

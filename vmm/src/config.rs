@@ -18,8 +18,8 @@ pub enum KvmSource {
 /// Everything needed to build and run one VM.
 #[derive(Debug)]
 pub struct VmConfig {
-    /// Machine name (already validated as a hostname by the front end). The front end shows
-    /// it in its status line; the machine will carry it once it has SMBIOS tables (issue 4).
+    /// Machine name (already validated as a hostname by the front end): the SMBIOS system
+    /// serial number, and the seed of the system UUID unless one is given.
     pub name: String,
     /// Number of vCPUs, at least 1.
     pub vcpus: u32,
@@ -39,6 +39,11 @@ pub struct VmConfig {
     pub shared_memory: bool,
     /// Disks, in the order the guest sees them.
     pub disks: Vec<DiskConfig>,
+    /// The SMBIOS system UUID; `None` derives a stable one from the machine name.
+    pub uuid: Option<[u8; 16]>,
+    /// SMBIOS type 11 (OEM) strings, in order: credentials, kernel command-line extras and the
+    /// user's own, already in the form the guest's systemd reads.
+    pub oem_strings: Vec<String>,
 }
 
 /// A disk image for the guest (virtio-blk).

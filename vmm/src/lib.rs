@@ -14,6 +14,7 @@ mod pci;
 mod vcpu;
 mod x86_64;
 
+pub use boot::{SmbiosError, parse_uuid};
 pub use config::{DiskConfig, KvmSource, VmConfig};
 
 /// The command line every direct boot starts with; the user's arguments follow.
@@ -66,6 +67,9 @@ pub enum Error {
     /// No root partition could be found on the root disk for a direct kernel boot.
     #[error(transparent)]
     Root(#[from] boot::GptError),
+    /// The SMBIOS tables cannot be built (e.g. too much credential data).
+    #[error(transparent)]
+    Smbios(#[from] boot::SmbiosError),
     /// A vCPU failed (KVM internal error, failed entry, unexpected exit).
     #[error("{0}")]
     Guest(String),
@@ -87,6 +91,7 @@ impl Error {
             Error::Device(..) => libc::EIO,
             Error::Disk(e) => e.errno(),
             Error::Root(e) => e.errno(),
+            Error::Smbios(e) => e.errno(),
             // vmspawn reports a VMM that died abnormally as EPROTO.
             Error::Guest(_) => libc::EPROTO,
         }
@@ -146,6 +151,11 @@ pub fn run(config: VmConfig) -> Result<VmExit, Error> {
             .collect::<Vec<_>>()
             .join(" "),
         disks,
+        uuid: config
+            .uuid
+            .unwrap_or_else(|| boot::uuid_from_name(&config.name)),
+        oem_strings: config.oem_strings,
+        name: config.name,
         memory: if config.shared_memory {
             memory::Backing::SharedMemfd
         } else {

@@ -48,6 +48,12 @@ pub struct MachineSpec {
     pub memory: memory::Backing,
     /// Disks, in the order the guest sees them (the first is `vda`).
     pub disks: Vec<DiskSpec>,
+    /// Machine name: the SMBIOS system serial number.
+    pub name: String,
+    /// SMBIOS system UUID.
+    pub uuid: [u8; 16],
+    /// SMBIOS type 11 strings.
+    pub oem_strings: Vec<String>,
 }
 
 /// A disk: the image, opened and locked once for the VM's whole life, and its serial.
@@ -147,6 +153,16 @@ impl Machine {
                 rtc_port: CMOS_PORT as u16,
                 pci_ecam: (PCI_ECAM_START, PCI_ECAM_SIZE),
                 pci_mmio: (PCI_MMIO_START, PCI_MMIO_SIZE),
+            },
+        )?;
+
+        boot::write_smbios(
+            mem,
+            &boot::SmbiosInfo {
+                uuid: spec.uuid,
+                vcpus: spec.vcpus,
+                system_serial: Some(&spec.name),
+                oem_strings: &spec.oem_strings,
             },
         )?;
 
