@@ -6,10 +6,12 @@
 
 pub mod gpt;
 pub mod smbios;
+pub mod uki;
 pub mod x86_64;
 
 pub use gpt::{GptError, RootArg, discover_root};
 pub use smbios::{SmbiosError, SmbiosInfo, parse_uuid, uuid_from_name, write_smbios};
+pub use uki::{Uki, UkiError, parse_uki};
 pub use x86_64::acpi::{AcpiInfo, build_acpi_tables};
 pub use x86_64::layout::{MemoryLayout, RamRange};
 pub use x86_64::loader::{BootEntry, BootError, KernelFormat, LoadedKernel, load_kernel};
