@@ -240,6 +240,33 @@ fn something_to_boot_is_required() {
 }
 
 #[test]
+fn credential_errors_name_the_credential() {
+    let kernel = TempFile::new("kernel-cred");
+    let linux = kernel.linux_arg();
+    assert_one_line_error(
+        &["--load-credential=key:/nonexistent/key", &linux],
+        ENOENT,
+        &["credential 'key'", "/nonexistent/key"],
+    );
+    assert_one_line_error(
+        &["--set-credential=a:1", "--set-credential=a:2", &linux],
+        17, // EEXIST
+        &["--set-credential=", "'a'"],
+    );
+    assert_one_line_error(
+        &["--set-credential=a/b:1", &linux],
+        EINVAL,
+        &["--set-credential=", "a/b"],
+    );
+    assert_one_line_error(
+        &["--set-credential=a:\\q", &linux],
+        EINVAL,
+        &["--set-credential="],
+    );
+    assert_one_line_error(&["--uuid=nope", &linux], EINVAL, &["--uuid=", "nope"]);
+}
+
+#[test]
 fn directory_and_image_exclude_each_other() {
     assert_one_line_error(
         &["-D", "/srv/os", "-i", "/srv/os.raw"],

@@ -1,7 +1,8 @@
-//! SMBIOS tables and credentials, checked from inside the guest: the guest's /init
-//! (`rvmspawn.smbios=1`) prints the DMI identity and the raw bytes of every type 11 structure
-//! the kernel found, and the tests decode them and compare byte for byte with what
-//! systemd-vmspawn would pass.
+//! SMBIOS tables, credentials and UKI direct boot, checked from inside the guest: the guest's
+//! /init (`rvmspawn.smbios=1`) prints the DMI identity and the raw bytes of every type 11
+//! structure the kernel found, and the tests decode them and compare byte for byte with what
+//! systemd-vmspawn would pass. The UKI is built in the test from the same kernel and initramfs
+//! with `objcopy` and Debian's systemd-boot stub (`systemd-boot-efi`).
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -40,9 +41,43 @@ exit $rc"#
 {T} "$RVMSPAWN" -q -M samename --linux="$KERNEL" --initrd="$INITRD" rvmspawn.smbios=1"#
                 ),
             )
+            .step(
+                // A UKI carries kernel, initrd and command line; ARGS are appended, and also
+                // handed over as the stub's and boot loader's SMBIOS strings.
+                "uki",
+                &format!(
+                    r#"{UKI_BUILD}
+{T} "$RVMSPAWN" -q --linux="$D/uki.efi" rvmspawn.smbios=1 extra=arg
+rc=$?
+rm -rf "$D"
+exit $rc"#
+                ),
+            )
+            .step(
+                // A UKI cut short (its .initrd runs past the end of the file) is refused.
+                "uki-corrupt",
+                &format!(
+                    r#"{UKI_BUILD}
+head -c $(( $(stat -c %s "$D/uki.efi") - 65536 )) "$D/uki.efi" > "$D/cut.efi"
+{T} "$RVMSPAWN" -q --linux="$D/cut.efi"
+rc=$?
+rm -rf "$D"
+exit $rc"#
+                ),
+            )
             .run()
     })
 }
+
+/// Shell that builds `$D/uki.efi` from `$KERNEL`, `$INITRD` and an embedded command line, the
+/// way UKIs were assembled before ukify: sections added to the stub with objcopy.
+const UKI_BUILD: &str = r#"D=$(mktemp -d)
+STUB=/usr/lib/systemd/boot/efi/linuxx64.efi.stub
+[ -f "$STUB" ] || { echo "no $STUB (package systemd-boot-efi)"; exit 99; }
+printf 'rvmspawn.uki=embedded' > "$D/cmdline"
+printf 'ID=rvmspawn-test
+' > "$D/os-release"
+objcopy     --add-section .osrel="$D/os-release" --change-section-vma .osrel=0x20000     --add-section .cmdline="$D/cmdline" --change-section-vma .cmdline=0x30000     --add-section .linux="$KERNEL" --change-section-vma .linux=0x2000000     --add-section .initrd="$INITRD" --change-section-vma .initrd=0x4000000     "$STUB" "$D/uki.efi" || exit 98"#;
 
 fn get(name: &str) -> &'static BootResult {
     results()
@@ -112,11 +147,51 @@ fn identity_is_the_machine_name_and_uuid() {
 fn uuid_without_uuid_option_is_stable_per_name() {
     let r = get("derived-uuid");
     assert_eq!(r.rc, Some(0), "{}", r.output);
-    let first = r.value("FIRST-RVMSPAWN-DMI-UUID").expect("first boot's UUID");
+    let first = r
+        .value("FIRST-RVMSPAWN-DMI-UUID")
+        .expect("first boot's UUID");
     let second = r.value("RVMSPAWN-DMI-UUID").expect("second boot's UUID");
     assert_eq!(first, second);
     assert_eq!(first.len(), 36, "{first}");
     assert_ne!(first, "00000000-0000-0000-0000-000000000000");
     // No credentials, no type 11 strings.
     assert!(oem_strings(r).is_empty(), "{}", r.output);
+}
+
+#[test]
+fn uki_boots_with_its_embedded_cmdline_and_initrd() {
+    let r = get("uki");
+    assert_eq!(r.rc, Some(0), "{}", r.output);
+    // The guest's /init ran: it came from the UKI's .initrd (no --initrd was given).
+    assert_eq!(r.count_lines("RVMSPAWN-GUEST-INIT"), 1, "{}", r.output);
+    let cmdline = r
+        .value("RVMSPAWN-CMDLINE")
+        .expect("guest printed its cmdline");
+    assert!(
+        cmdline.contains("rvmspawn.uki=embedded") && cmdline.ends_with("extra=arg"),
+        "{cmdline}"
+    );
+    let strings = oem_strings(r);
+    let want: [&[u8]; 2] = [
+        b"io.systemd.stub.kernel-cmdline-extra=rvmspawn.smbios=1 extra=arg",
+        b"io.systemd.boot.kernel-cmdline-extra=rvmspawn.smbios=1 extra=arg",
+    ];
+    assert_eq!(
+        strings,
+        want.iter().map(|s| s.to_vec()).collect::<Vec<_>>(),
+        "{}",
+        r.output
+    );
+}
+
+#[test]
+fn corrupt_uki_is_refused_clearly() {
+    let r = get("uki-corrupt");
+    assert_eq!(r.rc, Some(8), "ENOEXEC:\n{}", r.output);
+    assert!(
+        r.output.contains("Failed to load unified kernel image"),
+        "{}",
+        r.output
+    );
+    assert_eq!(r.count_lines("RVMSPAWN-GUEST-INIT"), 0);
 }

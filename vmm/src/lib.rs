@@ -119,6 +119,16 @@ pub fn run(config: VmConfig) -> Result<VmExit, Error> {
             max,
         });
     }
+    // A UKI brings its own command line and initrds; vmspawn also hands the extra arguments to
+    // its stub and boot loader as SMBIOS strings, which systemd in the guest may read.
+    let uki = boot::x86_64::loader::uki_info(&config.kernel)?;
+    let extra = config.extra_cmdline.join(" ");
+    let mut oem_strings = Vec::with_capacity(config.oem_strings.len() + 2);
+    if uki.is_some() && !extra.is_empty() {
+        oem_strings.push(format!("io.systemd.stub.kernel-cmdline-extra={extra}"));
+        oem_strings.push(format!("io.systemd.boot.kernel-cmdline-extra={extra}"));
+    }
+    oem_strings.extend(config.oem_strings);
     // Opened and locked once: a reboot keeps the lock.
     let mut disks = Vec::with_capacity(config.disks.len());
     let mut root_arg = None;
@@ -130,9 +140,9 @@ pub fn run(config: VmConfig) -> Result<VmExit, Error> {
                 discard: d.discard,
             },
         )?;
-        // vmspawn finds the root partition of the image for a direct kernel boot, unless the
-        // user's arguments already say where root is.
-        if d.root && !boot::gpt::cmdline_selects_root(&config.extra_cmdline) {
+        // vmspawn finds the root partition of the image for a direct boot of a kernel (not a
+        // UKI, which knows its root), unless the user's arguments already say where root is.
+        if d.root && uki.is_none() && !boot::gpt::cmdline_selects_root(&config.extra_cmdline) {
             root_arg = Some(boot::discover_root(image.file())?.kernel_arg());
         }
         disks.push(machine::DiskSpec {
@@ -146,6 +156,7 @@ pub fn run(config: VmConfig) -> Result<VmExit, Error> {
         kernel: config.kernel,
         initrds: config.initrds,
         cmdline: std::iter::once(DEFAULT_CMDLINE.to_string())
+            .chain(uki.map(|u| u.cmdline))
             .chain(root_arg)
             .chain(config.extra_cmdline)
             .collect::<Vec<_>>()
@@ -154,7 +165,7 @@ pub fn run(config: VmConfig) -> Result<VmExit, Error> {
         uuid: config
             .uuid
             .unwrap_or_else(|| boot::uuid_from_name(&config.name)),
-        oem_strings: config.oem_strings,
+        oem_strings,
         name: config.name,
         memory: if config.shared_memory {
             memory::Backing::SharedMemfd

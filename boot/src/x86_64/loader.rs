@@ -70,6 +70,14 @@ pub enum BootError {
     /// Writing boot structures into guest memory failed.
     #[error("Failed to write {0} into guest memory")]
     Memory(&'static str),
+    /// The kernel is a PE file that claims to be a UKI but is broken.
+    #[error("Failed to load unified kernel image '{path}': {source}")]
+    Uki {
+        /// The UKI.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: crate::uki::UkiError,
+    },
 }
 
 impl BootError {
@@ -82,6 +90,7 @@ impl BootError {
             BootError::CmdlineNul => 22,                                          // EINVAL
             BootError::InitrdTooLarge { .. } => 27,                               // EFBIG
             BootError::Memory(_) => 14,                                           // EFAULT
+            BootError::Uki { source, .. } => source.errno(),
         }
     }
 }
@@ -133,7 +142,7 @@ fn open(what: &'static str, path: &Path) -> Result<File, BootError> {
     })
 }
 
-fn detect(file: &mut File, path: &Path) -> Result<KernelFormat, BootError> {
+fn detect<R: Read + Seek>(file: &mut R, path: &Path) -> Result<KernelFormat, BootError> {
     let read_err = |source| BootError::Open {
         what: "kernel",
         path: path.to_owned(),
@@ -190,17 +199,39 @@ pub fn load_kernel(
     initrds: &[PathBuf],
     cmdline: &str,
 ) -> Result<LoadedKernel, BootError> {
-    let mut file = open("kernel", kernel)?;
-    let format = detect(&mut file, kernel)?;
+    let file = open("kernel", kernel)?;
+    let uki = inspect_uki(&file, kernel)?;
+    let read_err = |source| BootError::Open {
+        what: "kernel",
+        path: kernel.to_owned(),
+        source,
+    };
+    // A UKI's kernel is its .linux section: read into memory (a few MiB) and loaded from there.
+    let mut image = match &uki {
+        Some(u) => {
+            let mut payload = vec![0u8; u.linux.size as usize];
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut payload, u.linux.offset)
+                .map_err(read_err)?;
+            KernelImage::Payload(std::io::Cursor::new(payload))
+        }
+        None => KernelImage::File(file.try_clone().map_err(read_err)?),
+    };
+    let format = match &mut image {
+        KernelImage::File(f) => detect(f, kernel)?,
+        KernelImage::Payload(c) => detect(c, kernel)?,
+    };
     let load_err = |source| BootError::Load {
         path: kernel.to_owned(),
         source,
     };
     let himem = Some(GuestAddress(HIGH_MEMORY_START));
-    let result = match format {
-        KernelFormat::BzImage => BzImage::load(mem, None, &mut file, himem).map_err(load_err)?,
-        KernelFormat::Elf => Elf::load(mem, None, &mut file, himem).map_err(load_err)?,
-    };
+    let result = match (&mut image, format) {
+        (KernelImage::File(f), KernelFormat::BzImage) => BzImage::load(mem, None, f, himem),
+        (KernelImage::File(f), KernelFormat::Elf) => Elf::load(mem, None, f, himem),
+        (KernelImage::Payload(c), KernelFormat::BzImage) => BzImage::load(mem, None, c, himem),
+        (KernelImage::Payload(c), KernelFormat::Elf) => Elf::load(mem, None, c, himem),
+    }
+    .map_err(load_err)?;
 
     let header = result.setup_header;
     // The kernel's own limit wins when it is stricter than x86's COMMAND_LINE_SIZE.
@@ -217,7 +248,36 @@ pub fn load_kernel(
         .filter(|&c| c > 1)
         .unwrap_or(u64::MAX)
         .min(layout.low_ram_end());
-    let initrd = load_initrds(mem, initrds, result.kernel_end, ceiling)?;
+    // A UKI's own initrds (microcode first, as systemd-stub orders them), then the user's.
+    let mut parts = Vec::with_capacity(initrds.len() + 2);
+    if let Some(u) = &uki {
+        for section in u.initrds() {
+            parts.push(InitrdPart {
+                file: file_clone(&file, kernel)?,
+                offset: section.offset,
+                len: section.size,
+                path: kernel.to_owned(),
+            });
+        }
+    }
+    for path in initrds {
+        let f = open("initrd", path)?;
+        let len = f
+            .metadata()
+            .map_err(|source| BootError::Open {
+                what: "initrd",
+                path: path.clone(),
+                source,
+            })?
+            .len();
+        parts.push(InitrdPart {
+            file: f,
+            offset: 0,
+            len,
+            path: path.clone(),
+        });
+    }
+    let initrd = load_initrds(mem, parts, result.kernel_end, ceiling)?;
 
     let entry = match result.pvh_boot_cap {
         PvhBootCapability::PvhEntryPresent(addr) if format == KernelFormat::Elf => {
@@ -251,37 +311,84 @@ fn align_up(v: u64, a: u64) -> Option<u64> {
     v.checked_add(a - 1).map(|x| x & !(a - 1))
 }
 
-/// Put all initrds, back to back with 4-byte alignment between parts, as high as possible below
-/// `ceiling` (where the kernel will not overwrite them while decompressing itself).
+/// The kernel image being loaded.
+enum KernelImage {
+    /// A bzImage or ELF file.
+    File(File),
+    /// A UKI's `.linux` payload.
+    Payload(std::io::Cursor<Vec<u8>>),
+}
+
+/// What a UKI brings besides its kernel: the embedded command line and initrds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UkiInfo {
+    /// The embedded command line, as systemd-stub would pass it.
+    pub cmdline: String,
+    /// `.uname`, if present.
+    pub uname: Option<String>,
+}
+
+/// Whether `kernel` is a unified kernel image, and what it embeds. A plain bzImage (even with
+/// an EFI stub, which makes it a PE file too) or an ELF vmlinux gives `None`; a UKI that is
+/// broken is an error that says how.
+pub fn uki_info(kernel: &Path) -> Result<Option<UkiInfo>, BootError> {
+    let file = open("kernel", kernel)?;
+    Ok(inspect_uki(&file, kernel)?.map(|u| UkiInfo {
+        uname: u
+            .uname
+            .and_then(|s| crate::uki::read_text(&file, s).ok())
+            .filter(|s| !s.is_empty()),
+        cmdline: u.cmdline_text,
+    }))
+}
+
+fn inspect_uki(file: &File, path: &Path) -> Result<Option<crate::uki::Uki>, BootError> {
+    match crate::uki::parse_uki(file) {
+        Ok(u) => Ok(Some(u)),
+        Err(crate::uki::UkiError::NotUki) => Ok(None),
+        Err(source) => Err(BootError::Uki {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+fn file_clone(file: &File, path: &Path) -> Result<File, BootError> {
+    file.try_clone().map_err(|source| BootError::Open {
+        what: "kernel",
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// One piece of the initrd: `len` bytes at `offset` in `file`.
+struct InitrdPart {
+    file: File,
+    offset: u64,
+    len: u64,
+    path: PathBuf,
+}
+
+/// Put all initrd parts, back to back with 4-byte alignment between them, as high as possible
+/// below `ceiling` (where the kernel will not overwrite them while decompressing itself).
 fn load_initrds(
     mem: &GuestMemoryMmap,
-    initrds: &[PathBuf],
+    parts: Vec<InitrdPart>,
     kernel_end: u64,
     ceiling: u64,
 ) -> Result<Option<(u64, u64)>, BootError> {
-    if initrds.is_empty() {
+    if parts.is_empty() {
         return Ok(None);
     }
-    let mut files = Vec::with_capacity(initrds.len());
     let mut total: u64 = 0;
-    for path in initrds {
-        let f = open("initrd", path)?;
-        let len = f
-            .metadata()
-            .map_err(|source| BootError::Open {
-                what: "initrd",
-                path: path.clone(),
-                source,
-            })?
-            .len();
-        total = align_up(total, 4).and_then(|t| t.checked_add(len)).ok_or(
-            BootError::InitrdTooLarge {
+    for part in &parts {
+        total = align_up(total, 4)
+            .and_then(|t| t.checked_add(part.len))
+            .ok_or(BootError::InitrdTooLarge {
                 size: u64::MAX,
                 ceiling,
                 kernel_end,
-            },
-        )?;
-        files.push((f, len, path));
+            })?;
     }
     let too_large = BootError::InitrdTooLarge {
         size: total,
@@ -297,16 +404,20 @@ fn load_initrds(
         });
     }
     let mut at = start;
-    for (mut f, len, path) in files {
+    for mut part in parts {
         at = align_up(at, 4).ok_or(BootError::Memory("the initrd"))?;
-        let len_usize = usize::try_from(len).map_err(|_| BootError::Memory("the initrd"))?;
-        mem.read_exact_volatile_from(GuestAddress(at), &mut f, len_usize)
-            .map_err(|e| BootError::Open {
-                what: "initrd",
-                path: path.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
-        at += len;
+        let len_usize = usize::try_from(part.len).map_err(|_| BootError::Memory("the initrd"))?;
+        let read_err = |source: std::io::Error| BootError::Open {
+            what: "initrd",
+            path: part.path.clone(),
+            source,
+        };
+        part.file
+            .seek(SeekFrom::Start(part.offset))
+            .map_err(read_err)?;
+        mem.read_exact_volatile_from(GuestAddress(at), &mut part.file, len_usize)
+            .map_err(|e| read_err(std::io::Error::other(e.to_string())))?;
+        at += part.len;
     }
     Ok(Some((start, total)))
 }
