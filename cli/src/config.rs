@@ -317,7 +317,7 @@ impl Settings {
             (self.private_users.is_some(), "--private-users="),
             (self.binds.iter().any(|b| !b.read_only), "--bind="),
             (self.binds.iter().any(|b| b.read_only), "--bind-ro="),
-            ];
+        ];
         match refusals.iter().find(|(given, _)| *given) {
             Some((_, what)) => Err(Failure::unsupported(what)),
             None => Ok(()),
@@ -812,7 +812,11 @@ mod tests {
             .oem_strings()
             .unwrap_err();
         assert_eq!(f.errno, libc::ENOENT);
-        assert!(f.message.contains("'gone'") && f.message.contains("nope"), "{}", f.message);
+        assert!(
+            f.message.contains("'gone'") && f.message.contains("nope"),
+            "{}",
+            f.message
+        );
         fs::remove_dir_all(&dir).unwrap();
         let f = failure(&["--linux=/k", "--uuid=0123"]);
         assert_eq!(f.errno, EINVAL);
