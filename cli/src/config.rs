@@ -301,10 +301,7 @@ impl Settings {
         }
         let refusals = [
             (self.directory.is_some(), "--directory="),
-            // auto means "if available", and no vsock device exists yet, so auto and no
             // are both honoured; yes cannot be.
-            (self.vsock == Some(true), "--qemu-vsock=yes"),
-            (self.vsock_cid.is_some(), "--vsock-cid="),
             // Likewise auto means "use swtpm if found", and the TPM device does not
             // exist yet, which counts as swtpm unavailable.
             (self.tpm == Some(true), "--tpm=yes"),
@@ -468,6 +465,16 @@ impl Settings {
                 .collect(),
             uuid: self.uuid,
             oem_strings,
+            vsock: vmm::VsockConfig {
+                mode: match self.vsock {
+                    None => vmm::VsockMode::Auto,
+                    Some(true) => vmm::VsockMode::Yes,
+                    Some(false) => vmm::VsockMode::No,
+                },
+                cid: self.vsock_cid,
+                vhost_fd: None,
+            },
+            quiet: self.quiet,
         }
     }
 }
@@ -753,10 +760,8 @@ mod tests {
 
     #[test]
     fn unimplemented_options_are_refused() {
-        let cases: [(&[&str], &str); 13] = [
+        let cases: [(&[&str], &str); 11] = [
             (&["-D", "/srv/os"], "--directory="),
-            (&["--qemu-vsock=yes"], "--qemu-vsock=yes"),
-            (&["--vsock-cid=3"], "--vsock-cid="),
             (&["--tpm=yes"], "--tpm=yes"),
             (&["--qemu-gui"], "--qemu-gui"),
             (&["-n"], "--network-tap"),

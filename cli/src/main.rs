@@ -9,7 +9,6 @@ mod error;
 mod listen_fds;
 mod parse;
 
-use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 
 use args::Args;
@@ -36,9 +35,7 @@ fn main() -> ExitCode {
     };
 
     match prepare(args, passed) {
-        // The vsock device fd stays open for the whole run: the VM will need it once
-        // vsock exists.
-        Ok((config, _vhost_vsock)) => {
+        Ok(config) => {
             let outcome = vmm::run(config);
             if let Err(err) = &outcome {
                 eprintln!("rvmspawn: {}", error_chain(err));
@@ -53,12 +50,8 @@ fn main() -> ExitCode {
 }
 
 /// Everything between the command line and the VM; the status lines are printed here so
-/// that they only appear for a VM that is about to start. Also returns the passed
-/// vhost-vsock fd, if any.
-fn prepare(
-    args: Args,
-    passed: Result<ListenFds, Failure>,
-) -> Result<(vmm::VmConfig, Option<OwnedFd>), Failure> {
+/// that they only appear for a VM that is about to start.
+fn prepare(args: Args, passed: Result<ListenFds, Failure>) -> Result<vmm::VmConfig, Failure> {
     let host = Host::detect()?;
     let settings = Settings::from_args(args, &host)?;
     settings.check()?;
@@ -73,11 +66,12 @@ fn prepare(
         None => vmm::KvmSource::Open,
     };
     let quiet = settings.quiet;
-    let config = settings.into_vm_config(name, kvm, oem_strings);
+    let mut config = settings.into_vm_config(name, kvm, oem_strings);
+    config.vsock.vhost_fd = passed.vhost_vsock.take();
     if !quiet {
         eprint!("{}", status_lines(&config));
     }
-    Ok((config, passed.vhost_vsock.take()))
+    Ok(config)
 }
 
 /// vmspawn's two status lines, the first extended with the machine's size.
@@ -103,9 +97,9 @@ fn status_lines(config: &vmm::VmConfig) -> String {
 /// success, as in vmspawn: it returns the guest's EXIT_STATUS when the guest reports one
 /// over vsock (which does not exist here yet) and EXIT_SUCCESS otherwise, including after
 /// Ctrl-] and after shutting the guest down on SIGTERM.
-fn exit_code(outcome: &Result<vmm::VmExit, vmm::Error>) -> u8 {
+fn exit_code(outcome: &Result<vmm::RunOutcome, vmm::Error>) -> u8 {
     match outcome {
-        Ok(vmm::VmExit::PowerOff | vmm::VmExit::ConsoleKill | vmm::VmExit::Signal(_)) => 0,
+        Ok(o) => o.guest_exit_status.unwrap_or(0),
         Err(err) => errno_code(err.errno()),
     }
 }
@@ -145,7 +139,17 @@ mod tests {
             vmm::VmExit::ConsoleKill,
             vmm::VmExit::Signal(libc::SIGTERM),
         ] {
-            assert_eq!(exit_code(&Ok(exit)), 0, "{exit:?}");
+            let outcome = vmm::RunOutcome {
+                exit,
+                guest_exit_status: None,
+            };
+            assert_eq!(exit_code(&Ok(outcome)), 0, "{exit:?}");
+            // The guest's EXIT_STATUS= wins, however the VM ended.
+            let outcome = vmm::RunOutcome {
+                exit,
+                guest_exit_status: Some(42),
+            };
+            assert_eq!(exit_code(&Ok(outcome)), 42, "{exit:?}");
         }
     }
 
@@ -197,6 +201,8 @@ mod tests {
             disks: Vec::new(),
             uuid: None,
             oem_strings: Vec::new(),
+            vsock: vmm::VsockConfig::default(),
+            quiet: false,
         }
     }
 

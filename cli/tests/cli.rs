@@ -181,11 +181,9 @@ fn missing_kernel_exits_with_errno() {
 fn unimplemented_options_exit_eopnotsupp() {
     let kernel = TempFile::new("kernel-unsupported");
     let linux = kernel.linux_arg();
-    let cases: [(&[&str], &str); 13] = [
+    let cases: [(&[&str], &str); 11] = [
         (&["--directory=/srv/os"], "--directory="),
         (&["-D", "/srv/os"], "--directory="),
-        (&["--qemu-vsock=yes"], "--qemu-vsock"),
-        (&["--vsock-cid=3"], "--vsock-cid"),
         (&["--tpm=yes"], "--tpm"),
         (&["--qemu-gui"], "--qemu-gui"),
         (&["-n"], "--network-tap"),

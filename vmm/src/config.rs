@@ -44,6 +44,33 @@ pub struct VmConfig {
     /// SMBIOS type 11 (OEM) strings, in order: credentials, kernel command-line extras and the
     /// user's own, already in the form the guest's systemd reads.
     pub oem_strings: Vec<String>,
+    /// The guest's vsock device and the notify socket on it.
+    pub vsock: VsockConfig,
+    /// No status lines of our own (the guest's READY=1 is reported unless quiet).
+    pub quiet: bool,
+}
+
+/// Whether the guest gets a vsock device (`--qemu-vsock=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VsockMode {
+    /// When vhost-vsock is available.
+    #[default]
+    Auto,
+    /// Always; fail when it cannot be had.
+    Yes,
+    /// Never.
+    No,
+}
+
+/// vsock settings.
+#[derive(Debug, Default)]
+pub struct VsockConfig {
+    /// `--qemu-vsock=`.
+    pub mode: VsockMode,
+    /// `--vsock-cid=`; `None` derives one from the machine name as vmspawn does.
+    pub cid: Option<u32>,
+    /// An open vhost-vsock device passed in by the parent (fd name `vhost-vsock`).
+    pub vhost_fd: Option<OwnedFd>,
 }
 
 /// A disk image for the guest (virtio-blk).

@@ -12,10 +12,11 @@ mod machine;
 mod memory;
 mod pci;
 mod vcpu;
+mod vsock;
 mod x86_64;
 
 pub use boot::{SmbiosError, parse_uuid};
-pub use config::{DiskConfig, KvmSource, VmConfig};
+pub use config::{DiskConfig, KvmSource, VmConfig, VsockConfig, VsockMode};
 
 /// The command line every direct boot starts with; the user's arguments follow.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
@@ -67,6 +68,9 @@ pub enum Error {
     /// No root partition could be found on the root disk for a direct kernel boot.
     #[error(transparent)]
     Root(#[from] boot::GptError),
+    /// vsock was asked for and cannot be had, or the device refused its set-up.
+    #[error("{0}")]
+    Vsock(String, i32),
     /// The SMBIOS tables cannot be built (e.g. too much credential data).
     #[error(transparent)]
     Smbios(#[from] boot::SmbiosError),
@@ -92,6 +96,7 @@ impl Error {
             Error::Disk(e) => e.errno(),
             Error::Root(e) => e.errno(),
             Error::Smbios(e) => e.errno(),
+            Error::Vsock(_, errno) => *errno,
             // vmspawn reports a VMM that died abnormally as EPROTO.
             Error::Guest(_) => libc::EPROTO,
         }
@@ -109,8 +114,118 @@ pub enum VmExit {
     Signal(i32),
 }
 
+/// How a run ended, and the exit status the guest asked for over the notify socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunOutcome {
+    /// How the VM ended.
+    pub exit: VmExit,
+    /// The guest's `EXIT_STATUS=`, if it sent one.
+    pub guest_exit_status: Option<u8>,
+}
+
+/// Open vhost-vsock (or take the passed fd), give the guest its CID, and start the notify
+/// listener. `None` when vsock is off, or auto and unavailable.
+fn setup_vsock(
+    v: &mut VsockConfig,
+    name: &str,
+    quiet: bool,
+) -> Result<Option<(std::fs::File, u64, vsock::NotifyListener)>, Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if v.mode == VsockMode::No {
+        return Ok(None);
+    }
+    let file = match v.vhost_fd.take() {
+        Some(fd) => std::fs::File::from(fd),
+        None => match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open("/dev/vhost-vsock")
+        {
+            Ok(f) => f,
+            Err(_) if v.mode == VsockMode::Auto => return Ok(None),
+            Err(e) => {
+                return Err(Error::Vsock(
+                    format!(
+                        "--qemu-vsock=yes: cannot open /dev/vhost-vsock ({e}); a vsock device \
+                         without vhost-vsock is not implemented yet"
+                    ),
+                    e.raw_os_error().unwrap_or(libc::ENODEV),
+                ));
+            }
+        },
+    };
+    let set_cid = |cid: u64| -> std::io::Result<()> {
+        // SAFETY: the ioctl reads one u64 from `cid`, which lives for the call.
+        let r = unsafe {
+            vmm_sys_util::ioctl::ioctl_with_ref(
+                &file,
+                vhost::vhost_kern::vhost_binding::VHOST_VSOCK_SET_GUEST_CID(),
+                &cid,
+            )
+        };
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    let cid = match v.cid {
+        Some(cid) => {
+            set_cid(u64::from(cid)).map_err(|e| {
+                Error::Vsock(
+                    format!("Failed to set CID {cid} for the guest's vsock device: {e}"),
+                    e.raw_os_error().unwrap_or(libc::EIO),
+                )
+            })?;
+            u64::from(cid)
+        }
+        None => {
+            // vmspawn's order: 64 CIDs derived from the name, then 64 random ones.
+            let derived = (0..64).map(|i| vsock::cid_from_name(name, i));
+            let random = (0..64).map(|_| 3 + random_u64() % (u64::from(u32::MAX) - 4));
+            let mut chosen = None;
+            for cid in derived.chain(random) {
+                match set_cid(cid) {
+                    Ok(()) => {
+                        chosen = Some(cid);
+                        break;
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => continue,
+                    Err(e) => {
+                        return Err(Error::Vsock(
+                            format!("Failed to set a CID for the guest's vsock device: {e}"),
+                            e.raw_os_error().unwrap_or(libc::EIO),
+                        ));
+                    }
+                }
+            }
+            chosen.ok_or_else(|| {
+                Error::Vsock(
+                    "Failed to assign a CID to the guest vsock".into(),
+                    libc::EADDRNOTAVAIL,
+                )
+            })?
+        }
+    };
+    let listener = vsock::NotifyListener::start(Box::new(move || {
+        if !quiet {
+            eprint!("\r\nVM reported READY=1.\r\n");
+        }
+        vsock::notify_supervisor_ready();
+    }))?;
+    Ok(Some((file, cid, listener)))
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom writes at most 8 bytes into `b`.
+    unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    u64::from_ne_bytes(b)
+}
+
 /// Build the VM described by `config` and run it until it ends.
-pub fn run(config: VmConfig) -> Result<VmExit, Error> {
+pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
     let kvm = kvm::open(config.kvm)?;
     let max = MAX_VCPUS.min(u32::try_from(kvm.get_max_vcpus()).unwrap_or(MAX_VCPUS));
     if config.vcpus == 0 || config.vcpus > max {
@@ -128,7 +243,16 @@ pub fn run(config: VmConfig) -> Result<VmExit, Error> {
         oem_strings.push(format!("io.systemd.stub.kernel-cmdline-extra={extra}"));
         oem_strings.push(format!("io.systemd.boot.kernel-cmdline-extra={extra}"));
     }
-    oem_strings.extend(config.oem_strings);
+    oem_strings.extend(std::mem::take(&mut config.oem_strings));
+    let vsock = setup_vsock(&mut config.vsock, &config.name, config.quiet)?;
+    if let Some((_, _, listener)) = &vsock {
+        // The notify address, as the credential vmspawn passes (binary form, base64).
+        use base64::Engine;
+        oem_strings.push(format!(
+            "io.systemd.credential.binary:vmm.notify_socket={}",
+            base64::engine::general_purpose::STANDARD.encode(listener.address())
+        ));
+    }
     // Opened and locked once: a reboot keeps the lock.
     let mut disks = Vec::with_capacity(config.disks.len());
     let mut root_arg = None;
@@ -166,6 +290,16 @@ pub fn run(config: VmConfig) -> Result<VmExit, Error> {
             .uuid
             .unwrap_or_else(|| boot::uuid_from_name(&config.name)),
         oem_strings,
+        vsock: match &vsock {
+            Some((file, cid, _)) => Some((
+                std::sync::Arc::new(
+                    file.try_clone()
+                        .map_err(|e| Error::Host("vhost-vsock", e))?,
+                ),
+                *cid,
+            )),
+            None => None,
+        },
         name: config.name,
         memory: if config.shared_memory {
             memory::Backing::SharedMemfd
@@ -185,7 +319,12 @@ pub fn run(config: VmConfig) -> Result<VmExit, Error> {
         output.set_abandon(false);
         match outcome? {
             event_loop::Outcome::Reset => continue,
-            event_loop::Outcome::Exit(exit) => return Ok(exit),
+            event_loop::Outcome::Exit(exit) => {
+                return Ok(RunOutcome {
+                    exit,
+                    guest_exit_status: vsock.and_then(|(_, _, l)| l.state().exit_status),
+                });
+            }
         }
     }
 }

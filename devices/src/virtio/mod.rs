@@ -8,6 +8,7 @@
 pub mod block;
 pub mod pci;
 pub mod rng;
+pub mod vsock;
 mod worker;
 
 use std::sync::Arc;
@@ -36,6 +37,9 @@ pub enum VirtioError {
     /// A worker thread could not be started.
     #[error("cannot start a device thread: {0}")]
     Thread(std::io::Error),
+    /// The device's back end (e.g. vhost) refused the set-up.
+    #[error("device back end: {0}")]
+    Backend(String),
 }
 
 /// How a device raises interrupts; the transport decides which vector that means.
@@ -47,6 +51,11 @@ pub trait Interrupt: Send + Sync {
     /// The driver broke the device's rules (e.g. an impossible ring index): the device stops
     /// and asks for a reset.
     fn needs_reset(&self);
+    /// An eventfd that raises queue `index`'s interrupt directly (the MSI vector's irqfd),
+    /// for a back end in another context (vhost) to signal; `None` when the queue has none.
+    fn queue_irqfd(&self, _index: u16) -> Option<EventFd> {
+        None
+    }
 }
 
 /// A queue the driver has enabled, handed to the device when the driver is ready.

@@ -148,6 +148,17 @@ impl Interrupt for PciInterrupt {
         self.needs_reset.store(true, Ordering::SeqCst);
         self.config();
     }
+
+    fn queue_irqfd(&self, index: u16) -> Option<EventFd> {
+        let vector = self
+            .queue_vectors
+            .get(usize::from(index))?
+            .load(Ordering::SeqCst);
+        self.msix
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .irqfd(vector)
+    }
 }
 
 /// A virtio device on PCI.
