@@ -4,6 +4,9 @@
 #   guest/vmlinuz            Debian cloud kernel (bzImage), what rvmspawn boots
 #   guest/vmlinux            the ELF inside it (PVH note checked), for PVH boot
 #   guest/initramfs.cpio.gz  busybox + /init printing RVMSPAWN-* lines
+#                            + /bin/rvmspawn-guest
+#   guest/rvmspawn-guest     the static test program from guest-tools/ (notify,
+#                            vsock CID and streams); runs on the host side too
 #   testhost/vmlinuz         Debian generic kernel for the nested test host
 #   testhost/vmlinux         the ELF inside it, which testhost.sh boots (PVH)
 #   testhost/initramfs.cpio.gz  busybox + kvm-amd, vhost, 9p... + /init
@@ -11,10 +14,13 @@
 #                               plus Debian's fio and its libraries, for
 #                               bench-blk.sh; uncompressed (see build_bench_blk)
 # Idempotent: each asset has a stamp recording the kernel version and a hash
-# of the inputs (these scripts), and is rebuilt only when the stamp differs.
+# of the inputs (these scripts; for the guest also guest-tools/), and is
+# rebuilt only when the stamp differs.
 # Kernel versions come from the meta packages, so a Debian point release is
-# picked up by itself. Needs the packages in scripts/packages.txt and a
-# working `apt-get download` (after apt-get update) the first time.
+# picked up by itself. Needs the packages in scripts/packages.txt, a
+# working `apt-get download` (after apt-get update) the first time, and cargo
+# (with the x86_64-unknown-linux-gnu target and glibc's static libc.a, which
+# libc6-dev has) for rvmspawn-guest.
 #
 # Options: -q           quiet (only errors); used by testhost.sh on every run.
 #          --bench-blk  also build bench-blk/ (needs fio installed).
@@ -42,10 +48,11 @@ die() { echo "assets: error: $*" >&2; exit 1; }
 TESTHOST_MODULES=(virtio_pci 9pnet_virtio 9p kvm kvm_amd tun vhost_net vhost_vsock
     bridge veth overlay)
 # Modules of the cloud kernel for the guest initramfs: virtio over PCI, the
-# block device and the entropy source (all =m in Debian's cloud kernel; virtio,
-# virtio_ring and the virtio-pci libraries come as dependencies). Later
-# candidates: virtio_net vmw_vsock_virtio_transport virtiofs.
-GUEST_MODULES=(virtio_pci virtio_blk virtio_rng)
+# block device, the entropy source and virtio-vsock (all =m in Debian's cloud
+# kernel; virtio, virtio_ring, the virtio-pci libraries, vsock and
+# vmw_vsock_virtio_transport_common come as dependencies). Later candidates:
+# virtio_net virtiofs.
+GUEST_MODULES=(virtio_pci virtio_blk virtio_rng vmw_vsock_virtio_transport)
 
 mkdir -p "$assets"
 # Serialise concurrent callers (two testhost.sh runs at once) on a lock.
@@ -87,6 +94,12 @@ generic_kver=$generic_base-amd64
 inputs_hash=$(cat "$scripts/assets.sh" "$scripts/extract-vmlinux.py" \
     "$scripts/initramfs/guest-init" "$scripts/initramfs/testhost-init" |
     sha256sum | cut -c1-16)
+
+# The guest initramfs also holds rvmspawn-guest, built from guest-tools/.
+guest_tools=$root/guest-tools
+tools_hash=$(cd "$guest_tools" && find Cargo.toml Cargo.lock src -type f | LC_ALL=C sort |
+    xargs sha256sum | sha256sum | cut -c1-16)
+guest_hash=$(echo "$inputs_hash $tools_hash" | sha256sum | cut -c1-16)
 
 # A stamp holds the kernel version and the hash of the inputs it was built from.
 stamp_ok() { # NAME KVER [HASH]
@@ -189,10 +202,41 @@ pack_initramfs() { # DIR OUT [COMPRESSOR...]  (default gzip -9n)
     mv "$out.tmp" "$out"
 }
 
+# --- guest test program --------------------------------------------------------
+# rvmspawn-guest (guest-tools/, a cargo workspace of its own, no dependencies):
+# linked statically against glibc so that it runs in the busybox initramfs,
+# which has no C library. Cargo's target directory is .cache/guest-tools/; the
+# binary is kept as guest/rvmspawn-guest. A no-op when guest-tools/ is unchanged.
+build_guest_tools() {
+    local bin=$assets/guest/rvmspawn-guest target=$root/.cache/guest-tools built quiet_flag=()
+    if stamp_ok guest-tools static "$tools_hash" && [ -x "$bin" ]; then
+        return
+    fi
+    command -v cargo >/dev/null ||
+        die "cargo is not installed; the guest initramfs needs rvmspawn-guest built from guest-tools/"
+    log "building rvmspawn-guest (guest-tools/, static)"
+    [ "$quiet" = 1 ] && quiet_flag=(--quiet)
+    # RUSTFLAGS replaces, and CARGO_ENCODED_RUSTFLAGS would override, any
+    # flags from the caller's environment.
+    (cd "$guest_tools" &&
+        env -u CARGO_ENCODED_RUSTFLAGS RUSTFLAGS='-C target-feature=+crt-static' \
+            cargo build "${quiet_flag[@]}" --release --locked \
+            --target x86_64-unknown-linux-gnu --target-dir "$target") >&2 ||
+        die "cargo build of guest-tools/ failed"
+    built=$target/x86_64-unknown-linux-gnu/release/rvmspawn-guest
+    # ldd says "statically linked" for a static PIE, "not a dynamic executable"
+    # for a static non-PIE binary.
+    ldd "$built" 2>&1 | grep -Eq 'statically linked|not a dynamic executable' ||
+        die "$built is dynamically linked (RUSTFLAGS not applied?)"
+    mkdir -p "$assets/guest"
+    install_file "$built" "$bin"
+    stamp_set guest-tools static "$tools_hash"
+}
+
 # --- guest --------------------------------------------------------------------
 build_guest() {
     local dir=$assets/guest work=$assets/work/guest
-    if stamp_ok guest "$cloud_kver" && [ -f "$dir/initramfs.cpio.gz" ]; then
+    if stamp_ok guest "$cloud_kver" "$guest_hash" && [ -f "$dir/initramfs.cpio.gz" ]; then
         return
     fi
     unpack_kernel "$cloud_kver"
@@ -211,13 +255,14 @@ build_guest() {
     pack_initramfs "$work" "$dir/initramfs.cpio.gz"
     rm -rf "$work"
     echo "$cloud_kver" >"$dir/kernel-version"
-    stamp_set guest "$cloud_kver"
+    stamp_set guest "$cloud_kver" "$guest_hash"
 }
 
-# The guest initramfs tree: busybox, /init, GUEST_MODULES.
+# The guest initramfs tree: busybox, /init, rvmspawn-guest, GUEST_MODULES.
 guest_tree() { # DIR
     init_tree "$1"
     install -m 755 "$scripts/initramfs/guest-init" "$1/init"
+    install -m 755 "$assets/guest/rvmspawn-guest" "$1/bin/rvmspawn-guest"
     if [ "${#GUEST_MODULES[@]}" -gt 0 ]; then
         add_modules "$1" "$cloud_kver" "${GUEST_MODULES[@]}"
     fi
@@ -238,7 +283,7 @@ build_bench_blk() {
     [ -n "$libs" ] || die "ldd lists no libraries for $fio"
     # Rebuilt when the scripts, fio or any of its libraries change.
     # shellcheck disable=SC2086 # one path per word
-    hash=$( { echo "$inputs_hash"; stat -L -c '%n %s %Y' "$fio" $libs; } | sha256sum | cut -c1-16)
+    hash=$( { echo "$guest_hash"; stat -L -c '%n %s %Y' "$fio" $libs; } | sha256sum | cut -c1-16)
     if stamp_ok bench-blk "$cloud_kver" "$hash" && [ -f "$dir/initramfs.cpio" ]; then
         return
     fi
@@ -292,6 +337,7 @@ build_testhost() {
     stamp_set testhost "$generic_kver"
 }
 
+build_guest_tools
 build_guest
 build_testhost
 [ "$bench_blk" = 0 ] || build_bench_blk

@@ -1,0 +1,403 @@
+//! rvmspawn-guest: a test program for the guest initramfs of rvmspawn's integration tests
+//! (`scripts/initramfs/guest-init` runs it; `scripts/assets.sh` builds it static). It prints
+//! `RVMSPAWN-KEY=value` lines on stdout, as the rest of the guest's `/init` does, and exits 0
+//! when what it was asked to do worked, 1 when not (the line says why), 2 on a usage error.
+//!
+//! ```text
+//! rvmspawn-guest notify [--exit-status N] [--no-ready] [--message TEXT]... [--one-connection]
+//!                       [--no-newline] [--address ADDR] [--entries DIR]
+//! rvmspawn-guest cid
+//! rvmspawn-guest stream-send --cid C --port P --bytes N [--seed S] [--timeout SECS]
+//! rvmspawn-guest stream-recv --port P [--bytes N] [--timeout SECS]
+//! rvmspawn-guest stream-hash --bytes N [--seed S]
+//! ```
+//!
+//! It runs on the host side too (it only needs AF_VSOCK), e.g. as the peer of the guest's
+//! `stream-send`/`stream-recv` in the test host.
+
+mod notify;
+mod sha256;
+mod stream;
+mod sys;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use sys::Vsock;
+
+const USAGE: &str = "usage:
+  rvmspawn-guest notify [--exit-status N] [--no-ready] [--message TEXT]... [--one-connection]
+                        [--no-newline] [--address ADDR] [--entries DIR]
+  rvmspawn-guest cid
+  rvmspawn-guest stream-send --cid C --port P --bytes N [--seed S] [--timeout SECS]
+  rvmspawn-guest stream-recv --port P [--bytes N] [--timeout SECS]
+  rvmspawn-guest stream-hash --bytes N [--seed S]
+(N may end in K, M or G: powers of 1024)";
+
+/// Default for `--timeout`: how long to wait for a peer, and for each read or write.
+const DEFAULT_TIMEOUT_SECS: u64 = 60;
+
+/// Command-line options: `--name VALUE`, `--name=VALUE` or a bare `--flag`, in order.
+struct Options(Vec<(String, Option<String>)>);
+
+impl Options {
+    /// `valued` options take a value, `flags` do not; anything else is a usage error.
+    fn parse(args: &[String], valued: &[&str], flags: &[&str]) -> Result<Options, String> {
+        let mut out = Vec::new();
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            let Some(name) = arg.strip_prefix("--") else {
+                return Err(format!("unexpected argument '{arg}'"));
+            };
+            let (name, inline) = match name.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_string())),
+                None => (name, None),
+            };
+            if valued.contains(&name) {
+                let value = match inline {
+                    Some(v) => v,
+                    None => it
+                        .next()
+                        .cloned()
+                        .ok_or_else(|| format!("--{name} needs a value"))?,
+                };
+                out.push((name.to_string(), Some(value)));
+            } else if flags.contains(&name) && inline.is_none() {
+                out.push((name.to_string(), None));
+            } else {
+                return Err(format!("unknown option '{arg}'"));
+            }
+        }
+        Ok(Options(out))
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|(n, _)| n == name)
+    }
+
+    /// Every value of a repeatable option, in order.
+    fn all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(n, _)| n == name)
+            .filter_map(|(_, v)| v.as_deref())
+            .collect()
+    }
+
+    /// The last value given.
+    fn get(&self, name: &str) -> Option<&str> {
+        self.all(name).pop()
+    }
+
+    fn number(&self, name: &str) -> Result<Option<u64>, String> {
+        self.get(name)
+            .map(|v| parse_size(v).ok_or_else(|| format!("--{name}: not a number: '{v}'")))
+            .transpose()
+    }
+
+    fn required(&self, name: &str) -> Result<u64, String> {
+        self.number(name)?
+            .ok_or_else(|| format!("--{name} is required"))
+    }
+
+    fn port_or_cid(&self, name: &str) -> Result<u32, String> {
+        u32::try_from(self.required(name)?).map_err(|_| format!("--{name} is out of range"))
+    }
+
+    fn timeout(&self) -> Result<Duration, String> {
+        Ok(Duration::from_secs(
+            self.number("timeout")?.unwrap_or(DEFAULT_TIMEOUT_SECS),
+        ))
+    }
+}
+
+/// A decimal number, optionally with a K, M or G suffix (powers of 1024), or 0x-hex.
+fn parse_size(s: &str) -> Option<u64> {
+    if let Some(hex) = s.strip_prefix("0x") {
+        return u64::from_str_radix(hex, 16).ok();
+    }
+    let (digits, shift) = match s.as_bytes().last()? {
+        b'K' | b'k' => (&s[..s.len() - 1], 10),
+        b'M' | b'm' => (&s[..s.len() - 1], 20),
+        b'G' | b'g' => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
+/// Print one status line at once (the console is shared with the kernel and other programs).
+fn line(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
+    let _ = out.flush();
+}
+
+fn status(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `notify`: send what systemd in a guest sends its VMM over the `vmm.notify_socket` address.
+/// Every message is its own connection (connect, write, close), as sd_notify does on a stream
+/// socket, unless `--one-connection`.
+fn cmd_notify(opts: &Options) -> Result<ExitCode, String> {
+    let newline = if opts.has("no-newline") { "" } else { "\n" };
+    let mut messages = Vec::new();
+    if !opts.has("no-ready") {
+        messages.push(format!("READY=1{newline}"));
+    }
+    for m in opts.all("message") {
+        messages.push(format!("{m}{newline}"));
+    }
+    if let Some(n) = opts.get("exit-status") {
+        let n: u32 = n
+            .parse()
+            .map_err(|_| format!("--exit-status: not a number: '{n}'"))?;
+        messages.push(format!("EXIT_STATUS={n}{newline}"));
+    }
+    let address = match opts.get("address") {
+        Some(a) => Ok(a.as_bytes().to_vec()),
+        None => notify::find_credential(
+            Path::new(opts.get("entries").unwrap_or("/sys/firmware/dmi/entries")),
+            notify::CREDENTIAL,
+        ),
+    };
+    let address = match address {
+        Ok(a) => a,
+        Err(e) => {
+            line("RVMSPAWN-NOTIFY-ADDR=missing");
+            line(&format!("RVMSPAWN-NOTIFY=fail:{e}"));
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    // systemd reads the credential as it is; a trailing newline would be part of it, but is
+    // easy to pass by mistake (echo), so it is tolerated here.
+    let text = String::from_utf8_lossy(&address);
+    let text = text.trim_end_matches(['\n', '\r']);
+    line(&format!(
+        "RVMSPAWN-NOTIFY-ADDR={}",
+        notify::printable(text.as_bytes())
+    ));
+    let result = notify::parse_address(text).and_then(|(ty, cid, port)| {
+        let connect = || {
+            Vsock::connect(ty, cid, port, None).map_err(|e| format!("connect to {cid}:{port}: {e}"))
+        };
+        let write = |sock: &mut Vsock, m: &str| {
+            sock.write_all(m.as_bytes())
+                .map_err(|e| format!("write {}: {e}", notify::printable(m.as_bytes())))
+        };
+        if opts.has("one-connection") {
+            let mut sock = connect()?;
+            for m in &messages {
+                write(&mut sock, m)?;
+            }
+        } else {
+            for m in &messages {
+                write(&mut connect()?, m)?;
+            }
+        }
+        Ok(())
+    });
+    match result {
+        Ok(()) => {
+            line("RVMSPAWN-NOTIFY=ok");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            line(&format!("RVMSPAWN-NOTIFY=fail:{e}"));
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `cid`: the guest's own CID, as `IOCTL_VM_SOCKETS_GET_LOCAL_CID` on `/dev/vsock` gives it.
+fn cmd_cid() -> ExitCode {
+    match sys::local_cid() {
+        Ok(Some(cid)) => {
+            line(&format!("RVMSPAWN-VSOCK-CID={cid}"));
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            line("RVMSPAWN-VSOCK-CID=missing");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            line(&format!("RVMSPAWN-VSOCK-CID=fail:{e}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn cmd_stream_send(opts: &Options) -> Result<ExitCode, String> {
+    let cid = opts.port_or_cid("cid")?;
+    let port = opts.port_or_cid("port")?;
+    let bytes = opts.required("bytes")?;
+    let seed = opts.number("seed")?.unwrap_or(stream::DEFAULT_SEED);
+    match stream::send(cid, port, bytes, seed, opts.timeout()?) {
+        Ok(s) => {
+            line(&format!("RVMSPAWN-STREAM-SENT={} {}", s.bytes, s.sha256));
+            line(&format!(
+                "RVMSPAWN-STREAM-SEND-RATE={} {}",
+                stream::rate(s.bytes, s.elapsed),
+                s.elapsed.as_millis()
+            ));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            line(&format!("RVMSPAWN-STREAM-SENT=fail:{e}"));
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn cmd_stream_recv(opts: &Options) -> Result<ExitCode, String> {
+    let port = opts.port_or_cid("port")?;
+    let expect = opts.number("bytes")?;
+    let result = stream::recv(port, opts.timeout()?, || {
+        line(&format!("RVMSPAWN-STREAM-LISTENING={port}"));
+    });
+    match result {
+        Ok(r) => {
+            line(&format!(
+                "RVMSPAWN-STREAM-RECV-PEER={}:{}",
+                r.peer_cid, r.peer_port
+            ));
+            let ok = expect.is_none_or(|n| n == r.bytes);
+            if ok {
+                line(&format!("RVMSPAWN-STREAM-RECV={} {}", r.bytes, r.sha256));
+            } else {
+                line(&format!(
+                    "RVMSPAWN-STREAM-RECV=fail:got {} bytes, expected {} (sha256 {})",
+                    r.bytes,
+                    expect.unwrap_or_default(),
+                    r.sha256
+                ));
+            }
+            line(&format!(
+                "RVMSPAWN-STREAM-RECV-RATE={} {}",
+                stream::rate(r.bytes, r.elapsed),
+                r.elapsed.as_millis()
+            ));
+            Ok(status(ok))
+        }
+        Err(e) => {
+            line(&format!("RVMSPAWN-STREAM-RECV=fail:{e}"));
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `stream-hash`: the SHA-256 that `stream-send` reports for the same size and seed, without
+/// sending anything (for the host side of a test, and to time the hashing alone).
+fn cmd_stream_hash(opts: &Options) -> Result<ExitCode, String> {
+    let bytes = opts.required("bytes")?;
+    let seed = opts.number("seed")?.unwrap_or(stream::DEFAULT_SEED);
+    let start = std::time::Instant::now();
+    let sha256 = stream::hash(bytes, seed);
+    let elapsed = start.elapsed();
+    line(&format!("RVMSPAWN-STREAM-HASH={bytes} {sha256}"));
+    line(&format!(
+        "RVMSPAWN-STREAM-HASH-RATE={} {}",
+        stream::rate(bytes, elapsed),
+        elapsed.as_millis()
+    ));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run(args: &[String]) -> Result<ExitCode, String> {
+    let Some((cmd, rest)) = args.split_first() else {
+        return Err("no command".into());
+    };
+    match cmd.as_str() {
+        "notify" => cmd_notify(&Options::parse(
+            rest,
+            &["exit-status", "message", "address", "entries"],
+            &["no-ready", "one-connection", "no-newline"],
+        )?),
+        "cid" => {
+            Options::parse(rest, &[], &[])?;
+            Ok(cmd_cid())
+        }
+        "stream-send" => cmd_stream_send(&Options::parse(
+            rest,
+            &["cid", "port", "bytes", "seed", "timeout"],
+            &[],
+        )?),
+        "stream-recv" => {
+            cmd_stream_recv(&Options::parse(rest, &["port", "bytes", "timeout"], &[])?)
+        }
+        "stream-hash" => cmd_stream_hash(&Options::parse(rest, &["bytes", "seed"], &[])?),
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        other => Err(format!("unknown command '{other}'")),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rvmspawn-guest: {e}\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn options() {
+        let o = Options::parse(
+            &args(&[
+                "--port",
+                "5",
+                "--bytes=64M",
+                "--message",
+                "A",
+                "--message=B",
+                "--x",
+            ]),
+            &["port", "bytes", "message"],
+            &["x"],
+        )
+        .unwrap();
+        assert_eq!(o.required("port"), Ok(5));
+        assert_eq!(o.required("bytes"), Ok(64 << 20));
+        assert_eq!(o.all("message"), vec!["A", "B"]);
+        assert!(o.has("x"));
+        assert!(o.required("cid").is_err());
+        assert!(Options::parse(&args(&["--port"]), &["port"], &[]).is_err());
+        assert!(Options::parse(&args(&["--nope"]), &["port"], &[]).is_err());
+        assert!(Options::parse(&args(&["--x=1"]), &[], &["x"]).is_err());
+        assert!(Options::parse(&args(&["plain"]), &[], &[]).is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("67108864"), Some(67108864));
+        assert_eq!(parse_size("64M"), Some(67108864));
+        assert_eq!(parse_size("1k"), Some(1024));
+        assert_eq!(parse_size("2G"), Some(2 << 30));
+        assert_eq!(parse_size("0x10"), Some(16));
+        for bad in ["", "M", "-1", "1.5M", "1T", "99999999999999999999G"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! AF_VSOCK sockets through the C library's socket calls (std has no vsock), declared here so
+//! that the program needs no crates. x86_64 Linux values throughout (the only target the guest
+//! runs).
+
+use std::ffi::{c_int, c_ulong, c_void};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+const AF_VSOCK: c_int = 40;
+const SOCK_STREAM: c_int = 1;
+const SOCK_SEQPACKET: c_int = 5;
+const SOCK_CLOEXEC: c_int = 0o2_000_000;
+const SOL_SOCKET: c_int = 1;
+/// `SO_RCVTIMEO`/`SO_SNDTIMEO` with a `struct timeval` (the `_OLD` numbers, which are the 64-bit
+/// ones on x86_64). vsock's `accept`, `recv` and `send` honour them.
+const SO_RCVTIMEO: c_int = 20;
+const SO_SNDTIMEO: c_int = 21;
+/// `SO_VM_SOCKETS_CONNECT_TIMEOUT` (level `AF_VSOCK`, `struct timeval`; the kernel's default
+/// is 2 s).
+const SO_VM_SOCKETS_CONNECT_TIMEOUT: c_int = 6;
+const SHUT_WR: c_int = 1;
+/// `IOCTL_VM_SOCKETS_GET_LOCAL_CID` on `/dev/vsock`: `_IO(7, 0xb9)`.
+const IOCTL_VM_SOCKETS_GET_LOCAL_CID: c_ulong = 0x7b9;
+
+/// Any CID (for bind), and what the CID ioctl answers when there is no vsock device.
+pub const VMADDR_CID_ANY: u32 = u32::MAX;
+
+/// `struct sockaddr_vm` from `<linux/vm_sockets.h>`.
+#[repr(C)]
+#[derive(Default)]
+struct SockaddrVm {
+    svm_family: u16,
+    svm_reserved1: u16,
+    svm_port: u32,
+    svm_cid: u32,
+    svm_flags: u8,
+    svm_zero: [u8; 3],
+}
+
+const _: () = assert!(size_of::<SockaddrVm>() == 16);
+
+/// `struct timeval` on x86_64.
+#[repr(C)]
+struct Timeval {
+    tv_sec: i64,
+    tv_usec: i64,
+}
+
+unsafe extern "C" {
+    fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int;
+    fn connect(fd: c_int, addr: *const SockaddrVm, len: u32) -> c_int;
+    fn bind(fd: c_int, addr: *const SockaddrVm, len: u32) -> c_int;
+    fn listen(fd: c_int, backlog: c_int) -> c_int;
+    fn accept4(fd: c_int, addr: *mut SockaddrVm, len: *mut u32, flags: c_int) -> c_int;
+    fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: u32) -> c_int;
+    fn shutdown(fd: c_int, how: c_int) -> c_int;
+    fn ioctl(fd: c_int, request: c_ulong, ...) -> c_int;
+}
+
+/// The socket types a notify address can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SockType {
+    Stream,
+    SeqPacket,
+}
+
+fn check(ret: c_int) -> io::Result<c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn addr(cid: u32, port: u32) -> SockaddrVm {
+    SockaddrVm {
+        svm_family: AF_VSOCK as u16,
+        svm_port: port,
+        svm_cid: cid,
+        ..Default::default()
+    }
+}
+
+/// A connected vsock socket; reads and writes go through `File`, whose `read`/`write` are
+/// plain read(2)/write(2).
+pub struct Vsock {
+    file: File,
+}
+
+impl Vsock {
+    fn new(ty: SockType) -> io::Result<Vsock> {
+        let ty = match ty {
+            SockType::Stream => SOCK_STREAM,
+            SockType::SeqPacket => SOCK_SEQPACKET,
+        };
+        // SAFETY: no pointers; the result is checked.
+        let fd = check(unsafe { socket(AF_VSOCK, ty | SOCK_CLOEXEC, 0) })?;
+        // SAFETY: `fd` is a new socket that nothing else owns.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Vsock {
+            file: File::from(owned),
+        })
+    }
+
+    fn set_timeval(&self, level: c_int, name: c_int, timeout: Duration) -> io::Result<()> {
+        let tv = Timeval {
+            tv_sec: timeout.as_secs().min(i64::MAX as u64) as i64,
+            tv_usec: i64::from(timeout.subsec_micros()),
+        };
+        // SAFETY: `tv` is a live `struct timeval` of the size passed; the kernel only reads it.
+        check(unsafe {
+            setsockopt(
+                self.file.as_raw_fd(),
+                level,
+                name,
+                (&raw const tv).cast(),
+                size_of::<Timeval>() as u32,
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Reads and writes (and `accept` on a listener) fail with `WouldBlock` after `timeout`
+    /// without progress.
+    pub fn set_timeouts(&self, timeout: Duration) -> io::Result<()> {
+        self.set_timeval(SOL_SOCKET, SO_RCVTIMEO, timeout)?;
+        self.set_timeval(SOL_SOCKET, SO_SNDTIMEO, timeout)
+    }
+
+    /// Connect to `cid:port`. `connect_timeout` replaces the kernel's 2 s.
+    pub fn connect(
+        ty: SockType,
+        cid: u32,
+        port: u32,
+        connect_timeout: Option<Duration>,
+    ) -> io::Result<Vsock> {
+        let sock = Vsock::new(ty)?;
+        if let Some(t) = connect_timeout {
+            sock.set_timeval(AF_VSOCK, SO_VM_SOCKETS_CONNECT_TIMEOUT, t)?;
+        }
+        let sa = addr(cid, port);
+        // SAFETY: `sa` is a valid sockaddr_vm of the length passed; the kernel only reads it.
+        check(unsafe { connect(sock.file.as_raw_fd(), &sa, size_of::<SockaddrVm>() as u32) })?;
+        Ok(sock)
+    }
+
+    /// A stream socket listening on `cid:port` (`VMADDR_CID_ANY` for any).
+    pub fn listen(cid: u32, port: u32) -> io::Result<Vsock> {
+        let sock = Vsock::new(SockType::Stream)?;
+        let sa = addr(cid, port);
+        // SAFETY: `sa` is a valid sockaddr_vm of the length passed; the kernel only reads it.
+        check(unsafe { bind(sock.file.as_raw_fd(), &sa, size_of::<SockaddrVm>() as u32) })?;
+        // SAFETY: no pointers; the result is checked.
+        check(unsafe { listen(sock.file.as_raw_fd(), 1) })?;
+        Ok(sock)
+    }
+
+    /// Accept one connection; returns it with the peer's CID and port.
+    pub fn accept(&self) -> io::Result<(Vsock, u32, u32)> {
+        let mut sa = SockaddrVm::default();
+        let mut len = size_of::<SockaddrVm>() as u32;
+        // SAFETY: `sa` and `len` are live and writable, `len` holds the size of `sa`.
+        let fd = check(unsafe { accept4(self.file.as_raw_fd(), &mut sa, &mut len, SOCK_CLOEXEC) })?;
+        // SAFETY: `fd` is a new socket that nothing else owns.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok((
+            Vsock {
+                file: File::from(owned),
+            },
+            sa.svm_cid,
+            sa.svm_port,
+        ))
+    }
+
+    /// No more writes: the peer reads end-of-file once it has everything sent before.
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        // SAFETY: no pointers; the result is checked.
+        check(unsafe { shutdown(self.file.as_raw_fd(), SHUT_WR) })?;
+        Ok(())
+    }
+}
+
+impl Read for Vsock {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.file.read(buf)
+    }
+}
+
+impl Write for Vsock {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The guest's own CID from `/dev/vsock`: `Ok(None)` when there is no vsock device (no
+/// `/dev/vsock`, or the ioctl answers `VMADDR_CID_ANY` because no transport has a device).
+pub fn local_cid() -> io::Result<Option<u32>> {
+    let dev = match File::open("/dev/vsock") {
+        Ok(f) => f,
+        Err(e) if matches!(e.raw_os_error(), Some(2 | 6 | 19)) => return Ok(None), // ENOENT, ENXIO, ENODEV
+        Err(e) => return Err(e),
+    };
+    let mut cid: u32 = VMADDR_CID_ANY;
+    // SAFETY: this ioctl writes one u32 through the pointer, which points at `cid`.
+    check(unsafe {
+        ioctl(
+            dev.as_raw_fd(),
+            IOCTL_VM_SOCKETS_GET_LOCAL_CID,
+            &raw mut cid,
+        )
+    })?;
+    Ok((cid != VMADDR_CID_ANY).then_some(cid))
+}
