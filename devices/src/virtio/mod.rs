@@ -9,6 +9,7 @@ pub mod block;
 pub mod pci;
 pub mod rng;
 pub mod vsock;
+pub mod vsock_user;
 mod worker;
 
 use std::sync::Arc;
