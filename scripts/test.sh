@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --release -- -D warnings
+# The guest test program is a workspace of its own (a static binary for the guest).
+cargo fmt --manifest-path guest-tools/Cargo.toml --all -- --check
+cargo clippy --manifest-path guest-tools/Cargo.toml --all-targets --release -- -D warnings
 cargo build --release
 scripts/assets.sh
 log=$(mktemp)
@@ -15,6 +18,8 @@ trap 'rm -f "$log"' EXIT
 set +e
 cargo test --workspace --release 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
+cargo test --manifest-path guest-tools/Cargo.toml --release 2>&1 | tee -a "$log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
 set -e
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"

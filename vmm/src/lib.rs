@@ -244,8 +244,12 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
         oem_strings.push(format!("io.systemd.boot.kernel-cmdline-extra={extra}"));
     }
     oem_strings.extend(std::mem::take(&mut config.oem_strings));
+    // A notify socket the user set themselves wins; then ours is not offered.
+    let user_notify = oem_strings
+        .iter()
+        .any(|s| s.starts_with("io.systemd.credential.binary:vmm.notify_socket="));
     let vsock = setup_vsock(&mut config.vsock, &config.name, config.quiet)?;
-    if let Some((_, _, listener)) = &vsock {
+    if let Some((_, _, listener)) = vsock.as_ref().filter(|_| !user_notify) {
         // The notify address, as the credential vmspawn passes (binary form, base64).
         use base64::Engine;
         oem_strings.push(format!(
@@ -322,7 +326,7 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
             event_loop::Outcome::Exit(exit) => {
                 return Ok(RunOutcome {
                     exit,
-                    guest_exit_status: vsock.and_then(|(_, _, l)| l.state().exit_status),
+                    guest_exit_status: vsock.and_then(|(_, _, l)| l.finish().exit_status),
                 });
             }
         }

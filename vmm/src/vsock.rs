@@ -99,6 +99,13 @@ impl NotifyListener {
         if unsafe { libc::bind(fd, (&raw const addr).cast(), len) } < 0 {
             return Err(os_err("vsock notify bind"));
         }
+        // Non-blocking for certain (accept must never wait once the VM is gone), whatever the
+        // socket family makes of SOCK_NONBLOCK.
+        // SAFETY: fcntl on our own descriptor.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
         // SAFETY: listen on our socket.
         if unsafe { libc::listen(fd, 16) } < 0 {
             return Err(os_err("vsock notify listen"));
@@ -135,8 +142,13 @@ impl NotifyListener {
         format!("vsock-stream:{HOST_CID}:{}", self.port)
     }
 
-    /// What the guest has said so far.
-    pub fn state(&self) -> NotifyState {
+    /// Stop listening, after reading every connection already made (a guest's last
+    /// `EXIT_STATUS=` may arrive just before it powers off), and return what the guest said.
+    pub fn finish(mut self) -> NotifyState {
+        let _ = self.stop.write(1);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
         self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
@@ -165,8 +177,14 @@ fn serve(
         if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
             continue;
         }
-        if fds[0].revents != 0 {
-            return;
+        // The stop eventfd is never read, so once set every later poll sees it: connections
+        // already waiting are still served, then the thread ends.
+        let stopping = fds[0].revents != 0;
+        if fds[1].revents & libc::POLLIN == 0 {
+            if stopping {
+                return;
+            }
+            continue;
         }
         // SAFETY: accept on our listening socket without an address.
         let conn = unsafe {
@@ -178,13 +196,10 @@ fn serve(
             )
         };
         if conn < 0 {
-            match std::io::Error::last_os_error().raw_os_error() {
-                Some(libc::EINTR | libc::ECONNABORTED | libc::EAGAIN) => {
-                    continue;
-                }
-                // Shut down (EINVAL) or anything else: stop listening.
-                _ => return,
+            if stopping {
+                return;
             }
+            continue;
         }
         // SAFETY: `conn` is a new connected socket nobody else owns.
         let conn = unsafe { OwnedFd::from_raw_fd(conn) };
