@@ -234,6 +234,9 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
             max,
         });
     }
+    // Termination signals are blocked (and read from a signalfd) from here on, before anything
+    // that takes time or holds resources, so an early SIGTERM still ends the run cleanly.
+    let mut console = event_loop::Console::new()?;
     // A UKI brings its own command line and initrds; vmspawn also hands the extra arguments to
     // its stub and boot loader as SMBIOS strings, which systemd in the guest may read.
     let uki = boot::x86_64::loader::uki_info(&config.kernel)?;
@@ -311,7 +314,6 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
             memory::Backing::Private
         },
     };
-    let mut console = event_loop::Console::new()?;
     // Declared after `console`, so dropped (and drained) before the terminal is restored.
     let output = console::ConsoleOutput::start(Box::new(std::io::stdout()))
         .map_err(|e| Error::Host("console output thread", e))?;
