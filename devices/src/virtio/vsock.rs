@@ -69,13 +69,20 @@ fn vhost_err(what: &'static str) -> impl Fn(vhost::Error) -> VsockError {
 }
 
 impl VhostHandle {
-    /// Take over an open vhost-vsock file and claim it for this process.
+    /// Take over an open vhost-vsock file and claim it for this process. vhost-vsock has no
+    /// VHOST_RESET_OWNER, so one device (one open file) serves the whole run: after a guest
+    /// reboot the next machine finds it already owned by us (EBUSY) and simply programs it
+    /// again with the new memory and rings.
     pub fn new(fd: File, mem: GuestMemoryMmap) -> Result<VhostHandle, VsockError> {
         let h = VhostHandle {
             fd,
             mem: Arc::new(mem),
         };
-        h.set_owner().map_err(vhost_err("VHOST_SET_OWNER"))?;
+        match h.set_owner() {
+            Ok(()) => {}
+            Err(vhost::Error::IoctlError(e)) if e.raw_os_error() == Some(libc::EBUSY) => {}
+            Err(e) => return Err(VsockError::Vhost("VHOST_SET_OWNER", e.to_string())),
+        }
         Ok(h)
     }
 
@@ -241,11 +248,8 @@ impl VirtioDevice for Vsock {
     fn reset(&mut self) {
         self.event_worker = None;
         if self.running {
+            // Stopped, the rings can be set again; the next activation programs them afresh.
             let _ = self.handle.set_running(false);
-            // Forget the rings and memory table; the next activation sets them afresh.
-            let _ = self.handle.reset_owner();
-            let _ = self.handle.set_owner();
-            let _ = self.handle.set_cid(self.cid);
             self.running = false;
         }
     }
@@ -253,10 +257,9 @@ impl VirtioDevice for Vsock {
 
 impl Drop for Vsock {
     fn drop(&mut self) {
-        // Stop the kernel's worker and release ownership, so that the next machine built after
-        // a guest reboot can claim the same device (and CID) again.
+        // Stop the kernel's worker before this machine's memory goes away; the device (and its
+        // CID) stays with the run for the next machine after a guest reboot.
         self.event_worker = None;
         let _ = self.handle.set_running(false);
-        let _ = self.handle.reset_owner();
     }
 }
