@@ -46,6 +46,22 @@ exit $rc"#,
     rvmspawn.vsockcid=1 rvmspawn.notify=ready"#,
             )
             .step(
+                // vsock keeps working after a guest reboot (the same vhost device is set up
+                // again for the new machine), and SIGTERM ends the run with the guest's status.
+                "reboot",
+                r#"D=$(mktemp -d)
+"$RVMSPAWN" -q --linux="$KERNEL" --initrd="$INITRD" rvmspawn.action=reboot rvmspawn.notify=42 rvmspawn.vsockcid=1 >"$D/vm" 2>&1 &
+vm=$!
+i=0
+while [ "$(grep -c '^RVMSPAWN-NOTIFY=ok' "$D/vm")" -lt 2 ] && [ $i -lt 200 ]; do sleep 0.5; i=$((i+1)); done
+kill -TERM $vm
+wait $vm
+rc=$?
+cat "$D/vm"
+rm -rf "$D"
+exit $rc"#,
+            )
+            .step(
                 "no-vsock",
                 r#"timeout -s KILL 120 "$RVMSPAWN" -q --qemu-vsock=no --linux="$KERNEL" --initrd="$INITRD" \
     rvmspawn.vsockcid=1 rvmspawn.notify=42"#,
@@ -134,4 +150,18 @@ fn no_vsock_means_no_device_and_exit_zero() {
         r.output
     );
     assert_eq!(r.rc, Some(0), "{}", r.output);
+}
+
+#[test]
+fn vsock_survives_a_guest_reboot() {
+    let r = get("reboot");
+    assert_eq!(r.count_lines("RVMSPAWN-NOTIFY=ok"), 2, "{}", r.output);
+    let cids: Vec<&str> = r
+        .output
+        .lines()
+        .filter_map(|l| l.trim_end().strip_prefix("RVMSPAWN-VSOCK-CID="))
+        .collect();
+    assert_eq!(cids.len(), 2, "{}", r.output);
+    assert_eq!(cids[0], cids[1], "the same CID after the reboot");
+    assert_eq!(r.rc, Some(42), "{}", r.output);
 }
