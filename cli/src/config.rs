@@ -387,9 +387,8 @@ impl Settings {
         use base64::Engine;
         let mut strings = Vec::with_capacity(self.credentials.len() + self.smbios11.len());
         for c in &self.credentials {
-            let data = match &c.data {
-                CredentialData::Value(v) => v.clone(),
-                CredentialData::File(path) => fs::read(path).map_err(|e| {
+            let read = |path: &Path| {
+                fs::read(path).map_err(|e| {
                     Failure::io(
                         format!(
                             "Failed to read credential '{}' from '{}'",
@@ -398,7 +397,11 @@ impl Settings {
                         ),
                         &e,
                     )
-                })?,
+                })
+            };
+            let data = match &c.data {
+                CredentialData::Value(v) => v.clone(),
+                CredentialData::File(path) => read(path)?,
                 CredentialData::Inherited(name) => {
                     let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") else {
                         return Err(Failure::new(
@@ -410,17 +413,7 @@ impl Settings {
                             ),
                         ));
                     };
-                    let path = Path::new(&dir).join(name);
-                    fs::read(&path).map_err(|e| {
-                        Failure::io(
-                            format!(
-                                "Failed to read credential '{}' from '{}'",
-                                c.id,
-                                path.display()
-                            ),
-                            &e,
-                        )
-                    })?
+                    read(&Path::new(&dir).join(name))?
                 }
             };
             strings.push(format!(
