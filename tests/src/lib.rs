@@ -210,9 +210,15 @@ pub fn parse(text: &str) -> BTreeMap<String, BootResult> {
         let line = line.trim_end_matches('\r');
         if let Some(name) = line.strip_prefix("@@RVMSPAWN-TEST-BEGIN ") {
             current = Some((name.to_string(), String::new()));
-        } else if let Some(rest) = line.strip_prefix("@@RVMSPAWN-TEST-END ") {
+        } else if let Some(at) = line.find("@@RVMSPAWN-TEST-END ") {
+            // A guest killed mid-line leaves no newline, so the marker may follow its text.
+            let rest = &line[at + "@@RVMSPAWN-TEST-END ".len()..];
             let (name, rc) = rest.rsplit_once(" rc=").unwrap_or((rest, ""));
-            if let Some((_, output)) = current.take() {
+            if let Some((_, mut output)) = current.take() {
+                if at > 0 {
+                    output.push_str(&line[..at]);
+                    output.push('\n');
+                }
                 results.insert(
                     name.to_string(),
                     BootResult {
@@ -247,5 +253,13 @@ mod tests {
         assert_eq!(r["a"].count_lines("x"), 1);
         assert_eq!(r["b"].rc, None);
         assert!(r["b"].output.contains("partial"));
+        // The end marker right after a guest's unfinished line still ends the step.
+        let r = parse(
+            "@@RVMSPAWN-TEST-BEGIN c
+[ 1.0] half a line@@RVMSPAWN-TEST-END c rc=0
+",
+        );
+        assert_eq!(r["c"].rc, Some(0));
+        assert!(r["c"].output.contains("half a line"));
     }
 }
