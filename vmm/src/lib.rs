@@ -155,21 +155,7 @@ fn setup_vsock(
             }
         },
     };
-    let set_cid = |cid: u64| -> std::io::Result<()> {
-        // SAFETY: the ioctl reads one u64 from `cid`, which lives for the call.
-        let r = unsafe {
-            vmm_sys_util::ioctl::ioctl_with_ref(
-                &file,
-                vhost::vhost_kern::vhost_binding::VHOST_VSOCK_SET_GUEST_CID(),
-                &cid,
-            )
-        };
-        if r < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    };
+    let set_cid = |cid: u64| devices::virtio::vsock::set_guest_cid(&file, cid);
     let cid = match v.cid {
         Some(cid) => {
             set_cid(u64::from(cid)).map_err(|e| {

@@ -30,9 +30,6 @@ pub enum VsockError {
     /// A vhost ioctl failed.
     #[error("vhost-vsock {0}: {1}")]
     Vhost(&'static str, String),
-    /// The CID is taken by another VM.
-    #[error("vsock CID {0} is already in use")]
-    CidInUse(u64),
 }
 
 impl VsockError {
@@ -40,8 +37,20 @@ impl VsockError {
     pub fn errno(&self) -> i32 {
         match self {
             VsockError::Vhost(..) => libc::EIO,
-            VsockError::CidInUse(_) => libc::EADDRINUSE,
         }
+    }
+}
+
+/// Give the guest behind the vhost-vsock device `file` the CID `cid` (before any machine uses
+/// it: the CID belongs to the open device for the whole run). EADDRINUSE means another VM has it.
+pub fn set_guest_cid(file: &File, cid: u64) -> std::io::Result<()> {
+    // SAFETY: the ioctl reads one u64 from `cid`, which lives for the call; `file` is an open
+    // vhost-vsock device (anything else rejects the request).
+    let r = unsafe { ioctl_with_ref(file, VHOST_VSOCK_SET_GUEST_CID(), &cid) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }
 
@@ -84,22 +93,6 @@ impl VhostHandle {
             Err(e) => return Err(VsockError::Vhost("VHOST_SET_OWNER", e.to_string())),
         }
         Ok(h)
-    }
-
-    /// Give the guest `cid`; fails with [`VsockError::CidInUse`] when another VM has it.
-    pub fn set_cid(&self, cid: u64) -> Result<(), VsockError> {
-        // SAFETY: the ioctl reads one u64 from `cid`, which lives for the call; the fd is an
-        // open vhost-vsock device.
-        let r = unsafe { ioctl_with_ref(&self.fd, VHOST_VSOCK_SET_GUEST_CID(), &cid) };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            return Err(if e.raw_os_error() == Some(libc::EADDRINUSE) {
-                VsockError::CidInUse(cid)
-            } else {
-                VsockError::Vhost("VHOST_VSOCK_SET_GUEST_CID", e.to_string())
-            });
-        }
-        Ok(())
     }
 
     fn set_running(&self, on: bool) -> Result<(), VsockError> {
