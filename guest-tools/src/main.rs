@@ -7,13 +7,18 @@
 //! rvmspawn-guest notify [--exit-status N] [--no-ready] [--message TEXT]... [--one-connection]
 //!                       [--no-newline] [--address ADDR] [--entries DIR]
 //! rvmspawn-guest cid
-//! rvmspawn-guest stream-send --cid C --port P --bytes N [--seed S] [--timeout SECS]
-//! rvmspawn-guest stream-recv --port P [--bytes N] [--timeout SECS]
+//! rvmspawn-guest stream-send (--cid C | --unix PATH) --port P --bytes N [--seed S]
+//!                            [--timeout SECS]
+//! rvmspawn-guest stream-recv (--port P | --unix PATH) [--bytes N] [--timeout SECS]
 //! rvmspawn-guest stream-hash --bytes N [--seed S]
 //! ```
 //!
 //! It runs on the host side too (it only needs AF_VSOCK), e.g. as the peer of the guest's
-//! `stream-send`/`stream-recv` in the test host.
+//! `stream-send`/`stream-recv` in the test host. With `--unix` the host side talks to
+//! rvmspawn's userspace vsock device instead, whose host side is Unix sockets: `stream-send`
+//! connects to the device's socket PATH and asks for guest port P (`CONNECT P`), and
+//! `stream-recv` listens on PATH, where the device connects when the guest connects to the
+//! host port that PATH stands for (`<device socket>_<port>`).
 
 mod notify;
 mod sha256;
@@ -31,10 +36,12 @@ const USAGE: &str = "usage:
   rvmspawn-guest notify [--exit-status N] [--no-ready] [--message TEXT]... [--one-connection]
                         [--no-newline] [--address ADDR] [--entries DIR]
   rvmspawn-guest cid
-  rvmspawn-guest stream-send --cid C --port P --bytes N [--seed S] [--timeout SECS]
-  rvmspawn-guest stream-recv --port P [--bytes N] [--timeout SECS]
+  rvmspawn-guest stream-send (--cid C | --unix PATH) --port P --bytes N [--seed S]
+                             [--timeout SECS]
+  rvmspawn-guest stream-recv (--port P | --unix PATH) [--bytes N] [--timeout SECS]
   rvmspawn-guest stream-hash --bytes N [--seed S]
-(N may end in K, M or G: powers of 1024)";
+(N may end in K, M or G: powers of 1024. --unix, for the userspace vsock device: its
+socket for stream-send, <its socket>_<host port> for stream-recv)";
 
 /// Default for `--timeout`: how long to wait for a peer, and for each read or write.
 const DEFAULT_TIMEOUT_SECS: u64 = 60;
@@ -236,12 +243,34 @@ fn cmd_cid() -> ExitCode {
     }
 }
 
+/// The transport of a stream command: vsock with the CID or port of option `vsock`, or the
+/// userspace vsock device's Unix socket given by `--unix`, which stands in for that option.
+enum Via<'a> {
+    Vsock(u32),
+    Unix(&'a Path),
+}
+
+impl<'a> Via<'a> {
+    fn parse(opts: &'a Options, vsock: &str) -> Result<Via<'a>, String> {
+        match opts.get("unix") {
+            Some(_) if opts.has(vsock) => Err(format!("--unix and --{vsock} exclude each other")),
+            Some(path) => Ok(Via::Unix(Path::new(path))),
+            None => Ok(Via::Vsock(opts.port_or_cid(vsock)?)),
+        }
+    }
+}
+
 fn cmd_stream_send(opts: &Options) -> Result<ExitCode, String> {
-    let cid = opts.port_or_cid("cid")?;
+    let via = Via::parse(opts, "cid")?;
     let port = opts.port_or_cid("port")?;
     let bytes = opts.required("bytes")?;
     let seed = opts.number("seed")?.unwrap_or(stream::DEFAULT_SEED);
-    match stream::send(cid, port, bytes, seed, opts.timeout()?) {
+    let timeout = opts.timeout()?;
+    let result = match via {
+        Via::Vsock(cid) => stream::send(cid, port, bytes, seed, timeout),
+        Via::Unix(path) => stream::send_unix(path, port, bytes, seed, timeout),
+    };
+    match result {
         Ok(s) => {
             line(&format!("RVMSPAWN-STREAM-SENT={} {}", s.bytes, s.sha256));
             line(&format!(
@@ -259,17 +288,22 @@ fn cmd_stream_send(opts: &Options) -> Result<ExitCode, String> {
 }
 
 fn cmd_stream_recv(opts: &Options) -> Result<ExitCode, String> {
-    let port = opts.port_or_cid("port")?;
+    let via = Via::parse(opts, "port")?;
     let expect = opts.number("bytes")?;
-    let result = stream::recv(port, opts.timeout()?, || {
-        line(&format!("RVMSPAWN-STREAM-LISTENING={port}"));
-    });
+    let timeout = opts.timeout()?;
+    let result = match via {
+        Via::Vsock(port) => stream::recv(port, timeout, || {
+            line(&format!("RVMSPAWN-STREAM-LISTENING={port}"));
+        }),
+        Via::Unix(path) => stream::recv_unix(path, timeout, || {
+            line(&format!("RVMSPAWN-STREAM-LISTENING={}", path.display()));
+        }),
+    };
     match result {
         Ok(r) => {
-            line(&format!(
-                "RVMSPAWN-STREAM-RECV-PEER={}:{}",
-                r.peer_cid, r.peer_port
-            ));
+            if let Some((cid, port)) = r.peer {
+                line(&format!("RVMSPAWN-STREAM-RECV-PEER={cid}:{port}"));
+            }
             let ok = expect.is_none_or(|n| n == r.bytes);
             if ok {
                 line(&format!("RVMSPAWN-STREAM-RECV={} {}", r.bytes, r.sha256));
@@ -328,12 +362,14 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
         }
         "stream-send" => cmd_stream_send(&Options::parse(
             rest,
-            &["cid", "port", "bytes", "seed", "timeout"],
+            &["cid", "unix", "port", "bytes", "seed", "timeout"],
             &[],
         )?),
-        "stream-recv" => {
-            cmd_stream_recv(&Options::parse(rest, &["port", "bytes", "timeout"], &[])?)
-        }
+        "stream-recv" => cmd_stream_recv(&Options::parse(
+            rest,
+            &["port", "unix", "bytes", "timeout"],
+            &[],
+        )?),
         "stream-hash" => cmd_stream_hash(&Options::parse(rest, &["bytes", "seed"], &[])?),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
@@ -387,6 +423,20 @@ mod tests {
         assert!(Options::parse(&args(&["--nope"]), &["port"], &[]).is_err());
         assert!(Options::parse(&args(&["--x=1"]), &[], &["x"]).is_err());
         assert!(Options::parse(&args(&["plain"]), &[], &[]).is_err());
+    }
+
+    #[test]
+    fn unix_excludes_the_vsock_address() {
+        let send = "stream-send --unix /x --cid 3 --port 1 --bytes 1";
+        let recv = "stream-recv --unix /x --port 1";
+        for cmd in [send, recv] {
+            let err = run(&args(&cmd.split(' ').collect::<Vec<_>>()))
+                .err()
+                .unwrap();
+            assert!(err.contains("--unix and --"), "{err}");
+        }
+        assert!(run(&args(&["stream-send", "--port", "1", "--bytes", "1"])).is_err());
+        assert!(run(&args(&["stream-recv", "--bytes", "1"])).is_err());
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! AF_VSOCK sockets through the C library's socket calls (std has no vsock), declared here so
-//! that the program needs no crates. x86_64 Linux values throughout (the only target the guest
-//! runs).
+//! that the program needs no crates, and the socket timeouts std cannot set (on a listener, or
+//! zero for none). x86_64 Linux values throughout (the only target the guest runs).
 
 use std::ffi::{c_int, c_ulong, c_void};
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 const AF_VSOCK: c_int = 40;
@@ -14,7 +14,7 @@ const SOCK_SEQPACKET: c_int = 5;
 const SOCK_CLOEXEC: c_int = 0o2_000_000;
 const SOL_SOCKET: c_int = 1;
 /// `SO_RCVTIMEO`/`SO_SNDTIMEO` with a `struct timeval` (the `_OLD` numbers, which are the 64-bit
-/// ones on x86_64). vsock's `accept`, `recv` and `send` honour them.
+/// ones on x86_64). vsock's and Unix sockets' `accept`, `recv` and `send` honour them.
 const SO_RCVTIMEO: c_int = 20;
 const SO_SNDTIMEO: c_int = 21;
 /// `SO_VM_SOCKETS_CONNECT_TIMEOUT` (level `AF_VSOCK`, `struct timeval`; the kernel's default
@@ -83,6 +83,32 @@ fn addr(cid: u32, port: u32) -> SockaddrVm {
     }
 }
 
+fn set_timeval(fd: BorrowedFd<'_>, level: c_int, name: c_int, timeout: Duration) -> io::Result<()> {
+    let tv = Timeval {
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as i64,
+        tv_usec: i64::from(timeout.subsec_micros()),
+    };
+    // SAFETY: `tv` is a live `struct timeval` of the size passed; the kernel only reads it.
+    check(unsafe {
+        setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&raw const tv).cast(),
+            size_of::<Timeval>() as u32,
+        )
+    })?;
+    Ok(())
+}
+
+/// Reads and writes (and `accept` on a listener) on the socket `fd` fail with `WouldBlock` after
+/// `timeout` without progress; zero means never, as for the kernel (std refuses zero, and has
+/// no timeout for a listener's `accept`).
+pub fn set_timeouts(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<()> {
+    set_timeval(fd, SOL_SOCKET, SO_RCVTIMEO, timeout)?;
+    set_timeval(fd, SOL_SOCKET, SO_SNDTIMEO, timeout)
+}
+
 /// A connected vsock socket; reads and writes go through `File`, whose `read`/`write` are
 /// plain read(2)/write(2).
 pub struct Vsock {
@@ -104,29 +130,10 @@ impl Vsock {
         })
     }
 
-    fn set_timeval(&self, level: c_int, name: c_int, timeout: Duration) -> io::Result<()> {
-        let tv = Timeval {
-            tv_sec: timeout.as_secs().min(i64::MAX as u64) as i64,
-            tv_usec: i64::from(timeout.subsec_micros()),
-        };
-        // SAFETY: `tv` is a live `struct timeval` of the size passed; the kernel only reads it.
-        check(unsafe {
-            setsockopt(
-                self.file.as_raw_fd(),
-                level,
-                name,
-                (&raw const tv).cast(),
-                size_of::<Timeval>() as u32,
-            )
-        })?;
-        Ok(())
-    }
-
     /// Reads and writes (and `accept` on a listener) fail with `WouldBlock` after `timeout`
     /// without progress.
     pub fn set_timeouts(&self, timeout: Duration) -> io::Result<()> {
-        self.set_timeval(SOL_SOCKET, SO_RCVTIMEO, timeout)?;
-        self.set_timeval(SOL_SOCKET, SO_SNDTIMEO, timeout)
+        set_timeouts(self.as_fd(), timeout)
     }
 
     /// Connect to `cid:port`. `connect_timeout` replaces the kernel's 2 s.
@@ -138,7 +145,7 @@ impl Vsock {
     ) -> io::Result<Vsock> {
         let sock = Vsock::new(ty)?;
         if let Some(t) = connect_timeout {
-            sock.set_timeval(AF_VSOCK, SO_VM_SOCKETS_CONNECT_TIMEOUT, t)?;
+            set_timeval(sock.as_fd(), AF_VSOCK, SO_VM_SOCKETS_CONNECT_TIMEOUT, t)?;
         }
         let sa = addr(cid, port);
         // SAFETY: `sa` is a valid sockaddr_vm of the length passed; the kernel only reads it.
@@ -179,6 +186,12 @@ impl Vsock {
         // SAFETY: no pointers; the result is checked.
         check(unsafe { shutdown(self.file.as_raw_fd(), SHUT_WR) })?;
         Ok(())
+    }
+}
+
+impl AsFd for Vsock {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
     }
 }
 
