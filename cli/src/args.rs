@@ -81,6 +81,12 @@ pub struct Args {
           action = ArgAction::Append, allow_hyphen_values = true)]
     pub vsock_cid: Vec<String>,
 
+    /// Report ready to our supervisor when the guest does (yes), or once the VM runs (no)
+    /// [default: yes]
+    #[arg(long, value_name = "BOOL", help_heading = HOST,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub notify_ready: Vec<String>,
+
     /// Whether to give the guest a software TPM (swtpm) [default: auto]
     #[arg(long, value_name = "BOOL", help_heading = HOST,
           action = ArgAction::Append, allow_hyphen_values = true)]

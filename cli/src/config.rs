@@ -83,6 +83,8 @@ pub struct Settings {
     pub vsock: Option<bool>,
     /// `None`: pick a free one.
     pub vsock_cid: Option<u32>,
+    /// `--notify-ready=`.
+    pub notify_ready: bool,
     pub tpm: Option<bool>,
     pub linux: Option<PathBuf>,
     pub initrds: Vec<PathBuf>,
@@ -155,6 +157,10 @@ impl Settings {
         let vsock = last_value("qemu-vsock", &args.qemu_vsock, tristate)?.flatten();
         let vsock_cid =
             last_value("vsock-cid", &args.vsock_cid, |v| parse::parse_vsock_cid(v))?.flatten();
+        let notify_ready = last_value("notify-ready", &args.notify_ready, |v| {
+            parse::parse_boolean(v)
+        })?
+        .unwrap_or(true);
         let tpm = last_value("tpm", &args.tpm, tristate)?.flatten();
         let linux = last_value("linux", &args.linux, path)?.flatten();
         let initrds = args
@@ -245,6 +251,7 @@ impl Settings {
             kvm,
             vsock,
             vsock_cid,
+            notify_ready,
             tpm,
             linux,
             initrds,
@@ -468,6 +475,7 @@ impl Settings {
                 vhost_fd: None,
             },
             quiet: self.quiet,
+            notify_ready: self.notify_ready,
         }
     }
 }
@@ -688,7 +696,7 @@ mod tests {
 
     #[test]
     fn value_errors_name_option_and_value() {
-        let cases: [(&[&str], i32, &str); 12] = [
+        let cases: [(&[&str], i32, &str); 13] = [
             (&["--qemu-mem=banana"], EINVAL, "--qemu-mem= value 'banana'"),
             (&["--qemu-smp=0"], ERANGE, "--qemu-smp= value '0'"),
             (&["--qemu-smp=2,sockets=2"], EINVAL, "--qemu-smp= value"),
@@ -696,6 +704,11 @@ mod tests {
             (&["--qemu-vsock=2"], EINVAL, "--qemu-vsock= value '2'"),
             (&["--vsock-cid=2"], ERANGE, "--vsock-cid= value '2'"),
             (&["--tpm=x"], EINVAL, "--tpm= value 'x'"),
+            (
+                &["--notify-ready=auto"],
+                EINVAL,
+                "--notify-ready= value 'auto'",
+            ),
             (
                 &["--firmware=ovmf.json"],
                 EINVAL,
@@ -834,6 +847,13 @@ mod tests {
             assert!(f.message.starts_with("--qemu-kvm=no "), "{}", f.message);
             assert!(f.message.contains("emulator"), "{}", f.message);
         }
+    }
+
+    #[test]
+    fn notify_ready_defaults_to_yes_and_last_wins() {
+        assert!(vm_config(&["--linux=/k"]).notify_ready);
+        assert!(!vm_config(&["--linux=/k", "--notify-ready=no"]).notify_ready);
+        assert!(vm_config(&["--linux=/k", "--notify-ready=0", "--notify-ready=yes"]).notify_ready);
     }
 
     #[test]

@@ -95,7 +95,7 @@ fn status_lines(config: &vmm::VmConfig) -> String {
 
 /// How a run maps to the exit status. Every way the guest or the user ends the VM is a
 /// success, as in vmspawn: it returns the guest's EXIT_STATUS when the guest reports one
-/// over vsock (which does not exist here yet) and EXIT_SUCCESS otherwise, including after
+/// over vsock and EXIT_SUCCESS otherwise, including after
 /// Ctrl-] and after shutting the guest down on SIGTERM.
 fn exit_code(outcome: &Result<vmm::RunOutcome, vmm::Error>) -> u8 {
     match outcome {
@@ -203,6 +203,7 @@ mod tests {
             oem_strings: Vec::new(),
             vsock: vmm::VsockConfig::default(),
             quiet: false,
+            notify_ready: true,
         }
     }
 

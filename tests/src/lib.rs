@@ -121,8 +121,8 @@ impl Batch {
 
     /// Add a step: `script` is POSIX shell run with `$RVMSPAWN`, `$KERNEL`, `$VMLINUX` and
     /// `$INITRD` set; its exit status is the step's.
-    pub fn step(mut self, name: &str, script: &str) -> Self {
-        self.steps.push((name.to_string(), script.to_string()));
+    pub fn step(mut self, name: &str, script: impl Into<String>) -> Self {
+        self.steps.push((name.to_string(), script.into()));
         self
     }
 

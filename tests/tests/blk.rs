@@ -46,7 +46,7 @@ fn results() -> &'static BTreeMap<String, BootResult> {
             .step(
                 // Two vCPUs: one request queue each.
                 "disk",
-                &format!(
+                format!(
                     r#"{PREPARE}
 {T} "$RVMSPAWN" -q --qemu-smp=2 --linux="$KERNEL" --initrd="$INITRD" -i "$D/disk.raw" root=/dev/vda rvmspawn.blk=1 rvmspawn.rng=1
 rc=$?
@@ -59,7 +59,7 @@ exit $rc"#
                 // A file rvmspawn cannot open for writing (a read-only mount: root ignores
                 // file modes) is given to the guest read-only.
                 "readonly",
-                &format!(
+                format!(
                     r#"{PREPARE}
 mkdir "$D/ro" && mount --bind "$D" "$D/ro" && mount -o remount,bind,ro "$D/ro" || exit 99
 {T} "$RVMSPAWN" -q --linux="$KERNEL" --initrd="$INITRD" -i "$D/ro/disk.raw" root=/dev/vda rvmspawn.blk=1
@@ -74,7 +74,7 @@ exit $rc"#
             .step(
                 // While one VM runs on an image, a second one must not get it.
                 "locked",
-                &format!(
+                format!(
                     r#"{PREPARE}
 "$RVMSPAWN" -q --linux="$KERNEL" --initrd="$INITRD" -i "$D/disk.raw" root=/dev/vda rvmspawn.action=hang >/dev/null 2>&1 &
 first=$!
@@ -92,7 +92,7 @@ exit $rc"#
                 // A GPT image with a root partition: a direct kernel boot is told where root
                 // is, as vmspawn does.
                 "gpt",
-                &format!(
+                format!(
                     r#"D=$(mktemp -d)
 truncate -s 32M "$D/gpt.raw"
 printf 'label: gpt\nstart=2048, size=20480, type=4f68bce3-e8cd-4db1-96e7-fbcaf984b709, uuid={ROOT_UUID}\n' | sfdisk -q "$D/gpt.raw" || exit 99
@@ -105,7 +105,7 @@ exit $rc"#
             .step(
                 // No partition table and no root= of the user's: refused, like vmspawn.
                 "nogpt",
-                &format!(
+                format!(
                     r#"D=$(mktemp -d)
 truncate -s 8M "$D/plain.raw"
 {T} "$RVMSPAWN" -q --linux="$KERNEL" --initrd="$INITRD" -i "$D/plain.raw"

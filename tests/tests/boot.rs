@@ -17,25 +17,25 @@ fn results() -> &'static BTreeMap<String, BootResult> {
         Batch::new()
             .step(
                 "default",
-                &format!(r#"{T} "$RVMSPAWN" --linux="$KERNEL" --initrd="$INITRD""#),
+                format!(r#"{T} "$RVMSPAWN" --linux="$KERNEL" --initrd="$INITRD""#),
             )
             .step(
                 "smp2",
-                &format!(r#"{T} "$RVMSPAWN" -q --qemu-smp=2 --linux="$KERNEL" --initrd="$INITRD""#),
+                format!(r#"{T} "$RVMSPAWN" -q --qemu-smp=2 --linux="$KERNEL" --initrd="$INITRD""#),
             )
             .step(
                 "mem1g",
-                &format!(r#"{T} "$RVMSPAWN" -q --qemu-mem=1G --linux="$KERNEL" --initrd="$INITRD""#),
+                format!(r#"{T} "$RVMSPAWN" -q --qemu-mem=1G --linux="$KERNEL" --initrd="$INITRD""#),
             )
             .step(
                 "args",
-                &format!(
+                format!(
                     r#"{T} "$RVMSPAWN" -q -M argtest --linux="$KERNEL" --initrd="$INITRD" rvmspawn.test=hello quiet -- foo=bar"#
                 ),
             )
             .step(
                 "elf",
-                &format!(r#"{T} "$RVMSPAWN" -q --linux="$VMLINUX" --initrd="$INITRD""#),
+                format!(r#"{T} "$RVMSPAWN" -q --linux="$VMLINUX" --initrd="$INITRD""#),
             )
             .step(
                 // The guest reboots: the VM must start again (as vmspawn's QEMU does), until

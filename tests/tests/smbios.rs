@@ -18,7 +18,7 @@ fn results() -> &'static BTreeMap<String, BootResult> {
         Batch::new()
             .step(
                 "credentials",
-                &format!(
+                format!(
                     r#"D=$(mktemp -d)
 printf 'line one\nline two\n' > "$D/cred.txt"
 cd "$D"
@@ -36,7 +36,7 @@ exit $rc"#
             .step(
                 // Without --uuid the UUID comes from the machine name: the same twice.
                 "derived-uuid",
-                &format!(
+                format!(
                     r#"{T} "$RVMSPAWN" -q -M samename --linux="$KERNEL" --initrd="$INITRD" rvmspawn.smbios=1 | grep '^RVMSPAWN-DMI-UUID=' | sed 's/^/FIRST-/'
 {T} "$RVMSPAWN" -q -M samename --linux="$KERNEL" --initrd="$INITRD" rvmspawn.smbios=1"#
                 ),
@@ -45,7 +45,7 @@ exit $rc"#
                 // A UKI carries kernel, initrd and command line; ARGS are appended, and also
                 // handed over as the stub's and boot loader's SMBIOS strings.
                 "uki",
-                &format!(
+                format!(
                     r#"{UKI_BUILD}
 {T} "$RVMSPAWN" -q --linux="$D/uki.efi" rvmspawn.smbios=1 extra=arg
 rc=$?
@@ -56,7 +56,7 @@ exit $rc"#
             .step(
                 // A UKI cut short (its .initrd runs past the end of the file) is refused.
                 "uki-corrupt",
-                &format!(
+                format!(
                     r#"{UKI_BUILD}
 head -c $(( $(stat -c %s "$D/uki.efi") - 65536 )) "$D/uki.efi" > "$D/cut.efi"
 {T} "$RVMSPAWN" -q --linux="$D/cut.efi"

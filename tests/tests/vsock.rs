@@ -3,8 +3,9 @@
 //! the notify address from its SMBIOS credential, reports READY=1 and EXIT_STATUS=42, and moves
 //! 64 MiB each way with a SHA-256 on both ends; the host side runs the same program.
 //!
-//! Needs `/dev/vhost-vsock` (the test host has it). The userspace vsock device is not there
-//! yet, so there is no run with vhost-vsock forced off.
+//! Needs `/dev/vhost-vsock` (the test host has it). The same checks run again with vhost-vsock
+//! out of sight (rvmspawn in a mount namespace whose `/dev` has no `vhost-vsock`, as on a host
+//! without the module), where rvmspawn serves vsock itself and its host side is Unix sockets.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -14,6 +15,48 @@ use rvmspawn_tests::{Batch, BootResult};
 /// SHA-256 of the first 64 MiB of the guest program's stream with its default seed.
 const STREAM_64M: &str =
     "67108864 aabcff14084e83a052a50e88d22a20ece85a9594c1e171c1564a308c5dc9d45c";
+
+/// `$NO_VHOST CMD...` runs CMD in a mount namespace whose `/dev` holds only `kvm`, `null`,
+/// `zero` and `urandom`, so rvmspawn finds no vhost-vsock. It execs all the way down, so the
+/// PID of `$NO_VHOST rvmspawn` is rvmspawn's.
+const NO_VHOST: &str = r#"cat >"$D/no_vhost" <<'EOF'
+set -e
+k=$(stat -c "%t %T" /dev/kvm)
+mount -t tmpfs -o mode=755 none /dev
+mknod /dev/kvm c $((0x${k% *})) $((0x${k#* }))
+mknod -m 666 /dev/null c 1 3
+mknod -m 666 /dev/zero c 1 5
+mknod -m 666 /dev/urandom c 1 9
+exec "$@"
+EOF
+NO_VHOST="unshare -m sh $D/no_vhost"
+"#;
+
+/// After starting rvmspawn in the background (output in `$D/vm`) with a guest that notifies
+/// and reboots: wait for the second boot's notification, SIGTERM rvmspawn, `rc` = its status.
+const SECOND_BOOT_THEN_TERM: &str = r#"vm=$!
+i=0
+while [ "$(grep -c '^RVMSPAWN-NOTIFY=ok' "$D/vm")" -lt 2 ] && [ $i -lt 200 ]; do sleep 0.5; i=$((i+1)); done
+kill -TERM $vm
+wait $vm
+rc=$?
+"#;
+
+/// A supervisor for rvmspawn: receives on `$D/notify` what rvmspawn sends its
+/// `$NOTIFY_SOCKET` and writes each line as `SUPERVISOR: LINE` to `$D/sup`; `$sup` is its PID.
+const SUPERVISOR: &str = r#"python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+open(sys.argv[1] + ".bound", "w").close()
+while True:
+    for line in s.recv(4096).decode().split("\n"):
+        print("SUPERVISOR: " + line, flush=True)
+' "$D/notify" >"$D/sup" 2>&1 &
+sup=$!
+i=0
+until [ -e "$D/notify.bound" ] || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done
+"#;
 
 fn results() -> &'static BTreeMap<String, BootResult> {
     static RESULTS: OnceLock<BTreeMap<String, BootResult>> = OnceLock::new();
@@ -40,10 +83,19 @@ rm -rf "$D"
 exit $rc"#,
             )
             .step(
-                // Without --vsock-cid the CID is derived from the name; READY=1 is reported.
+                // Without --vsock-cid the CID is derived from the name; READY=1 is reported,
+                // on the console and to our own supervisor.
                 "default-cid",
-                r#"timeout -s KILL 120 "$RVMSPAWN" -M vsockname --linux="$KERNEL" --initrd="$INITRD" \
-    rvmspawn.vsockcid=1 rvmspawn.notify=ready"#,
+                r#"D=$(mktemp -d)
+"#.to_owned()
+                    + SUPERVISOR
+                    + r#"NOTIFY_SOCKET=$D/notify timeout -s KILL 120 "$RVMSPAWN" -M vsockname --linux="$KERNEL" --initrd="$INITRD" \
+    rvmspawn.vsockcid=1 rvmspawn.notify=ready
+rc=$?
+kill $sup
+cat "$D/sup"
+rm -rf "$D"
+exit $rc"#,
             )
             .step(
                 // vsock keeps working after a guest reboot (the same vhost device is set up
@@ -51,13 +103,55 @@ exit $rc"#,
                 "reboot",
                 r#"D=$(mktemp -d)
 "$RVMSPAWN" -q --linux="$KERNEL" --initrd="$INITRD" rvmspawn.action=reboot rvmspawn.notify=42 rvmspawn.vsockcid=1 >"$D/vm" 2>&1 &
+"#.to_owned()
+                    + SECOND_BOOT_THEN_TERM
+                    + r#"cat "$D/vm"
+rm -rf "$D"
+exit $rc"#,
+            )
+            .step(
+                // The userspace device: the same transfers and exit status, the host side
+                // over the run directory's Unix sockets. The guest's connection to host port
+                // 5001 is refused (and retried) until the host's receiver listens there.
+                "user-notify-and-streams",
+                r#"G=$(dirname "$INITRD")/rvmspawn-guest; D=$(mktemp -d); R=$D/run/rvmspawn/uvsock
+mkdir "$D/run"
+"#.to_owned()
+                    + NO_VHOST
+                    + r#"XDG_RUNTIME_DIR=$D/run timeout -s KILL 280 $NO_VHOST "$RVMSPAWN" -M uvsock --vsock-cid=1234 \
+    --linux="$KERNEL" --initrd="$INITRD" \
+    rvmspawn.vsockcid=1 rvmspawn.vsock-recv=5000:64M rvmspawn.vsock-send=2:5001:64M rvmspawn.notify=42 >"$D/vm" 2>&1 &
 vm=$!
 i=0
-while [ "$(grep -c '^RVMSPAWN-NOTIFY=ok' "$D/vm")" -lt 2 ] && [ $i -lt 200 ]; do sleep 0.5; i=$((i+1)); done
-kill -TERM $vm
+until [ -S "$R/vsock" ] || [ $i -ge 400 ]; do sleep 0.1; i=$((i+1)); done
+"$G" stream-recv --unix "$R/vsock_5001" --bytes 64M --timeout 200 >"$D/r" 2>&1 &
+i=0
+until grep -q '^RVMSPAWN-STREAM-LISTENING=' "$D/vm" || [ $i -ge 240 ]; do sleep 0.5; i=$((i+1)); done
+"$G" stream-send --unix "$R/vsock" --port 5000 --bytes 64M --seed 2 --timeout 150 >"$D/s" 2>&1
 wait $vm
 rc=$?
+wait
 cat "$D/vm"
+sed 's/^/HOST-/' "$D/r" "$D/s"
+echo "RUN-DIR-ENTRIES=$(ls -A "$D/run/rvmspawn" | wc -l)"
+rm -rf "$D"
+exit $rc"#,
+            )
+            .step(
+                // The userspace device survives a reboot too. With --notify-ready=no rvmspawn
+                // tells its supervisor READY=1 itself at start and not again for the guest.
+                "user-reboot-notify-ready-no",
+                r#"D=$(mktemp -d); mkdir "$D/run"
+"#.to_owned()
+                    + NO_VHOST
+                    + SUPERVISOR
+                    + r#"NOTIFY_SOCKET=$D/notify XDG_RUNTIME_DIR=$D/run $NO_VHOST "$RVMSPAWN" -q --notify-ready=no \
+    --linux="$KERNEL" --initrd="$INITRD" rvmspawn.action=reboot rvmspawn.notify=42 rvmspawn.vsockcid=1 >"$D/vm" 2>&1 &
+"#
+                    + SECOND_BOOT_THEN_TERM
+                    + r#"kill $sup
+cat "$D/vm" "$D/sup"
+echo "RUN-DIR-ENTRIES=$(ls -A "$D/run/rvmspawn" | wc -l)"
 rm -rf "$D"
 exit $rc"#,
             )
@@ -95,26 +189,35 @@ fn the_cid_asked_for_is_the_guests() {
     assert_eq!(r.value("RVMSPAWN-VSOCK-CID"), Some("1234"), "{}", r.output);
 }
 
-#[test]
-fn sixty_four_mib_each_way_arrive_intact() {
-    let r = get("notify-and-streams");
-    // Host to guest: what the host sent (seed 2) is what the guest received.
+/// 64 MiB each way arrived intact: what the host sent (seed 2) is what the guest received, and
+/// the guest's default stream is what the host received.
+fn assert_streams_intact(r: &BootResult) {
     let sent = r.value("HOST-RVMSPAWN-STREAM-SENT").expect("host sent");
     assert!(sent.starts_with("67108864 "), "{}", r.output);
     assert_eq!(r.value("RVMSPAWN-STREAM-RECV"), Some(sent), "{}", r.output);
-    // Guest to host.
-    assert_eq!(
-        r.value("RVMSPAWN-STREAM-SENT"),
-        Some(STREAM_64M),
-        "{}",
-        r.output
-    );
-    assert_eq!(
-        r.value("HOST-RVMSPAWN-STREAM-RECV"),
-        Some(STREAM_64M),
-        "{}",
-        r.output
-    );
+    for key in ["RVMSPAWN-STREAM-SENT", "HOST-RVMSPAWN-STREAM-RECV"] {
+        assert_eq!(r.value(key), Some(STREAM_64M), "{key}\n{}", r.output);
+    }
+}
+
+/// The guest notified on both boots, with the same (real) CID, and SIGTERM then ended the run
+/// with the guest's 42.
+fn assert_rebooted_with_same_cid(r: &BootResult) {
+    assert_eq!(r.count_lines("RVMSPAWN-NOTIFY=ok"), 2, "{}", r.output);
+    let cids: Vec<&str> = r
+        .output
+        .lines()
+        .filter_map(|l| l.trim_end().strip_prefix("RVMSPAWN-VSOCK-CID="))
+        .collect();
+    assert_eq!(cids.len(), 2, "{}", r.output);
+    assert_eq!(cids[0], cids[1], "the same CID after the reboot");
+    assert_ne!(cids[0], "missing", "{}", r.output);
+    assert_eq!(r.rc, Some(42), "{}", r.output);
+}
+
+#[test]
+fn sixty_four_mib_each_way_arrive_intact() {
+    assert_streams_intact(get("notify-and-streams"));
 }
 
 #[test]
@@ -154,14 +257,52 @@ fn no_vsock_means_no_device_and_exit_zero() {
 
 #[test]
 fn vsock_survives_a_guest_reboot() {
-    let r = get("reboot");
-    assert_eq!(r.count_lines("RVMSPAWN-NOTIFY=ok"), 2, "{}", r.output);
-    let cids: Vec<&str> = r
-        .output
-        .lines()
-        .filter_map(|l| l.trim_end().strip_prefix("RVMSPAWN-VSOCK-CID="))
-        .collect();
-    assert_eq!(cids.len(), 2, "{}", r.output);
-    assert_eq!(cids[0], cids[1], "the same CID after the reboot");
+    assert_rebooted_with_same_cid(get("reboot"));
+}
+
+#[test]
+fn supervisor_hears_started_and_the_guests_ready() {
+    let r = get("default-cid");
+    assert!(
+        r.output.contains("SUPERVISOR: STATUS=VM started."),
+        "{}",
+        r.output
+    );
+    assert!(
+        r.output.contains("SUPERVISOR: X_VMSPAWN_LEADER_PID="),
+        "{}",
+        r.output
+    );
+    assert_eq!(r.count_lines("SUPERVISOR: READY=1"), 1, "{}", r.output);
+}
+
+#[test]
+fn userspace_vsock_exit_status_cid_and_streams() {
+    let r = get("user-notify-and-streams");
+    assert!(
+        r.output
+            .contains("vsock is served by rvmspawn: guest CID 1234"),
+        "{}",
+        r.output
+    );
+    assert_eq!(r.value("RVMSPAWN-NOTIFY"), Some("ok"), "{}", r.output);
     assert_eq!(r.rc, Some(42), "{}", r.output);
+    assert_eq!(r.value("RVMSPAWN-VSOCK-CID"), Some("1234"), "{}", r.output);
+    assert_streams_intact(r);
+    // The run's directory and its sockets are gone after the run.
+    assert_eq!(r.value("RUN-DIR-ENTRIES"), Some("0"), "{}", r.output);
+}
+
+#[test]
+fn userspace_vsock_survives_a_reboot_and_notify_ready_no() {
+    let r = get("user-reboot-notify-ready-no");
+    assert_rebooted_with_same_cid(r);
+    // READY=1 once, from rvmspawn at start, although the guest sent it on both boots.
+    assert_eq!(r.count_lines("SUPERVISOR: READY=1"), 1, "{}", r.output);
+    assert!(
+        r.output.contains("SUPERVISOR: STATUS=VM started."),
+        "{}",
+        r.output
+    );
+    assert_eq!(r.value("RUN-DIR-ENTRIES"), Some("0"), "{}", r.output);
 }

@@ -48,6 +48,9 @@ pub struct VmConfig {
     pub vsock: VsockConfig,
     /// No status lines of our own (the guest's READY=1 is reported unless quiet).
     pub quiet: bool,
+    /// `--notify-ready=`: tell our supervisor we are ready when the guest says READY=1 (true),
+    /// or as soon as the VM runs (false).
+    pub notify_ready: bool,
 }
 
 /// Whether the guest gets a vsock device (`--qemu-vsock=`).

@@ -4,6 +4,8 @@
 //! (as systemd-vmspawn's QEMU does), until the guest powers off, the user leaves, or a signal
 //! arrives.
 
+#[macro_use]
+mod log;
 mod config;
 mod console;
 mod event_loop;
@@ -11,6 +13,7 @@ mod kvm;
 mod machine;
 mod memory;
 mod pci;
+mod runtime;
 mod vcpu;
 mod vsock;
 mod x86_64;
@@ -71,6 +74,9 @@ pub enum Error {
     /// vsock was asked for and cannot be had, or the device refused its set-up.
     #[error("{0}")]
     Vsock(String, i32),
+    /// The run's directory could not be set up, or is in use by another run.
+    #[error("{0}")]
+    Runtime(String, i32),
     /// The SMBIOS tables cannot be built (e.g. too much credential data).
     #[error(transparent)]
     Smbios(#[from] boot::SmbiosError),
@@ -96,7 +102,7 @@ impl Error {
             Error::Disk(e) => e.errno(),
             Error::Root(e) => e.errno(),
             Error::Smbios(e) => e.errno(),
-            Error::Vsock(_, errno) => *errno,
+            Error::Vsock(_, errno) | Error::Runtime(_, errno) => *errno,
             // vmspawn reports a VMM that died abnormally as EPROTO.
             Error::Guest(_) => libc::EPROTO,
         }
@@ -123,13 +129,51 @@ pub struct RunOutcome {
     pub guest_exit_status: Option<u8>,
 }
 
-/// Open vhost-vsock (or take the passed fd), give the guest its CID, and start the notify
-/// listener. `None` when vsock is off, or auto and unavailable.
+/// The guest's vsock device, as set up for the whole run.
+enum VsockSetup {
+    /// The kernel's vhost-vsock, its CID set, and our AF_VSOCK notify listener.
+    Vhost {
+        file: std::fs::File,
+        cid: u64,
+        listener: vsock::NotifyListener,
+    },
+    /// rvmspawn's own device, its host side in the run's directory.
+    User {
+        device: std::sync::Arc<devices::virtio::vsock_user::VsockUser>,
+        notify_port: u32,
+        _dir: runtime::RuntimeDir,
+    },
+}
+
+impl VsockSetup {
+    /// The address the guest's systemd is to send its notifications to.
+    fn notify_address(&self) -> String {
+        match self {
+            VsockSetup::Vhost { listener, .. } => listener.address(),
+            VsockSetup::User { notify_port, .. } => {
+                format!("vsock-stream:{}:{notify_port}", vsock::HOST_CID)
+            }
+        }
+    }
+
+    /// Stop taking notifications, after those already sent. The userspace device has handed
+    /// over its last messages by now: stopping the machine ended its connections.
+    fn finish(self) {
+        if let VsockSetup::Vhost { listener, .. } = self {
+            listener.finish();
+        }
+    }
+}
+
+/// Give the guest a vsock device as `--qemu-vsock=` says: vhost-vsock (opened, or the passed
+/// fd) with its CID and the notify listener; without vhost-vsock, the userspace device.
+/// `None` when vsock is off.
 fn setup_vsock(
     v: &mut VsockConfig,
     name: &str,
+    notifier: &std::sync::Arc<vsock::Notifier>,
     quiet: bool,
-) -> Result<Option<(std::fs::File, u64, vsock::NotifyListener)>, Error> {
+) -> Result<Option<VsockSetup>, Error> {
     use std::os::unix::fs::OpenOptionsExt;
     if v.mode == VsockMode::No {
         return Ok(None);
@@ -140,19 +184,11 @@ fn setup_vsock(
             .read(true)
             .write(true)
             .custom_flags(libc::O_CLOEXEC)
-            .open("/dev/vhost-vsock")
+            .open(VHOST_VSOCK)
         {
             Ok(f) => f,
-            Err(_) if v.mode == VsockMode::Auto => return Ok(None),
-            Err(e) => {
-                return Err(Error::Vsock(
-                    format!(
-                        "--qemu-vsock=yes: cannot open /dev/vhost-vsock ({e}); a vsock device \
-                         without vhost-vsock is not implemented yet"
-                    ),
-                    e.raw_os_error().unwrap_or(libc::ENODEV),
-                ));
-            }
+            // vmspawn's QEMU would have no vsock at all; ours works without the module.
+            Err(e) => return setup_user_vsock(v, name, notifier, quiet, &e).map(Some),
         },
     };
     let set_cid = |cid: u64| devices::virtio::vsock::set_guest_cid(&file, cid);
@@ -194,13 +230,58 @@ fn setup_vsock(
             })?
         }
     };
-    let listener = vsock::NotifyListener::start(Box::new(move || {
-        if !quiet {
-            eprint!("\r\nVM reported READY=1.\r\n");
-        }
-        vsock::notify_supervisor_ready();
-    }))?;
-    Ok(Some((file, cid, listener)))
+    let listener = vsock::NotifyListener::start(notifier.clone())?;
+    Ok(Some(VsockSetup::Vhost {
+        file,
+        cid,
+        listener,
+    }))
+}
+
+/// The kernel's vsock back end.
+const VHOST_VSOCK: &str = "/dev/vhost-vsock";
+
+/// The userspace vsock device. Its CIDs are private to this VM (no other guest shares the
+/// host side), so the CID is the one asked for or the first one derived from the name.
+fn setup_user_vsock(
+    v: &VsockConfig,
+    name: &str,
+    notifier: &std::sync::Arc<vsock::Notifier>,
+    quiet: bool,
+    why: &std::io::Error,
+) -> Result<VsockSetup, Error> {
+    use devices::virtio::vsock_user::VsockUser;
+    let cid = v
+        .cid
+        .map_or_else(|| vsock::cid_from_name(name, 0), u64::from);
+    let dir = runtime::RuntimeDir::create(name)?;
+    let path = dir.path().join("vsock");
+    let mut device = VsockUser::new(cid, Some(path.clone())).map_err(|e| {
+        Error::Vsock(
+            format!("Failed to listen on {}: {e}", path.display()),
+            e.raw_os_error().unwrap_or(libc::EIO),
+        )
+    })?;
+    // Like the kernel's choice for VMADDR_PORT_ANY: some port above the reserved ones, below
+    // the range the device numbers host-initiated connections from.
+    let notify_port = 1024 + u32::try_from(random_u64() % (1 << 29)).unwrap_or(0);
+    device.add_handler(
+        notify_port,
+        std::sync::Arc::new(vsock::NotifyPort::new(notifier.clone())),
+    );
+    if !quiet {
+        eprintln!(
+            "No {VHOST_VSOCK} ({why}); vsock is served by rvmspawn: guest CID {cid}, host \
+             sockets {} and {}_PORT.",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(VsockSetup::User {
+        device: std::sync::Arc::new(device),
+        notify_port,
+        _dir: dir,
+    })
 }
 
 fn random_u64() -> u64 {
@@ -237,13 +318,14 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
     let user_notify = oem_strings
         .iter()
         .any(|s| s.starts_with("io.systemd.credential.binary:vmm.notify_socket="));
-    let vsock = setup_vsock(&mut config.vsock, &config.name, config.quiet)?;
-    if let Some((_, _, listener)) = vsock.as_ref().filter(|_| !user_notify) {
+    let notifier = std::sync::Arc::new(vsock::Notifier::new(config.quiet, config.notify_ready));
+    let vsock = setup_vsock(&mut config.vsock, &config.name, &notifier, config.quiet)?;
+    if let Some(v) = vsock.as_ref().filter(|_| !user_notify) {
         // The notify address, as the credential vmspawn passes (binary form, base64).
         use base64::Engine;
         oem_strings.push(format!(
             "io.systemd.credential.binary:vmm.notify_socket={}",
-            base64::engine::general_purpose::STANDARD.encode(listener.address())
+            base64::engine::general_purpose::STANDARD.encode(v.notify_address())
         ));
     }
     // Opened and locked once: a reboot keeps the lock.
@@ -284,13 +366,14 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
             .unwrap_or_else(|| boot::uuid_from_name(&config.name)),
         oem_strings,
         vsock: match &vsock {
-            Some((file, cid, _)) => Some((
+            Some(VsockSetup::Vhost { file, cid, .. }) => Some(machine::VsockSpec::Vhost(
                 std::sync::Arc::new(
                     file.try_clone()
                         .map_err(|e| Error::Host("vhost-vsock", e))?,
                 ),
                 *cid,
             )),
+            Some(VsockSetup::User { device, .. }) => Some(machine::VsockSpec::User(device.clone())),
             None => None,
         },
         name: config.name,
@@ -303,8 +386,20 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
     // Declared after `console`, so dropped (and drained) before the terminal is restored.
     let output = console::ConsoleOutput::start(Box::new(std::io::stdout()))
         .map_err(|e| Error::Host("console output thread", e))?;
+    let mut started = false;
     loop {
         let machine = machine::Machine::build(&kvm, &spec, output.sink())?;
+        if !started {
+            started = true;
+            // As vmspawn once its VMM runs; with --notify-ready=no that is also when we are
+            // ready, else the guest's READY=1 is.
+            let pid = std::process::id();
+            vsock::notify_supervisor(&if config.notify_ready {
+                format!("STATUS=VM started.\nX_VMSPAWN_LEADER_PID={pid}")
+            } else {
+                format!("READY=1\nSTATUS=VM started.\nX_VMSPAWN_LEADER_PID={pid}")
+            });
+        }
         let outcome = console.run(&machine);
         output.set_abandon(true);
         machine.stop();
@@ -312,9 +407,12 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
         match outcome? {
             event_loop::Outcome::Reset => continue,
             event_loop::Outcome::Exit(exit) => {
+                if let Some(v) = vsock {
+                    v.finish();
+                }
                 return Ok(RunOutcome {
                     exit,
-                    guest_exit_status: vsock.and_then(|(_, _, l)| l.finish().exit_status),
+                    guest_exit_status: notifier.state().exit_status,
                 });
             }
         }

@@ -23,6 +23,7 @@ use devices::virtio::VirtioDevice;
 use devices::virtio::block::{Block, DiskImage, ID_BYTES};
 use devices::virtio::rng::Rng;
 use devices::virtio::vsock::{VhostHandle, Vsock};
+use devices::virtio::vsock_user::VsockUser;
 use devices::{Bus, BusDevice, GuestRequest, RequestSink};
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
 use kvm_ioctls::{Kvm, VmFd};
@@ -55,8 +56,17 @@ pub struct MachineSpec {
     pub uuid: [u8; 16],
     /// SMBIOS type 11 strings.
     pub oem_strings: Vec<String>,
+    /// The guest's vsock device.
+    pub vsock: Option<VsockSpec>,
+}
+
+/// Which vsock device the guest gets, kept for the whole run.
+#[derive(Debug, Clone)]
+pub enum VsockSpec {
     /// The vhost-vsock device (its CID already set) and the guest's CID.
-    pub vsock: Option<(Arc<std::fs::File>, u64)>,
+    Vhost(Arc<std::fs::File>, u64),
+    /// The userspace device; each boot gets a device sharing its host side.
+    User(Arc<VsockUser>),
 }
 
 /// A disk: the image, opened and locked once for the VM's whole life, and its serial.
@@ -225,12 +235,16 @@ impl Machine {
             })
             .collect();
         virtio.push(Box::new(Rng::new()));
-        if let Some((file, cid)) = &spec.vsock {
-            let vsock_err =
-                |e: devices::virtio::vsock::VsockError| Error::Vsock(e.to_string(), e.errno());
-            let file = file.try_clone().map_err(host_err("vhost-vsock"))?;
-            let handle = VhostHandle::new(file, mem.clone()).map_err(vsock_err)?;
-            virtio.push(Box::new(Vsock::new(handle, *cid).map_err(vsock_err)?));
+        match &spec.vsock {
+            Some(VsockSpec::Vhost(file, cid)) => {
+                let vsock_err =
+                    |e: devices::virtio::vsock::VsockError| Error::Vsock(e.to_string(), e.errno());
+                let file = file.try_clone().map_err(host_err("vhost-vsock"))?;
+                let handle = VhostHandle::new(file, mem.clone()).map_err(vsock_err)?;
+                virtio.push(Box::new(Vsock::new(handle, *cid).map_err(vsock_err)?));
+            }
+            Some(VsockSpec::User(device)) => virtio.push(Box::new(device.share())),
+            None => {}
         }
         let pci = crate::pci::build(&vm, mem, virtio, &mut io, &mut mmio)?;
         let buses = Buses {

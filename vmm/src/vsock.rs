@@ -1,6 +1,7 @@
 //! vsock for the guest: the vhost-vsock device and its CID, and the notify listener through
 //! which the guest's systemd reports `READY=1` and `EXIT_STATUS=N`, as with systemd-vmspawn.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
@@ -11,8 +12,8 @@ use crate::Error;
 
 /// The host's CID: where the guest connects to reach us.
 pub const HOST_CID: u32 = 2;
-/// Largest notification message read from one connection; the rest is dropped.
-const MAX_MESSAGE: usize = 4096;
+/// Longest notification message (vmspawn's `NOTIFY_BUFFER_MAX`); a longer one is dropped.
+pub const MAX_MESSAGE: usize = 4096;
 /// vmspawn's key for deriving a CID from the machine name.
 const SIP_KEY: [u8; 16] = [
     0x03, 0xad, 0xf0, 0xa4, 0x59, 0x2c, 0x77, 0x11, 0xda, 0x39, 0x0c, 0xba, 0xf5, 0x4c, 0x80, 0x52,
@@ -45,31 +46,152 @@ pub struct NotifyState {
     pub exit_status: Option<u8>,
 }
 
-/// Apply one notification message (lines `KEY=VALUE`) to `state`; returns whether it made the
-/// guest ready. Unknown lines and malformed values are ignored.
-pub fn apply_message(state: &mut NotifyState, message: &[u8]) -> bool {
-    let mut became_ready = false;
-    for line in message.split(|b| *b == b'\n') {
+/// What one message changed, for the caller to act on outside the state's lock.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// This message made the guest ready (the first `READY=1`).
+    pub became_ready: bool,
+    /// The message's last `STATUS=` text.
+    pub status: Option<String>,
+    /// The `EXIT_STATUS=` it carried.
+    pub exit_status: Option<u8>,
+}
+
+/// Apply one notification message to `state`. Lines end with `\n` or `\r`, as vmspawn splits
+/// them; unknown lines and malformed values are ignored.
+pub fn apply_message(state: &mut NotifyState, message: &[u8]) -> Applied {
+    let mut applied = Applied::default();
+    for line in message.split(|b| *b == b'\n' || *b == b'\r') {
         let Ok(line) = std::str::from_utf8(line) else {
+            debug!("Ignoring a notify line that is not UTF-8");
             continue;
         };
-        if line == "READY=1" && !state.ready {
-            state.ready = true;
-            became_ready = true;
-        } else if let Some(v) = line.strip_prefix("EXIT_STATUS=")
-            && let Ok(n) = v.trim().parse::<u8>()
-        {
-            state.exit_status = Some(n);
+        if line == "READY=1" {
+            if !state.ready {
+                state.ready = true;
+                applied.became_ready = true;
+            }
+        } else if let Some(v) = line.strip_prefix("STATUS=") {
+            applied.status = Some(v.to_string());
+        } else if let Some(v) = line.strip_prefix("EXIT_STATUS=") {
+            match v.trim().parse::<u8>() {
+                Ok(n) => {
+                    state.exit_status = Some(n);
+                    applied.exit_status = Some(n);
+                }
+                Err(_) => debug!("Ignoring malformed notify line {line:?}"),
+            }
         }
     }
-    became_ready
+    applied
+}
+
+/// Acts on the guest's notifications, whichever vsock device carries them: keeps the state,
+/// prints the READY=1 status line and tells our own supervisor, as vmspawn does.
+pub struct Notifier {
+    state: Mutex<NotifyState>,
+    quiet: bool,
+    /// Forward the guest's READY=1 to `$NOTIFY_SOCKET` (`--notify-ready=yes`); with `no`,
+    /// rvmspawn reported ready itself when the VM started.
+    forward_ready: bool,
+}
+
+impl Notifier {
+    /// A notifier with nothing received yet.
+    pub fn new(quiet: bool, forward_ready: bool) -> Notifier {
+        Notifier {
+            state: Mutex::new(NotifyState::default()),
+            quiet,
+            forward_ready,
+        }
+    }
+
+    /// Handle one whole message (one connection's bytes, read to its end). A message longer
+    /// than [`MAX_MESSAGE`] is dropped whole, as vmspawn drops one that fills its buffer.
+    pub fn message(&self, bytes: &[u8]) {
+        if bytes.len() > MAX_MESSAGE {
+            debug!("Dropping a notify message of more than {MAX_MESSAGE} bytes from the guest");
+            return;
+        }
+        let applied = {
+            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            apply_message(&mut s, bytes)
+        };
+        if applied.became_ready {
+            if !self.quiet {
+                eprint!("\r\nVM reported READY=1.\r\n");
+            }
+            if self.forward_ready {
+                notify_supervisor("READY=1");
+            }
+        }
+        if let Some(status) = applied.status {
+            notify_supervisor(&format!("STATUS=VM running: {status}"));
+        }
+        if let Some(n) = applied.exit_status.filter(|n| *n != 0) {
+            debug!("Non-zero exit code received: {n}");
+        }
+    }
+
+    /// What the guest has said so far.
+    pub fn state(&self) -> NotifyState {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The notify port of the userspace vsock device: collects each guest connection's bytes and
+/// hands the message to the [`Notifier`] when the connection ends.
+pub struct NotifyPort {
+    notifier: Arc<Notifier>,
+    /// Open connections and their bytes so far; `None` once a message is over the limit.
+    /// The device caps its connections, so this is bounded too.
+    conns: Mutex<HashMap<u64, Option<Vec<u8>>>>,
+}
+
+impl NotifyPort {
+    /// A port handler feeding `notifier`.
+    pub fn new(notifier: Arc<Notifier>) -> NotifyPort {
+        NotifyPort {
+            notifier,
+            conns: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl devices::virtio::vsock_user::HostPortHandler for NotifyPort {
+    fn data(&self, conn: u64, bytes: &[u8]) {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = conns.entry(conn).or_insert_with(|| Some(Vec::new()));
+        if let Some(buf) = entry {
+            if buf.len() + bytes.len() > MAX_MESSAGE {
+                *entry = None;
+            } else {
+                buf.extend_from_slice(bytes);
+            }
+        }
+    }
+
+    fn closed(&self, conn: u64) {
+        let message = self
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&conn);
+        match message {
+            Some(Some(bytes)) => self.notifier.message(&bytes),
+            Some(None) => {
+                debug!("Dropping a notify message of more than {MAX_MESSAGE} bytes from the guest")
+            }
+            // A connection that sent nothing.
+            None => {}
+        }
+    }
 }
 
 /// Listens on AF_VSOCK for the guest's notifications, one connection per message.
 pub struct NotifyListener {
     stop: vmm_sys_util::eventfd::EventFd,
     port: u32,
-    state: Arc<Mutex<NotifyState>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -78,8 +200,8 @@ fn os_err(what: &'static str) -> Error {
 }
 
 impl NotifyListener {
-    /// Listen on any port; `on_ready` runs (on the listener's thread) when READY=1 arrives.
-    pub fn start(on_ready: Box<dyn Fn() + Send>) -> Result<NotifyListener, Error> {
+    /// Listen on any port, handing each connection's message to `notifier`.
+    pub fn start(notifier: Arc<Notifier>) -> Result<NotifyListener, Error> {
         // SAFETY: plain socket creation; the result is checked.
         let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
@@ -116,23 +238,20 @@ impl NotifyListener {
         if unsafe { libc::getsockname(fd, (&raw mut bound).cast(), &mut bound_len) } < 0 {
             return Err(os_err("vsock notify getsockname"));
         }
-        let state = Arc::new(Mutex::new(NotifyState::default()));
         // Shutting down a listening AF_VSOCK socket does not wake a thread in accept(), so the
         // thread polls the socket and a stop eventfd.
         let stop = vmm_sys_util::eventfd::EventFd::new(libc::EFD_CLOEXEC)
             .map_err(|e| Error::Host("eventfd", e))?;
         let thread = {
-            let state = state.clone();
             let stop = stop.try_clone().map_err(|e| Error::Host("eventfd", e))?;
             std::thread::Builder::new()
                 .name("vsock-notify".into())
-                .spawn(move || serve(&socket, &stop, &state, on_ready))
+                .spawn(move || serve(&socket, &stop, &notifier))
                 .map_err(|e| Error::Host("vsock notify thread", e))?
         };
         Ok(NotifyListener {
             stop,
             port: bound.svm_port,
-            state,
             thread: Some(thread),
         })
     }
@@ -142,24 +261,19 @@ impl NotifyListener {
         format!("vsock-stream:{HOST_CID}:{}", self.port)
     }
 
-    /// Stop listening, after reading every connection already made (a guest's last
-    /// `EXIT_STATUS=` may arrive just before it powers off), and return what the guest said.
-    pub fn finish(mut self) -> NotifyState {
+    /// Stop listening, after reading every connection already made: a guest's last
+    /// `EXIT_STATUS=` may arrive just before it powers off.
+    pub fn finish(mut self) {
         let _ = self.stop.write(1);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
-fn serve(
-    socket: &OwnedFd,
-    stop: &vmm_sys_util::eventfd::EventFd,
-    state: &Mutex<NotifyState>,
-    on_ready: Box<dyn Fn() + Send>,
-) {
-    let mut buf = vec![0u8; MAX_MESSAGE];
+fn serve(socket: &OwnedFd, stop: &vmm_sys_util::eventfd::EventFd, notifier: &Notifier) {
+    // One byte more than a message may have, to tell a message at the limit from a longer one.
+    let mut buf = vec![0u8; MAX_MESSAGE + 1];
     loop {
         let mut fds = [
             libc::pollfd {
@@ -214,13 +328,7 @@ fn serve(
                 Ok(k) => n += k,
             }
         }
-        let became_ready = {
-            let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
-            apply_message(&mut s, &buf[..n])
-        };
-        if became_ready {
-            on_ready();
-        }
+        notifier.message(&buf[..n]);
     }
 }
 
@@ -250,9 +358,9 @@ impl Drop for NotifyListener {
     }
 }
 
-/// Tell our own supervisor (`$NOTIFY_SOCKET`, when set) that we are ready, as vmspawn forwards
-/// the guest's READY=1.
-pub fn notify_supervisor_ready() {
+/// Send `message` to our own supervisor (`$NOTIFY_SOCKET`, when set), as vmspawn forwards the
+/// guest's notifications. Best effort: a supervisor that went away is not our failure.
+pub fn notify_supervisor(message: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
@@ -262,13 +370,16 @@ pub fn notify_supervisor_ready() {
         Err(_) => return,
     };
     let bytes = path.as_os_str().as_encoded_bytes();
-    let _ = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
+    let sent = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
         use std::os::linux::net::SocketAddrExt;
         std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
-            .and_then(|a| sock.send_to_addr(b"READY=1", &a))
+            .and_then(|a| sock.send_to_addr(message.as_bytes(), &a))
     } else {
-        sock.send_to(b"READY=1", &path)
+        sock.send_to(message.as_bytes(), &path)
     };
+    if let Err(e) = sent {
+        debug!("Failed to notify {}: {e}", path.display());
+    }
 }
 
 #[cfg(test)]
@@ -278,12 +389,27 @@ mod tests {
     #[test]
     fn messages_set_ready_and_exit_status() {
         let mut s = NotifyState::default();
-        assert!(apply_message(&mut s, b"READY=1\nSTATUS=booting\n"));
-        assert!(!apply_message(&mut s, b"READY=1"));
-        apply_message(&mut s, b"EXIT_STATUS=42");
+        let a = apply_message(&mut s, b"READY=1\rSTATUS=booting\n");
+        assert_eq!(
+            a,
+            Applied {
+                became_ready: true,
+                status: Some("booting".into()),
+                exit_status: None
+            }
+        );
+        assert!(!apply_message(&mut s, b"READY=1").became_ready);
+        assert_eq!(
+            apply_message(&mut s, b"EXIT_STATUS=42").exit_status,
+            Some(42)
+        );
         assert_eq!(s.exit_status, Some(42));
         // Out of range, garbage, binary: ignored.
-        apply_message(&mut s, b"EXIT_STATUS=256\nEXIT_STATUS=x\n\xff\xfe\nFOO=1");
+        let a = apply_message(
+            &mut s,
+            b"EXIT_STATUS=256\nEXIT_STATUS=x\n\xff\xfe\nFOO=1\nREADY=0",
+        );
+        assert_eq!(a, Applied::default());
         assert_eq!(s.exit_status, Some(42));
         apply_message(&mut s, b"EXIT_STATUS=0\n");
         assert_eq!(
@@ -293,6 +419,72 @@ mod tests {
                 exit_status: Some(0)
             }
         );
+    }
+
+    #[test]
+    fn the_userspace_port_assembles_messages_per_connection() {
+        use devices::virtio::vsock_user::HostPortHandler;
+        let notifier = Arc::new(Notifier::new(true, false));
+        let port = NotifyPort::new(notifier.clone());
+        // Two interleaved connections; a message counts only once its connection ends.
+        port.data(1, b"EXIT_STA");
+        port.data(2, b"READY=1\n");
+        port.data(1, b"TUS=7\n");
+        assert_eq!(notifier.state(), NotifyState::default());
+        port.closed(2);
+        port.closed(1);
+        assert_eq!(
+            notifier.state(),
+            NotifyState {
+                ready: true,
+                exit_status: Some(7)
+            }
+        );
+        // A message over the limit is dropped whole, even the valid line at its start.
+        port.data(3, b"EXIT_STATUS=9\n");
+        for _ in 0..MAX_MESSAGE {
+            port.data(3, b"x");
+        }
+        port.closed(3);
+        assert_eq!(notifier.state().exit_status, Some(7));
+        // Exactly at the limit is still a message.
+        let mut m = b"EXIT_STATUS=3\n".to_vec();
+        m.resize(MAX_MESSAGE, b'y');
+        port.data(4, &m);
+        port.closed(4);
+        assert_eq!(notifier.state().exit_status, Some(3));
+        // Ends of connections that never sent anything, or unknown ones, change nothing.
+        port.closed(5);
+        assert!(port.conns.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_supervisor_gets_ready_and_status() {
+        // $NOTIFY_SOCKET is process-wide: this is the only test that sets it.
+        let dir = std::env::temp_dir().join(format!("rvmspawn-notify-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.join("notify");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // SAFETY: no other test in this binary reads or writes NOTIFY_SOCKET.
+        unsafe { std::env::set_var("NOTIFY_SOCKET", &path) };
+        let recv = || {
+            let mut b = [0u8; 256];
+            let n = sock.recv(&mut b).unwrap();
+            String::from_utf8_lossy(&b[..n]).into_owned()
+        };
+        let forwarding = Notifier::new(true, true);
+        forwarding.message(b"STATUS=up\nREADY=1\n");
+        assert_eq!(recv(), "READY=1");
+        assert_eq!(recv(), "STATUS=VM running: up");
+        // With --notify-ready=no rvmspawn said READY=1 itself at start: not again.
+        let not_forwarding = Notifier::new(true, false);
+        not_forwarding.message(b"READY=1\nSTATUS=x");
+        assert_eq!(recv(), "STATUS=VM running: x");
+        // SAFETY: as above.
+        unsafe { std::env::remove_var("NOTIFY_SOCKET") };
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

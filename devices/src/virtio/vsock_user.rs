@@ -35,7 +35,7 @@
 //! both flags is answered with RST, as Linux does.
 //!
 //! Not implemented: SEQPACKET (the feature is not offered), the event queue's transport-reset
-//! event (never needed: the VM is not migrated), and the device is not yet built by `vmm/`.
+//! event (never needed: the VM is not migrated).
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
@@ -253,6 +253,16 @@ impl VsockUser {
     /// The guest's CID.
     pub fn cid(&self) -> u64 {
         self.host.cid
+    }
+
+    /// A device for a new machine (after a guest reboot) with this one's host side: the same
+    /// CID, listener and handlers. The socket path stays this device's to remove.
+    pub fn share(&self) -> VsockUser {
+        VsockUser {
+            host: self.host.clone(),
+            worker: None,
+            owns_path: false,
+        }
     }
 }
 
@@ -1406,6 +1416,10 @@ impl Engine {
         self.fill_rx();
         while self.poll(-1) {}
         if !self.broken {
+            // Stopped: what the guest queued last (say, the EXIT_STATUS= it sent just before
+            // powering off) still reaches the host; dropping the engine then ends every
+            // connection, so handlers see their messages complete.
+            self.process_tx();
             return;
         }
         // Broken rings: drop every connection and wait to be stopped.
