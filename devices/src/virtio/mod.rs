@@ -6,6 +6,7 @@
 //! PCI code.
 
 pub mod block;
+pub mod fs;
 pub mod pci;
 pub mod rng;
 pub mod vsock;
