@@ -48,11 +48,11 @@ die() { echo "assets: error: $*" >&2; exit 1; }
 TESTHOST_MODULES=(virtio_pci 9pnet_virtio 9p kvm kvm_amd tun vhost_net vhost_vsock
     bridge veth overlay)
 # Modules of the cloud kernel for the guest initramfs: virtio over PCI, the
-# block device, the entropy source and virtio-vsock (all =m in Debian's cloud
-# kernel; virtio, virtio_ring, the virtio-pci libraries, vsock and
-# vmw_vsock_virtio_transport_common come as dependencies). Later candidates:
-# virtio_net virtiofs.
-GUEST_MODULES=(virtio_pci virtio_blk virtio_rng vmw_vsock_virtio_transport)
+# block device, the entropy source, virtio-vsock and virtio-fs (all =m in
+# Debian's cloud kernel; virtio, virtio_ring, the virtio-pci libraries, vsock,
+# vmw_vsock_virtio_transport_common and fuse come as dependencies). Later
+# candidate: virtio_net.
+GUEST_MODULES=(virtio_pci virtio_blk virtio_rng vmw_vsock_virtio_transport virtiofs)
 
 mkdir -p "$assets"
 # Serialise concurrent callers (two testhost.sh runs at once) on a lock.

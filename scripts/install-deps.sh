@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Install the Debian packages the scripts and tests need (scripts/packages.txt), if missing.
+# Install the Debian packages the scripts and tests need (scripts/packages.txt), if missing,
+# and virtiofsd, which bookworm does not package (rvmspawn runs it for --directory= and
+# --bind=), from crates.io into /usr/local/bin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,4 +15,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The version is pinned so every machine tests against the same virtiofsd.
+VIRTIOFSD_VERSION=1.14.0
+if ! /usr/local/bin/virtiofsd --version 2>/dev/null | grep -q "$VIRTIOFSD_VERSION"; then
+    echo "Installing virtiofsd $VIRTIOFSD_VERSION (cargo install, a few minutes)" >&2
+    cargo install --quiet --locked --root /usr/local --version "$VIRTIOFSD_VERSION" virtiofsd
 fi

@@ -283,9 +283,9 @@ impl Settings {
         if self.directory.is_none() && self.image.is_none() && self.linux.is_none() {
             return Err(Failure::new(
                 libc::EOPNOTSUPP,
-                "Nothing to boot: specify --linux= (or --image=; --directory= is not \
-                 supported yet); finding images by machine name or booting the current \
-                 directory is not supported.",
+                "Nothing to boot: specify --linux= (with --directory= or --image=, or \
+                 alone); finding images by machine name or booting the current directory \
+                 is not supported.",
             ));
         }
 
@@ -306,8 +306,21 @@ impl Settings {
                  supported yet; pass the kernel with --linux=.",
             ));
         }
+        // Without a kernel vmspawn finds one in the tree's /boot or /efi (Boot Loader
+        // Specification) and boots it through firmware.
+        if self.directory.is_some() && self.linux.is_none() {
+            return Err(Failure::new(
+                libc::EOPNOTSUPP,
+                "--directory= without --linux= (finding the kernel in the directory by the \
+                 Boot Loader Specification) is not supported yet; pass the kernel with \
+                 --linux=.",
+            ));
+        }
+        // vmspawn's UID mapping is for the root directory's virtiofsd.
+        if self.private_users.is_some() && self.directory.is_none() {
+            return einval("--private-users= requires --directory=.");
+        }
         let refusals = [
-            (self.directory.is_some(), "--directory="),
             // are both honoured; yes cannot be.
             // Likewise auto means "use swtpm if found", and the TPM device does not
             // exist yet, which counts as swtpm unavailable.
@@ -318,9 +331,6 @@ impl Settings {
             (self.firmware.is_some(), "--firmware="),
             // auto is the same as not asking: no firmware preference.
             (self.secure_boot.is_some(), "--secure-boot="),
-            (self.private_users.is_some(), "--private-users="),
-            (self.binds.iter().any(|b| !b.read_only), "--bind="),
-            (self.binds.iter().any(|b| b.read_only), "--bind-ro="),
         ];
         match refusals.iter().find(|(given, _)| *given) {
             Some((_, what)) => Err(Failure::unsupported(what)),
@@ -383,16 +393,72 @@ impl Settings {
         if let Some(image) = &self.image {
             check_image(image)?;
         }
+        if let Some(dir) = &self.directory {
+            check_directory("directory", dir)?;
+        }
+        for b in &self.binds {
+            check_directory("bind mount source", &b.source)?;
+        }
         Ok(())
+    }
+
+    /// The directories shared with the guest, with vmspawn's tags: `root` for
+    /// `--directory=`, then `mnt0`, `mnt1`, ... for the bind mounts in order.
+    pub fn shares(&self) -> Vec<vmm::FsShare> {
+        let root = self.directory.iter().map(|dir| vmm::FsShare {
+            tag: ROOT_TAG.to_owned(),
+            source: dir.clone(),
+            read_only: false,
+            id_map: match self.private_users {
+                Some(r) => Some(vmm::IdMap {
+                    shift: r.shift,
+                    count: r.count,
+                }),
+                // vmspawn's default: guest root owns what the directory's owner owns.
+                None => owner_uid(dir)
+                    .filter(|uid| *uid != 0)
+                    .map(|shift| vmm::IdMap {
+                        shift,
+                        count: DEFAULT_UID_RANGE,
+                    }),
+            },
+        });
+        let binds = self.binds.iter().enumerate().map(|(j, b)| vmm::FsShare {
+            tag: format!("mnt{j}"),
+            source: b.source.clone(),
+            read_only: b.read_only,
+            id_map: None,
+        });
+        root.chain(binds).collect()
+    }
+
+    /// vmspawn's `fstab.extra` lines for the bind mounts: `mntJ DEST virtiofs rw|ro,
+    /// x-initrd.mount`, which systemd's fstab generator in the guest mounts.
+    fn fstab_extra(&self) -> String {
+        self.binds
+            .iter()
+            .enumerate()
+            .map(|(j, b)| {
+                format!(
+                    "mnt{j} {} virtiofs {},x-initrd.mount\n",
+                    fstab_escape(&b.target.to_string_lossy()),
+                    if b.read_only { "ro" } else { "rw" }
+                )
+            })
+            .collect()
     }
 
     /// The SMBIOS type 11 strings for the guest: each credential as
     /// `io.systemd.credential.binary:ID=BASE64`, exactly as systemd-vmspawn passes them, then
     /// the `--smbios11=` strings. Reads `--load-credential=` files (relative paths from the
     /// working directory) and our own credentials from `$CREDENTIALS_DIRECTORY`.
+    ///
+    /// The bind mounts' `fstab.extra` lines are appended to a user-given `fstab.extra`
+    /// credential, or become one of their own after the user's credentials.
     pub fn oem_strings(&self) -> Result<Vec<String>, Failure> {
         use base64::Engine;
-        let mut strings = Vec::with_capacity(self.credentials.len() + self.smbios11.len());
+        let mut strings = Vec::with_capacity(self.credentials.len() + self.smbios11.len() + 1);
+        let mut fstab = Some(self.fstab_extra()).filter(|f| !f.is_empty());
         for c in &self.credentials {
             let read = |path: &Path| {
                 fs::read(path).map_err(|e| {
@@ -423,10 +489,23 @@ impl Settings {
                     read(&Path::new(&dir).join(name))?
                 }
             };
+            let data = match (c.id.as_str(), fstab.take()) {
+                (FSTAB_EXTRA, Some(ours)) => merge_lines(data, &ours),
+                (_, ours) => {
+                    fstab = ours;
+                    data
+                }
+            };
             strings.push(format!(
                 "io.systemd.credential.binary:{}={}",
                 c.id,
                 base64::engine::general_purpose::STANDARD.encode(data)
+            ));
+        }
+        if let Some(ours) = fstab {
+            strings.push(format!(
+                "io.systemd.credential.binary:{FSTAB_EXTRA}={}",
+                base64::engine::general_purpose::STANDARD.encode(ours)
             ));
         }
         strings.extend(self.smbios11.iter().cloned());
@@ -441,6 +520,7 @@ impl Settings {
         kvm: vmm::KvmSource,
         oem_strings: Vec<String>,
     ) -> vmm::VmConfig {
+        let shares = self.shares();
         vmm::VmConfig {
             name,
             vcpus: self.vcpus,
@@ -449,11 +529,17 @@ impl Settings {
                 .linux
                 .expect("check() requires --linux= until firmware boot exists"),
             initrds: self.initrds,
-            extra_cmdline: self.kernel_args,
+            // vmspawn's root for --directory=, before the user's arguments so theirs win.
+            extra_cmdline: self
+                .directory
+                .iter()
+                .flat_map(|_| DIRECTORY_ROOT_ARGS.iter().map(|a| a.to_string()))
+                .chain(self.kernel_args.iter().cloned())
+                .collect(),
+            shares,
             kvm,
-            // Only vhost-user back ends (virtiofsd for --directory=/--bind=) need to map guest
-            // memory; those options are refused until they exist.
-            shared_memory: false,
+            // virtiofsd maps guest memory, so it must be shareable (a memfd).
+            shared_memory: self.directory.is_some() || !self.binds.is_empty(),
             disks: self
                 .image
                 .into_iter()
@@ -519,6 +605,52 @@ fn check_readable_file(what: &str, path: &Path) -> Result<(), Failure> {
         ));
     }
     fs::File::open(path).map_err(|e| Failure::io(context(), &e))?;
+    Ok(())
+}
+
+/// The virtio-fs tag of `--directory=`, which the kernel mounts as `root=root`.
+const ROOT_TAG: &str = "root";
+/// What vmspawn puts on the kernel command line for `--directory=`.
+const DIRECTORY_ROOT_ARGS: [&str; 3] = ["root=root", "rootfstype=virtiofs", "rw"];
+/// vmspawn's UID range when it maps the directory's owner to guest root.
+const DEFAULT_UID_RANGE: u32 = 0x10000;
+/// The credential systemd's fstab generator reads extra mounts from.
+const FSTAB_EXTRA: &str = "fstab.extra";
+
+fn owner_uid(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).ok().map(|m| m.uid())
+}
+
+/// fstab's field escaping: blanks, newlines and backslashes as octal escapes.
+fn fstab_escape(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            ' ' | '\t' | '\n' | '\\' => format!("\\{:03o}", c as u32),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+/// `ours` after the user's `data`, on a line of its own.
+fn merge_lines(mut data: Vec<u8>, ours: &str) -> Vec<u8> {
+    if !data.is_empty() && !data.ends_with(b"\n") {
+        data.push(b'\n');
+    }
+    data.extend_from_slice(ours.as_bytes());
+    data
+}
+
+/// A shared directory must be a directory; virtiofsd serves nothing else.
+fn check_directory(what: &str, path: &Path) -> Result<(), Failure> {
+    let context = || format!("Failed to open {what} '{}'", path.display());
+    let meta = fs::metadata(path).map_err(|e| Failure::io(context(), &e))?;
+    if !meta.is_dir() {
+        return Err(Failure::io(
+            context(),
+            &io::Error::from_raw_os_error(libc::ENOTDIR),
+        ));
+    }
     Ok(())
 }
 
@@ -754,6 +886,17 @@ mod tests {
         assert!(f.message.contains("--linux="), "{}", f.message);
         let f = failure(&["-M", "foo", "-q"]);
         assert_eq!(f.errno, EOPNOTSUPP);
+        // A directory without a kernel needs a Boot Loader Specification lookup.
+        let f = failure(&["-D", "/srv/os"]);
+        assert_eq!(f.errno, EOPNOTSUPP);
+        assert!(
+            f.message.starts_with("--directory= without --linux="),
+            "{}",
+            f.message
+        );
+        let f = failure(&["--linux=/k", "--private-users=65536"]);
+        assert_eq!(f.errno, EINVAL);
+        assert_eq!(f.message, "--private-users= requires --directory=.");
         // An image without a kernel needs UEFI firmware.
         let f = failure(&["-i", "/srv/os.raw"]);
         assert_eq!(f.errno, EOPNOTSUPP);
@@ -765,9 +908,128 @@ mod tests {
     }
 
     #[test]
+    fn directory_and_binds_become_shares_root_args_and_fstab_extra() {
+        let dir = std::env::temp_dir().join(format!("rvmspawn-shares-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let d = dir.to_str().unwrap();
+        let c = vm_config(&[
+            "--linux=/k",
+            "-D",
+            d,
+            "--bind=/srv/a b:/data",
+            "--bind-ro=/srv/c",
+            "--private-users=100000:1000",
+            "quiet",
+        ]);
+        assert_eq!(
+            c.extra_cmdline,
+            ["root=root", "rootfstype=virtiofs", "rw", "quiet"]
+        );
+        assert!(c.shared_memory);
+        assert_eq!(
+            c.shares,
+            [
+                vmm::FsShare {
+                    tag: "root".into(),
+                    source: dir.clone(),
+                    read_only: false,
+                    id_map: Some(vmm::IdMap {
+                        shift: 100000,
+                        count: 1000
+                    }),
+                },
+                vmm::FsShare {
+                    tag: "mnt0".into(),
+                    source: "/srv/a b".into(),
+                    read_only: false,
+                    id_map: None,
+                },
+                vmm::FsShare {
+                    tag: "mnt1".into(),
+                    source: "/srv/c".into(),
+                    read_only: true,
+                    id_map: None,
+                },
+            ]
+        );
+        // Without --private-users a root-owned directory is shared as it is.
+        let c = vm_config(&["--linux=/k", "-D", d]);
+        assert_eq!(c.shares[0].id_map, None);
+        // Without shares, private memory.
+        assert!(!vm_config(&["--linux=/k"]).shared_memory);
+
+        let decode = |s: &str| {
+            use base64::Engine;
+            let b64 = s
+                .strip_prefix("io.systemd.credential.binary:fstab.extra=")
+                .unwrap();
+            String::from_utf8(
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .unwrap(),
+            )
+            .unwrap()
+        };
+        let ours =
+            "mnt0 /data virtiofs rw,x-initrd.mount\nmnt1 /srv/c virtiofs ro,x-initrd.mount\n";
+        let s = settings(&[
+            "--linux=/k",
+            "--bind=/srv/a b:/data",
+            "--bind-ro=/srv/c",
+            "-s",
+            "x",
+        ]);
+        let strings = s.unwrap().oem_strings().unwrap();
+        assert_eq!(strings.len(), 2);
+        assert_eq!(decode(&strings[0]), ours);
+        assert_eq!(strings[1], "x");
+        // A user's fstab.extra keeps its place and gets our lines after its own.
+        let s = settings(&[
+            "--linux=/k",
+            "--set-credential=a:1",
+            "--set-credential=fstab.extra:/dev/vdb /srv ext4 defaults",
+            "--set-credential=z:2",
+            "--bind=/srv/a b:/data",
+            "--bind-ro=/srv/c",
+        ]);
+        let strings = s.unwrap().oem_strings().unwrap();
+        assert_eq!(strings.len(), 3);
+        assert_eq!(
+            decode(&strings[1]),
+            format!("/dev/vdb /srv ext4 defaults\n{ours}")
+        );
+        // Blanks in a destination are escaped as fstab wants.
+        let s = settings(&["--linux=/k", "--bind=/a:/my dir"]).unwrap();
+        assert_eq!(
+            decode(&s.oem_strings().unwrap()[0]),
+            "mnt0 /my\\040dir virtiofs rw,x-initrd.mount\n"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn shared_directories_must_be_directories() {
+        let s = settings(&["--linux=/k", "-D", "/nonexistent-rvmspawn"]).unwrap();
+        let f = check_directory("directory", s.directory.as_ref().unwrap()).unwrap_err();
+        assert_eq!(f.errno, libc::ENOENT);
+        assert!(
+            f.message
+                .starts_with("Failed to open directory '/nonexistent-rvmspawn'"),
+            "{}",
+            f.message
+        );
+        let f = check_directory("bind mount source", Path::new("/dev/null")).unwrap_err();
+        assert_eq!(f.errno, libc::ENOTDIR);
+        assert!(
+            f.message.contains("bind mount source '/dev/null'"),
+            "{}",
+            f.message
+        );
+    }
+
+    #[test]
     fn unimplemented_options_are_refused() {
-        let cases: [(&[&str], &str); 11] = [
-            (&["-D", "/srv/os"], "--directory="),
+        let cases: [(&[&str], &str); 7] = [
             (&["--tpm=yes"], "--tpm=yes"),
             (&["--qemu-gui"], "--qemu-gui"),
             (&["-n"], "--network-tap"),
@@ -775,9 +1037,6 @@ mod tests {
             (&["--firmware=list"], "--firmware="),
             (&["--firmware=/fw.json"], "--firmware="),
             (&["--secure-boot=no"], "--secure-boot="),
-            (&["--private-users=65536"], "--private-users="),
-            (&["--bind=/srv"], "--bind="),
-            (&["--bind-ro=/srv:/mnt"], "--bind-ro="),
         ];
         for (argv, option) in cases {
             let mut argv = argv.to_vec();

@@ -82,7 +82,15 @@ fn status_lines(config: &vmm::VmConfig) -> String {
         .disks
         .iter()
         .find(|d| d.root)
-        .map_or(&config.kernel, |d| &d.path);
+        .map(|d| &d.path)
+        .or_else(|| {
+            config
+                .shares
+                .first()
+                .filter(|s| s.tag == "root")
+                .map(|s| &s.source)
+        })
+        .unwrap_or(&config.kernel);
     format!(
         "Spawning VM {} on {} with {} {cpus} and {} MiB.\n\
          Press Ctrl-] three times within 1s to kill VM.\n",
@@ -199,6 +207,7 @@ mod tests {
             kvm: vmm::KvmSource::Open,
             shared_memory: false,
             disks: Vec::new(),
+            shares: Vec::new(),
             uuid: None,
             oem_strings: Vec::new(),
             vsock: vmm::VsockConfig::default(),

@@ -10,6 +10,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_rvmspawn");
 const EINVAL: i32 = 22;
 const ERANGE: i32 = 34;
 const ENOENT: i32 = 2;
+const ENOTDIR: i32 = 20;
 const EOPNOTSUPP: i32 = 95;
 
 /// Every long option of systemd-vmspawn(1) v256, which rvmspawn must all accept.
@@ -181,24 +182,39 @@ fn missing_kernel_exits_with_errno() {
 fn unimplemented_options_exit_eopnotsupp() {
     let kernel = TempFile::new("kernel-unsupported");
     let linux = kernel.linux_arg();
-    let cases: [(&[&str], &str); 11] = [
-        (&["--directory=/srv/os"], "--directory="),
-        (&["-D", "/srv/os"], "--directory="),
+    let cases: [(&[&str], &str); 6] = [
         (&["--tpm=yes"], "--tpm"),
         (&["--qemu-gui"], "--qemu-gui"),
         (&["-n"], "--network-tap"),
         (&["--network-user-mode"], "--network-user-mode"),
         (&["--firmware=list"], "--firmware"),
         (&["--secure-boot=yes"], "--secure-boot"),
-        (&["--private-users=65536:65536"], "--private-users"),
-        (&["--bind=/srv"], "--bind="),
-        (&["--bind-ro=/srv:/mnt"], "--bind-ro="),
     ];
     for (args, option) in cases {
         let mut args = args.to_vec();
         args.push(&linux);
         assert_one_line_error(&args, EOPNOTSUPP, &[option, "not supported"]);
     }
+}
+
+#[test]
+fn shared_directories_need_a_kernel_and_must_be_directories() {
+    assert_one_line_error(
+        &["-D", "/srv/os"],
+        EOPNOTSUPP,
+        &["--directory=", "--linux=", "not supported"],
+    );
+    let kernel = TempFile::new("kernel-directory");
+    assert_one_line_error(
+        &["-D", "/nonexistent-dir", &kernel.linux_arg()],
+        ENOENT,
+        &["directory", "'/nonexistent-dir'"],
+    );
+    assert_one_line_error(
+        &["-D", "/", "--bind-ro=/dev/null:/x", &kernel.linux_arg()],
+        ENOTDIR,
+        &["bind mount source", "'/dev/null'", "Not a directory"],
+    );
 }
 
 #[test]

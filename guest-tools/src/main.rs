@@ -7,6 +7,7 @@
 //! rvmspawn-guest notify [--exit-status N] [--no-ready] [--message TEXT]... [--one-connection]
 //!                       [--no-newline] [--address ADDR] [--entries DIR]
 //! rvmspawn-guest cid
+//! rvmspawn-guest credential ID [--entries DIR]
 //! rvmspawn-guest stream-send (--cid C | --unix PATH) --port P --bytes N [--seed S]
 //!                            [--timeout SECS]
 //! rvmspawn-guest stream-recv (--port P | --unix PATH) [--bytes N] [--timeout SECS]
@@ -36,6 +37,7 @@ const USAGE: &str = "usage:
   rvmspawn-guest notify [--exit-status N] [--no-ready] [--message TEXT]... [--one-connection]
                         [--no-newline] [--address ADDR] [--entries DIR]
   rvmspawn-guest cid
+  rvmspawn-guest credential ID [--entries DIR]
   rvmspawn-guest stream-send (--cid C | --unix PATH) --port P --bytes N [--seed S]
                              [--timeout SECS]
   rvmspawn-guest stream-recv (--port P | --unix PATH) [--bytes N] [--timeout SECS]
@@ -243,6 +245,23 @@ fn cmd_cid() -> ExitCode {
     }
 }
 
+/// `credential ID`: the credential's bytes from SMBIOS type 11, raw on stdout (no status
+/// line), as systemd in the guest would import it; exit 1 with the reason on stderr when
+/// there is none. The guest's `/init` reads `fstab.extra` with it.
+fn cmd_credential(id: &str, opts: &Options) -> ExitCode {
+    let dir = Path::new(opts.get("entries").unwrap_or("/sys/firmware/dmi/entries"));
+    match notify::find_credential(dir, id) {
+        Ok(bytes) => {
+            let mut out = std::io::stdout().lock();
+            status(out.write_all(&bytes).and_then(|()| out.flush()).is_ok())
+        }
+        Err(e) => {
+            eprintln!("rvmspawn-guest: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// The transport of a stream command: vsock with the CID or port of option `vsock`, or the
 /// userspace vsock device's Unix socket given by `--unix`, which stands in for that option.
 enum Via<'a> {
@@ -359,6 +378,12 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
         "cid" => {
             Options::parse(rest, &[], &[])?;
             Ok(cmd_cid())
+        }
+        "credential" => {
+            let Some((id, rest)) = rest.split_first() else {
+                return Err("credential: which one?".into());
+            };
+            Ok(cmd_credential(id, &Options::parse(rest, &["entries"], &[])?))
         }
         "stream-send" => cmd_stream_send(&Options::parse(
             rest,

@@ -107,6 +107,20 @@ impl BootResult {
     }
 }
 
+/// What a batch's steps printed, by step name.
+#[derive(Debug)]
+pub struct Results(pub BTreeMap<String, BootResult>);
+
+impl Results {
+    /// Step `name`'s result; a step that did not run (the batch failed before it) fails the
+    /// test that asks.
+    pub fn step(&self, name: &str) -> &BootResult {
+        self.0
+            .get(name)
+            .unwrap_or_else(|| panic!("boot '{name}' did not run; see the batch output above"))
+    }
+}
+
 /// A set of named shell snippets, each one boot, run in one go.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -127,7 +141,7 @@ impl Batch {
     }
 
     /// Run every step and return each one's result by name.
-    pub fn run(self) -> BTreeMap<String, BootResult> {
+    pub fn run(self) -> Results {
         ensure_assets();
         let root = repo_root();
         let bin = rvmspawn_bin();
@@ -178,7 +192,7 @@ impl Batch {
         }
         eprintln!("batch ({mode:?}) exited {status}");
         let _ = std::fs::remove_file(&path);
-        parse(&text)
+        Results(parse(&text))
     }
 }
 

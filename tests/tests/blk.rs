@@ -5,10 +5,9 @@
 //! One batch (one test-host start). Images live in the test host's /tmp (tmpfs), where holes
 //! can be punched.
 
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use rvmspawn_tests::{Batch, BootResult};
+use rvmspawn_tests::{Batch, BootResult, Results};
 
 const T: &str = "timeout -s KILL 120";
 /// Partition UUID of the root partition in the GPT test image.
@@ -39,8 +38,8 @@ os.lseek(fd, 2 << 20, os.SEEK_SET)
 print("HOST-2M-ZERO=%d" % (os.read(fd, 1 << 20) == bytes(1 << 20)))
 PY"#;
 
-fn results() -> &'static BTreeMap<String, BootResult> {
-    static RESULTS: OnceLock<BTreeMap<String, BootResult>> = OnceLock::new();
+fn results() -> &'static Results {
+    static RESULTS: OnceLock<Results> = OnceLock::new();
     RESULTS.get_or_init(|| {
         Batch::new()
             .step(
@@ -118,12 +117,6 @@ exit $rc"#
     })
 }
 
-fn get(name: &str) -> &'static BootResult {
-    results()
-        .get(name)
-        .unwrap_or_else(|| panic!("boot '{name}' did not run; see the batch output above"))
-}
-
 fn expect(r: &BootResult, key: &str, want: &str) {
     assert_eq!(r.value(key), Some(want), "{key}:\n{}", r.output);
 }
@@ -133,7 +126,7 @@ const GUEST_PATTERN_MD5: &str = "f9c2e8749af18775462e61b6d0be9688";
 
 #[test]
 fn guest_sees_a_virtio_disk_of_the_image_size() {
-    let r = get("disk");
+    let r = results().step("disk");
     assert_eq!(r.rc, Some(0), "{}", r.output);
     expect(r, "RVMSPAWN-BLK-DEVICE", "vda");
     expect(r, "RVMSPAWN-BLK-SECTORS", &(64u64 * 2048).to_string());
@@ -151,7 +144,7 @@ fn guest_sees_a_virtio_disk_of_the_image_size() {
 
 #[test]
 fn guest_reads_host_data_and_its_writes_land_in_the_file() {
-    let r = get("disk");
+    let r = results().step("disk");
     let host = r.value("HOST-PATTERN-MD5").expect("host pattern md5");
     expect(r, "RVMSPAWN-BLK-READ-MD5", host);
     expect(r, "RVMSPAWN-BLK-WRITE", "ok");
@@ -162,7 +155,7 @@ fn guest_reads_host_data_and_its_writes_land_in_the_file() {
 
 #[test]
 fn discard_punches_holes_in_the_file() {
-    let r = get("disk");
+    let r = results().step("disk");
     expect(r, "RVMSPAWN-BLK-DISCARD", "ok");
     expect(r, "HOST-HOLE-AT-2M", "1");
     expect(r, "HOST-2M-ZERO", "1");
@@ -177,14 +170,14 @@ fn discard_punches_holes_in_the_file() {
 
 #[test]
 fn hwrng_is_virtio() {
-    let r = get("disk");
+    let r = results().step("disk");
     expect(r, "RVMSPAWN-RNG-CURRENT", "virtio_rng.0");
     expect(r, "RVMSPAWN-RNG-BYTES", "64");
 }
 
 #[test]
 fn read_only_image_refuses_guest_writes() {
-    let r = get("readonly");
+    let r = results().step("readonly");
     assert_eq!(r.rc, Some(0), "{}", r.output);
     expect(r, "RVMSPAWN-BLK-RO", "1");
     let host = r.value("HOST-PATTERN-MD5").expect("host pattern md5");
@@ -197,7 +190,7 @@ fn read_only_image_refuses_guest_writes() {
 
 #[test]
 fn an_image_in_use_is_refused() {
-    let r = get("locked");
+    let r = results().step("locked");
     // EBUSY, with a message naming the image.
     expect(r, "HOST-SECOND-RC", "16");
     assert!(
@@ -210,7 +203,7 @@ fn an_image_in_use_is_refused() {
 
 #[test]
 fn root_partition_goes_on_the_kernel_command_line() {
-    let r = get("gpt");
+    let r = results().step("gpt");
     assert_eq!(r.rc, Some(0), "{}", r.output);
     let cmdline = r
         .value("RVMSPAWN-CMDLINE")
@@ -223,7 +216,7 @@ fn root_partition_goes_on_the_kernel_command_line() {
 
 #[test]
 fn image_without_root_partition_is_refused() {
-    let r = get("nogpt");
+    let r = results().step("nogpt");
     // ENOPKG, as vmspawn's image dissection reports an image without a partition table.
     assert_eq!(r.rc, Some(65), "ENOPKG:\n{}", r.output);
     assert!(r.output.contains("no GPT partition table"), "{}", r.output);

@@ -4,15 +4,14 @@
 //! The guest's /init (scripts/assets.sh) prints `RVMSPAWN-*` lines and then acts on
 //! `rvmspawn.action=` (poweroff by default).
 
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use rvmspawn_tests::{Batch, BootResult};
+use rvmspawn_tests::{Batch, BootResult, Results};
 
 const T: &str = "timeout -s KILL 120";
 
-fn results() -> &'static BTreeMap<String, BootResult> {
-    static RESULTS: OnceLock<BTreeMap<String, BootResult>> = OnceLock::new();
+fn results() -> &'static Results {
+    static RESULTS: OnceLock<Results> = OnceLock::new();
     RESULTS.get_or_init(|| {
         Batch::new()
             .step(
@@ -55,12 +54,6 @@ exit $rc"#,
     })
 }
 
-fn get(name: &str) -> &'static BootResult {
-    results()
-        .get(name)
-        .unwrap_or_else(|| panic!("boot '{name}' did not run; see the batch output above"))
-}
-
 fn assert_booted(r: &BootResult) {
     assert_eq!(
         r.count_lines("RVMSPAWN-GUEST-INIT"),
@@ -72,7 +65,7 @@ fn assert_booted(r: &BootResult) {
 
 #[test]
 fn guest_reaches_init_and_poweroff_exits_zero() {
-    let r = get("default");
+    let r = results().step("default");
     assert_booted(r);
     assert_eq!(r.value("RVMSPAWN-NPROC"), Some("1"), "default is one vCPU");
     assert_eq!(r.value("RVMSPAWN-ACTION"), Some("poweroff"));
@@ -95,7 +88,7 @@ fn guest_reaches_init_and_poweroff_exits_zero() {
 
 #[test]
 fn two_vcpus_are_two_cpus_in_the_guest() {
-    let r = get("smp2");
+    let r = results().step("smp2");
     assert_booted(r);
     assert_eq!(r.value("RVMSPAWN-NPROC"), Some("2"), "{}", r.output);
     assert_eq!(r.rc, Some(0));
@@ -103,7 +96,7 @@ fn two_vcpus_are_two_cpus_in_the_guest() {
 
 #[test]
 fn one_gib_of_memory_is_about_one_gib_in_the_guest() {
-    let r = get("mem1g");
+    let r = results().step("mem1g");
     assert_booted(r);
     let kb: u64 = r.value("RVMSPAWN-MEMTOTAL-KB").unwrap().parse().unwrap();
     // MemTotal excludes the kernel image and reserved areas, so it is a little below 1 GiB.
@@ -113,7 +106,7 @@ fn one_gib_of_memory_is_about_one_gib_in_the_guest() {
 
 #[test]
 fn extra_arguments_reach_the_kernel_command_line() {
-    let r = get("args");
+    let r = results().step("args");
     assert_booted(r);
     let cmdline = r
         .value("RVMSPAWN-CMDLINE")
@@ -131,14 +124,14 @@ fn extra_arguments_reach_the_kernel_command_line() {
 
 #[test]
 fn elf_vmlinux_boots_through_pvh() {
-    let r = get("elf");
+    let r = results().step("elf");
     assert_booted(r);
     assert_eq!(r.rc, Some(0), "{}", r.output);
 }
 
 #[test]
 fn guest_reboot_restarts_the_vm_and_sigterm_stops_it() {
-    let r = get("reboot");
+    let r = results().step("reboot");
     assert!(
         r.count_lines("RVMSPAWN-GUEST-INIT") >= 2,
         "the guest's reboot must start it again:\n{}",

@@ -4,16 +4,15 @@
 //! systemd-vmspawn would pass. The UKI is built in the test from the same kernel and initramfs
 //! with `objcopy` and Debian's systemd-boot stub (`systemd-boot-efi`).
 
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use rvmspawn_tests::{Batch, BootResult};
+use rvmspawn_tests::{Batch, BootResult, Results};
 
 const T: &str = "timeout -s KILL 120";
 const UUID: &str = "3f6a0e8c-5b7d-4e21-9c44-0d2b7a1e6f55";
 
-fn results() -> &'static BTreeMap<String, BootResult> {
-    static RESULTS: OnceLock<BTreeMap<String, BootResult>> = OnceLock::new();
+fn results() -> &'static Results {
+    static RESULTS: OnceLock<Results> = OnceLock::new();
     RESULTS.get_or_init(|| {
         Batch::new()
             .step(
@@ -79,12 +78,6 @@ printf 'ID=rvmspawn-test
 ' > "$D/os-release"
 objcopy     --add-section .osrel="$D/os-release" --change-section-vma .osrel=0x20000     --add-section .cmdline="$D/cmdline" --change-section-vma .cmdline=0x30000     --add-section .linux="$KERNEL" --change-section-vma .linux=0x2000000     --add-section .initrd="$INITRD" --change-section-vma .initrd=0x4000000     "$STUB" "$D/uki.efi" || exit 98"#;
 
-fn get(name: &str) -> &'static BootResult {
-    results()
-        .get(name)
-        .unwrap_or_else(|| panic!("boot '{name}' did not run; see the batch output above"))
-}
-
 fn unhex(s: &str) -> Vec<u8> {
     (0..s.len() / 2)
         .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex"))
@@ -123,7 +116,7 @@ fn oem_strings(r: &BootResult) -> Vec<Vec<u8>> {
 
 #[test]
 fn credentials_arrive_byte_exact_in_vmspawn_format() {
-    let r = get("credentials");
+    let r = results().step("credentials");
     assert_eq!(r.rc, Some(0), "{}", r.output);
     assert_eq!(r.count_lines("RVMSPAWN-SMBIOS-DONE"), 1, "{}", r.output);
     let strings = oem_strings(r);
@@ -146,7 +139,7 @@ fn credentials_arrive_byte_exact_in_vmspawn_format() {
 
 #[test]
 fn identity_is_the_machine_name_and_uuid() {
-    let r = get("credentials");
+    let r = results().step("credentials");
     assert_eq!(r.value("RVMSPAWN-DMI-PRODUCT"), Some("rvmspawn"));
     assert_eq!(r.value("RVMSPAWN-DMI-SERIAL"), Some("credvm"));
     assert_eq!(r.value("RVMSPAWN-DMI-UUID"), Some(UUID));
@@ -154,7 +147,7 @@ fn identity_is_the_machine_name_and_uuid() {
 
 #[test]
 fn uuid_without_uuid_option_is_stable_per_name() {
-    let r = get("derived-uuid");
+    let r = results().step("derived-uuid");
     assert_eq!(r.rc, Some(0), "{}", r.output);
     let first = r
         .value("FIRST-RVMSPAWN-DMI-UUID")
@@ -169,7 +162,7 @@ fn uuid_without_uuid_option_is_stable_per_name() {
 
 #[test]
 fn uki_boots_with_its_embedded_cmdline_and_initrd() {
-    let r = get("uki");
+    let r = results().step("uki");
     assert_eq!(r.rc, Some(0), "{}", r.output);
     // The guest's /init ran: it came from the UKI's .initrd (no --initrd was given).
     assert_eq!(r.count_lines("RVMSPAWN-GUEST-INIT"), 1, "{}", r.output);
@@ -195,7 +188,7 @@ fn uki_boots_with_its_embedded_cmdline_and_initrd() {
 
 #[test]
 fn corrupt_uki_is_refused_clearly() {
-    let r = get("uki-corrupt");
+    let r = results().step("uki-corrupt");
     assert_eq!(r.rc, Some(8), "ENOEXEC:\n{}", r.output);
     assert!(
         r.output.contains("Failed to load unified kernel image"),

@@ -7,10 +7,9 @@
 //! out of sight (rvmspawn in a mount namespace whose `/dev` has no `vhost-vsock`, as on a host
 //! without the module), where rvmspawn serves vsock itself and its host side is Unix sockets.
 
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use rvmspawn_tests::{Batch, BootResult};
+use rvmspawn_tests::{Batch, BootResult, Results};
 
 /// SHA-256 of the first 64 MiB of the guest program's stream with its default seed.
 const STREAM_64M: &str =
@@ -58,8 +57,8 @@ i=0
 until [ -e "$D/notify.bound" ] || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done
 "#;
 
-fn results() -> &'static BTreeMap<String, BootResult> {
-    static RESULTS: OnceLock<BTreeMap<String, BootResult>> = OnceLock::new();
+fn results() -> &'static Results {
+    static RESULTS: OnceLock<Results> = OnceLock::new();
     RESULTS.get_or_init(|| {
         Batch::new()
             .step(
@@ -164,15 +163,9 @@ exit $rc"#,
     })
 }
 
-fn get(name: &str) -> &'static BootResult {
-    results()
-        .get(name)
-        .unwrap_or_else(|| panic!("boot '{name}' did not run; see the batch output above"))
-}
-
 #[test]
 fn guest_exit_status_is_the_exit_code() {
-    let r = get("notify-and-streams");
+    let r = results().step("notify-and-streams");
     assert_eq!(r.value("RVMSPAWN-NOTIFY"), Some("ok"), "{}", r.output);
     assert!(
         r.value("RVMSPAWN-NOTIFY-ADDR")
@@ -185,7 +178,7 @@ fn guest_exit_status_is_the_exit_code() {
 
 #[test]
 fn the_cid_asked_for_is_the_guests() {
-    let r = get("notify-and-streams");
+    let r = results().step("notify-and-streams");
     assert_eq!(r.value("RVMSPAWN-VSOCK-CID"), Some("1234"), "{}", r.output);
 }
 
@@ -217,12 +210,12 @@ fn assert_rebooted_with_same_cid(r: &BootResult) {
 
 #[test]
 fn sixty_four_mib_each_way_arrive_intact() {
-    assert_streams_intact(get("notify-and-streams"));
+    assert_streams_intact(results().step("notify-and-streams"));
 }
 
 #[test]
 fn default_cid_and_ready() {
-    let r = get("default-cid");
+    let r = results().step("default-cid");
     assert_eq!(
         r.rc,
         Some(0),
@@ -239,7 +232,7 @@ fn default_cid_and_ready() {
 
 #[test]
 fn no_vsock_means_no_device_and_exit_zero() {
-    let r = get("no-vsock");
+    let r = results().step("no-vsock");
     assert_eq!(
         r.value("RVMSPAWN-VSOCK-CID"),
         Some("missing"),
@@ -257,12 +250,12 @@ fn no_vsock_means_no_device_and_exit_zero() {
 
 #[test]
 fn vsock_survives_a_guest_reboot() {
-    assert_rebooted_with_same_cid(get("reboot"));
+    assert_rebooted_with_same_cid(results().step("reboot"));
 }
 
 #[test]
 fn supervisor_hears_started_and_the_guests_ready() {
-    let r = get("default-cid");
+    let r = results().step("default-cid");
     assert!(
         r.output.contains("SUPERVISOR: STATUS=VM started."),
         "{}",
@@ -278,7 +271,7 @@ fn supervisor_hears_started_and_the_guests_ready() {
 
 #[test]
 fn userspace_vsock_exit_status_cid_and_streams() {
-    let r = get("user-notify-and-streams");
+    let r = results().step("user-notify-and-streams");
     assert!(
         r.output
             .contains("vsock is served by rvmspawn: guest CID 1234"),
@@ -295,7 +288,7 @@ fn userspace_vsock_exit_status_cid_and_streams() {
 
 #[test]
 fn userspace_vsock_survives_a_reboot_and_notify_ready_no() {
-    let r = get("user-reboot-notify-ready-no");
+    let r = results().step("user-reboot-notify-ready-no");
     assert_rebooted_with_same_cid(r);
     // READY=1 once, from rvmspawn at start, although the guest sent it on both boots.
     assert_eq!(r.count_lines("SUPERVISOR: READY=1"), 1, "{}", r.output);

@@ -39,6 +39,8 @@ pub struct VmConfig {
     pub shared_memory: bool,
     /// Disks, in the order the guest sees them.
     pub disks: Vec<DiskConfig>,
+    /// Host directories shared over virtio-fs, each served by its own virtiofsd.
+    pub shares: Vec<FsShare>,
     /// The SMBIOS system UUID; `None` derives a stable one from the machine name.
     pub uuid: Option<[u8; 16]>,
     /// SMBIOS type 11 (OEM) strings, in order: credentials, kernel command-line extras and the
@@ -86,4 +88,27 @@ pub struct DiskConfig {
     pub root: bool,
     /// Pass the guest's discards on to the image.
     pub discard: bool,
+}
+
+/// A host directory the guest mounts over virtio-fs (`--directory=`, `--bind=`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsShare {
+    /// The tag the guest mounts it by: `root` for the root directory, `mnt0`, `mnt1`, ... for
+    /// bind mounts, as vmspawn names them.
+    pub tag: String,
+    /// The host directory.
+    pub source: PathBuf,
+    /// The guest may not change it (virtiofsd refuses writes).
+    pub read_only: bool,
+    /// Map guest UIDs and GIDs onto a host range; `None`: the same IDs on both sides.
+    pub id_map: Option<IdMap>,
+}
+
+/// Guest IDs `0..count` are host IDs `shift..shift + count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdMap {
+    /// First host ID.
+    pub shift: u32,
+    /// How many IDs.
+    pub count: u32,
 }

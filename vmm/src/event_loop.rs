@@ -20,6 +20,8 @@ const TOKEN_MACHINE: u64 = 0;
 const TOKEN_SIGNAL: u64 = 1;
 const TOKEN_STDIN: u64 = 2;
 const TOKEN_INPUT_DRAINED: u64 = 3;
+/// Helper `i`'s pidfd has token `TOKEN_HELPER + i`.
+const TOKEN_HELPER: u64 = 16;
 
 /// Input typed ahead of the guest is held up to this much; beyond it stdin is not read until the
 /// guest catches up, so a fast producer cannot grow the VMM's memory without bound.
@@ -32,6 +34,8 @@ pub enum Outcome {
     Reset,
     /// The run is over.
     Exit(VmExit),
+    /// Helper process `i` (in the order they were watched) ended.
+    HelperExited(usize),
 }
 
 /// Signals that end the VM.
@@ -139,6 +143,17 @@ impl Console {
         })
     }
 
+    /// Watch helper `index`'s pidfd for the rest of the run: its exit ends the machine's run.
+    pub fn watch_helper(&mut self, pidfd: RawFd, index: usize) -> Result<(), Error> {
+        epoll_ctl(
+            &self.epoll,
+            ControlOperation::Add,
+            pidfd,
+            TOKEN_HELPER + index as u64,
+        )
+        .map_err(|e| Error::Host("epoll", e))
+    }
+
     /// Run until `machine` stops or the user or a signal ends the VM.
     pub fn run(&mut self, machine: &Machine) -> Result<Outcome, Error> {
         let ep = |e| Error::Host("epoll", e);
@@ -209,6 +224,9 @@ impl Console {
                     TOKEN_INPUT_DRAINED => {
                         let _ = machine.input_drained.read();
                         self.feed_guest(machine);
+                    }
+                    t if t >= TOKEN_HELPER => {
+                        return Ok(Outcome::HelperExited((t - TOKEN_HELPER) as usize));
                     }
                     _ => {}
                 }

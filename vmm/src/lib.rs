@@ -9,17 +9,19 @@ mod log;
 mod config;
 mod console;
 mod event_loop;
+mod helper;
 mod kvm;
 mod machine;
 mod memory;
 mod pci;
 mod runtime;
 mod vcpu;
+mod virtiofs;
 mod vsock;
 mod x86_64;
 
 pub use boot::{SmbiosError, parse_uuid};
-pub use config::{DiskConfig, KvmSource, VmConfig, VsockConfig, VsockMode};
+pub use config::{DiskConfig, FsShare, IdMap, KvmSource, VmConfig, VsockConfig, VsockMode};
 
 /// The command line every direct boot starts with; the user's arguments follow.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
@@ -74,6 +76,9 @@ pub enum Error {
     /// vsock was asked for and cannot be had, or the device refused its set-up.
     #[error("{0}")]
     Vsock(String, i32),
+    /// A helper process (virtiofsd) could not be started, or ended while the VM ran.
+    #[error("{0}")]
+    Helper(String, i32),
     /// The run's directory could not be set up, or is in use by another run.
     #[error("{0}")]
     Runtime(String, i32),
@@ -102,7 +107,7 @@ impl Error {
             Error::Disk(e) => e.errno(),
             Error::Root(e) => e.errno(),
             Error::Smbios(e) => e.errno(),
-            Error::Vsock(_, errno) | Error::Runtime(_, errno) => *errno,
+            Error::Vsock(_, errno) | Error::Runtime(_, errno) | Error::Helper(_, errno) => *errno,
             // vmspawn reports a VMM that died abnormally as EPROTO.
             Error::Guest(_) => libc::EPROTO,
         }
@@ -284,7 +289,7 @@ fn setup_user_vsock(
     })
 }
 
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     let mut b = [0u8; 8];
     // SAFETY: getrandom writes at most 8 bytes into `b`.
     unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
@@ -349,6 +354,31 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
             image: std::sync::Arc::new(image),
         });
     }
+    // One virtiofsd per shared directory, for the whole run (the connection outlives guest
+    // reboots; virtiofsd exits when it closes). Declared before `spec`, so the devices'
+    // connections close before the helpers are stopped.
+    let mut helpers = Vec::with_capacity(config.shares.len());
+    let mut fs = Vec::with_capacity(config.shares.len());
+    if !config.shares.is_empty() {
+        let binary = virtiofs::find_virtiofsd()?;
+        for share in &config.shares {
+            let (helper, stream) = virtiofs::start(&binary, share)?;
+            console.watch_helper(helper.pidfd(), helpers.len())?;
+            helpers.push(helper);
+            let device = devices::virtio::fs::VhostUserFs::new(
+                stream,
+                &share.tag,
+                u16::try_from(config.vcpus).unwrap_or(u16::MAX),
+            )
+            .map_err(|e| {
+                Error::Helper(
+                    format!("virtio-fs device for {}: {e}", share.source.display()),
+                    e.errno(),
+                )
+            })?;
+            fs.push(std::sync::Arc::new(device));
+        }
+    }
     let spec = machine::MachineSpec {
         vcpus: config.vcpus,
         mem_bytes: config.mem_bytes,
@@ -377,7 +407,8 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
             None => None,
         },
         name: config.name,
-        memory: if config.shared_memory {
+        fs,
+        memory: if config.shared_memory || !config.shares.is_empty() {
             memory::Backing::SharedMemfd
         } else {
             memory::Backing::Private
@@ -406,6 +437,12 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
         output.set_abandon(false);
         match outcome? {
             event_loop::Outcome::Reset => continue,
+            event_loop::Outcome::HelperExited(i) => {
+                return Err(match helpers.get_mut(i) {
+                    Some(h) => h.died(),
+                    None => Error::Helper("a helper process ended".into(), libc::EPROTO),
+                });
+            }
             event_loop::Outcome::Exit(exit) => {
                 if let Some(v) = vsock {
                     v.finish();

@@ -21,6 +21,7 @@ use devices::legacy::{AcpiPower, Cmos, I8042, SerialConsole};
 use devices::pci::PciBus;
 use devices::virtio::VirtioDevice;
 use devices::virtio::block::{Block, DiskImage, ID_BYTES};
+use devices::virtio::fs::VhostUserFs;
 use devices::virtio::rng::Rng;
 use devices::virtio::vsock::{VhostHandle, Vsock};
 use devices::virtio::vsock_user::VsockUser;
@@ -58,6 +59,9 @@ pub struct MachineSpec {
     pub oem_strings: Vec<String>,
     /// The guest's vsock device.
     pub vsock: Option<VsockSpec>,
+    /// virtio-fs devices, each connected to its virtiofsd for the whole run; each boot gets
+    /// devices sharing those connections.
+    pub fs: Vec<Arc<VhostUserFs>>,
 }
 
 /// Which vsock device the guest gets, kept for the whole run.
@@ -245,6 +249,9 @@ impl Machine {
             }
             Some(VsockSpec::User(device)) => virtio.push(Box::new(device.share())),
             None => {}
+        }
+        for fs in &spec.fs {
+            virtio.push(Box::new(fs.share()));
         }
         let pci = crate::pci::build(&vm, mem, virtio, &mut io, &mut mmio)?;
         let buses = Buses {

@@ -1,0 +1,297 @@
+//! virtio-fs through virtiofsd: `--directory=` as the guest's root, `--bind=`/`--bind-ro=` and
+//! `--private-users=`, checked from both sides. The test builds a busybox tree whose
+//! `/sbin/init` prints what it sees and writes files; the guest initramfs mounts the `root` tag
+//! and the `fstab.extra` credential's lines and switches to it (scripts/initramfs/guest-init).
+//! And rvmspawn's helper duties: virtiofsd killed ends the run with an error; rvmspawn killed
+//! takes virtiofsd with it; no virtiofsd process or socket is left in any case.
+
+use std::sync::OnceLock;
+
+use rvmspawn_tests::{Batch, BootResult, Results};
+
+/// Shell functions for the steps. `tree UID` builds a busybox tree in `$D/root`, owned by UID,
+/// whose `/sbin/init` reports `RVMSPAWN-ROOT-*`, `RVMSPAWN-MOUNT=TAG WHERE RW` and
+/// `RVMSPAWN-BIND-*` lines, then powers off, or hangs with `rvmspawn.tree=hang`. `left`
+/// prints how many virtiofsd processes and virtiofs sockets of rvmspawn exist.
+const TREE: &str = r#"D=$(mktemp -d)
+tree() {
+    mkdir -p "$D/root/bin" "$D/root/sbin" "$D/root/proc" "$D/root/dev" "$D/root/sys"
+    cp /bin/busybox "$D/root/bin/busybox"
+    for a in sh mount umount grep cat sync stat id sleep poweroff; do
+        ln -s busybox "$D/root/bin/$a"
+    done
+    cat >"$D/root/sbin/init" <<'INIT'
+#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc
+echo "RVMSPAWN-ROOT-INIT=ok"
+echo "RVMSPAWN-ROOT-UID=$(id -u)"
+echo "RVMSPAWN-ROOT-OWNER=$(stat -c %u /sbin/init)"
+echo "RVMSPAWN-ROOT-CMDLINE=$(cat /proc/cmdline)"
+if echo "written by the guest" >/guest-wrote && sync; then
+    echo "RVMSPAWN-ROOT-WRITE=ok"
+else
+    echo "RVMSPAWN-ROOT-WRITE=fail"
+fi
+grep ' virtiofs ' /proc/mounts | while read -r what where type opts rest; do
+    echo "RVMSPAWN-MOUNT=$what $where ${opts%%,*}"
+done
+if [ -d /rw ]; then
+    if echo from-guest >/rw/from-guest && sync; then
+        echo "RVMSPAWN-BIND-RW-WRITE=ok"
+    else
+        echo "RVMSPAWN-BIND-RW-WRITE=fail"
+    fi
+fi
+if [ -d /ro ]; then
+    echo "RVMSPAWN-BIND-RO-READ=$(cat /ro/host-file)"
+    if echo x >/ro/guest-file 2>/dev/null; then w=ok; else w=refused; fi
+    echo "RVMSPAWN-BIND-RO-WRITE=$w"
+    # Read-only is virtiofsd's doing, not only the mount flag's.
+    if mount -o remount,rw /ro 2>/dev/null && grep -q ' /ro virtiofs rw' /proc/mounts; then
+        echo "RVMSPAWN-BIND-RO-REMOUNT=rw"
+    else
+        echo "RVMSPAWN-BIND-RO-REMOUNT=fail"
+    fi
+    if echo x >/ro/guest-file 2>/dev/null; then w=ok; else w=refused; fi
+    echo "RVMSPAWN-BIND-RO-WRITE-REMOUNTED=$w"
+fi
+case " $(cat /proc/cmdline) " in
+    *" rvmspawn.tree=hang "*)
+        echo "RVMSPAWN-TREE-HANG"
+        while :; do sleep 3600; done ;;
+esac
+poweroff -f
+INIT
+    chmod 755 "$D/root/sbin/init"
+    chown -R "$1:$1" "$D/root"
+}
+left() {
+    echo "HOST-VIRTIOFSD-LEFT=$(pgrep -c -x virtiofsd)"
+    echo "HOST-SOCKETS-LEFT=$(grep -c rvmspawn-virtiofs /proc/net/unix)"
+}
+wait_for() { # PATTERN FILE
+    i=0
+    until grep -q "$1" "$2" || [ $i -ge 300 ]; do sleep 0.2; i=$((i+1)); done
+}
+"#;
+
+/// Start rvmspawn on the tree with a guest that hangs; `vm` is its PID, once the tree's init
+/// runs.
+const START_HANGING: &str = r#"tree 0
+"$RVMSPAWN" -q --linux="$KERNEL" --initrd="$INITRD" -D "$D/root" \
+    rvmspawn.tree=hang >"$D/vm" 2>&1 &
+vm=$!
+wait_for RVMSPAWN-TREE-HANG "$D/vm"
+"#;
+
+fn results() -> &'static Results {
+    static RESULTS: OnceLock<Results> = OnceLock::new();
+    RESULTS.get_or_init(|| {
+        Batch::new()
+            .step(
+                "root-and-binds",
+                TREE.to_owned()
+                    + r#"tree 0
+mkdir "$D/rw" "$D/ro"
+echo host-data >"$D/ro/host-file"
+timeout -s KILL 150 "$RVMSPAWN" -q --linux="$KERNEL" --initrd="$INITRD" -D "$D/root" \
+    --bind="$D/rw:/rw" --bind-ro="$D/ro:/ro"
+rc=$?
+echo "HOST-GUEST-WROTE=$(cat "$D/root/guest-wrote")"
+echo "HOST-RW-FROM-GUEST=$(cat "$D/rw/from-guest")"
+echo "HOST-RO-ENTRIES=$(echo $(ls "$D/ro"))"
+left
+rm -rf "$D"
+exit $rc"#,
+            )
+            .step(
+                "private-users",
+                TREE.to_owned()
+                    + r#"tree 100000
+timeout -s KILL 150 "$RVMSPAWN" -q --linux="$KERNEL" --initrd="$INITRD" -D "$D/root" \
+    --private-users=100000
+rc=$?
+echo "HOST-GUEST-WROTE-OWNER=$(stat -c %u:%g "$D/root/guest-wrote")"
+rm -rf "$D"
+exit $rc"#,
+            )
+            .step(
+                // virtiofsd dying ends the run with an error naming it.
+                "virtiofsd-killed",
+                TREE.to_owned()
+                    + START_HANGING
+                    + r#"pkill -KILL -x virtiofsd
+wait $vm
+rc=$?
+cat "$D/vm"
+sleep 0.5
+left
+rm -rf "$D"
+exit $rc"#,
+            )
+            .step(
+                // rvmspawn killed outright: virtiofsd goes too (its parent-death signal).
+                "rvmspawn-killed",
+                TREE.to_owned()
+                    + START_HANGING
+                    + r#"echo "HOST-VIRTIOFSD-RUNNING=$(pgrep -c -x virtiofsd)"
+kill -KILL $vm
+wait $vm
+rc=$?
+i=0
+while pgrep -x virtiofsd >/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+cat "$D/vm"
+left
+rm -rf "$D"
+exit $rc"#,
+            )
+            .step(
+                // SIGTERM: a normal end, helpers stopped.
+                "sigterm",
+                TREE.to_owned()
+                    + START_HANGING
+                    + r#"kill -TERM $vm
+wait $vm
+rc=$?
+cat "$D/vm"
+left
+rm -rf "$D"
+exit $rc"#,
+            )
+            .run()
+    })
+}
+
+fn assert_nothing_left(r: &BootResult) {
+    assert_eq!(r.value("HOST-VIRTIOFSD-LEFT"), Some("0"), "{}", r.output);
+    assert_eq!(r.value("HOST-SOCKETS-LEFT"), Some("0"), "{}", r.output);
+}
+
+#[test]
+fn the_directory_is_the_guests_root_and_its_writes_land_on_the_host() {
+    let r = results().step("root-and-binds");
+    assert_eq!(r.value("RVMSPAWN-ROOT-INIT"), Some("ok"), "{}", r.output);
+    assert_eq!(r.value("RVMSPAWN-ROOT-UID"), Some("0"), "{}", r.output);
+    let cmdline = r.value("RVMSPAWN-ROOT-CMDLINE").expect("cmdline");
+    assert!(
+        cmdline.contains("root=root rootfstype=virtiofs rw"),
+        "{cmdline}"
+    );
+    assert_eq!(r.value("RVMSPAWN-ROOT-WRITE"), Some("ok"), "{}", r.output);
+    assert_eq!(
+        r.value("HOST-GUEST-WROTE"),
+        Some("written by the guest"),
+        "{}",
+        r.output
+    );
+    assert_eq!(r.rc, Some(0), "{}", r.output);
+    assert_nothing_left(r);
+}
+
+#[test]
+fn binds_mount_where_asked_with_the_right_permission() {
+    let r = results().step("root-and-binds");
+    let mounts: Vec<&str> = r
+        .output
+        .lines()
+        .filter_map(|l| l.trim_end().strip_prefix("RVMSPAWN-MOUNT="))
+        .collect();
+    assert_eq!(
+        mounts,
+        ["root / rw", "mnt0 /rw rw", "mnt1 /ro ro"],
+        "{}",
+        r.output
+    );
+    assert_eq!(
+        r.value("RVMSPAWN-BIND-RW-WRITE"),
+        Some("ok"),
+        "{}",
+        r.output
+    );
+    assert_eq!(
+        r.value("HOST-RW-FROM-GUEST"),
+        Some("from-guest"),
+        "{}",
+        r.output
+    );
+    assert_eq!(
+        r.value("RVMSPAWN-BIND-RO-READ"),
+        Some("host-data"),
+        "{}",
+        r.output
+    );
+    assert_eq!(
+        r.value("RVMSPAWN-BIND-RO-WRITE"),
+        Some("refused"),
+        "{}",
+        r.output
+    );
+    // The guest may remount it read-write; virtiofsd still refuses the write.
+    assert_eq!(
+        r.value("RVMSPAWN-BIND-RO-REMOUNT"),
+        Some("rw"),
+        "{}",
+        r.output
+    );
+    assert_eq!(
+        r.value("RVMSPAWN-BIND-RO-WRITE-REMOUNTED"),
+        Some("refused"),
+        "virtiofsd itself refuses\n{}",
+        r.output
+    );
+    assert_eq!(
+        r.value("HOST-RO-ENTRIES"),
+        Some("host-file"),
+        "{}",
+        r.output
+    );
+}
+
+#[test]
+fn private_users_maps_guest_root_to_the_shift() {
+    let r = results().step("private-users");
+    assert_eq!(r.value("RVMSPAWN-ROOT-INIT"), Some("ok"), "{}", r.output);
+    // The tree belongs to host UID 100000, which the guest sees as root.
+    assert_eq!(r.value("RVMSPAWN-ROOT-OWNER"), Some("0"), "{}", r.output);
+    assert_eq!(r.value("RVMSPAWN-ROOT-WRITE"), Some("ok"), "{}", r.output);
+    assert_eq!(
+        r.value("HOST-GUEST-WROTE-OWNER"),
+        Some("100000:100000"),
+        "{}",
+        r.output
+    );
+    assert_eq!(r.rc, Some(0), "{}", r.output);
+}
+
+#[test]
+fn virtiofsd_dying_ends_the_run_with_an_error() {
+    let r = results().step("virtiofsd-killed");
+    assert_eq!(r.rc, Some(71), "EPROTO\n{}", r.output);
+    assert!(
+        r.output.contains("was killed by signal 9; stopping the VM"),
+        "{}",
+        r.output
+    );
+    assert_nothing_left(r);
+}
+
+#[test]
+fn killing_rvmspawn_takes_virtiofsd_with_it() {
+    let r = results().step("rvmspawn-killed");
+    // virtiofsd's namespace sandbox runs it as two processes.
+    let running: u32 = r
+        .value("HOST-VIRTIOFSD-RUNNING")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(running >= 1, "{}", r.output);
+    assert_eq!(r.rc, Some(137), "{}", r.output);
+    assert_nothing_left(r);
+}
+
+#[test]
+fn sigterm_stops_virtiofsd_too() {
+    let r = results().step("sigterm");
+    assert_eq!(r.rc, Some(0), "{}", r.output);
+    assert_nothing_left(r);
+}

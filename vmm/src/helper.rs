@@ -1,0 +1,246 @@
+//! Helper processes that serve the guest's devices from outside the VMM (virtiofsd now; swtpm
+//! and passt later), started, watched and stopped the way systemd-vmspawn does it.
+//!
+//! A helper is forked with a parent-death signal (SIGTERM), so it goes when rvmspawn goes, even
+//! by SIGKILL; its exit is watched through a pidfd in the event loop, and a helper that dies
+//! while the VM runs ends the run with an error (EPROTO, as vmspawn reports a helper killed by a
+//! signal). When the run ends, every helper gets SIGTERM, then SIGKILL if it has not gone within
+//! [`STOP_GRACE`], and is reaped.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::Error;
+
+/// How long a helper may take to exit on SIGTERM before it is killed.
+pub const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// A running helper process.
+#[derive(Debug)]
+pub struct Helper {
+    /// What it is, for messages: "virtiofsd for /srv/root".
+    name: String,
+    child: Child,
+    pidfd: OwnedFd,
+    /// Set once reaped, so Drop does not signal a PID that may have been reused.
+    reaped: bool,
+}
+
+impl Helper {
+    /// Start `cmd` as a helper named `name` (for messages). `pass` is moved into the child as
+    /// descriptor `target` (which must be 3 or more, and is left open across exec); stdin is
+    /// /dev/null, stdout and stderr are ours.
+    pub fn spawn(
+        name: String,
+        mut cmd: Command,
+        pass: Option<(OwnedFd, RawFd)>,
+    ) -> Result<Helper, Error> {
+        // SAFETY: getpid has no preconditions.
+        let parent = unsafe { libc::getpid() };
+        let passed = pass.as_ref().map(|(fd, target)| (fd.as_raw_fd(), *target));
+        cmd.stdin(Stdio::null());
+        // SAFETY: the closure runs in the forked child before exec and calls only
+        // async-signal-safe functions (dup2, fcntl, prctl, getppid, sigprocmask, _exit).
+        unsafe {
+            cmd.pre_exec(move || {
+                if let Some((fd, target)) = passed {
+                    if fd == target {
+                        let flags = libc::fcntl(fd, libc::F_GETFD);
+                        if flags < 0
+                            || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
+                        {
+                            return Err(io::Error::last_os_error());
+                        }
+                    } else if libc::dup2(fd, target) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                // rvmspawn blocks its termination signals (it reads them from a signalfd); the
+                // helper must get them.
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // The parent may have died before the death signal was armed.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| {
+            Error::Helper(
+                format!("Failed to start {name}: {e}"),
+                e.raw_os_error().unwrap_or(libc::EIO),
+            )
+        })?;
+        // The child has its copy; ours is closed now.
+        drop(pass);
+        // SAFETY: pidfd_open on our own child's PID, which cannot be reused before we reap it.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id(), 0) };
+        let mut helper_without_pidfd = child;
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            let _ = helper_without_pidfd.kill();
+            let _ = helper_without_pidfd.wait();
+            return Err(Error::Helper(
+                format!("Failed to watch {name}: pidfd_open: {e}"),
+                e.raw_os_error().unwrap_or(libc::EIO),
+            ));
+        }
+        // SAFETY: `fd` is a new pidfd that nothing else owns.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        Ok(Helper {
+            name,
+            child: helper_without_pidfd,
+            pidfd,
+            reaped: false,
+        })
+    }
+
+    /// Readable once the process has exited.
+    pub fn pidfd(&self) -> RawFd {
+        self.pidfd.as_raw_fd()
+    }
+
+    /// The error for a helper that ended while the VM ran: reaps it and says how it ended.
+    pub fn died(&mut self) -> Error {
+        let how = match self.child.wait() {
+            Ok(status) => {
+                self.reaped = true;
+                match (status.code(), status.signal()) {
+                    (Some(code), _) => format!("exited with status {code}"),
+                    (_, Some(sig)) => format!("was killed by signal {sig}"),
+                    _ => format!("ended ({status})"),
+                }
+            }
+            Err(e) => format!("ended (wait failed: {e})"),
+        };
+        Error::Helper(
+            format!("{} {how}; stopping the VM", self.name),
+            libc::EPROTO,
+        )
+    }
+
+    /// Whether the process has exited within `timeout` (without reaping it).
+    pub fn exited_within(&self, timeout: Duration) -> bool {
+        let mut p = libc::pollfd {
+            fd: self.pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut p, 1, ms) > 0 }
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        if self.reaped {
+            return;
+        }
+        // pidfd_send_signal: signals exactly this process, never a PID reused after it.
+        // SAFETY: a valid pidfd, a valid signal, no siginfo.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                libc::SIGTERM,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if !self.exited_within(STOP_GRACE) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn sh(script: &str) -> Command {
+        let mut c = Command::new("sh");
+        c.args(["-c", script]);
+        c
+    }
+
+    #[test]
+    fn a_helper_that_dies_is_reported_with_how() {
+        let mut h = Helper::spawn("test helper".into(), sh("exit 3"), None).unwrap();
+        assert!(h.exited_within(Duration::from_secs(10)));
+        let e = h.died();
+        assert_eq!(e.errno(), libc::EPROTO);
+        assert_eq!(
+            e.to_string(),
+            "test helper exited with status 3; stopping the VM"
+        );
+        let mut k = Helper::spawn("killed".into(), sh("kill -9 $$"), None).unwrap();
+        assert!(k.exited_within(Duration::from_secs(10)));
+        assert!(k.died().to_string().contains("killed by signal 9"));
+    }
+
+    #[test]
+    fn dropping_stops_it_with_sigterm_even_with_our_signals_blocked() {
+        // Block SIGTERM here as the VMM does; the helper must still get it.
+        // SAFETY: plain signal-mask calls on this thread.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        }
+        let h = Helper::spawn("sleeper".into(), sh("exec sleep 60"), None).unwrap();
+        let pid = h.child.id() as i32;
+        let start = Instant::now();
+        drop(h);
+        assert!(
+            start.elapsed() < STOP_GRACE,
+            "SIGTERM, not the SIGKILL fallback"
+        );
+        // Reaped: the PID is gone.
+        // SAFETY: signal 0 only checks for existence.
+        assert_eq!(unsafe { libc::kill(pid, 0) }, -1);
+    }
+
+    #[test]
+    fn one_that_ignores_sigterm_is_killed() {
+        let h = Helper::spawn(
+            "stubborn".into(),
+            sh("trap '' TERM; echo ready; while :; do sleep 1; done"),
+            None,
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let start = Instant::now();
+        drop(h);
+        let took = start.elapsed();
+        assert!(took >= STOP_GRACE && took < STOP_GRACE * 3, "{took:?}");
+    }
+
+    #[test]
+    fn a_passed_descriptor_arrives_at_its_number() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut h = Helper::spawn(
+            "fd user".into(),
+            sh("echo hello >&5"),
+            Some((OwnedFd::from(b), 5)),
+        )
+        .unwrap();
+        let mut got = String::new();
+        use std::io::Read;
+        (&a).read_to_string(&mut got).unwrap();
+        assert_eq!(got, "hello\n");
+        assert!(h.exited_within(Duration::from_secs(10)));
+        assert!(h.died().to_string().contains("status 0"));
+    }
+}

@@ -1,0 +1,199 @@
+//! virtiofsd, the helper behind each virtio-fs device, started as systemd-vmspawn starts it.
+//!
+//! The vhost-user socket is a listening socket in the abstract namespace under a random name:
+//! rvmspawn connects first, before virtiofsd even runs (the connection waits in the backlog,
+//! and virtiofsd accepts exactly one), then hands virtiofsd the listener as an fd (`--fd 3`),
+//! as vmspawn does. Nothing is created in the file system, so nothing is left behind however
+//! rvmspawn ends, and no other process can get at the socket without guessing 128 random bits.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::config::FsShare;
+use crate::helper::Helper;
+use crate::{Error, random_u64};
+
+/// Where vmspawn looks for virtiofsd after `$PATH`.
+const FALLBACK_PATHS: [&str; 2] = ["/usr/libexec/virtiofsd", "/usr/lib/virtiofsd"];
+
+/// The descriptor number virtiofsd gets its listening socket on.
+const SOCKET_FD: i32 = 3;
+
+/// Find virtiofsd: `$PATH`, then the distributions' libexec locations.
+pub fn find_virtiofsd() -> Result<PathBuf, Error> {
+    let in_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| d.join("virtiofsd"));
+    in_path
+        .chain(FALLBACK_PATHS.iter().map(PathBuf::from))
+        .find(|p| is_executable(p))
+        .ok_or_else(|| {
+            Error::Helper(
+                format!(
+                    "Failed to find virtiofsd binary (looked in $PATH, {}); it is needed for \
+                     --directory= and --bind=",
+                    FALLBACK_PATHS.join(", ")
+                ),
+                libc::ENOENT,
+            )
+        })
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// virtiofsd's arguments for `share`, vmspawn's set plus `--readonly` for `--bind-ro=`, so a
+/// read-only mount is enforced by the server and not only by the guest's mount flag.
+pub fn arguments(share: &FsShare) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "--shared-dir".into(),
+        share.source.clone().into(),
+        "--xattr".into(),
+        "--fd".into(),
+        SOCKET_FD.to_string().into(),
+        "--no-announce-submounts".into(),
+        "--log-level=error".into(),
+        "--modcaps=-mknod".into(),
+    ];
+    if share.read_only {
+        args.push("--readonly".into());
+    }
+    if let Some(m) = share.id_map {
+        // Guest IDs from 0 are host IDs from `shift`, both ways, for users and groups alike.
+        let map = format!("map:0:{}:{}", m.shift, m.count);
+        args.extend([
+            "--translate-uid".into(),
+            map.clone().into(),
+            "--translate-gid".into(),
+            map.into(),
+        ]);
+    }
+    args
+}
+
+/// Start virtiofsd for `share` and return it with our end of its vhost-user connection.
+pub fn start(binary: &Path, share: &FsShare) -> Result<(Helper, UnixStream), Error> {
+    let name = format!("virtiofsd for {}", share.source.display());
+    let fail = |what: &str, e: std::io::Error| {
+        Error::Helper(
+            format!("Failed to set up the socket for {name}: {what}: {e}"),
+            e.raw_os_error().unwrap_or(libc::EIO),
+        )
+    };
+    let address = format!(
+        "rvmspawn-virtiofs-{}-{:016x}{:016x}",
+        std::process::id(),
+        random_u64(),
+        random_u64()
+    );
+    let listener = listen_abstract(&address).map_err(|e| fail("listen", e))?;
+    let stream = {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(address.as_bytes())
+            .map_err(|e| fail("address", e))?;
+        UnixStream::connect_addr(&addr).map_err(|e| fail("connect", e))?
+    };
+    let mut cmd = Command::new(binary);
+    cmd.args(arguments(share));
+    let helper = Helper::spawn(name, cmd, Some((listener, SOCKET_FD)))?;
+    Ok((helper, stream))
+}
+
+/// A listening Unix stream socket bound to abstract `name`, close-on-exec.
+fn listen_abstract(name: &str) -> std::io::Result<OwnedFd> {
+    // std's UnixListener::bind_addr would do, but it listens with a backlog we cannot see and
+    // returns a type we would only convert back; this keeps the one descriptor explicit.
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+    let listener = std::os::unix::net::UnixListener::bind_addr(&addr)?;
+    // SAFETY: into_raw_fd hands over sole ownership of the listening socket.
+    Ok(unsafe { OwnedFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(listener)) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::IdMap;
+
+    #[test]
+    fn arguments_are_vmspawns_plus_readonly_and_id_maps() {
+        let mut share = FsShare {
+            tag: "root".into(),
+            source: "/srv/root".into(),
+            read_only: false,
+            id_map: None,
+        };
+        let line = |s: &FsShare| {
+            arguments(s)
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(
+            line(&share),
+            "--shared-dir /srv/root --xattr --fd 3 --no-announce-submounts --log-level=error \
+             --modcaps=-mknod"
+        );
+        share.read_only = true;
+        share.id_map = Some(IdMap {
+            shift: 100000,
+            count: 65536,
+        });
+        assert!(line(&share).ends_with(
+            "--modcaps=-mknod --readonly --translate-uid map:0:100000:65536 \
+             --translate-gid map:0:100000:65536"
+        ));
+    }
+
+    #[test]
+    fn a_missing_virtiofsd_is_named() {
+        // Only meaningful where it is not installed in the fallback places either.
+        if FALLBACK_PATHS.iter().any(|p| Path::new(p).exists()) {
+            return;
+        }
+        let saved = std::env::var_os("PATH");
+        // SAFETY: no other test in this crate reads PATH.
+        unsafe { std::env::set_var("PATH", "/nonexistent") };
+        let r = find_virtiofsd();
+        // SAFETY: as above.
+        unsafe {
+            match saved {
+                Some(p) => std::env::set_var("PATH", p),
+                None => std::env::remove_var("PATH"),
+            }
+        }
+        let e = r.unwrap_err();
+        assert_eq!(e.errno(), libc::ENOENT);
+        assert!(e.to_string().contains("virtiofsd"), "{e}");
+    }
+
+    #[test]
+    fn our_connection_waits_for_the_helper_that_accepts_it() {
+        // A stand-in for virtiofsd: accepts on fd 3 and echoes one line.
+        let script = "exec python3 -c 'import socket; s = socket.socket(fileno=3); \
+                      c, _ = s.accept(); c.sendall(c.recv(64))'";
+        let address = format!("rvmspawn-test-{:016x}", random_u64());
+        let listener = listen_abstract(&address).unwrap();
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(address.as_bytes()).unwrap();
+        let mut ours = UnixStream::connect_addr(&addr).unwrap();
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", script]);
+        let h = Helper::spawn("echo".into(), cmd, Some((listener, SOCKET_FD))).unwrap();
+        use std::io::{Read, Write};
+        ours.write_all(b"ping\n").unwrap();
+        let mut buf = [0u8; 5];
+        ours.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ping\n");
+        // Once the helper has gone, so has the name: nobody can connect any more.
+        assert!(h.exited_within(std::time::Duration::from_secs(10)));
+        assert!(UnixStream::connect_addr(&addr).is_err());
+    }
+}
