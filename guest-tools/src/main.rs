@@ -383,7 +383,10 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
             let Some((id, rest)) = rest.split_first() else {
                 return Err("credential: which one?".into());
             };
-            Ok(cmd_credential(id, &Options::parse(rest, &["entries"], &[])?))
+            Ok(cmd_credential(
+                id,
+                &Options::parse(rest, &["entries"], &[])?,
+            ))
         }
         "stream-send" => cmd_stream_send(&Options::parse(
             rest,
