@@ -4,11 +4,13 @@
 //! These are pure functions over guest memory: nothing here touches KVM, so all of it can be
 //! unit-tested (and fuzzed) without a hypervisor.
 
+pub mod bls;
 pub mod gpt;
 pub mod smbios;
 pub mod uki;
 pub mod x86_64;
 
+pub use bls::{BlsError, find_boot_entry};
 pub use gpt::{GptError, RootArg, discover_root};
 pub use smbios::{SmbiosError, SmbiosInfo, parse_uuid, uuid_from_name, write_smbios};
 pub use uki::{Uki, UkiError, parse_uki};

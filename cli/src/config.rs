@@ -2,9 +2,11 @@
 //! (EINVAL, ERANGE), then vmspawn's rules between options, then refusals of what rvmspawn
 //! cannot do yet (EOPNOTSUPP), then the files. Nothing here touches KVM.
 
+use std::cell::OnceCell;
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
+use std::os::fd::IntoRawFd;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
@@ -105,6 +107,9 @@ pub struct Settings {
     /// `-s/--smbios11=`, in command-line order.
     pub smbios11: Vec<String>,
     pub kernel_args: Vec<String>,
+    /// The entry [`Settings::check_files`] found in `directory` when `linux` is unset. A cell,
+    /// because the checks take `&self` and their caller holds the settings immutably.
+    pub boot_entry: OnceCell<vmm::bls::BootEntry>,
 }
 
 /// Parses every occurrence of an option, as getopt would hand each to systemd's parser,
@@ -265,6 +270,7 @@ impl Settings {
             binds,
             credentials,
             kernel_args: args.kernel_args,
+            boot_entry: OnceCell::new(),
         })
     }
 
@@ -283,7 +289,7 @@ impl Settings {
         if self.directory.is_none() && self.image.is_none() && self.linux.is_none() {
             return Err(Failure::new(
                 libc::EOPNOTSUPP,
-                "Nothing to boot: specify --linux= (with --directory= or --image=, or \
+                "Nothing to boot: specify --directory= or --linux= (with --image=, or \
                  alone); finding images by machine name or booting the current directory \
                  is not supported.",
             ));
@@ -304,16 +310,6 @@ impl Settings {
                 libc::EOPNOTSUPP,
                 "--image= without --linux= (booting the image through UEFI firmware) is not \
                  supported yet; pass the kernel with --linux=.",
-            ));
-        }
-        // Without a kernel vmspawn finds one in the tree's /boot or /efi (Boot Loader
-        // Specification) and boots it through firmware.
-        if self.directory.is_some() && self.linux.is_none() {
-            return Err(Failure::new(
-                libc::EOPNOTSUPP,
-                "--directory= without --linux= (finding the kernel in the directory by the \
-                 Boot Loader Specification) is not supported yet; pass the kernel with \
-                 --linux=.",
             ));
         }
         // vmspawn's UID mapping is for the root directory's virtiofsd.
@@ -395,6 +391,15 @@ impl Settings {
         }
         if let Some(dir) = &self.directory {
             check_directory("directory", dir)?;
+            if self.linux.is_none() && self.boot_entry.get().is_none() {
+                let entry = vmm::bls::find_boot_entry(dir).map_err(|e| {
+                    Failure::new(
+                        e.errno(),
+                        format!("{e}. Please specify the kernel with --linux=."),
+                    )
+                })?;
+                let _ = self.boot_entry.set(entry);
+            }
         }
         for b in &self.binds {
             check_directory("bind mount source", &b.source)?;
@@ -512,8 +517,8 @@ impl Settings {
         Ok(strings)
     }
 
-    /// Assumes [`Settings::check`] passed. Decides nothing about KVM: the caller says
-    /// where it comes from.
+    /// Assumes [`Settings::check`] passed, and [`Settings::check_files`] too for a directory
+    /// without `--linux=`. Decides nothing about KVM: the caller says where it comes from.
     pub fn into_vm_config(
         self,
         name: String,
@@ -521,14 +526,26 @@ impl Settings {
         oem_strings: Vec<String>,
     ) -> vmm::VmConfig {
         let shares = self.shares();
+        let (kernel, initrds) = match (self.linux, self.boot_entry.into_inner()) {
+            (Some(kernel), _) => (kernel, self.initrds),
+            // As vmspawn, the entry's kernel and initrds but not its options: a Type #1 entry's
+            // options name the installed system's root (root=UUID=...), not the VM's, and a
+            // UKI's .cmdline is read by the loader anyway.
+            (None, Some(entry)) => (
+                held_open(entry.kernel_file),
+                entry.initrd_files.into_iter().map(held_open).collect(),
+            ),
+            (None, None) => panic!(
+                "check() requires --linux= or --directory=, and check_files() finds the kernel \
+                 in the directory"
+            ),
+        };
         vmm::VmConfig {
             name,
             vcpus: self.vcpus,
             mem_bytes: self.mem_bytes,
-            kernel: self
-                .linux
-                .expect("check() requires --linux= until firmware boot exists"),
-            initrds: self.initrds,
+            kernel,
+            initrds,
             // vmspawn's root for --directory=, before the user's arguments so theirs win.
             extra_cmdline: self
                 .directory
@@ -606,6 +623,15 @@ fn check_readable_file(what: &str, path: &Path) -> Result<(), Failure> {
     }
     fs::File::open(path).map_err(|e| Failure::io(context(), &e))?;
     Ok(())
+}
+
+/// A path that opens `file` again, for the VMM, which opens the kernel and initrds by path on
+/// every boot, reboots included. A boot entry's files are in the guest's tree, which the guest
+/// can write to over virtio-fs: by a reboot, its path could be a symbolic link to any host file.
+/// `/proc/self/fd/N` reopens the file that was found, whatever happens to the tree, so the fd
+/// stays open for the life of the process.
+fn held_open(file: fs::File) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", file.into_raw_fd()))
 }
 
 /// The virtio-fs tag of `--directory=`, which the kernel mounts as `root=root`.
@@ -886,14 +912,11 @@ mod tests {
         assert!(f.message.contains("--linux="), "{}", f.message);
         let f = failure(&["-M", "foo", "-q"]);
         assert_eq!(f.errno, EOPNOTSUPP);
-        // A directory without a kernel needs a Boot Loader Specification lookup.
-        let f = failure(&["-D", "/srv/os"]);
-        assert_eq!(f.errno, EOPNOTSUPP);
-        assert!(
-            f.message.starts_with("--directory= without --linux="),
-            "{}",
-            f.message
-        );
+        // A directory without a kernel: the kernel is looked up in it, with the files.
+        checked(&["-D", "/srv/os"]).unwrap();
+        // Initrds still need --linux=: a boot entry brings its own.
+        let f = failure(&["-D", "/srv/os", "--initrd=/i"]);
+        assert_eq!(f.message, "--initrd= requires --linux=.");
         let f = failure(&["--linux=/k", "--private-users=65536"]);
         assert_eq!(f.errno, EINVAL);
         assert_eq!(f.message, "--private-users= requires --directory=.");
@@ -1005,6 +1028,87 @@ mod tests {
             "mnt0 /my\\040dir virtiofs rw,x-initrd.mount\n"
         );
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A tree with a Type #1 boot entry in /boot (see `boot::bls` for the rules).
+    fn tree_with_entry(tag: &str) -> PathBuf {
+        let dir = temp_path(tag);
+        let _ = fs::remove_dir_all(&dir);
+        let mut kernel = vec![0; 0x400];
+        kernel[0x202..0x206].copy_from_slice(b"HdrS");
+        fs::create_dir_all(dir.join("boot/loader/entries")).unwrap();
+        fs::write(dir.join("boot/vmlinuz"), &kernel).unwrap();
+        fs::write(dir.join("boot/initrd.img"), b"initrd").unwrap();
+        fs::write(
+            dir.join("boot/loader/entries/test.conf"),
+            "linux /vmlinuz\ninitrd /initrd.img\noptions root=UUID=0000 quiet\n",
+        )
+        .unwrap();
+        dir
+    }
+
+    #[test]
+    fn directory_without_linux_boots_its_boot_entry() {
+        let dir = tree_with_entry("bls");
+        let d = dir.to_str().unwrap();
+        let s = checked(&["-D", d, "-M", "vm", "systemd.unit=rescue.target"]).unwrap();
+        s.check_files().unwrap();
+        // Checking again does not look again.
+        s.check_files().unwrap();
+        let c = s.into_vm_config("vm".into(), vmm::KvmSource::Open, Vec::new());
+        // The files found, held open: their paths reopen them even once the tree changes.
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            c.kernel.starts_with("/proc/self/fd/"),
+            "{}",
+            c.kernel.display()
+        );
+        assert_eq!(fs::read(&c.kernel).unwrap()[0x202..0x206], *b"HdrS");
+        assert_eq!(c.initrds.len(), 1);
+        assert_eq!(fs::read(&c.initrds[0]).unwrap(), b"initrd");
+        // The entry's options are not used, as in vmspawn.
+        assert_eq!(
+            c.extra_cmdline,
+            [
+                "root=root",
+                "rootfstype=virtiofs",
+                "rw",
+                "systemd.unit=rescue.target"
+            ]
+        );
+        assert_eq!(c.shares[0].source, dir);
+
+        // With --linux= the tree is not searched.
+        let empty = temp_path("bls-empty");
+        fs::create_dir_all(&empty).unwrap();
+        let e = empty.to_str().unwrap();
+        let kernel = temp_path("bls-kernel");
+        fs::write(&kernel, b"k").unwrap();
+        let k = format!("--linux={}", kernel.display());
+        checked(&["-D", e, &k]).unwrap().check_files().unwrap();
+        // Without it, an empty tree is an error naming it.
+        let f = checked(&["-D", e]).unwrap().check_files().unwrap_err();
+        assert_eq!(f.errno, libc::ENOENT);
+        assert!(
+            f.message
+                .starts_with(&format!("Failed to find a boot entry in '{e}'")),
+            "{}",
+            f.message
+        );
+        assert!(f.message.ends_with("--linux=."), "{}", f.message);
+        // A missing directory is reported as such, before any lookup.
+        let f = checked(&["-D", "/nonexistent-rvmspawn"])
+            .unwrap()
+            .check_files()
+            .unwrap_err();
+        assert_eq!(f.errno, libc::ENOENT);
+        assert!(
+            f.message.starts_with("Failed to open directory"),
+            "{}",
+            f.message
+        );
+        fs::remove_dir_all(&empty).unwrap();
+        fs::remove_file(&kernel).unwrap();
     }
 
     #[test]

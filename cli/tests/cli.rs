@@ -197,13 +197,91 @@ fn unimplemented_options_exit_eopnotsupp() {
     }
 }
 
+/// A directory, removed with everything in it when the value is dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let path =
+            std::env::temp_dir().join(format!("rvmspawn-cli-test-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temporary directory");
+        TempDir(path)
+    }
+
+    fn arg(&self) -> &str {
+        self.0.to_str().expect("UTF-8 temporary path")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[test]
-fn shared_directories_need_a_kernel_and_must_be_directories() {
+fn directory_without_kernel_needs_a_boot_entry() {
     assert_one_line_error(
-        &["-D", "/srv/os"],
-        EOPNOTSUPP,
-        &["--directory=", "--linux=", "not supported"],
+        &["-D", "/nonexistent-dir"],
+        ENOENT,
+        &["directory", "'/nonexistent-dir'"],
     );
+    let tree = TempDir::new("tree-empty");
+    assert_one_line_error(
+        &["-D", tree.arg()],
+        ENOENT,
+        &["Failed to find a boot entry in", tree.arg(), "--linux="],
+    );
+    // The reasons entries were passed over are in the one line.
+    let entries = tree.0.join("boot/loader/entries");
+    std::fs::create_dir_all(&entries).unwrap();
+    std::fs::write(entries.join("a.conf"), "linux /../vmlinuz\n").unwrap();
+    assert_one_line_error(
+        &["-D", tree.arg()],
+        ENOENT,
+        &["boot/loader/entries/a.conf: the 'linux' path '/../vmlinuz'"],
+    );
+    std::fs::write(entries.join("a.conf"), "linux /vmlinuz\n").unwrap();
+    assert_one_line_error(
+        &["-D", tree.arg()],
+        ENOENT,
+        &[
+            "Boot entry 'a.conf'",
+            "vmlinuz",
+            "No such file or directory",
+        ],
+    );
+    std::fs::write(tree.0.join("boot/vmlinuz"), "not a kernel").unwrap();
+    assert_one_line_error(
+        &["-D", tree.arg()],
+        8, // ENOEXEC
+        &["Boot entry 'a.conf'", "not a Linux kernel"],
+    );
+}
+
+#[test]
+fn directory_without_kernel_boots_its_boot_entry() {
+    let tree = TempDir::new("tree-entry");
+    let boot = tree.0.join("boot");
+    std::fs::create_dir_all(boot.join("loader/entries")).unwrap();
+    let mut kernel = vec![0; 0x400];
+    kernel[0x202..0x206].copy_from_slice(b"HdrS");
+    std::fs::write(boot.join("vmlinuz"), kernel).unwrap();
+    std::fs::write(boot.join("loader/entries/a.conf"), "linux /vmlinuz\n").unwrap();
+    // The kernel is found: the VM is about to start (it fails later, without KVM or with this
+    // kernel, which is none).
+    let out = run(&["-D", tree.arg(), "-M", "blsvm", "--qemu-mem=64M"]);
+    let err = stderr(&out);
+    let first = format!(
+        "Spawning VM blsvm on {} with 1 vCPU and 64 MiB.",
+        tree.arg()
+    );
+    assert!(err.contains(&first), "{err}");
+}
+
+#[test]
+fn shared_directories_must_be_directories() {
     let kernel = TempFile::new("kernel-directory");
     assert_one_line_error(
         &["-D", "/nonexistent-dir", &kernel.linux_arg()],

@@ -20,6 +20,7 @@ mod virtiofs;
 mod vsock;
 mod x86_64;
 
+pub use boot::bls;
 pub use boot::{SmbiosError, parse_uuid};
 pub use config::{DiskConfig, FsShare, IdMap, KvmSource, VmConfig, VsockConfig, VsockMode};
 
