@@ -106,6 +106,25 @@ rm -rf "$D"
 exit $rc"#,
             )
             .step(
+                // No --linux=: the kernel comes from the tree's boot entries. The entry that
+                // sorts first has no kernel, so only the loader.conf default can boot.
+                "boot-loader-spec",
+                TREE.to_owned()
+                    + r#"tree 0
+mkdir -p "$D/root/boot/loader/entries" "$D/root/efi/loader"
+cp "$KERNEL" "$D/root/boot/vmlinuz"
+cp "$INITRD" "$D/root/boot/initrd.img"
+printf 'title test\nversion 1\nlinux /vmlinuz\ninitrd /initrd.img\noptions root=/dev/sda\n' \
+    >"$D/root/boot/loader/entries/test.conf"
+printf 'title newer\nversion 9\nlinux /missing\n' >"$D/root/boot/loader/entries/zzz.conf"
+echo 'default test*' >"$D/root/efi/loader/loader.conf"
+timeout -s KILL 150 "$RVMSPAWN" -q -D "$D/root"
+rc=$?
+left
+rm -rf "$D"
+exit $rc"#,
+            )
+            .step(
                 "private-users",
                 TREE.to_owned()
                     + r#"tree 100000
@@ -185,6 +204,17 @@ fn the_directory_is_the_guests_root_and_its_writes_land_on_the_host() {
         "{}",
         r.output
     );
+    assert_eq!(r.rc, Some(0), "{}", r.output);
+    assert_nothing_left(r);
+}
+
+#[test]
+fn without_linux_the_trees_default_boot_entry_boots() {
+    let r = results().step("boot-loader-spec");
+    assert_eq!(r.value("RVMSPAWN-ROOT-INIT"), Some("ok"), "{}", r.output);
+    // vmspawn uses the entry's kernel and initrd, not its options.
+    let cmdline = r.value("RVMSPAWN-ROOT-CMDLINE").expect("cmdline");
+    assert_eq!(cmdline, "console=ttyS0 root=root rootfstype=virtiofs rw");
     assert_eq!(r.rc, Some(0), "{}", r.output);
     assert_nothing_left(r);
 }
