@@ -5,9 +5,21 @@
 # rvmspawn, ...) so that drifting load on this shared machine hits all of them
 # alike, and prints a table of medians. All VMMs get 512 MiB and 1 vCPU, the
 # same bzImage, initramfs and "console=ttyS0 quiet" (rvmspawn: "quiet" on top
-# of its own console setup). Usage: scripts/bench-boot-inner.sh [RUNS]
+# of its own console setup). Usage: scripts/bench-boot-inner.sh [--directory] [RUNS]
+#
+# --directory: boot an OS tree over virtio-fs instead (a busybox tree whose
+# /sbin/init prints RVMSPAWN-GUEST-INIT and powers off; the initramfs mounts it
+# and switches to it): rvmspawn -D, against QEMU pc with vhost-user-fs-pci and
+# a memfd memory backend, as systemd-vmspawn runs it. Both get a fresh
+# virtiofsd per boot with vmspawn's arguments (rvmspawn starts its own; QEMU's
+# is started by a wrapper just before it), so its start-up counts for both.
 set -euo pipefail
 
+directory=0
+if [ "${1:-}" = --directory ]; then
+    directory=1
+    shift
+fi
 runs=${1:-5}
 scripts=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$scripts")
@@ -34,6 +46,38 @@ cmd_pc=(qemu-system-x86_64 -M pc "${qemu_common[@]}")
 
 labels=(rvmspawn qemu-microvm qemu-pc)
 out=$(mktemp -d)
+if [ "$directory" = 1 ]; then
+    tree=$out/tree
+    mkdir -p "$tree/bin" "$tree/sbin" "$tree/proc" "$tree/dev" "$tree/sys"
+    cp /bin/busybox "$tree/bin/busybox"
+    for a in sh poweroff; do ln -s busybox "$tree/bin/$a"; done
+    printf '#!/bin/sh\necho RVMSPAWN-GUEST-INIT\nexec poweroff -f\n' >"$tree/sbin/init"
+    chmod 755 "$tree/sbin/init"
+    virtiofsd=$(command -v virtiofsd) || { echo "bench-boot: virtiofsd is missing" >&2; exit 1; }
+    cmd_rvmspawn=("$rvmspawn" -q --qemu-mem=512M --qemu-smp=1 "--linux=$kernel" "--initrd=$initrd"
+        -D "$tree" quiet)
+    # vmspawn's virtiofsd arguments, on a socket path instead of an inherited fd.
+    cat >"$out/qemu-dir.sh" <<EOF
+#!/bin/sh
+sock=$out/virtiofsd.sock
+rm -f "\$sock"
+"$virtiofsd" --socket-path="\$sock" --shared-dir="$tree" --xattr --no-announce-submounts \\
+    --log-level=error --modcaps=-mknod &
+v=\$!
+while [ ! -S "\$sock" ]; do sleep 0.01; done
+qemu-system-x86_64 -M pc,memory-backend=mem -object memory-backend-memfd,id=mem,size=512M,share=on \\
+    -enable-kvm -cpu host -m 512 -smp 1 -nodefaults -nographic -no-reboot -serial stdio \\
+    -chardev socket,id=fs0,path="\$sock" -device vhost-user-fs-pci,queue-size=1024,chardev=fs0,tag=root \\
+    -kernel "$kernel" -initrd "$initrd" -append "console=ttyS0 root=root rootfstype=virtiofs rw quiet"
+rc=\$?
+kill \$v 2>/dev/null
+wait \$v 2>/dev/null
+exit \$rc
+EOF
+    chmod 755 "$out/qemu-dir.sh"
+    labels=(rvmspawn qemu-pc)
+    cmd_pc=("$out/qemu-dir.sh")
+fi
 results=$out/results
 : >"$results"
 
@@ -78,6 +122,11 @@ if [ "$have_rvmspawn" = 1 ] && awk '$1 == "rvmspawn" && $5 != "ok" { bad = 1 } E
 fi
 
 echo
-echo "Boot to /init, in the nested test host (QEMU TCG; compare ratios, not absolute times):"
+if [ "$directory" = 1 ]; then
+    echo "Boot of an OS tree over virtio-fs to its /sbin/init, in the nested test host (QEMU TCG;"
+    echo "compare ratios, not absolute times; peak RSS is the largest process's, the VMM's):"
+else
+    echo "Boot to /init, in the nested test host (QEMU TCG; compare ratios, not absolute times):"
+fi
 python3 "$measure" summary "$results" "${labels[@]}"
 rm -rf "$out"
