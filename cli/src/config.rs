@@ -546,12 +546,17 @@ impl Settings {
             mem_bytes: self.mem_bytes,
             kernel,
             initrds,
-            // vmspawn's root for --directory=, before the user's arguments so theirs win.
+            // vmspawn's root for --directory=, after the user's arguments, where vmspawn puts
+            // it (the kernel takes the last root=, so these win).
             extra_cmdline: self
-                .directory
+                .kernel_args
                 .iter()
-                .flat_map(|_| DIRECTORY_ROOT_ARGS.iter().map(|a| a.to_string()))
-                .chain(self.kernel_args.iter().cloned())
+                .cloned()
+                .chain(
+                    self.directory
+                        .iter()
+                        .flat_map(|_| DIRECTORY_ROOT_ARGS.iter().map(|a| a.to_string())),
+                )
                 .collect(),
             shares,
             kvm,
@@ -946,7 +951,7 @@ mod tests {
         ]);
         assert_eq!(
             c.extra_cmdline,
-            ["root=root", "rootfstype=virtiofs", "rw", "quiet"]
+            ["quiet", "root=root", "rootfstype=virtiofs", "rw"]
         );
         assert!(c.shared_memory);
         assert_eq!(
@@ -1070,10 +1075,10 @@ mod tests {
         assert_eq!(
             c.extra_cmdline,
             [
+                "systemd.unit=rescue.target",
                 "root=root",
                 "rootfstype=virtiofs",
                 "rw",
-                "systemd.unit=rescue.target"
             ]
         );
         assert_eq!(c.shares[0].source, dir);

@@ -96,7 +96,7 @@ fn results() -> &'static Results {
 mkdir "$D/rw" "$D/ro"
 echo host-data >"$D/ro/host-file"
 timeout -s KILL 150 "$RVMSPAWN" -q --linux="$KERNEL" --initrd="$INITRD" -D "$D/root" \
-    --bind="$D/rw:/rw" --bind-ro="$D/ro:/ro"
+    --bind="$D/rw:/rw" --bind-ro="$D/ro:/ro" rvmspawn.arg=1
 rc=$?
 echo "HOST-GUEST-WROTE=$(cat "$D/root/guest-wrote")"
 echo "HOST-RW-FROM-GUEST=$(cat "$D/rw/from-guest")"
@@ -192,10 +192,11 @@ fn the_directory_is_the_guests_root_and_its_writes_land_on_the_host() {
     let r = results().step("root-and-binds");
     assert_eq!(r.value("RVMSPAWN-ROOT-INIT"), Some("ok"), "{}", r.output);
     assert_eq!(r.value("RVMSPAWN-ROOT-UID"), Some("0"), "{}", r.output);
+    // vmspawn's root arguments come after the user's.
     let cmdline = r.value("RVMSPAWN-ROOT-CMDLINE").expect("cmdline");
-    assert!(
-        cmdline.contains("root=root rootfstype=virtiofs rw"),
-        "{cmdline}"
+    assert_eq!(
+        cmdline,
+        "console=ttyS0 rvmspawn.arg=1 root=root rootfstype=virtiofs rw"
     );
     assert_eq!(r.value("RVMSPAWN-ROOT-WRITE"), Some("ok"), "{}", r.output);
     assert_eq!(

@@ -73,7 +73,7 @@ impl Helper {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|e| {
+        let mut child = cmd.spawn().map_err(|e| {
             Error::Helper(
                 format!("Failed to start {name}: {e}"),
                 e.raw_os_error().unwrap_or(libc::EIO),
@@ -83,11 +83,10 @@ impl Helper {
         drop(pass);
         // SAFETY: pidfd_open on our own child's PID, which cannot be reused before we reap it.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id(), 0) };
-        let mut helper_without_pidfd = child;
         if fd < 0 {
             let e = io::Error::last_os_error();
-            let _ = helper_without_pidfd.kill();
-            let _ = helper_without_pidfd.wait();
+            let _ = child.kill();
+            let _ = child.wait();
             return Err(Error::Helper(
                 format!("Failed to watch {name}: pidfd_open: {e}"),
                 e.raw_os_error().unwrap_or(libc::EIO),
@@ -97,7 +96,7 @@ impl Helper {
         let pidfd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
         Ok(Helper {
             name,
-            child: helper_without_pidfd,
+            child,
             pidfd,
             reaped: false,
         })
