@@ -549,6 +549,29 @@ impl<'a> Scan<'a> {
     }
 
     /// Opens an entry file, once per inode; `None` (with the reason noted) when it is not usable.
+    /// An entry file's path, its id and boot counters, and the file, open; `None` (with the
+    /// reason noted) when its name or the file is unusable.
+    #[allow(
+        clippy::type_complexity,
+        reason = "a private tuple, taken apart at once"
+    )]
+    fn entry_file(
+        &mut self,
+        dir: &Path,
+        name: &str,
+    ) -> Option<(PathBuf, (String, Option<u32>, Option<u32>), File)> {
+        let path = self.root.join(dir).join(name);
+        let split = match entry_id(name) {
+            Ok(split) => split,
+            Err(why) => {
+                self.skip(&path, why);
+                return None;
+            }
+        };
+        let file = self.open_entry(dir, name)?;
+        Some((path, split, file))
+    }
+
     fn open_entry(&mut self, dir: &Path, name: &str) -> Option<File> {
         let path = self.root.join(dir).join(name);
         let file = match open_beneath(self.root, &dir.join(name)) {
@@ -590,12 +613,7 @@ impl<'a> Scan<'a> {
     }
 
     fn type1(&mut self, partition: &'static str, dir: &Path, name: &str) {
-        let path = self.root.join(dir).join(name);
-        let (id, tries_left, tries_done) = match entry_id(name) {
-            Ok(split) => split,
-            Err(why) => return self.skip(&path, why),
-        };
-        let Some(file) = self.open_entry(dir, name) else {
+        let Some((path, (id, tries_left, tries_done), file)) = self.entry_file(dir, name) else {
             return;
         };
         let text = match read_small(&file) {
@@ -625,12 +643,7 @@ impl<'a> Scan<'a> {
     }
 
     fn type2(&mut self, partition: &'static str, dir: &Path, name: &str) {
-        let path = self.root.join(dir).join(name);
-        let (id, tries_left, tries_done) = match entry_id(name) {
-            Ok(split) => split,
-            Err(why) => return self.skip(&path, why),
-        };
-        let Some(file) = self.open_entry(dir, name) else {
+        let Some((path, (id, tries_left, tries_done), file)) = self.entry_file(dir, name) else {
             return;
         };
         let uki = match uki::parse_uki(&file) {
