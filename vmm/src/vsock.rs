@@ -14,6 +14,10 @@ use crate::Error;
 pub const HOST_CID: u32 = 2;
 /// Longest notification message (vmspawn's `NOTIFY_BUFFER_MAX`); a longer one is dropped.
 pub const MAX_MESSAGE: usize = 4096;
+/// How long one notify connection may take to send its message while the VM runs.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// The same once the VM has stopped (at most the listen backlog of connections is left).
+const STOPPING_READ_TIMEOUT: Duration = Duration::from_millis(100);
 /// vmspawn's key for deriving a CID from the machine name.
 const SIP_KEY: [u8; 16] = [
     0x03, 0xad, 0xf0, 0xa4, 0x59, 0x2c, 0x77, 0x11, 0xda, 0x39, 0x0c, 0xba, 0xf5, 0x4c, 0x80, 0x52,
@@ -319,8 +323,17 @@ fn serve(socket: &OwnedFd, stop: &vmm_sys_util::eventfd::EventFd, notifier: &Not
         let conn = unsafe { OwnedFd::from_raw_fd(conn) };
         let mut stream = std::fs::File::from(conn);
         // A guest that opens a connection and never closes it must not stall the others
-        // for long: each message gets a few seconds.
-        set_timeout(&stream, Duration::from_secs(5));
+        // for long: each message gets a few seconds. Once the run is ending the guest is
+        // stopped and what it sent is already here, so a connection left open (a backlog of
+        // them, from a hostile guest) must not hold up rvmspawn's exit.
+        set_timeout(
+            &stream,
+            if stopping {
+                STOPPING_READ_TIMEOUT
+            } else {
+                READ_TIMEOUT
+            },
+        );
         let mut n = 0;
         while n < buf.len() {
             match stream.read(&mut buf[n..]) {
@@ -335,7 +348,8 @@ fn serve(socket: &OwnedFd, stop: &vmm_sys_util::eventfd::EventFd, notifier: &Not
 fn set_timeout(f: &std::fs::File, t: Duration) {
     let tv = libc::timeval {
         tv_sec: t.as_secs() as libc::time_t,
-        tv_usec: 0,
+        // A zero timeval would mean "no timeout": the sub-second part must not be lost.
+        tv_usec: libc::suseconds_t::from(t.subsec_micros()),
     };
     // SAFETY: setsockopt reads a timeval of the given size.
     unsafe {
