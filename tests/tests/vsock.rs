@@ -149,7 +149,7 @@ exit $rc"#,
 "#
                     + SECOND_BOOT_THEN_TERM
                     + r#"kill $sup
-cat "$D/vm" "$D/sup"
+cat "$D/vm"; echo; cat "$D/sup"
 echo "RUN-DIR-ENTRIES=$(ls -A "$D/run/rvmspawn" | wc -l)"
 rm -rf "$D"
 exit $rc"#,
