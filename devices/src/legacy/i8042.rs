@@ -31,6 +31,9 @@ impl Trigger for ResetLine {
 /// The keyboard controller's reset line.
 pub struct I8042 {
     dev: I8042Device<ResetLine>,
+    /// Reads of every port return all ones: "no controller" to firmware, whose PS/2 driver
+    /// would otherwise spend seconds on keyboard self-test timeouts.
+    reads_absent: bool,
 }
 
 impl std::fmt::Debug for I8042 {
@@ -44,12 +47,26 @@ impl I8042 {
     pub fn new(sink: RequestSink) -> Self {
         I8042 {
             dev: I8042Device::new(ResetLine(sink)),
+            reads_absent: false,
+        }
+    }
+
+    /// A controller that reads as absent (status 0xFF, which OVMF's PS/2 keyboard driver takes
+    /// as "no keyboard") but still resets the machine on command 0xFE.
+    pub fn reset_only(sink: RequestSink) -> Self {
+        I8042 {
+            dev: I8042Device::new(ResetLine(sink)),
+            reads_absent: true,
         }
     }
 }
 
 impl BusDevice for I8042 {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if self.reads_absent {
+            data.fill(0xff);
+            return;
+        }
         match (u8::try_from(offset), data) {
             (Ok(reg), [byte]) => *byte = self.dev.read(reg),
             (_, data) => data.fill(0),
@@ -80,6 +97,18 @@ mod tests {
         dev.write(0, &[CMD_RESET_CPU]);
         dev.write(COMMAND_OFFSET, &[CMD_RESET_CPU, 0]);
         assert!(seen.lock().unwrap().is_empty());
+        dev.write(COMMAND_OFFSET, &[CMD_RESET_CPU]);
+        assert_eq!(*seen.lock().unwrap(), vec![GuestRequest::Reset]);
+    }
+
+    #[test]
+    fn reset_only_controller_reads_absent_and_still_resets() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let mut dev = I8042::reset_only(Arc::new(move |r| s.lock().unwrap().push(r)));
+        let mut status = [0u8; 1];
+        dev.read(COMMAND_OFFSET, &mut status);
+        assert_eq!(status, [0xff]);
         dev.write(COMMAND_OFFSET, &[CMD_RESET_CPU]);
         assert_eq!(*seen.lock().unwrap(), vec![GuestRequest::Reset]);
     }

@@ -125,6 +125,21 @@ impl PciConfig {
         self.writable[offset..offset + mask.len()].copy_from_slice(mask);
     }
 
+    /// Make the bits set in `mask` of the device-specific registers at `offset` writable by
+    /// the guest (a chipset register block). Offsets past the end are ignored.
+    pub fn allow_writes(&mut self, offset: usize, mask: &[u8]) {
+        for (i, m) in mask.iter().enumerate() {
+            if let Some(w) = offset.checked_add(i).and_then(|o| self.writable.get_mut(o)) {
+                *w = *m;
+            }
+        }
+    }
+
+    /// Set the header-type register (bit 7: a multi-function device).
+    pub fn set_header_type(&mut self, value: u8) {
+        self.regs[0x0e] = value;
+    }
+
     fn set_u16(&mut self, offset: usize, v: u16) {
         self.regs[offset..offset + 2].copy_from_slice(&v.to_le_bytes());
     }

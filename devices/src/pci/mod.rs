@@ -83,14 +83,15 @@ type SharedDevice = Arc<Mutex<dyn PciDevice>>;
 
 /// The root bus.
 pub struct PciBus {
-    slots: Vec<SharedDevice>,
+    /// Indexed by device number; `None` is an empty slot.
+    slots: Vec<Option<SharedDevice>>,
     bars: RwLock<Vec<Mapping>>,
 }
 
 impl std::fmt::Debug for PciBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PciBus")
-            .field("devices", &self.slots.len())
+            .field("devices", &self.slots.iter().flatten().count())
             .finish_non_exhaustive()
     }
 }
@@ -106,7 +107,7 @@ impl Default for PciBus {
 }
 
 impl PciBus {
-    /// A bus holding just the host bridge.
+    /// A bus holding just a generic host bridge (the direct-boot platform).
     pub fn new() -> Self {
         // A generic host bridge ID with no quirks attached to it in guest kernels.
         let bridge = PciConfig::new(PciIds {
@@ -117,27 +118,46 @@ impl PciBus {
             subsystem_vendor: 0x1b36,
             subsystem: 0x0008,
         });
+        Self::with_host_bridge(Arc::new(Mutex::new(HostBridge(bridge))))
+    }
+
+    /// A bus whose device 0 is `bridge` (a chipset's own host bridge).
+    pub fn with_host_bridge(bridge: SharedDevice) -> Self {
+        let mut slots: Vec<Option<SharedDevice>> = vec![None; MAX_DEVICES];
+        slots[0] = Some(bridge);
         PciBus {
-            slots: vec![Arc::new(Mutex::new(HostBridge(bridge)))],
+            slots,
             bars: RwLock::new(Vec::new()),
         }
     }
 
-    /// Plug a device into the next free slot; returns its device number.
+    /// Plug a device into the lowest free slot; returns its device number.
     pub fn add(&mut self, device: SharedDevice) -> Result<u8, PciError> {
-        if self.slots.len() >= MAX_DEVICES {
-            return Err(PciError::NoSlot);
+        let slot = self
+            .slots
+            .iter()
+            .position(Option::is_none)
+            .ok_or(PciError::NoSlot)?;
+        self.add_at(slot as u8, device)
+    }
+
+    /// Plug a device in at device number `slot` (a chipset function with a fixed address).
+    pub fn add_at(&mut self, slot: u8, device: SharedDevice) -> Result<u8, PciError> {
+        match self.slots.get_mut(usize::from(slot)) {
+            Some(s @ None) => *s = Some(device),
+            _ => return Err(PciError::NoSlot),
         }
-        self.slots.push(device);
-        let slot = self.slots.len() - 1;
-        self.remap(slot);
-        Ok(slot as u8)
+        self.remap(usize::from(slot));
+        Ok(slot)
     }
 
     /// Rebuild the BAR map entries of `slot` from its configuration space.
     fn remap(&self, slot: usize) {
+        let Some(Some(dev)) = self.slots.get(slot) else {
+            return;
+        };
         let config_bars: Vec<(usize, u64, u64)> = {
-            let dev = lock(&self.slots[slot]);
+            let dev = lock(dev);
             let c = dev.config();
             (0..config::BAR_COUNT)
                 .filter_map(|i| c.decoded_bar(i).map(|(a, l)| (i, a, l)))
@@ -161,7 +181,7 @@ impl PciBus {
         if bus != 0 || func != 0 {
             return None;
         }
-        self.slots.get(usize::from(dev))
+        self.slots.get(usize::from(dev))?.as_ref()
     }
 
     /// Configuration read of bus/device/function at `offset`; absent functions read as ones.
@@ -195,7 +215,10 @@ impl PciBus {
     pub fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find_bar(addr, data.len()) {
             Some((m, off)) => {
-                lock(&self.slots[m.slot]).read_bar(m.bar, off, data);
+                match &self.slots[m.slot] {
+                    Some(d) => lock(d).read_bar(m.bar, off, data),
+                    None => data.fill(0xff),
+                }
                 true
             }
             None => {
@@ -209,7 +232,9 @@ impl PciBus {
     pub fn mmio_write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find_bar(addr, data.len()) {
             Some((m, off)) => {
-                lock(&self.slots[m.slot]).write_bar(m.bar, off, data);
+                if let Some(d) = &self.slots[m.slot] {
+                    lock(d).write_bar(m.bar, off, data);
+                }
                 true
             }
             None => false,

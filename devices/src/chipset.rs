@@ -1,0 +1,593 @@
+//! The Q35 chipset as UEFI firmware (OVMF) expects to find it: the MCH host bridge at 00:00.0
+//! with its PCIEXBAR register (where the firmware places ECAM), the ICH9 LPC bridge at 00:1f.0
+//! with PMBASE/ACPI_CNTL/PIRQ/RCBA registers, the ICH9 ACPI power-management block (PM1
+//! event/control, the 3.579545 MHz PM timer, GPE0, SMI_EN), the reset control register at
+//! 0xCF9 and the fast-A20/reset port 0x92.
+//!
+//! Only what the firmware and Linux use is modelled; every other register reads as zero (PCI
+//! configuration space) or all ones (I/O), and writes to it are dropped. The identity matches
+//! what systemd-vmspawn's QEMU `-M q35` shows, so OVMF takes its Q35 code paths.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::pci::config::COMMAND;
+use crate::pci::{PciBus, PciConfig, PciConfigIo, PciDevice, PciEcam, PciIds};
+use crate::{BusDevice, GuestRequest, RequestSink};
+
+/// Intel's PCI vendor ID.
+const VENDOR_INTEL: u16 = 0x8086;
+/// Red Hat/QEMU subsystem IDs, as QEMU's chipset functions carry them.
+const SUBSYSTEM_VENDOR: u16 = 0x1af4;
+const SUBSYSTEM: u16 = 0x1100;
+
+/// The MCH's device ID (OVMF's `INTEL_Q35_MCH_DEVICE_ID`).
+pub const MCH_DEVICE_ID: u16 = 0x29c0;
+/// The ICH9 LPC bridge's device ID.
+pub const LPC_DEVICE_ID: u16 = 0x2918;
+/// The LPC bridge's PCI device number (00:1f.0).
+pub const LPC_SLOT: u8 = 0x1f;
+
+/// PCIEXBAR in the MCH's configuration space (64 bits).
+const PCIEXBAR: usize = 0x60;
+const PCIEXBAR_ENABLE: u64 = 1;
+
+/// Where OVMF puts ECAM (`PcdPciExpressBaseAddress`), and the size it asks for.
+pub const ECAM_BASE: u64 = 0xb000_0000;
+/// 256 buses.
+pub const ECAM_SIZE: u64 = 256 << 20;
+
+/// ICH9 LPC registers.
+const PMBASE: usize = 0x40;
+const ACPI_CNTL: usize = 0x44;
+const PIRQ_A: usize = 0x60;
+const PIRQ_E: usize = 0x68;
+const RCBA: usize = 0xf0;
+
+/// Where OVMF programs the ACPI PM block (`ICH9_PMBASE_VALUE`); the PM device decodes there.
+pub const PM_BASE: u64 = 0x600;
+/// Ports the ICH9 PM block covers.
+pub const PM_PORTS: u64 = 0x80;
+/// The reset control register.
+pub const RESET_CONTROL_PORT: u64 = 0xcf9;
+/// System control port A: fast A20 and fast reset.
+pub const PORT_92: u64 = 0x92;
+
+/// PM block offsets.
+const PM1_STS: usize = 0x00;
+const PM1_CNT: usize = 0x04;
+const PM1_TMR: usize = 0x08;
+const PM1_CNT_SLP_EN: u16 = 1 << 13;
+const PM1_CNT_SLP_TYP_SHIFT: u16 = 10;
+/// The sleep type the DSDT's `\_S5` names (0, as QEMU's ICH9 model and DSDT use).
+pub const S5_SLEEP_TYPE: u16 = 0;
+/// The ACPI PM timer's rate.
+pub const PM_TIMER_HZ: u128 = 3_579_545;
+
+fn chipset_config(device: u16, class: u32) -> PciConfig {
+    PciConfig::new(PciIds {
+        vendor: VENDOR_INTEL,
+        device,
+        revision: if device == LPC_DEVICE_ID { 2 } else { 0 },
+        class,
+        subsystem_vendor: SUBSYSTEM_VENDOR,
+        subsystem: SUBSYSTEM,
+    })
+}
+
+/// The MCH (host bridge, 00:00.0). Its PCIEXBAR value is shared with [`Q35Hole`], which
+/// decodes ECAM where it says.
+pub struct Mch {
+    config: PciConfig,
+    pciexbar: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Mch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mch")
+            .field("pciexbar", &self.pciexbar.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Mch {
+    /// A host bridge with ECAM disabled, as at power-on.
+    pub fn new(pciexbar: Arc<AtomicU64>) -> Self {
+        let mut config = chipset_config(MCH_DEVICE_ID, 0x06_00_00);
+        // PCIEXBAR: enable, length (bits 2:1) and base bits 35:26.
+        config.allow_writes(PCIEXBAR, &[0x07, 0x00, 0x00, 0xfc, 0x0f, 0x00, 0x00, 0x00]);
+        // PAM0-6: the firmware may program shadowing; RAM stays RAM here.
+        config.allow_writes(0x90, &[0xff; 7]);
+        pciexbar.store(0, Ordering::Release);
+        Mch { config, pciexbar }
+    }
+}
+
+/// Where ECAM is decoded, if enabled: `(base, size)`.
+pub fn ecam_window(pciexbar: u64) -> Option<(u64, u64)> {
+    if pciexbar & PCIEXBAR_ENABLE == 0 {
+        return None;
+    }
+    let (size, mask) = match (pciexbar >> 1) & 3 {
+        0 => (256u64 << 20, 0xf_f000_0000u64),
+        1 => (128 << 20, 0xf_f800_0000),
+        2 => (64 << 20, 0xf_fc00_0000),
+        _ => return None,
+    };
+    Some((pciexbar & mask, size))
+}
+
+impl PciDevice for Mch {
+    fn read_config(&mut self, offset: usize, data: &mut [u8]) {
+        self.config.read(offset, data);
+    }
+    fn write_config(&mut self, offset: usize, data: &[u8]) {
+        self.config.write(offset, data);
+        let end = offset.saturating_add(data.len());
+        if offset < PCIEXBAR + 8 && PCIEXBAR < end {
+            let v = u64::from(self.config.read_u32(PCIEXBAR))
+                | (u64::from(self.config.read_u32(PCIEXBAR + 4)) << 32);
+            self.pciexbar.store(v, Ordering::Release);
+        }
+    }
+    fn config(&self) -> &PciConfig {
+        &self.config
+    }
+    fn read_bar(&mut self, _bar: usize, _offset: u64, data: &mut [u8]) {
+        data.fill(0xff);
+    }
+    fn write_bar(&mut self, _bar: usize, _offset: u64, _data: &[u8]) {}
+}
+
+/// The ICH9 LPC bridge (00:1f.0): an ISA bridge (OVMF's serial console and PS/2 hang off
+/// it), with the power-management base and interrupt routing registers the firmware programs.
+/// The PM block itself is [`Ich9Pm`] at [`PM_BASE`], the only base OVMF programs.
+#[derive(Debug)]
+pub struct Ich9Lpc {
+    config: PciConfig,
+}
+
+impl Default for Ich9Lpc {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Ich9Lpc {
+    /// The bridge at power-on.
+    pub fn new() -> Self {
+        let mut config = chipset_config(LPC_DEVICE_ID, 0x06_01_00);
+        // Multi-function, as on Q35 (SATA and SMBus are functions 2 and 3; absent here).
+        config.set_header_type(0x80);
+        // I/O and memory decoding and bus mastering are set by the firmware's BDS before it
+        // binds the ISA bus driver, which checks they read back.
+        config.allow_writes(COMMAND, &[0x07, 0x04]);
+        // PMBASE: bit 0 reads 1 (an I/O address); bits 15:7 are the base.
+        config.allow_writes(PMBASE, &[0x80, 0xff, 0x00, 0x00]);
+        if let Some(r) = config.raw_mut(PMBASE, 1) {
+            r[0] = 1;
+        }
+        // ACPI_CNTL: ACPI_EN (bit 7) and the SCI IRQ select (bits 2:0; 0 = IRQ 9).
+        config.allow_writes(ACPI_CNTL, &[0x87]);
+        // PIRQ[A-H] routing: IRQ number in bits 3:0, disable in bit 7; reset value 0x80.
+        for base in [PIRQ_A, PIRQ_E] {
+            config.allow_writes(base, &[0x8f; 4]);
+            if let Some(r) = config.raw_mut(base, 4) {
+                r.fill(0x80);
+            }
+        }
+        // RCBA: base bits 31:14 and enable.
+        config.allow_writes(RCBA, &[0x01, 0xc0, 0xff, 0xff]);
+        Ich9Lpc { config }
+    }
+}
+
+impl PciDevice for Ich9Lpc {
+    fn read_config(&mut self, offset: usize, data: &mut [u8]) {
+        self.config.read(offset, data);
+    }
+    fn write_config(&mut self, offset: usize, data: &[u8]) {
+        self.config.write(offset, data);
+    }
+    fn config(&self) -> &PciConfig {
+        &self.config
+    }
+    fn read_bar(&mut self, _bar: usize, _offset: u64, data: &mut [u8]) {
+        data.fill(0xff);
+    }
+    fn write_bar(&mut self, _bar: usize, _offset: u64, _data: &[u8]) {}
+}
+
+/// The ICH9 ACPI power-management registers at [`PM_BASE`]: PM1 status/enable/control, the PM
+/// timer, GPE0 status/enable and SMI_EN. `SLP_EN` with sleep type [`S5_SLEEP_TYPE`] powers
+/// off; no event ever raises an SCI (there is no power button or GPE source yet).
+pub struct Ich9Pm {
+    regs: [u8; PM_PORTS as usize],
+    epoch: Instant,
+    sink: RequestSink,
+}
+
+impl std::fmt::Debug for Ich9Pm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ich9Pm").finish_non_exhaustive()
+    }
+}
+
+impl Ich9Pm {
+    /// The block at power-on; power-off requests go to `sink`.
+    pub fn new(sink: RequestSink) -> Self {
+        Ich9Pm {
+            regs: [0; PM_PORTS as usize],
+            epoch: Instant::now(),
+            sink,
+        }
+    }
+
+    /// The PM timer: 24 bits counting at 3.579545 MHz (the FADT leaves TMR_VAL_EXT clear).
+    fn timer(&self) -> u32 {
+        let ticks = self.epoch.elapsed().as_nanos() * PM_TIMER_HZ / 1_000_000_000;
+        (ticks & 0xff_ffff) as u32
+    }
+
+    fn reg16(&self, at: usize) -> u16 {
+        u16::from_le_bytes([self.regs[at], self.regs[at + 1]])
+    }
+}
+
+impl BusDevice for Ich9Pm {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let timer = self.timer().to_le_bytes();
+        for (i, b) in data.iter_mut().enumerate() {
+            let Some(at) = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .filter(|&o| o < self.regs.len())
+            else {
+                *b = 0xff;
+                continue;
+            };
+            *b = match at {
+                PM1_TMR..=0x0b => timer[at - PM1_TMR],
+                _ => self.regs[at],
+            };
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        for (i, v) in data.iter().enumerate() {
+            let Some(at) = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .filter(|&o| o < self.regs.len())
+            else {
+                return;
+            };
+            match at {
+                // Status bits are cleared by writing ones.
+                PM1_STS..=0x01 | 0x20..=0x27 | 0x34..=0x37 => self.regs[at] &= !v,
+                // The timer is read-only.
+                PM1_TMR..=0x0b => {}
+                _ => self.regs[at] = *v,
+            }
+        }
+        let end = offset.saturating_add(data.len() as u64);
+        if offset <= PM1_CNT as u64 + 1 && end > PM1_CNT as u64 {
+            let cnt = self.reg16(PM1_CNT);
+            if cnt & PM1_CNT_SLP_EN != 0 {
+                // SLP_EN is write-only: it reads back as zero.
+                self.regs[PM1_CNT + 1] &= !((PM1_CNT_SLP_EN >> 8) as u8);
+                if (cnt >> PM1_CNT_SLP_TYP_SHIFT) & 7 == S5_SLEEP_TYPE {
+                    (self.sink)(GuestRequest::PowerOff);
+                }
+            }
+        }
+    }
+}
+
+/// The reset control register (0xCF9): a write with RST_CPU (bit 2) set resets the machine,
+/// as the FADT's reset register and OVMF's `ResetCold` use it.
+pub struct ResetControl {
+    value: u8,
+    sink: RequestSink,
+}
+
+impl std::fmt::Debug for ResetControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResetControl")
+            .field("value", &self.value)
+            .finish()
+    }
+}
+
+impl ResetControl {
+    /// The register at power-on.
+    pub fn new(sink: RequestSink) -> Self {
+        ResetControl { value: 0, sink }
+    }
+
+    fn write_byte(&mut self, v: u8) {
+        if v & 0x04 != 0 {
+            (self.sink)(GuestRequest::Reset);
+        }
+        // SYS_RST (bit 1) and FULL_RST (bit 3) are kept; RST_CPU reads back clear.
+        self.value = v & 0x0a;
+    }
+}
+
+/// Ports 0xCF8-0xCFF: PCI configuration mechanism #1 plus, as a byte at 0xCF9, the reset
+/// control register that shares its dword.
+pub struct ConfigAndReset {
+    config: PciConfigIo,
+    reset: ResetControl,
+}
+
+impl std::fmt::Debug for ConfigAndReset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigAndReset").finish_non_exhaustive()
+    }
+}
+
+impl ConfigAndReset {
+    /// Both registers, for `bus`.
+    pub fn new(bus: Arc<PciBus>, sink: RequestSink) -> Self {
+        ConfigAndReset {
+            config: PciConfigIo::new(bus),
+            reset: ResetControl::new(sink),
+        }
+    }
+}
+
+const RESET_OFFSET: u64 = RESET_CONTROL_PORT - crate::pci::CONFIG_IO_PORT;
+
+impl BusDevice for ConfigAndReset {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset == RESET_OFFSET && data.len() == 1 {
+            data[0] = self.reset.value;
+        } else {
+            self.config.read(offset, data);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset == RESET_OFFSET && data.len() == 1 {
+            self.reset.write_byte(data[0]);
+        } else {
+            self.config.write(offset, data);
+        }
+    }
+}
+
+/// System control port A (0x92): bit 1 is the A20 gate (always on in a VM, but it reads back
+/// as written), bit 0 set from clear resets the machine.
+pub struct Port92 {
+    value: u8,
+    sink: RequestSink,
+}
+
+impl std::fmt::Debug for Port92 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Port92")
+            .field("value", &self.value)
+            .finish()
+    }
+}
+
+impl Port92 {
+    /// The port at power-on.
+    pub fn new(sink: RequestSink) -> Self {
+        Port92 { value: 0, sink }
+    }
+}
+
+impl BusDevice for Port92 {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0xff);
+        if let Some(b) = data.first_mut() {
+            *b = self.value;
+        }
+    }
+
+    fn write(&mut self, _offset: u64, data: &[u8]) {
+        let Some(&v) = data.first() else { return };
+        if v & 1 != 0 && self.value & 1 == 0 {
+            (self.sink)(GuestRequest::Reset);
+        }
+        self.value = v & 0x02;
+    }
+}
+
+/// The 32-bit PCI hole below the IOAPIC, as one bus range: ECAM where the MCH's PCIEXBAR
+/// puts it, then whichever BAR the firmware placed at the address, else nothing (all ones).
+/// RAM, the APICs and the flash are KVM memory slots or in-kernel devices and never get here.
+pub struct Q35Hole {
+    base: u64,
+    pciexbar: Arc<AtomicU64>,
+    ecam: PciEcam,
+    bus: Arc<PciBus>,
+}
+
+impl std::fmt::Debug for Q35Hole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Q35Hole")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Q35Hole {
+    /// The hole starting at guest address `base`.
+    pub fn new(base: u64, pciexbar: Arc<AtomicU64>, bus: Arc<PciBus>) -> Self {
+        Q35Hole {
+            base,
+            pciexbar,
+            ecam: PciEcam::new(bus.clone()),
+            bus,
+        }
+    }
+
+    fn ecam_offset(&self, addr: u64, len: usize) -> Option<u64> {
+        let (base, size) = ecam_window(self.pciexbar.load(Ordering::Acquire))?;
+        let off = addr.checked_sub(base)?;
+        (off.checked_add(len as u64)? <= size).then_some(off)
+    }
+}
+
+impl BusDevice for Q35Hole {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let Some(addr) = self.base.checked_add(offset) else {
+            data.fill(0xff);
+            return;
+        };
+        match self.ecam_offset(addr, data.len()) {
+            Some(off) => self.ecam.read(off, data),
+            None => {
+                self.bus.mmio_read(addr, data);
+            }
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let Some(addr) = self.base.checked_add(offset) else {
+            return;
+        };
+        match self.ecam_offset(addr, data.len()) {
+            Some(off) => self.ecam.write(off, data),
+            None => {
+                self.bus.mmio_write(addr, data);
+            }
+        }
+    }
+}
+
+/// A Q35 PCI bus: the MCH at 00:00.0 and the LPC bridge at 00:1f.0, plus the PCIEXBAR value
+/// [`Q35Hole`] needs.
+pub fn q35_bus() -> (PciBus, Arc<AtomicU64>) {
+    let pciexbar = Arc::new(AtomicU64::new(0));
+    let mut bus = PciBus::with_host_bridge(Arc::new(Mutex::new(Mch::new(pciexbar.clone()))));
+    // Slot 31 of an empty bus is free.
+    let _ = bus.add_at(LPC_SLOT, Arc::new(Mutex::new(Ich9Lpc::new())));
+    (bus, pciexbar)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sink() -> (RequestSink, Arc<Mutex<Vec<GuestRequest>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        (Arc::new(move |r| s.lock().unwrap().push(r)), seen)
+    }
+
+    fn cfg_read32(bus: &PciBus, dev: u8, reg: usize) -> u32 {
+        let mut b = [0u8; 4];
+        bus.config_read(0, dev, 0, reg, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    #[test]
+    fn identity_is_q35() {
+        let (bus, _) = q35_bus();
+        assert_eq!(cfg_read32(&bus, 0, 0), 0x29c0_8086);
+        assert_eq!(cfg_read32(&bus, LPC_SLOT, 0), 0x2918_8086);
+        assert_eq!(cfg_read32(&bus, LPC_SLOT, 8) >> 8, 0x06_01_00);
+        // Empty slots read as ones.
+        assert_eq!(cfg_read32(&bus, 5, 0), 0xffff_ffff);
+    }
+
+    #[test]
+    fn pmbase_and_acpi_cntl_read_back_as_ovmf_writes_them() {
+        let (bus, _) = q35_bus();
+        assert_eq!(cfg_read32(&bus, LPC_SLOT, PMBASE), 1);
+        bus.config_write(0, LPC_SLOT, 0, PMBASE, &0x600u32.to_le_bytes());
+        assert_eq!(cfg_read32(&bus, LPC_SLOT, PMBASE), 0x601);
+        bus.config_write(0, LPC_SLOT, 0, ACPI_CNTL, &[0x80]);
+        assert_eq!(cfg_read32(&bus, LPC_SLOT, ACPI_CNTL) & 0xff, 0x80);
+        bus.config_write(0, LPC_SLOT, 0, COMMAND, &[0x07, 0]);
+        assert_eq!(cfg_read32(&bus, LPC_SLOT, COMMAND) & 7, 7);
+        assert_eq!(cfg_read32(&bus, LPC_SLOT, PIRQ_A), 0x8080_8080);
+    }
+
+    #[test]
+    fn ecam_appears_where_pciexbar_puts_it() {
+        let (bus, pciexbar) = q35_bus();
+        let bus = Arc::new(bus);
+        let mut hole = Q35Hole::new(0x8000_0000, pciexbar, bus.clone());
+        let at = |addr: u64| addr - 0x8000_0000;
+        let mut id = [0u8; 4];
+        hole.read(at(ECAM_BASE), &mut id);
+        assert_eq!(id, [0xff; 4], "no ECAM before the firmware enables it");
+        bus.config_write(0, 0, 0, PCIEXBAR + 4, &0u32.to_le_bytes());
+        bus.config_write(0, 0, 0, PCIEXBAR, &((ECAM_BASE as u32) | 1).to_le_bytes());
+        hole.read(at(ECAM_BASE), &mut id);
+        assert_eq!(u32::from_le_bytes(id), 0x29c0_8086);
+        // 00:1f.0 through ECAM.
+        hole.read(at(ECAM_BASE + (0x1f << 15)), &mut id);
+        assert_eq!(u32::from_le_bytes(id), 0x2918_8086);
+        // Moved: the old place is empty, the new one decodes.
+        bus.config_write(0, 0, 0, PCIEXBAR, &(0xe000_0000u32 | 1).to_le_bytes());
+        hole.read(at(ECAM_BASE), &mut id);
+        assert_eq!(id, [0xff; 4]);
+        hole.read(at(0xe000_0000), &mut id);
+        assert_eq!(u32::from_le_bytes(id), 0x29c0_8086);
+    }
+
+    #[test]
+    fn pm_timer_counts_and_s5_powers_off() {
+        let (s, seen) = sink();
+        let mut pm = Ich9Pm::new(s);
+        let read_timer = |pm: &mut Ich9Pm| {
+            let mut t = [0u8; 4];
+            pm.read(PM1_TMR as u64, &mut t);
+            u32::from_le_bytes(t)
+        };
+        let a = read_timer(&mut pm);
+        let start = Instant::now();
+        while start.elapsed().as_micros() < 200 {}
+        let b = read_timer(&mut pm);
+        assert!(b < 1 << 24 && a < 1 << 24);
+        assert_ne!(a, b, "the PM timer must advance");
+        // SCI_EN reads back; a sleep type other than S5 does nothing.
+        pm.write(PM1_CNT as u64, &1u16.to_le_bytes());
+        let mut c = [0u8; 2];
+        pm.read(PM1_CNT as u64, &mut c);
+        assert_eq!(u16::from_le_bytes(c), 1);
+        pm.write(
+            PM1_CNT as u64,
+            &(1 | (1 << 10) | PM1_CNT_SLP_EN).to_le_bytes(),
+        );
+        assert!(seen.lock().unwrap().is_empty());
+        pm.write(PM1_CNT as u64, &(1 | PM1_CNT_SLP_EN).to_le_bytes());
+        assert_eq!(*seen.lock().unwrap(), vec![GuestRequest::PowerOff]);
+        // Out-of-range accesses neither panic nor take effect.
+        let mut d = [0u8; 4];
+        pm.read(PM_PORTS - 2, &mut d);
+        assert_eq!(&d[2..], &[0xff, 0xff]);
+        pm.write(u64::MAX, &[1]);
+    }
+
+    #[test]
+    fn reset_register_and_port_92_reset() {
+        let (bus, _) = q35_bus();
+        let (s, seen) = sink();
+        let mut io = ConfigAndReset::new(Arc::new(bus), s.clone());
+        io.write(RESET_OFFSET, &[0x02]);
+        assert!(seen.lock().unwrap().is_empty());
+        io.write(RESET_OFFSET, &[0x06]);
+        assert_eq!(*seen.lock().unwrap(), vec![GuestRequest::Reset]);
+        // CONFIG_ADDRESS still works beside it.
+        io.write(0, &0x8000_0000u32.to_le_bytes());
+        let mut id = [0u8; 4];
+        io.read(4, &mut id);
+        assert_eq!(u32::from_le_bytes(id), 0x29c0_8086);
+
+        let mut p = Port92::new(s);
+        p.write(0, &[0x02]);
+        let mut v = [0u8];
+        p.read(0, &mut v);
+        assert_eq!(v, [0x02]);
+        p.write(0, &[0x03]);
+        assert_eq!(seen.lock().unwrap().len(), 2);
+    }
+}
