@@ -3,6 +3,9 @@
 //! irqfds, and report guest power requests through a callback.
 
 pub mod bus;
+pub mod chipset;
+pub mod flash;
+pub mod fw_cfg;
 pub mod legacy;
 pub mod pci;
 pub mod virtio;
