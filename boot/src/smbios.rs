@@ -7,6 +7,8 @@
 //! 64-bit (`_SM3_`) entry point, in the BIOS area at [`SMBIOS_START`]: on a boot without EFI,
 //! Linux looks for the entry point on the 16-byte boundaries of 0xF0000-0xFFFFF, and this one
 //! is the first it meets, ahead of any bytes of the table (which holds strings the user chose).
+//! [`smbios_fw_cfg`] makes the same table and entry point as the two fw_cfg files through which
+//! OVMF takes them (it then publishes them itself).
 //!
 //! The table holds these structures, with handles numbered from 0 in this order:
 //!
@@ -40,6 +42,10 @@ pub const OEM_STRINGS_PER_STRUCTURE: usize = 255;
 pub const MAX_OEM_STRINGS: usize = (0xff00 - 5) * OEM_STRINGS_PER_STRUCTURE;
 /// Most vCPUs the processor structure can count (0xFFFF is reserved).
 pub const MAX_VCPUS: u32 = 0xfffe;
+/// The fw_cfg file holding the entry point for firmware.
+pub const SMBIOS_ANCHOR_FILE: &str = "etc/smbios/smbios-anchor";
+/// The fw_cfg file holding the structure table for firmware.
+pub const SMBIOS_TABLES_FILE: &str = "etc/smbios/smbios-tables";
 
 /// The SMBIOS version the tables follow (major, minor, docrev).
 const VERSION: [u8; 3] = [3, 0, 0];
@@ -414,6 +420,26 @@ pub fn write_smbios(mem: &GuestMemoryMmap, info: &SmbiosInfo) -> Result<(), Smbi
         GuestAddress(SMBIOS_START),
     )
     .map_err(SmbiosError::Memory)
+}
+
+/// The SMBIOS tables for UEFI firmware: the contents of the fw_cfg files
+/// [`SMBIOS_ANCHOR_FILE`] (a 24-byte 3.0 entry point) and [`SMBIOS_TABLES_FILE`] (the same
+/// structure table as [`write_smbios`] writes, ending with the type 127 structure).
+///
+/// OVMF accepts a 3.0 entry point only if its anchor is `_SM3_`, its major version 3 and its
+/// structure table maximum size exactly the table's length (it ignores the address, left 0,
+/// and the checksum, which is valid). Unlike 2.x, a 3.0 entry point lets strings exceed 64
+/// bytes (credentials do) and the table exceed 64 KiB. The table has its own type 0, so OVMF
+/// adds none.
+pub fn smbios_fw_cfg(info: &SmbiosInfo) -> Result<(Vec<u8>, Vec<u8>), SmbiosError> {
+    let table = build_table(info)?;
+    let len = u32::try_from(table.len()).map_err(|_| SmbiosError::TooLarge {
+        size: table.len(),
+        max: u64::from(u32::MAX),
+        count: info.oem_strings.len(),
+        oem_bytes: info.oem_strings.iter().map(|s| s.len() + 1).sum(),
+    })?;
+    Ok((entry_point(0, len).to_vec(), table))
 }
 
 /// A UUID that stays the same for the same machine name: the first 16 bytes of
@@ -860,6 +886,50 @@ mod tests {
         assert_eq!(before, after, "SMBIOS wrote into the ACPI tables");
         assert_eq!(&after[..8], b"RSD PTR ");
         assert!(linux_scan(&mem).is_some());
+    }
+
+    /// What OVMF's `DetectSmbiosVersion` requires of a 3.0 anchor from fw_cfg.
+    fn ovmf_accepts(anchor: &[u8], tables: &[u8]) -> bool {
+        anchor.len() == 24
+            && &anchor[..5] == b"_SM3_"
+            && anchor[7] == 3
+            && u64::from(u32::from_le_bytes(anchor[12..16].try_into().unwrap()))
+                == tables.len() as u64
+    }
+
+    #[test]
+    fn fw_cfg_files_carry_the_direct_boot_table_and_a_3_0_anchor() {
+        let credential = format!("io.systemd.credential.binary:secret={}", "QUJD".repeat(66));
+        assert!(credential.len() >= 300);
+        let oem = strings(&["x=y", &credential]);
+        let (anchor, tables) = smbios_fw_cfg(&info(&oem)).unwrap();
+        assert!(ovmf_accepts(&anchor, &tables));
+        assert_eq!(anchor[6], 24, "entry point length");
+        assert!(checksum_ok(&anchor));
+        assert_eq!(u64::from_le_bytes(anchor[16..24].try_into().unwrap()), 0);
+        // The very table the direct boot writes: type 0 included, so OVMF adds none.
+        assert_eq!(tables, build_table(&info(&oem)).unwrap());
+        let s = parse(&tables);
+        let kinds: Vec<u8> = s.iter().map(|p| p.kind).collect();
+        assert_eq!(kinds, [0, 1, 3, 4, 11, 127]);
+        assert_eq!(&tables[tables.len() - 6..], [127, 4, 5, 0, 0, 0]);
+        // The long credential arrives whole, byte for byte.
+        assert_eq!(s[4].strings, [b"x=y".to_vec(), credential.into_bytes()]);
+        // Refusals are those of the direct path.
+        let bad = strings(&["a\0b"]);
+        assert_eq!(smbios_fw_cfg(&info(&bad)).unwrap_err().errno(), 22);
+    }
+
+    #[test]
+    fn fw_cfg_tables_may_exceed_the_bios_area() {
+        // No 64 KiB limit: only the entry point's 32-bit size bounds the table.
+        let oem: Vec<String> = (0..40)
+            .map(|i| format!("s{i}={}", "x".repeat(4000)))
+            .collect();
+        let (anchor, tables) = smbios_fw_cfg(&info(&oem)).unwrap();
+        assert!(tables.len() as u64 > SMBIOS_TABLE_MAX_SIZE);
+        assert!(ovmf_accepts(&anchor, &tables));
+        assert!(write_smbios(&memory(), &info(&oem)).is_err());
     }
 
     #[test]

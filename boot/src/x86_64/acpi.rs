@@ -1,8 +1,14 @@
-//! ACPI tables: RSDP, XSDT, FADT, DSDT and MADT, built with the `acpi_tables` crate.
+//! ACPI tables: RSDP, XSDT, FADT, DSDT, MADT and MCFG, built with the `acpi_tables` crate.
 //!
-//! The platform is "hardware-reduced" ACPI: no fixed-feature PM1 blocks or SCI, just the sleep
-//! control/status registers and a reset register, all in I/O space and served by one small
-//! device in the VMM. That is all Linux needs to power off (S5) and reset.
+//! For a direct kernel boot ([`build_acpi_tables`]) the platform is "hardware-reduced" ACPI: no
+//! fixed-feature PM1 blocks or SCI, just the sleep control/status registers and a reset
+//! register, all in I/O space and served by one small device in the VMM. That is all Linux
+//! needs to power off (S5) and reset. The tables go at fixed addresses in the BIOS area.
+//!
+//! For a boot through UEFI firmware ([`build_firmware_acpi`], in [`firmware`]) the platform is a
+//! full ACPI PC (ICH9 power management, SCI, 8042, PICs) and the tables go to the firmware as
+//! fw_cfg blobs with a table-loader script. Both paths share the builders here for the DSDT's
+//! devices, the MADT and the MCFG.
 
 use acpi_tables::Aml;
 use acpi_tables::aml::{
@@ -23,6 +29,12 @@ use vm_memory::{Bytes, GuestAddress};
 use super::layout::{ACPI_START, APIC_START, IOAPIC_START, SMBIOS_START};
 use super::loader::BootError;
 use crate::GuestMemoryMmap;
+
+pub mod firmware;
+pub use firmware::{
+    ACPI_RSDP_FILE, ACPI_TABLES_FILE, FirmwareAcpi, FirmwareAcpiError, FirmwareAcpiInfo,
+    TABLE_LOADER_FILE, build_firmware_acpi,
+};
 
 const OEM_ID: [u8; 6] = *b"RVMSPN";
 const OEM_TABLE_ID: [u8; 8] = *b"RVMSPAWN";
@@ -54,75 +66,128 @@ pub struct AcpiInfo {
     pub pci_mmio: (u64, u64),
 }
 
-fn io_register(port: u16) -> GAS {
+/// A register block of `bytes` bytes in I/O space at `port`.
+fn io_block(port: u16, bytes: u8, access: AccessSize) -> GAS {
     GAS::new(
         AddressSpace::SystemIo,
-        8,
+        bytes * 8,
         0,
-        AccessSize::ByteAccess,
+        access,
         u64::from(port),
     )
 }
 
-fn dsdt(info: &AcpiInfo) -> Vec<u8> {
+/// A byte register in I/O space.
+fn io_register(port: u16) -> GAS {
+    io_block(port, 1, AccessSize::ByteAccess)
+}
+
+/// A whole table's bytes.
+fn table_bytes(table: &dyn Aml) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    table.to_aml_bytes(&mut bytes);
+    bytes
+}
+
+/// The DSDT holding `aml`.
+fn dsdt_table(aml: &[u8]) -> Vec<u8> {
     let mut sdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    let mut aml = Vec::new();
-    // On a hardware-reduced platform Linux sets up no ISA interrupt routing of its own: a
-    // legacy device gets its interrupt only when ACPI describes it (the UART's driver then
-    // binds through PNP and its GSI is routed through the IOAPIC).
-    let (com1_port, com1_gsi) = info.com1;
-    let com1_io = IO::new(com1_port, com1_port, 1, 8);
-    let com1_irq = Interrupt::new(true, true, false, false, com1_gsi);
-    let com1_resources = ResourceTemplate::new(vec![&com1_io, &com1_irq]);
+    sdt.append_slice(aml);
+    sdt.as_slice().to_vec()
+}
+
+/// `\_SB.COM1`: a 16550 UART (PNP0501) with eight ports at `port` and an edge-triggered,
+/// active-high interrupt.
+fn com1_aml(port: u16, irq: u32, aml: &mut Vec<u8>) {
+    let io = IO::new(port, port, 1, 8);
+    let interrupt = Interrupt::new(true, true, false, false, irq);
+    let resources = ResourceTemplate::new(vec![&io, &interrupt]);
     Device::new(
         Path::new("_SB_.COM1"),
         vec![
             &Name::new(Path::new("_HID"), &EISAName::new("PNP0501")),
             &Name::new(Path::new("_UID"), &0u8),
-            &Name::new(Path::new("_CRS"), &com1_resources),
+            &Name::new(Path::new("_CRS"), &resources),
         ],
     )
-    .to_aml_bytes(&mut aml);
-    let rtc_io = IO::new(info.rtc_port, info.rtc_port, 1, 2);
-    let rtc_resources = ResourceTemplate::new(vec![&rtc_io]);
+    .to_aml_bytes(aml);
+}
+
+/// `\_SB.RTC_`: the CMOS RTC (PNP0B00) with its two ports.
+fn rtc_aml(port: u16, aml: &mut Vec<u8>) {
+    let io = IO::new(port, port, 1, 2);
+    let resources = ResourceTemplate::new(vec![&io]);
     Device::new(
         Path::new("_SB_.RTC_"),
         vec![
             &Name::new(Path::new("_HID"), &EISAName::new("PNP0B00")),
-            &Name::new(Path::new("_CRS"), &rtc_resources),
+            &Name::new(Path::new("_CRS"), &resources),
         ],
     )
-    .to_aml_bytes(&mut aml);
-    aml.extend_from_slice(&pci_host_bridge(info));
-    // \_S5: the sleep type for soft-off, which Linux writes to the sleep control register.
-    Name::new(
-        Path::new("_S5_"),
-        &Package::new(vec![&S5_SLEEP_TYPE, &0u8, &0u8, &0u8]),
-    )
-    .to_aml_bytes(&mut aml);
-    sdt.append_slice(&aml);
-    sdt.as_slice().to_vec()
+    .to_aml_bytes(aml);
 }
 
-/// The host bridge of PCI segment 0, bus 0: legacy config ports, the I/O space outside them, and
-/// the BAR window; plus a motherboard-resource device claiming ECAM, which Linux checks before
-/// it trusts the MCFG table.
-fn pci_host_bridge(info: &AcpiInfo) -> Vec<u8> {
-    let (ecam, ecam_len) = info.pci_ecam;
-    let (mmio, mmio_len) = info.pci_mmio;
-    let bus = AmlAddressSpace::<u16>::new_bus_number(0, 0);
+/// `\_S5`: the sleep type for soft-off, which the guest writes with SLP_EN to power off.
+fn s5_aml(sleep_type: u8, aml: &mut Vec<u8>) {
+    Name::new(
+        Path::new("_S5_"),
+        &Package::new(vec![&sleep_type, &0u8, &0u8, &0u8]),
+    )
+    .to_aml_bytes(aml);
+}
+
+/// What the host bridge of PCI segment 0 decodes.
+struct HostBridge<'a> {
+    /// Buses 0 to this.
+    end_bus: u8,
+    /// I/O ranges forwarded to PCI, inclusive (the config ports 0xCF8-0xCFF are added).
+    io: &'a [(u16, u16)],
+    /// Memory windows below 4 GiB, (start, length).
+    mmio32: &'a [(u64, u64)],
+    /// The memory window above 4 GiB, (start, length).
+    mmio64: Option<(u64, u64)>,
+    /// ECAM (start, length), below 4 GiB.
+    ecam: (u64, u64),
+}
+
+/// The host bridge of PCI segment 0: its buses, the legacy config ports, the I/O space and
+/// memory windows it forwards; plus a motherboard-resource device claiming ECAM, which Linux
+/// checks before it trusts the MCFG table. The caller has checked every window's bounds.
+fn pci_host_bridge_aml(bridge: &HostBridge, aml: &mut Vec<u8>) {
+    let bus = AmlAddressSpace::<u16>::new_bus_number(0, u16::from(bridge.end_bus));
     let config_ports = IO::new(0xcf8, 0xcf8, 1, 8);
-    let io_low = AmlAddressSpace::<u16>::new_io(0, 0xcf7, None);
-    let io_high = AmlAddressSpace::<u16>::new_io(0xd00, 0xffff, None);
-    let window = AmlAddressSpace::<u32>::new_memory(
-        AddressSpaceCacheable::NotCacheable,
-        true,
-        mmio as u32,
-        (mmio + mmio_len - 1) as u32,
-        None,
-    );
-    let resources = ResourceTemplate::new(vec![&bus, &config_ports, &io_low, &io_high, &window]);
-    let mut aml = Vec::new();
+    let io: Vec<AmlAddressSpace<u16>> = bridge
+        .io
+        .iter()
+        .map(|&(first, last)| AmlAddressSpace::<u16>::new_io(first, last, None))
+        .collect();
+    let mmio32: Vec<AmlAddressSpace<u32>> = bridge
+        .mmio32
+        .iter()
+        .map(|&(start, len)| {
+            AmlAddressSpace::<u32>::new_memory(
+                AddressSpaceCacheable::NotCacheable,
+                true,
+                start as u32,
+                (start + len - 1) as u32,
+                None,
+            )
+        })
+        .collect();
+    let mmio64 = bridge.mmio64.map(|(start, len)| {
+        AmlAddressSpace::<u64>::new_memory(
+            AddressSpaceCacheable::NotCacheable,
+            true,
+            start,
+            start + (len - 1),
+            None,
+        )
+    });
+    let mut resources: Vec<&dyn Aml> = vec![&bus, &config_ports];
+    resources.extend(io.iter().map(|r| r as &dyn Aml));
+    resources.extend(mmio32.iter().map(|r| r as &dyn Aml));
+    resources.extend(mmio64.iter().map(|r| r as &dyn Aml));
+    let resources = ResourceTemplate::new(resources);
     Device::new(
         Path::new("_SB_.PCI0"),
         vec![
@@ -134,7 +199,8 @@ fn pci_host_bridge(info: &AcpiInfo) -> Vec<u8> {
             &Name::new(Path::new("_CRS"), &resources),
         ],
     )
-    .to_aml_bytes(&mut aml);
+    .to_aml_bytes(aml);
+    let (ecam, ecam_len) = bridge.ecam;
     let ecam_range = Memory32Fixed::new(false, ecam as u32, ecam_len as u32);
     let ecam_resources = ResourceTemplate::new(vec![&ecam_range]);
     Device::new(
@@ -145,17 +211,35 @@ fn pci_host_bridge(info: &AcpiInfo) -> Vec<u8> {
             &Name::new(Path::new("_CRS"), &ecam_resources),
         ],
     )
-    .to_aml_bytes(&mut aml);
-    aml
+    .to_aml_bytes(aml);
 }
 
-fn mcfg(info: &AcpiInfo) -> Vec<u8> {
+fn dsdt(info: &AcpiInfo) -> Vec<u8> {
+    let mut aml = Vec::new();
+    // On a hardware-reduced platform Linux sets up no ISA interrupt routing of its own: a
+    // legacy device gets its interrupt only when ACPI describes it (the UART's driver then
+    // binds through PNP and its GSI is routed through the IOAPIC).
+    com1_aml(info.com1.0, info.com1.1, &mut aml);
+    rtc_aml(info.rtc_port, &mut aml);
+    pci_host_bridge_aml(
+        &HostBridge {
+            end_bus: 0,
+            io: &[(0, 0xcf7), (0xd00, 0xffff)],
+            mmio32: &[info.pci_mmio],
+            mmio64: None,
+            ecam: info.pci_ecam,
+        },
+        &mut aml,
+    );
+    s5_aml(S5_SLEEP_TYPE, &mut aml);
+    dsdt_table(&aml)
+}
+
+/// MCFG: one ECAM allocation for segment 0, buses 0 to `end_bus`.
+fn mcfg(base: u64, end_bus: u8) -> Vec<u8> {
     let mut mcfg = MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    // Segment 0, buses 0 to 0.
-    mcfg.add_ecam(info.pci_ecam.0, 0, 0, 0);
-    let mut bytes = Vec::new();
-    mcfg.to_aml_bytes(&mut bytes);
-    bytes
+    mcfg.add_ecam(base, 0, 0, end_bus);
+    table_bytes(&mcfg)
 }
 
 fn fadt(info: &AcpiInfo, dsdt_addr: u64) -> Vec<u8> {
@@ -170,25 +254,52 @@ fn fadt(info: &AcpiInfo, dsdt_addr: u64) -> Vec<u8> {
     b.reset_value = RESET_VALUE;
     b.sleep_control_reg = io_register(info.sleep_control_port);
     b.sleep_status_reg = io_register(info.sleep_status_port);
-    let mut bytes = Vec::new();
-    b.finalize().to_aml_bytes(&mut bytes);
-    bytes
+    table_bytes(&b.finalize())
 }
 
-fn madt(info: &AcpiInfo) -> Vec<u8> {
+/// MADT flag: the machine also has the dual 8259 PICs (which the OS must mask).
+const MADT_PCAT_COMPAT: u32 = 1;
+/// MADT structure type of an interrupt source override.
+const MADT_INTERRUPT_SOURCE_OVERRIDE: u8 = 2;
+/// Interrupt flags of an override: active high (polarity 01), level-triggered (trigger 11).
+const MPS_ACTIVE_HIGH_LEVEL: u16 = 0b1101;
+
+/// MADT: one local APIC per vCPU (IDs 0..vcpus) and the IOAPIC with GSI base 0.
+///
+/// With `overrides`, the MADT describes a PC: the PCAT_COMPAT flag and, for ISA interrupts not
+/// wired one-to-one, (ISA IRQ, GSI, MPS INTI flags) overrides.
+fn madt(vcpus: u8, overrides: Option<&[(u8, u32, u16)]>) -> Vec<u8> {
     let mut madt = MADT::new(
         OEM_ID,
         OEM_TABLE_ID,
         OEM_REVISION,
         LocalInterruptController::Address(APIC_START as u32),
     );
-    for id in 0..info.vcpus {
+    for id in 0..vcpus {
         madt.add_structure(ProcessorLocalApic::new(id, id, EnabledStatus::Enabled));
     }
     madt.add_structure(IoApic::new(0, IOAPIC_START as u32, 0));
-    let mut bytes = Vec::new();
-    madt.to_aml_bytes(&mut bytes);
+    let mut bytes = table_bytes(&madt);
+    if let Some(overrides) = overrides {
+        // The crate's MADT has neither the flag nor overrides: add them, then fix the header.
+        bytes[40..44].copy_from_slice(&MADT_PCAT_COMPAT.to_le_bytes());
+        for &(irq, gsi, flags) in overrides {
+            bytes.extend_from_slice(&[MADT_INTERRUPT_SOURCE_OVERRIDE, 10, 0, irq]);
+            bytes.extend_from_slice(&gsi.to_le_bytes());
+            bytes.extend_from_slice(&flags.to_le_bytes());
+        }
+        let len = bytes.len() as u32;
+        bytes[4..8].copy_from_slice(&len.to_le_bytes());
+        set_checksum(&mut bytes);
+    }
     bytes
+}
+
+/// Set a table's checksum byte (offset 9) so that the table sums to zero.
+fn set_checksum(table: &mut [u8]) {
+    table[9] = 0;
+    let sum = table.iter().fold(0u8, |a, b| a.wrapping_add(*b));
+    table[9] = 0u8.wrapping_sub(sum);
 }
 
 fn align16(v: u64) -> u64 {
@@ -221,17 +332,14 @@ pub fn build_acpi_tables(mem: &GuestMemoryMmap, info: &AcpiInfo) -> Result<(), B
     let mut place = |bytes: &[u8]| place_table(mem, &mut at, SMBIOS_START, bytes);
     let dsdt_addr = place(&dsdt(info))?;
     let fadt_addr = place(&fadt(info, dsdt_addr))?;
-    let madt_addr = place(&madt(info))?;
-    let mcfg_addr = place(&mcfg(info))?;
+    let madt_addr = place(&madt(info.vcpus, None))?;
+    let mcfg_addr = place(&mcfg(info.pci_ecam.0, 0))?;
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     xsdt.add_entry(fadt_addr);
     xsdt.add_entry(madt_addr);
     xsdt.add_entry(mcfg_addr);
-    let mut xsdt_bytes = Vec::new();
-    xsdt.to_aml_bytes(&mut xsdt_bytes);
-    let xsdt_addr = place(&xsdt_bytes)?;
-    let mut rsdp = Vec::new();
-    Rsdp::new(OEM_ID, xsdt_addr).to_aml_bytes(&mut rsdp);
+    let xsdt_addr = place(&table_bytes(&xsdt))?;
+    let rsdp = table_bytes(&Rsdp::new(OEM_ID, xsdt_addr));
     mem.write_slice(&rsdp, GuestAddress(ACPI_START))
         .map_err(|_| BootError::Memory("the RSDP"))
 }

@@ -66,10 +66,19 @@ pub const PCI_ECAM_START: u64 = PCI_MMIO_START + PCI_MMIO_SIZE;
 pub const PCI_ECAM_SIZE: u64 = 1 << 20;
 /// The local APICs' MMIO base.
 pub const APIC_START: u64 = 0xfee0_0000;
-/// KVM's three-page TSS region (needed on Intel), at the top of the hole below the BIOS ROM.
-pub const KVM_TSS_START: u64 = 0xfffb_d000;
+/// KVM's three-page TSS region (needed on Intel), below the 16 MiB under 4 GiB that firmware
+/// flash may occupy (Debian's OVMF takes the top 4 MiB), as QEMU places it.
+pub const KVM_TSS_START: u64 = 0xfeff_d000;
 /// KVM's identity-map page (needed on Intel), just below the TSS.
-pub const KVM_IDENTITY_MAP_START: u64 = 0xfffb_c000;
+pub const KVM_IDENTITY_MAP_START: u64 = 0xfeff_c000;
+/// Lowest address firmware flash may start at: everything from here to 4 GiB is free for it.
+pub const FLASH_REGION_START: u64 = 0xff00_0000;
+/// Where RAM below 4 GiB ends on the Q35 firmware platform when the guest has 2.75 GiB or
+/// more: 2 GiB, as QEMU's q35 machine does, so the ECAM window the firmware puts at
+/// 0xB0000000 and the 32-bit PCI window above it stay clear of RAM.
+pub const Q35_LOW_RAM_SPLIT: u64 = 0x8000_0000;
+/// RAM up to this size stays entirely below the Q35 platform's ECAM window.
+pub const Q35_LOW_RAM_MAX: u64 = 0xb000_0000;
 
 // The BIOS area's tables, in order, inside the range the e820 map reserves.
 const _: () = assert!(
@@ -100,6 +109,27 @@ impl MemoryLayout {
     /// Lay out `mem_bytes` of RAM: below the hole first, the rest from 4 GiB.
     pub fn new(mem_bytes: u64) -> Self {
         let low = mem_bytes.min(MMIO_HOLE_START);
+        let mut ram = vec![RamRange {
+            start: GuestAddress(0),
+            size: low,
+        }];
+        if mem_bytes > low {
+            ram.push(RamRange {
+                start: GuestAddress(HIGH_RAM_START),
+                size: mem_bytes - low,
+            });
+        }
+        MemoryLayout { ram }
+    }
+
+    /// The Q35 firmware platform's layout: all RAM below 4 GiB when it stays under the ECAM
+    /// window, else 2 GiB below and the rest from 4 GiB (QEMU's q35 split).
+    pub fn q35(mem_bytes: u64) -> Self {
+        let low = if mem_bytes >= Q35_LOW_RAM_MAX {
+            Q35_LOW_RAM_SPLIT
+        } else {
+            mem_bytes
+        };
         let mut ram = vec![RamRange {
             start: GuestAddress(0),
             size: low,
@@ -157,6 +187,18 @@ mod tests {
         let e820 = l.e820();
         let ram: u64 = e820.iter().filter(|e| e.2 == 1).map(|e| e.1).sum();
         assert_eq!(ram, (512 << 20) - (HIGH_MEMORY_START - EBDA_START));
+    }
+
+    #[test]
+    fn q35_layout_keeps_ram_below_the_ecam_window() {
+        let small = MemoryLayout::q35(2 << 30);
+        assert_eq!(small.ram.len(), 1);
+        assert_eq!(small.low_ram_end(), 2 << 30);
+        let big = MemoryLayout::q35(3 << 30);
+        assert_eq!(big.low_ram_end(), Q35_LOW_RAM_SPLIT);
+        assert_eq!(big.ram[1].start, GuestAddress(HIGH_RAM_START));
+        assert_eq!(big.ram[1].size, (3 << 30) - Q35_LOW_RAM_SPLIT);
+        const { assert!(KVM_TSS_START + 3 * 4096 <= FLASH_REGION_START) };
     }
 
     #[test]
