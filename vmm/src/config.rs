@@ -53,6 +53,24 @@ pub struct VmConfig {
     /// `--notify-ready=`: tell our supervisor we are ready when the guest says READY=1 (true),
     /// or as soon as the VM runs (false).
     pub notify_ready: bool,
+    /// Boot through UEFI firmware instead of loading the kernel directly. When the firmware
+    /// boots the disk (`-i` without `--linux=`), `kernel` is an empty path and `initrds` is
+    /// empty.
+    pub firmware: Option<FirmwareBoot>,
+}
+
+/// UEFI firmware for a boot, chosen and checked by the front end (see the `firmware` crate).
+#[derive(Debug)]
+pub struct FirmwareBoot {
+    /// The read-only code image (e.g. `/usr/share/OVMF/OVMF_CODE_4M.fd`).
+    pub code: PathBuf,
+    /// The EFI variable store for this run, open read-write, the template's size.
+    pub vars: firmware::nvram::VarStore,
+    /// The descriptor the firmware was chosen from, for messages.
+    pub descriptor: PathBuf,
+    /// Hand `kernel`, `initrds` and the command line to the firmware (fw_cfg, as QEMU's
+    /// `-kernel`), which then boots them; false: the firmware boots from the disks.
+    pub kernel_through_firmware: bool,
 }
 
 /// Whether the guest gets a vsock device (`--qemu-vsock=`).

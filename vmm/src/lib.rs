@@ -8,12 +8,15 @@
 mod log;
 mod config;
 mod console;
+mod direct;
 mod event_loop;
 mod helper;
 mod kvm;
 mod machine;
 mod memory;
 mod pci;
+mod platform;
+mod q35;
 mod runtime;
 mod vcpu;
 mod virtiofs;
@@ -22,7 +25,9 @@ mod x86_64;
 
 pub use boot::bls;
 pub use boot::{SmbiosError, parse_uuid};
-pub use config::{DiskConfig, FsShare, IdMap, KvmSource, VmConfig, VsockConfig, VsockMode};
+pub use config::{
+    DiskConfig, FirmwareBoot, FsShare, IdMap, KvmSource, VmConfig, VsockConfig, VsockMode,
+};
 
 /// The command line every direct boot starts with; the user's arguments follow.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
@@ -86,6 +91,9 @@ pub enum Error {
     /// The SMBIOS tables cannot be built (e.g. too much credential data).
     #[error(transparent)]
     Smbios(#[from] boot::SmbiosError),
+    /// The firmware, its variable store or a kernel for it cannot be used.
+    #[error("{0}")]
+    Firmware(String, i32),
     /// A vCPU failed (KVM internal error, failed entry, unexpected exit).
     #[error("{0}")]
     Guest(String),
@@ -108,7 +116,10 @@ impl Error {
             Error::Disk(e) => e.errno(),
             Error::Root(e) => e.errno(),
             Error::Smbios(e) => e.errno(),
-            Error::Vsock(_, errno) | Error::Runtime(_, errno) | Error::Helper(_, errno) => *errno,
+            Error::Vsock(_, errno)
+            | Error::Runtime(_, errno)
+            | Error::Helper(_, errno)
+            | Error::Firmware(_, errno) => *errno,
             // vmspawn reports a VMM that died abnormally as EPROTO.
             Error::Guest(_) => libc::EPROTO,
         }
@@ -310,12 +321,20 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
     // Termination signals are blocked (and read from a signalfd) from here on, before anything
     // that takes time or holds resources, so an early SIGTERM still ends the run cleanly.
     let mut console = event_loop::Console::new()?;
+    let firmware = config.firmware.take();
+    // The kernel rvmspawn is handed, if any: booted directly, or through the firmware.
+    let has_kernel = firmware.as_ref().is_none_or(|f| f.kernel_through_firmware);
     // A UKI brings its own command line and initrds; vmspawn also hands the extra arguments to
-    // its stub and boot loader as SMBIOS strings, which systemd in the guest may read.
-    let uki = boot::x86_64::loader::uki_info(&config.kernel)?;
+    // its stub and boot loader as SMBIOS strings, which systemd in the guest may read. A disk
+    // booted through firmware gets them the same way: there is no command line to append to.
+    let uki = if has_kernel {
+        boot::x86_64::loader::uki_info(&config.kernel)?
+    } else {
+        None
+    };
     let extra = config.extra_cmdline.join(" ");
     let mut oem_strings = Vec::with_capacity(config.oem_strings.len() + 2);
-    if uki.is_some() && !extra.is_empty() {
+    if (uki.is_some() || !has_kernel) && !extra.is_empty() {
         oem_strings.push(format!("io.systemd.stub.kernel-cmdline-extra={extra}"));
         oem_strings.push(format!("io.systemd.boot.kernel-cmdline-extra={extra}"));
     }
@@ -347,7 +366,11 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
         )?;
         // vmspawn finds the root partition of the image for a direct boot of a kernel (not a
         // UKI, which knows its root), unless the user's arguments already say where root is.
-        if d.root && uki.is_none() && !boot::gpt::cmdline_selects_root(&config.extra_cmdline) {
+        if d.root
+            && has_kernel
+            && uki.is_none()
+            && !boot::gpt::cmdline_selects_root(&config.extra_cmdline)
+        {
             root_arg = Some(boot::discover_root(image.file())?.kernel_arg());
         }
         disks.push(machine::DiskSpec {
@@ -380,17 +403,52 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
             fs.push(std::sync::Arc::new(device));
         }
     }
+    let is_uki = uki.is_some();
+    let cmdline = std::iter::once(DEFAULT_CMDLINE.to_string())
+        .chain(uki.map(|u| u.cmdline))
+        .chain(root_arg)
+        .chain(config.extra_cmdline)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let boot_spec = match firmware {
+        None => machine::BootSpec::Direct(direct::DirectBoot {
+            kernel: config.kernel,
+            initrds: config.initrds,
+            cmdline,
+        }),
+        Some(fw) => {
+            let kernel = if fw.kernel_through_firmware {
+                Some(std::sync::Arc::new(q35::FirmwareKernel {
+                    kernel: read_whole(&config.kernel)?,
+                    initrd: config
+                        .initrds
+                        .iter()
+                        .map(|p| read_whole(p))
+                        .collect::<Result<Vec<_>, _>>()?
+                        .concat(),
+                    // A UKI's own .cmdline applies, as with vmspawn (no -append for a UKI).
+                    cmdline: (!is_uki).then_some(cmdline),
+                }))
+            } else {
+                None
+            };
+            let code = std::fs::File::open(&fw.code).map_err(|e| {
+                Error::Firmware(
+                    format!("Failed to open firmware {}: {e}", fw.code.display()),
+                    e.raw_os_error().unwrap_or(libc::EIO),
+                )
+            })?;
+            machine::BootSpec::Firmware(q35::Firmware {
+                code: std::sync::Arc::new(code),
+                vars: std::sync::Arc::new(fw.vars.file),
+                kernel,
+            })
+        }
+    };
     let spec = machine::MachineSpec {
         vcpus: config.vcpus,
         mem_bytes: config.mem_bytes,
-        kernel: config.kernel,
-        initrds: config.initrds,
-        cmdline: std::iter::once(DEFAULT_CMDLINE.to_string())
-            .chain(uki.map(|u| u.cmdline))
-            .chain(root_arg)
-            .chain(config.extra_cmdline)
-            .collect::<Vec<_>>()
-            .join(" "),
+        boot: boot_spec,
         disks,
         uuid: config
             .uuid
@@ -455,6 +513,16 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
             }
         }
     }
+}
+
+/// A kernel or initrd handed to the firmware, read once for the whole run.
+fn read_whole(path: &std::path::Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|e| {
+        Error::Firmware(
+            format!("Failed to read {}: {e}", path.display()),
+            e.raw_os_error().unwrap_or(libc::EIO),
+        )
+    })
 }
 
 /// vmspawn's disk serial: the image's file name when it fits the 20 bytes of a virtio-blk ID,

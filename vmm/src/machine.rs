@@ -3,21 +3,14 @@
 //! A guest reset throws the whole machine away and builds a new one from the same
 //! [`MachineSpec`]: the cheapest way to get every device and vCPU back to its power-on state.
 
-use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use boot::x86_64::acpi::{RESET_VALUE, S5_SLEEP_TYPE};
-use boot::x86_64::layout::{
-    KVM_IDENTITY_MAP_START, KVM_TSS_START, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_MMIO_SIZE,
-    PCI_MMIO_START,
-};
-use boot::{AcpiInfo, MemoryLayout};
+use boot::MemoryLayout;
+use boot::x86_64::layout::{KVM_IDENTITY_MAP_START, KVM_TSS_START};
 use devices::legacy::cmos::{CMOS_PORT, CMOS_PORTS};
-use devices::legacy::i8042::{I8042_PORT, I8042_PORTS};
-use devices::legacy::power::{ACPI_POWER_PORT, ACPI_POWER_PORTS};
 use devices::legacy::serial::{COM1_IRQ, COM1_PORT, UART_PORTS};
-use devices::legacy::{AcpiPower, Cmos, I8042, SerialConsole};
+use devices::legacy::{Cmos, SerialConsole};
 use devices::pci::PciBus;
 use devices::virtio::VirtioDevice;
 use devices::virtio::block::{Block, DiskImage, ID_BYTES};
@@ -41,12 +34,8 @@ pub struct MachineSpec {
     pub vcpus: u32,
     /// RAM in bytes.
     pub mem_bytes: u64,
-    /// Kernel image.
-    pub kernel: PathBuf,
-    /// Initrds.
-    pub initrds: Vec<PathBuf>,
-    /// Full kernel command line.
-    pub cmdline: String,
+    /// How the machine boots: the platform and what it starts.
+    pub boot: BootSpec,
     /// What guest RAM is made of.
     pub memory: memory::Backing,
     /// Disks, in the order the guest sees them (the first is `vda`).
@@ -62,6 +51,16 @@ pub struct MachineSpec {
     /// virtio-fs devices, each connected to its virtiofsd for the whole run; each boot gets
     /// devices sharing those connections.
     pub fs: Vec<Arc<VhostUserFs>>,
+}
+
+/// The two boot paths, each with its own platform.
+#[derive(Debug, Clone)]
+pub enum BootSpec {
+    /// rvmspawn loads the kernel itself and starts it at its entry point, on a minimal
+    /// hardware-reduced ACPI platform ([`crate::direct`]).
+    Direct(crate::direct::DirectBoot),
+    /// UEFI firmware boots from the reset vector on the Q35 platform ([`crate::q35`]).
+    Firmware(crate::q35::Firmware),
 }
 
 /// Which vsock device the guest gets, kept for the whole run.
@@ -87,6 +86,8 @@ pub struct Machine {
     // Fields drop in order: the PCI devices (whose threads use guest memory) go before the VM
     // and the RAM.
     _pci: Arc<PciBus>,
+    // What the platform's devices and memory slots use (firmware flash mappings).
+    _platform: Box<dyn std::any::Any + Send>,
     // Kept alive for as long as the vCPUs run: the VM owns the memory slots and irqfds.
     _vm: Arc<VmFd>,
     _ram: memory::GuestRam,
@@ -108,15 +109,16 @@ impl std::fmt::Debug for Machine {
     }
 }
 
-fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
+pub(crate) fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
     move |e| Error::Kvm(what, e.errno())
 }
 
-fn host_err(what: &'static str) -> impl Fn(std::io::Error) -> Error {
+pub(crate) fn host_err(what: &'static str) -> impl Fn(std::io::Error) -> Error {
     move |e| Error::Host(what, e)
 }
 
-fn attach(
+/// Put `dev` on `bus` at `base..base + len`.
+pub(crate) fn attach(
     bus: &mut Bus,
     name: &'static str,
     base: u64,
@@ -147,41 +149,23 @@ impl Machine {
         };
         vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
 
-        let layout = MemoryLayout::new(spec.mem_bytes);
+        let layout = match &spec.boot {
+            BootSpec::Direct(_) => MemoryLayout::new(spec.mem_bytes),
+            BootSpec::Firmware(_) => MemoryLayout::q35(spec.mem_bytes),
+        };
         let ram = memory::create(&layout, spec.memory)?;
         let mem = &ram.mem;
         memory::register(&vm, mem)?;
-
-        let loaded = boot::load_kernel(mem, &layout, &spec.kernel, &spec.initrds, &spec.cmdline)?;
-        boot::x86_64::loader::write_boot_cpu_tables(mem)?;
-        boot::x86_64::loader::write_reset_vector(mem)?;
         let vcpus_u8 = u8::try_from(spec.vcpus).map_err(|_| Error::TooManyVcpus {
             requested: spec.vcpus,
             max: crate::MAX_VCPUS,
         })?;
-        boot::build_acpi_tables(
-            mem,
-            &AcpiInfo {
-                vcpus: vcpus_u8,
-                sleep_control_port: ACPI_POWER_PORT as u16,
-                sleep_status_port: ACPI_POWER_PORT as u16 + 1,
-                reset_port: ACPI_POWER_PORT as u16 + 2,
-                com1: (COM1_PORT as u16, COM1_IRQ),
-                rtc_port: CMOS_PORT as u16,
-                pci_ecam: (PCI_ECAM_START, PCI_ECAM_SIZE),
-                pci_mmio: (PCI_MMIO_START, PCI_MMIO_SIZE),
-            },
-        )?;
-
-        boot::write_smbios(
-            mem,
-            &boot::SmbiosInfo {
-                uuid: spec.uuid,
-                vcpus: spec.vcpus,
-                system_serial: Some(&spec.name),
-                oem_strings: &spec.oem_strings,
-            },
-        )?;
+        let smbios = boot::SmbiosInfo {
+            uuid: spec.uuid,
+            vcpus: spec.vcpus,
+            system_serial: Some(&spec.name),
+            oem_strings: &spec.oem_strings,
+        };
 
         let events = Arc::new(EventSlot::new().map_err(host_err("eventfd"))?);
         let sink: RequestSink = {
@@ -207,14 +191,8 @@ impl Machine {
         )));
 
         let mut io = Bus::new();
+        let mut mmio = Bus::new();
         attach(&mut io, "serial", COM1_PORT, UART_PORTS, serial.clone())?;
-        attach(
-            &mut io,
-            "i8042",
-            I8042_PORT,
-            I8042_PORTS,
-            Arc::new(Mutex::new(I8042::new(sink.clone()))),
-        )?;
         attach(
             &mut io,
             "rtc",
@@ -222,14 +200,6 @@ impl Machine {
             CMOS_PORTS,
             Arc::new(Mutex::new(Cmos::new())),
         )?;
-        attach(
-            &mut io,
-            "acpi-power",
-            ACPI_POWER_PORT,
-            ACPI_POWER_PORTS,
-            Arc::new(Mutex::new(AcpiPower::new(S5_SLEEP_TYPE, RESET_VALUE, sink))),
-        )?;
-        let mut mmio = Bus::new();
         let queues = spec.vcpus as usize;
         let mut virtio: Vec<Box<dyn VirtioDevice>> = spec
             .disks
@@ -253,7 +223,18 @@ impl Machine {
         for fs in &spec.fs {
             virtio.push(Box::new(fs.share()));
         }
-        let pci = crate::pci::build(&vm, mem, virtio, &mut io, &mut mmio)?;
+        let ctx = crate::platform::Context {
+            vm: &vm,
+            mem,
+            layout: &layout,
+            vcpus: vcpus_u8,
+            smbios: &smbios,
+            sink,
+        };
+        let platform = match &spec.boot {
+            BootSpec::Direct(d) => crate::direct::build(&ctx, d, virtio, &mut io, &mut mmio)?,
+            BootSpec::Firmware(f) => crate::q35::build(&ctx, f, virtio, &mut io, &mut mmio)?,
+        };
         let buses = Buses {
             io: Arc::new(io),
             mmio: Arc::new(mmio),
@@ -269,9 +250,15 @@ impl Machine {
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
             vcpu.set_cpuid2(&cpuid::for_vcpu(&supported, id, spec.vcpus))
                 .map_err(kvm_err("KVM_SET_CPUID2"))?;
-            regs::setup_common(&vcpu)?;
-            if id == 0 {
-                regs::setup_boot_cpu(&vcpu, loaded.entry)?;
+            match platform.entry {
+                // Firmware starts from KVM's power-on state, the BSP at the reset vector.
+                None => regs::setup_lint(&vcpu)?,
+                Some(entry) => {
+                    regs::setup_common(&vcpu)?;
+                    if id == 0 {
+                        regs::setup_boot_cpu(&vcpu, entry)?;
+                    }
+                }
             }
             fds.push(vcpu);
         }
@@ -289,7 +276,8 @@ impl Machine {
             }
         }
         Ok(Machine {
-            _pci: pci,
+            _pci: platform.pci,
+            _platform: platform.resources,
             _vm: vm,
             _ram: ram,
             serial,

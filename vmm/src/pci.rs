@@ -49,11 +49,18 @@ fn irqchip_route(gsi: u32, chip: u32, pin: u32) -> kvm_irq_routing_entry {
 }
 
 impl Interrupts {
-    /// The default routes: GSIs 0-15 to the PICs and 0-23 to the IOAPIC, as KVM sets them up.
-    pub fn new(vm: Arc<VmFd>) -> Self {
+    /// The default routes: GSIs 0-15 to the PICs and 0-23 to the IOAPIC, as KVM sets them up;
+    /// with `pc_timer_pin`, GSI 0 (where KVM's PIT injects) reaches IOAPIC pin 2 instead, as on
+    /// a PC whose MADT overrides ISA IRQ 0 to GSI 2 (the Q35 platform's).
+    pub fn new(vm: Arc<VmFd>, pc_timer_pin: bool) -> Self {
         let mut irqchip = Vec::new();
         for gsi in 0..IOAPIC_PINS {
-            irqchip.push(irqchip_route(gsi, KVM_IRQCHIP_IOAPIC, gsi));
+            match (pc_timer_pin, gsi) {
+                (true, 0) => irqchip.push(irqchip_route(0, KVM_IRQCHIP_IOAPIC, 2)),
+                // Pin 2 belongs to GSI 0 then; ISA IRQ 2 is the PICs' cascade.
+                (true, 2) => {}
+                _ => irqchip.push(irqchip_route(gsi, KVM_IRQCHIP_IOAPIC, gsi)),
+            }
             if gsi < 16 {
                 let chip = if gsi < 8 {
                     KVM_IRQCHIP_PIC_MASTER
@@ -150,21 +157,28 @@ impl IoEventRegistry for IoEvents {
     }
 }
 
-/// Build the PCI bus with `devices` (each as virtio-pci), and attach its config mechanisms and
-/// memory window to the buses.
-pub fn build(
+/// Put each of `devices` on `bus` as virtio-pci, with MSI-X vectors and queue ioeventfds;
+/// returns their device numbers in order. BARs start out in the direct platform's window; on
+/// the firmware platform the firmware moves them, and their handlers follow.
+pub fn add_virtio(
+    bus: &mut PciBus,
     vm: &Arc<VmFd>,
     mem: &GuestMemoryMmap,
     devices: Vec<Box<dyn VirtioDevice>>,
-    io: &mut Bus,
-    mmio: &mut Bus,
-) -> Result<Arc<PciBus>, Error> {
+    pc_timer_pin: bool,
+) -> Result<Vec<u8>, Error> {
     let dev_err = |e: String| Error::Device("pci", e);
-    let interrupts = Arc::new(Interrupts::new(vm.clone()));
+    let interrupts = Arc::new(Interrupts::new(vm.clone(), pc_timer_pin));
+    if pc_timer_pin {
+        let state = interrupts.state.lock().unwrap_or_else(|p| p.into_inner());
+        interrupts.commit(&state).map_err(|e| {
+            Error::Kvm("KVM_SET_GSI_ROUTING", e.raw_os_error().unwrap_or(libc::EIO))
+        })?;
+    }
     let ioevents: Arc<dyn IoEventRegistry> = Arc::new(IoEvents(vm.clone()));
     let mut bars =
         AddressAllocator::new(PCI_MMIO_START, PCI_MMIO_SIZE).map_err(|e| dev_err(e.to_string()))?;
-    let mut bus = PciBus::new();
+    let mut slots = Vec::with_capacity(devices.len());
     for device in devices {
         let range = bars
             .allocate(BAR0_SIZE, BAR0_SIZE, AllocPolicy::FirstMatch)
@@ -180,9 +194,26 @@ pub fn build(
             ioevents.clone(),
         )
         .map_err(|e| dev_err(e.to_string()))?;
-        bus.add(Arc::new(Mutex::new(dev)))
-            .map_err(|e| dev_err(e.to_string()))?;
+        slots.push(
+            bus.add(Arc::new(Mutex::new(dev)))
+                .map_err(|e| dev_err(e.to_string()))?,
+        );
     }
+    Ok(slots)
+}
+
+/// Build the direct platform's PCI bus with `devices` (each as virtio-pci), and attach its
+/// config mechanisms and memory window to the buses.
+pub fn build(
+    vm: &Arc<VmFd>,
+    mem: &GuestMemoryMmap,
+    devices: Vec<Box<dyn VirtioDevice>>,
+    io: &mut Bus,
+    mmio: &mut Bus,
+) -> Result<Arc<PciBus>, Error> {
+    let dev_err = |e: String| Error::Device("pci", e);
+    let mut bus = PciBus::new();
+    add_virtio(&mut bus, vm, mem, devices, false)?;
     let bus = Arc::new(bus);
     let attach_err = |e: devices::bus::BusError| dev_err(e.to_string());
     io.insert(

@@ -136,11 +136,25 @@ fn io_exit(vcpu: &mut VcpuFd, bus: &Bus, port: u16) {
     let port = u64::from(port);
     let write = u32::from(io.direction) == kvm_bindings::KVM_EXIT_IO_OUT;
     for access in data.chunks_mut(size) {
-        if write {
-            bus.write(port, access);
+        let claimed = if write {
+            bus.write(port, access)
         } else {
-            bus.read(port, access);
+            bus.read(port, access)
+        };
+        if !claimed {
+            unclaimed("port", port, write, access.len());
         }
+    }
+}
+
+/// Say (at debug level, and only for the first few) that the guest touched an address no
+/// device serves: reads got all ones, writes were dropped. Probing firmware does this on
+/// purpose; for anything else it is the first clue.
+fn unclaimed(space: &str, addr: u64, write: bool, len: usize) {
+    static SEEN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    if crate::log::debug_enabled() && SEEN.fetch_add(1, Ordering::Relaxed) < 256 {
+        let what = if write { "write to" } else { "read of" };
+        debug!("Guest {what} unclaimed {space} {addr:#x} ({len} bytes)");
     }
 }
 
@@ -148,11 +162,15 @@ fn run_once(id: u32, vcpu: &mut VcpuFd, buses: &Buses) -> Option<MachineEvent> {
     let io_port = match vcpu.run() {
         Ok(VcpuExit::IoIn(port, _)) | Ok(VcpuExit::IoOut(port, _)) => Some(port),
         Ok(VcpuExit::MmioRead(addr, data)) => {
-            buses.mmio.read(addr, data);
+            if !buses.mmio.read(addr, data) {
+                unclaimed("MMIO", addr, false, data.len());
+            }
             None
         }
         Ok(VcpuExit::MmioWrite(addr, data)) => {
-            buses.mmio.write(addr, data);
+            if !buses.mmio.write(addr, data) {
+                unclaimed("MMIO", addr, true, data.len());
+            }
             None
         }
         // A triple fault: the CPU resets, and so does the machine, as on a PC.

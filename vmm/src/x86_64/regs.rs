@@ -126,7 +126,13 @@ pub fn setup_common(vcpu: &VcpuFd) -> Result<(), Error> {
     if set != entries.len() {
         return Err(Error::Kvm("KVM_SET_MSRS", libc::EINVAL));
     }
+    setup_lint(vcpu)
+}
 
+/// The local APIC's LINT pins as firmware leaves them on a PC; for a firmware boot this is
+/// all rvmspawn changes from KVM's power-on state (the firmware programs the rest).
+pub fn setup_lint(vcpu: &VcpuFd) -> Result<(), Error> {
+    let kvm = |what: &'static str| move |e: kvm_ioctls::Error| Error::Kvm(what, e.errno());
     // LINT0 delivers the legacy PIC's interrupts (ExtINT), LINT1 is the NMI pin, as firmware
     // leaves them on a PC.
     const APIC_LVT0: usize = 0x350;
