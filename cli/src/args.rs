@@ -114,15 +114,33 @@ pub struct Args {
     #[arg(long, help_heading = HOST)]
     pub network_user_mode: bool,
 
-    /// Firmware description (JSON) to boot with, or `list` to list them
-    #[arg(long, value_name = "PATH", help_heading = HOST,
+    /// Firmware: auto, uefi, none, a JSON firmware description (absolute or ./ path), list
+    /// (the descriptions found) or describe (the one that would be used) [default: auto]
+    #[arg(long, value_name = "auto|uefi|bios|none|PATH|list|describe", help_heading = HOST,
           action = ArgAction::Append, allow_hyphen_values = true)]
     pub firmware: Vec<OsString>,
+
+    /// Firmware features to require (F), exclude (~F), forget ("") or list
+    /// [default: ~enrolled-keys]
+    #[arg(long, value_name = "FEATURE,...|list", help_heading = HOST,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub firmware_features: Vec<OsString>,
 
     /// Whether to pick firmware with Secure Boot support [default: auto]
     #[arg(long, value_name = "BOOL", help_heading = HOST,
           action = ArgAction::Append, allow_hyphen_values = true)]
-    pub secure_boot: Vec<String>,
+    pub secure_boot: Vec<OsString>,
+
+    /// EFI variable store template [default: the firmware description's]
+    #[arg(long, value_name = "PATH", help_heading = HOST,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub efi_nvram_template: Vec<OsString>,
+
+    /// Where to keep the EFI variables: beside the image (auto), nowhere (off) or in PATH
+    /// [default: auto]
+    #[arg(long, value_name = "PATH|auto|off", help_heading = HOST,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub efi_nvram_state: Vec<OsString>,
 
     /// Name of the virtual machine
     #[arg(short = 'M', long, value_name = "NAME", help_heading = IDENTITY,
@@ -176,6 +194,11 @@ pub struct Args {
     /// ID is blamed on its second occurrence.
     #[arg(skip)]
     pub credentials: Vec<(CredentialArg, OsString)>,
+
+    /// --firmware, --firmware-features and --secure-boot in command-line order: the feature
+    /// options add to and remove from the same sets, and `list` acts where it appears.
+    #[arg(skip)]
+    pub firmware_options: Vec<(FirmwareOption, OsString)>,
 }
 
 /// Which of the two bind options a value came from.
@@ -183,6 +206,14 @@ pub struct Args {
 pub enum Mount {
     ReadWrite,
     ReadOnly,
+}
+
+/// Which of the firmware options a value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirmwareOption {
+    Firmware,
+    Features,
+    SecureBoot,
 }
 
 /// Which of the two credential options a value came from.
@@ -210,6 +241,14 @@ impl Args {
             &[
                 ("load_credential", CredentialArg::Load),
                 ("set_credential", CredentialArg::Set),
+            ],
+        );
+        args.firmware_options = in_order(
+            &matches,
+            &[
+                ("firmware", FirmwareOption::Firmware),
+                ("firmware_features", FirmwareOption::Features),
+                ("secure_boot", FirmwareOption::SecureBoot),
             ],
         );
         Ok(args)

@@ -10,7 +10,9 @@ use std::os::fd::IntoRawFd;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
-use crate::args::{Args, CredentialArg, Mount};
+use firmware::nvram::NvramState;
+
+use crate::args::{Args, CredentialArg, FirmwareOption, Mount};
 use crate::error::Failure;
 use crate::parse::{
     self, BindMount, Credential, CredentialData, Firmware, Invalid, UidRange, hostname_cleanup,
@@ -38,6 +40,11 @@ pub struct Host {
     pub mem_bytes: u64,
     /// Names a VM that boots the host's own root directory, as vmspawn does.
     pub hostname: String,
+    /// Where firmware descriptors are looked for: vmspawn's directories, or the
+    /// colon-separated list in `$RVMSPAWN_FIRMWARE_DIRS` (for tests and packagers).
+    pub firmware_search: firmware::SearchPath,
+    /// `$SYSTEMD_LOG_LEVEL` is `debug` (or 7): say why firmware descriptors were passed over.
+    pub debug: bool,
 }
 
 impl Host {
@@ -64,10 +71,21 @@ impl Host {
         let hostname = fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim_end().to_owned())
             .unwrap_or_default();
+        let env_path = |name| std::env::var_os(name).map(PathBuf::from);
+        let firmware_search = match std::env::var_os(FIRMWARE_DIRS_ENV) {
+            Some(list) => firmware::SearchPath::from_colon_list(&list),
+            None => firmware::SearchPath::system(
+                env_path("XDG_CONFIG_HOME").as_deref(),
+                env_path("HOME").as_deref(),
+            ),
+        };
+        let debug = std::env::var("SYSTEMD_LOG_LEVEL").is_ok_and(|v| v == "debug" || v == "7");
         Ok(Host {
             cwd,
             mem_bytes,
             hostname,
+            firmware_search,
+            debug,
         })
     }
 }
@@ -93,8 +111,15 @@ pub struct Settings {
     pub gui: bool,
     pub network_tap: bool,
     pub network_user_mode: bool,
-    pub firmware: Option<Firmware>,
-    pub secure_boot: Option<bool>,
+    /// `--firmware=`; never [`Firmware::List`], which is [`Settings::listing`].
+    pub firmware: Firmware,
+    /// `--firmware-features=` and `--secure-boot=`, applied in command-line order.
+    pub firmware_request: firmware::Request,
+    /// `--firmware=list` or `--firmware-features=list`, whichever came first.
+    pub listing: Option<Listing>,
+    /// `None`: the template the firmware descriptor names.
+    pub efi_nvram_template: Option<PathBuf>,
+    pub efi_nvram_state: NvramState,
     /// `None`: derive from the image, directory or current directory.
     pub machine: Option<String>,
     pub private_users: Option<UidRange>,
@@ -110,6 +135,28 @@ pub struct Settings {
     /// The entry [`Settings::check_files`] found in `directory` when `linux` is unset. A cell,
     /// because the checks take `&self` and their caller holds the settings immutably.
     pub boot_entry: OnceCell<vmm::bls::BootEntry>,
+}
+
+/// The environment variable that replaces the firmware descriptor search path.
+pub const FIRMWARE_DIRS_ENV: &str = "RVMSPAWN_FIRMWARE_DIRS";
+
+/// What a listing option prints instead of starting a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing {
+    /// `--firmware=list`: the descriptor paths.
+    Firmware,
+    /// `--firmware-features=list`: every feature of the descriptors.
+    Features,
+}
+
+/// How the guest is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootMode {
+    /// The kernel is loaded directly, without firmware.
+    Direct,
+    /// UEFI firmware runs first; with `kernel`, it is handed the kernel (as QEMU's
+    /// `-kernel`), otherwise it boots from the image.
+    Firmware { kernel: bool },
 }
 
 /// Parses every occurrence of an option, as getopt would hand each to systemd's parser,
@@ -176,11 +223,15 @@ impl Settings {
                     .ok_or_else(|| Failure::value("initrd", "", Invalid::syntax("expected a path")))
             })
             .collect::<Result<_, _>>()?;
-        let firmware = last_value("firmware", &args.firmware, |v| {
-            parse::parse_firmware(v, cwd)
+        let (firmware, firmware_request, listing) = firmware_options(&args.firmware_options, cwd)?;
+        let efi_nvram_template = last_value("efi-nvram-template", &args.efi_nvram_template, |v| {
+            parse::parse_efi_nvram_template(v, cwd)
         })?
         .flatten();
-        let secure_boot = last_value("secure-boot", &args.secure_boot, tristate)?.flatten();
+        let efi_nvram_state = last_value("efi-nvram-state", &args.efi_nvram_state, |v| {
+            parse::parse_efi_nvram_state(v, cwd)
+        })?
+        .unwrap_or_default();
         let machine =
             last_value("machine", &args.machine, |v| parse::parse_machine_name(v))?.flatten();
         let private_users = last_value("private-users", &args.private_users, |v| {
@@ -264,7 +315,10 @@ impl Settings {
             network_tap: args.network_tap,
             network_user_mode: args.network_user_mode,
             firmware,
-            secure_boot,
+            firmware_request,
+            listing,
+            efi_nvram_template,
+            efi_nvram_state,
             machine,
             private_users,
             binds,
@@ -283,15 +337,19 @@ impl Settings {
         if !self.initrds.is_empty() && self.linux.is_none() {
             return einval("--initrd= requires --linux=.");
         }
+        // An image needs firmware to boot it unless a kernel is given (a directory brings
+        // its own kernel in a boot entry).
+        if self.firmware == Firmware::None && self.image.is_some() && self.linux.is_none() {
+            return einval("--firmware=none requires --linux= to be specified.");
+        }
         // Booting a kernel with no root file system is our extension; without any of the
         // three vmspawn would look -M up as an installed image or boot the current
         // directory, neither of which exists here.
         if self.directory.is_none() && self.image.is_none() && self.linux.is_none() {
             return Err(Failure::new(
                 libc::EOPNOTSUPP,
-                "Nothing to boot: specify --directory= or --linux= (with --image=, or \
-                 alone); finding images by machine name or booting the current directory \
-                 is not supported.",
+                "Nothing to boot: specify --directory=, --image= or --linux=; finding images \
+                 by machine name or booting the current directory is not supported.",
             ));
         }
 
@@ -304,12 +362,19 @@ impl Settings {
                  uses KVM.",
             ));
         }
-        // Booting an image without a kernel goes through UEFI firmware.
-        if self.image.is_some() && self.linux.is_none() {
+        // A BIOS would need SeaBIOS and its platform; the firmware path is UEFI only.
+        if self.firmware == Firmware::Bios {
             return Err(Failure::new(
                 libc::EOPNOTSUPP,
-                "--image= without --linux= (booting the image through UEFI firmware) is not \
-                 supported yet; pass the kernel with --linux=.",
+                "--firmware=bios is not supported: rvmspawn boots UEFI firmware only.",
+            ));
+        }
+        // Every Secure Boot build of OVMF needs SMM, which rvmspawn does not emulate yet.
+        if self.firmware_request.wants_secure_boot() {
+            return Err(Failure::new(
+                libc::EOPNOTSUPP,
+                "Secure Boot (--secure-boot=yes, --firmware-features=secure-boot) requires SMM, \
+                 which rvmspawn does not support yet.",
             ));
         }
         // vmspawn's UID mapping is for the root directory's virtiofsd.
@@ -324,14 +389,115 @@ impl Settings {
             (self.gui, "--qemu-gui"),
             (self.network_tap, "--network-tap"),
             (self.network_user_mode, "--network-user-mode"),
-            (self.firmware.is_some(), "--firmware="),
-            // auto is the same as not asking: no firmware preference.
-            (self.secure_boot.is_some(), "--secure-boot="),
         ];
         match refusals.iter().find(|(given, _)| *given) {
             Some((_, what)) => Err(Failure::unsupported(what)),
             None => Ok(()),
         }
+    }
+
+    /// How the guest boots. An image without `--linux=` boots through UEFI firmware (as in
+    /// vmspawn); a kernel, given or found in the directory's boot entries, is loaded directly
+    /// unless `--firmware=uefi` or a descriptor path asks for the firmware, which then boots
+    /// that kernel (vmspawn boots a PE kernel through UEFI by default; the direct boot is
+    /// rvmspawn's faster default).
+    pub fn boot_mode(&self) -> BootMode {
+        let uefi_asked = matches!(self.firmware, Firmware::Uefi | Firmware::Descriptor(_));
+        match (self.linux.is_some() || self.directory.is_some(), uefi_asked) {
+            (true, false) => BootMode::Direct,
+            (true, true) => BootMode::Firmware { kernel: true },
+            (false, _) => BootMode::Firmware { kernel: false },
+        }
+    }
+
+    /// What `--firmware=list`, `--firmware-features=list` or `--firmware=describe` print on
+    /// standard output instead of starting a VM; `None` for a VM. Needs no kernel or image.
+    pub fn informational(&self, host: &Host) -> Result<Option<String>, Failure> {
+        let lines = |items: Vec<String>| items.iter().map(|i| format!("{i}\n")).collect();
+        match self.listing {
+            Some(Listing::Firmware) => {
+                let paths = firmware::list(&host.firmware_search);
+                return Ok(Some(lines(
+                    paths.iter().map(|p| p.display().to_string()).collect(),
+                )));
+            }
+            Some(Listing::Features) => {
+                return Ok(Some(lines(firmware::all_features(&host.firmware_search))));
+            }
+            None => {}
+        }
+        if self.firmware != Firmware::Describe {
+            return Ok(None);
+        }
+        let selection = self.select_firmware(host)?;
+        if let Some(theirs) = selection.vmspawn_choice() {
+            eprintln!(
+                "Note: systemd-vmspawn would choose '{}', which requires SMM; rvmspawn does not \
+                 support SMM yet and passed it over.",
+                theirs.display()
+            );
+        }
+        let json = serde_json::to_string_pretty(&selection.chosen.descriptor.raw)
+            .expect("a JSON value serializes");
+        Ok(Some(format!("{json}\n")))
+    }
+
+    /// vmspawn's selection over the search path, with the reasons at debug level.
+    fn select_firmware(&self, host: &Host) -> Result<firmware::Selection, Failure> {
+        let selection = firmware::select(&host.firmware_search, &self.firmware_request)?;
+        if host.debug {
+            for skipped in &selection.skipped {
+                eprintln!(
+                    "Skipping firmware definition {}: {}.",
+                    skipped.path.display(),
+                    skipped.reason
+                );
+            }
+            eprintln!(
+                "Selected firmware definition {}.",
+                selection.chosen.descriptor.path.display()
+            );
+        }
+        Ok(selection)
+    }
+
+    /// For a firmware boot: the firmware (the `--firmware=` descriptor, or vmspawn's choice),
+    /// its files checked, and the EFI variable store opened (created beside the image or
+    /// directory when `--efi-nvram-state=auto` finds none). `None` for a direct boot.
+    /// Assumes [`Settings::check`] passed. Touches no KVM, so a missing firmware package is
+    /// reported before any VM exists.
+    pub fn firmware_boot(&self, host: &Host) -> Result<Option<vmm::FirmwareBoot>, Failure> {
+        let BootMode::Firmware { kernel } = self.boot_mode() else {
+            return Ok(None);
+        };
+        let chosen = match &self.firmware {
+            Firmware::Descriptor(path) => firmware::load(path)?,
+            _ => self.select_firmware(host)?.chosen,
+        };
+        let template = self.efi_nvram_template.as_deref();
+        chosen.check_files(template)?;
+        let vars = firmware::nvram::open_state(
+            template.unwrap_or(&chosen.vars_template),
+            &self.efi_nvram_state,
+            self.image.as_deref().or(self.directory.as_deref()),
+        )?;
+        if host.debug {
+            let store = match &vars.path {
+                Some(path) => format!("'{}'", path.display()),
+                None => "a private copy".to_owned(),
+            };
+            eprintln!(
+                "Booting firmware {} ({}), EFI variables in {store}.",
+                chosen.code.display(),
+                chosen.descriptor.path.display()
+            );
+        }
+        Ok(Some(vmm::FirmwareBoot {
+            code: chosen.code,
+            vars,
+            descriptor: chosen.descriptor.path,
+            kernel_through_firmware: kernel,
+        }))
     }
 
     /// The name given with -M, or vmspawn's default: the image file name without `.raw`,
@@ -518,12 +684,15 @@ impl Settings {
     }
 
     /// Assumes [`Settings::check`] passed, and [`Settings::check_files`] too for a directory
-    /// without `--linux=`. Decides nothing about KVM: the caller says where it comes from.
+    /// without `--linux=`; `firmware` comes from [`Settings::firmware_boot`]. Decides nothing
+    /// about KVM: the caller says where it comes from. When the firmware boots the image, the
+    /// kernel is an empty path.
     pub fn into_vm_config(
         self,
         name: String,
         kvm: vmm::KvmSource,
         oem_strings: Vec<String>,
+        firmware: Option<vmm::FirmwareBoot>,
     ) -> vmm::VmConfig {
         let shares = self.shares();
         let (kernel, initrds) = match (self.linux, self.boot_entry.into_inner()) {
@@ -535,10 +704,9 @@ impl Settings {
                 held_open(entry.kernel_file),
                 entry.initrd_files.into_iter().map(held_open).collect(),
             ),
-            (None, None) => panic!(
-                "check() requires --linux= or --directory=, and check_files() finds the kernel \
-                 in the directory"
-            ),
+            // An image without a kernel: the firmware boots it (check() requires --linux=,
+            // --directory= or --image=, and check_files() finds the directory's kernel).
+            (None, None) => (PathBuf::new(), Vec::new()),
         };
         vmm::VmConfig {
             name,
@@ -584,8 +752,52 @@ impl Settings {
             },
             quiet: self.quiet,
             notify_ready: self.notify_ready,
+            firmware,
         }
     }
+}
+
+/// `--firmware=`, `--firmware-features=` and `--secure-boot=` in command-line order: the last
+/// `--firmware=` wins, the feature options add to and take from the request as they come
+/// (`--firmware-features=` clears it), and the first `list` ends the processing, as vmspawn
+/// prints the list as soon as it meets it (unlike vmspawn, rvmspawn has checked every other
+/// option's value by then).
+fn firmware_options(
+    options: &[(FirmwareOption, OsString)],
+    cwd: &Path,
+) -> Result<(Firmware, firmware::Request, Option<Listing>), Failure> {
+    let mut chosen = Firmware::Auto;
+    let mut request = firmware::Request::default();
+    let utf8 = |option: &str, value: &OsString| {
+        value
+            .to_str()
+            .map(str::to_owned)
+            .ok_or_else(|| Failure::value(option, shown(value), Invalid::syntax("not valid UTF-8")))
+    };
+    for (option, value) in options {
+        match option {
+            FirmwareOption::Firmware => match parse::parse_firmware(value, cwd)
+                .map_err(|why| Failure::value("firmware", shown(value), why))?
+            {
+                Firmware::List => return Ok((chosen, request, Some(Listing::Firmware))),
+                other => chosen = other,
+            },
+            FirmwareOption::Features => {
+                let spec = utf8("firmware-features", value)?;
+                if spec == "list" {
+                    return Ok((chosen, request, Some(Listing::Features)));
+                }
+                request.add_features(&spec);
+            }
+            FirmwareOption::SecureBoot => {
+                let text = utf8("secure-boot", value)?;
+                let secure_boot = parse::parse_tristate(&text)
+                    .map_err(|why| Failure::value("secure-boot", shown(value), why))?;
+                request.set_secure_boot(secure_boot);
+            }
+        }
+    }
+    Ok((chosen, request, None))
 }
 
 /// Rounds up to whole MiB, as vmspawn does when it passes the size to QEMU, which also
@@ -720,6 +932,8 @@ mod tests {
             cwd: "/home/u".into(),
             mem_bytes: 8 << 30,
             hostname: "hosty".into(),
+            firmware_search: firmware::SearchPath { dirs: Vec::new() },
+            debug: false,
         }
     }
 
@@ -748,7 +962,7 @@ mod tests {
         let host = host();
         let s = checked(argv).expect("valid");
         let name = s.machine_name(&host).expect("named");
-        s.into_vm_config(name, vmm::KvmSource::Open, Vec::new())
+        s.into_vm_config(name, vmm::KvmSource::Open, Vec::new(), None)
     }
 
     #[test]
@@ -859,7 +1073,7 @@ mod tests {
 
     #[test]
     fn value_errors_name_option_and_value() {
-        let cases: [(&[&str], i32, &str); 13] = [
+        let cases: [(&[&str], i32, &str); 17] = [
             (&["--qemu-mem=banana"], EINVAL, "--qemu-mem= value 'banana'"),
             (&["--qemu-smp=0"], ERANGE, "--qemu-smp= value '0'"),
             (&["--qemu-smp=2,sockets=2"], EINVAL, "--qemu-smp= value"),
@@ -878,6 +1092,26 @@ mod tests {
                 "--firmware= value 'ovmf.json'",
             ),
             (&["--secure-boot=x"], EINVAL, "--secure-boot= value 'x'"),
+            (
+                &["--firmware=uefi", "--firmware=efi"],
+                EINVAL,
+                "--firmware= value 'efi'",
+            ),
+            (
+                &["--efi-nvram-template=vars.fd"],
+                EINVAL,
+                "--efi-nvram-template= value 'vars.fd'",
+            ),
+            (
+                &["--efi-nvram-state=vm.vars"],
+                EINVAL,
+                "--efi-nvram-state= value 'vm.vars'",
+            ),
+            (
+                &["--firmware-features=x", "--secure-boot=maybe"],
+                EINVAL,
+                "--secure-boot= value 'maybe'",
+            ),
             (&["-M", "a b"], EINVAL, "--machine= value 'a b'"),
             (&["--private-users=x"], EINVAL, "--private-users= value 'x'"),
             (&["--bind-ro=rel"], EINVAL, "--bind-ro= value 'rel'"),
@@ -925,11 +1159,270 @@ mod tests {
         let f = failure(&["--linux=/k", "--private-users=65536"]);
         assert_eq!(f.errno, EINVAL);
         assert_eq!(f.message, "--private-users= requires --directory=.");
-        // An image without a kernel needs UEFI firmware.
-        let f = failure(&["-i", "/srv/os.raw"]);
+        // An image without a kernel boots through UEFI firmware, which it cannot do without.
+        checked(&["-i", "/srv/os.raw"]).unwrap();
+        let f = failure(&["-i", "/srv/os.raw", "--firmware=none"]);
+        assert_eq!(f.errno, EINVAL);
+        assert_eq!(
+            f.message,
+            "--firmware=none requires --linux= to be specified."
+        );
+        checked(&["-i", "/srv/os.raw", "--firmware=none", "--linux=/k"]).unwrap();
+        checked(&["-D", "/srv/os", "--firmware=none"]).unwrap();
+    }
+
+    #[test]
+    fn firmware_refusals() {
+        let f = failure(&["--linux=/k", "--firmware=bios"]);
         assert_eq!(f.errno, EOPNOTSUPP);
         assert!(
-            f.message.starts_with("--image= without --linux="),
+            f.message.starts_with("--firmware=bios is not supported"),
+            "{}",
+            f.message
+        );
+        for argv in [
+            &["-i", "/os.raw", "--secure-boot=yes"][..],
+            &["-i", "/os.raw", "--firmware-features=secure-boot"],
+            &["--linux=/k", "--secure-boot=1"],
+        ] {
+            let f = failure(argv);
+            assert_eq!(f.errno, EOPNOTSUPP, "{argv:?}");
+            assert!(f.message.contains("requires SMM"), "{}", f.message);
+        }
+        // no, auto, and a later auto or "" undo it.
+        for argv in [
+            &["-i", "/os.raw", "--secure-boot=no"][..],
+            &["-i", "/os.raw", "--secure-boot=auto"],
+            &["-i", "/os.raw", "--secure-boot=yes", "--secure-boot="],
+            &["-i", "/os.raw", "--secure-boot=yes", "--firmware-features="],
+        ] {
+            checked(argv).unwrap();
+        }
+    }
+
+    #[test]
+    fn firmware_options_apply_in_command_line_order() {
+        let set = |items: &[&str]| -> std::collections::BTreeSet<String> {
+            items.iter().map(|s| s.to_string()).collect()
+        };
+        let s = settings(&[
+            "--secure-boot=no",
+            "--firmware-features=a,~b",
+            "--firmware-features=c",
+        ])
+        .unwrap();
+        assert_eq!(s.firmware_request.features_required, set(&["a", "c"]));
+        assert_eq!(
+            s.firmware_request.features_excluded,
+            set(&["b", "enrolled-keys", "secure-boot"])
+        );
+        // "" forgets everything before it, the default exclusion too.
+        let s = settings(&[
+            "--secure-boot=no",
+            "--firmware-features=",
+            "--secure-boot=yes",
+        ]);
+        let r = s.unwrap().firmware_request;
+        assert_eq!(r.features_required, set(&["secure-boot"]));
+        assert!(r.features_excluded.is_empty());
+        assert_eq!(
+            settings(&[]).unwrap().firmware_request,
+            firmware::Request::default()
+        );
+        // The last --firmware= wins; describe is a mode like the others.
+        let s = settings(&["--firmware=describe", "--firmware=uefi"]).unwrap();
+        assert_eq!((s.firmware, s.listing), (Firmware::Uefi, None));
+        let s = settings(&["--firmware=./fw.json", "--firmware="]).unwrap();
+        assert_eq!(s.firmware, Firmware::Auto);
+        // The first list acts; what follows it is not looked at, as in vmspawn.
+        let s = settings(&["--firmware-features=list", "--firmware=list"]).unwrap();
+        assert_eq!(s.listing, Some(Listing::Features));
+        let s = settings(&["--firmware=list", "--firmware=bad", "--secure-boot=bad"]).unwrap();
+        assert_eq!(s.listing, Some(Listing::Firmware));
+        // NVRAM options: last wins, auto by default.
+        let s = settings(&["--efi-nvram-state=off", "--efi-nvram-state=./v"]).unwrap();
+        assert_eq!(s.efi_nvram_state, NvramState::Path("/home/u/v".into()));
+        assert_eq!(settings(&[]).unwrap().efi_nvram_state, NvramState::Auto);
+        let s = settings(&["--efi-nvram-template=/t.fd"]).unwrap();
+        assert_eq!(s.efi_nvram_template.as_deref(), Some(Path::new("/t.fd")));
+    }
+
+    #[test]
+    fn boot_modes() {
+        let mode = |argv: &[&str]| checked(argv).unwrap().boot_mode();
+        let firmware = |kernel| BootMode::Firmware { kernel };
+        assert_eq!(mode(&["-i", "/os.raw"]), firmware(false));
+        assert_eq!(mode(&["-i", "/os.raw", "--firmware=uefi"]), firmware(false));
+        assert_eq!(mode(&["--linux=/k"]), BootMode::Direct);
+        assert_eq!(mode(&["--linux=/k", "--firmware=none"]), BootMode::Direct);
+        assert_eq!(mode(&["--linux=/k", "-i", "/os.raw"]), BootMode::Direct);
+        assert_eq!(mode(&["--linux=/k", "--firmware=uefi"]), firmware(true));
+        assert_eq!(mode(&["--linux=/k", "--firmware=/fw.json"]), firmware(true));
+        assert_eq!(mode(&["-D", "/srv/os"]), BootMode::Direct);
+        assert_eq!(mode(&["-D", "/srv/os", "--firmware=uefi"]), firmware(true));
+    }
+
+    /// A descriptor directory with one usable firmware whose files exist.
+    struct FirmwareTree {
+        dir: PathBuf,
+        host: Host,
+    }
+
+    impl FirmwareTree {
+        fn new(tag: &str) -> FirmwareTree {
+            let dir = temp_path(tag);
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(dir.join("descriptors")).unwrap();
+            fs::write(dir.join("CODE.fd"), b"code").unwrap();
+            fs::write(dir.join("VARS.fd"), vec![0xAA; 4096]).unwrap();
+            let descriptor = |code: &str, features: &[&str]| {
+                serde_json::json!({
+                    "description": "test",
+                    "interface-types": ["uefi"],
+                    "mapping": {
+                        "device": "flash",
+                        "executable": {"filename": dir.join(code), "format": "raw"},
+                        "nvram-template": {"filename": dir.join("VARS.fd"), "format": "raw"}
+                    },
+                    "targets": [{"architecture": "x86_64", "machines": ["pc-q35-*"]}],
+                    "features": features,
+                    "tags": []
+                })
+                .to_string()
+            };
+            let d = dir.join("descriptors");
+            fs::write(
+                d.join("50-smm.json"),
+                descriptor("SMM.fd", &["requires-smm"]),
+            )
+            .unwrap();
+            fs::write(d.join("60-ok.json"), descriptor("CODE.fd", &["acpi-s3"])).unwrap();
+            fs::write(d.join("70-gone.json"), descriptor("GONE.fd", &["gone"])).unwrap();
+            fs::write(dir.join("os.raw"), b"disk").unwrap();
+            let host = Host {
+                firmware_search: firmware::SearchPath {
+                    dirs: vec![d.clone()],
+                },
+                ..host()
+            };
+            FirmwareTree { dir, host }
+        }
+
+        fn path(&self, name: &str) -> String {
+            self.dir.join(name).display().to_string()
+        }
+
+        fn settings(&self, argv: &[&str]) -> Settings {
+            let s = settings_on(&self.host, argv).unwrap();
+            s.check().unwrap();
+            s
+        }
+    }
+
+    impl Drop for FirmwareTree {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    #[test]
+    fn listings_need_nothing_to_boot() {
+        let t = FirmwareTree::new("fw-list");
+        let text = |argv: &[&str]| {
+            settings_on(&t.host, argv)
+                .unwrap()
+                .informational(&t.host)
+                .unwrap()
+        };
+        let d = t.dir.join("descriptors");
+        assert_eq!(
+            text(&["--firmware=list"]).unwrap(),
+            format!(
+                "{}\n{}\n{}\n",
+                d.join("50-smm.json").display(),
+                d.join("60-ok.json").display(),
+                d.join("70-gone.json").display()
+            )
+        );
+        assert_eq!(
+            text(&["--firmware-features=list"]).unwrap(),
+            "acpi-s3\ngone\nrequires-smm\n"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&text(&["--firmware=describe"]).unwrap()).unwrap();
+        let chosen: serde_json::Value =
+            serde_json::from_slice(&fs::read(d.join("60-ok.json")).unwrap()).unwrap();
+        assert_eq!(json, chosen);
+        // Features steer describe too.
+        let json = text(&["--firmware-features=gone", "--firmware=describe"]).unwrap();
+        assert!(json.contains("GONE.fd"), "{json}");
+        assert_eq!(text(&["-i", "/os.raw"]), None);
+    }
+
+    #[test]
+    fn firmware_boot_of_an_image() {
+        let t = FirmwareTree::new("fw-image");
+        let image = t.path("os.raw");
+        let s = t.settings(&["-i", &image, "-M", "vm"]);
+        let boot = s.firmware_boot(&t.host).unwrap().unwrap();
+        assert_eq!(boot.code, t.dir.join("CODE.fd"));
+        assert_eq!(boot.descriptor, t.dir.join("descriptors/60-ok.json"));
+        assert!(!boot.kernel_through_firmware);
+        assert_eq!(boot.vars.path, Some(t.dir.join("os.raw.efinvramstate")));
+        assert_eq!(boot.vars.len, 4096);
+        drop(boot);
+        // The kernel path stays empty: the firmware boots the image.
+        let s = t.settings(&["-i", &image, "-M", "vm", "--efi-nvram-state=off"]);
+        let boot = s.firmware_boot(&t.host).unwrap();
+        assert_eq!(boot.as_ref().unwrap().vars.path, None);
+        let c = s.into_vm_config("vm".into(), vmm::KvmSource::Open, Vec::new(), boot);
+        assert_eq!(c.kernel, PathBuf::new());
+        assert!(c.initrds.is_empty());
+        assert!(c.firmware.is_some());
+        assert_eq!(c.disks[0].path, t.dir.join("os.raw"));
+    }
+
+    #[test]
+    fn firmware_boot_variants() {
+        let t = FirmwareTree::new("fw-variants");
+        let image = t.path("os.raw");
+        // A direct boot needs no firmware.
+        let s = t.settings(&["--linux=/k", "-i", &image]);
+        assert!(s.firmware_boot(&t.host).unwrap().is_none());
+        // A kernel through the firmware, with another template and state file.
+        fs::write(t.dir.join("MY_VARS.fd"), vec![0x55; 8192]).unwrap();
+        let template = format!("--efi-nvram-template={}", t.path("MY_VARS.fd"));
+        let state = format!("--efi-nvram-state={}", t.path("my.state"));
+        let s = t.settings(&["--linux=/k", "--firmware=uefi", &template, &state]);
+        let boot = s.firmware_boot(&t.host).unwrap().unwrap();
+        assert!(boot.kernel_through_firmware);
+        assert_eq!(boot.vars.len, 8192);
+        assert_eq!(fs::read(t.dir.join("my.state")).unwrap(), vec![0x55; 8192]);
+        // An explicit descriptor is used even when selection would pass it over.
+        let gone = format!("--firmware={}", t.path("descriptors/70-gone.json"));
+        let s = t.settings(&["-i", &image, &gone, "--efi-nvram-state=off"]);
+        let f = s.firmware_boot(&t.host).unwrap_err();
+        assert_eq!(f.errno, libc::ENOENT);
+        assert_eq!(
+            f.message,
+            format!(
+                "Failed to open firmware code '{}': No such file or directory",
+                t.path("GONE.fd")
+            )
+        );
+        // ... unless it needs SMM.
+        let smm = format!("--firmware={}", t.path("descriptors/50-smm.json"));
+        let s = t.settings(&["-i", &image, &smm]);
+        let f = s.firmware_boot(&t.host).unwrap_err();
+        assert_eq!(f.errno, EOPNOTSUPP);
+        assert!(f.message.contains("SMM"), "{}", f.message);
+        // Nothing matches: ENOENT, with the reasons.
+        let s = t.settings(&["-i", &image, "--firmware-features=nothing-has-this"]);
+        let f = s.firmware_boot(&t.host).unwrap_err();
+        assert_eq!(f.errno, libc::ENOENT);
+        assert!(
+            f.message
+                .contains("lacks required feature 'nothing-has-this'"),
             "{}",
             f.message
         );
@@ -1060,7 +1553,7 @@ mod tests {
         s.check_files().unwrap();
         // Checking again does not look again.
         s.check_files().unwrap();
-        let c = s.into_vm_config("vm".into(), vmm::KvmSource::Open, Vec::new());
+        let c = s.into_vm_config("vm".into(), vmm::KvmSource::Open, Vec::new(), None);
         // The files found, held open: their paths reopen them even once the tree changes.
         fs::remove_dir_all(&dir).unwrap();
         assert!(
@@ -1138,14 +1631,11 @@ mod tests {
 
     #[test]
     fn unimplemented_options_are_refused() {
-        let cases: [(&[&str], &str); 7] = [
+        let cases: [(&[&str], &str); 4] = [
             (&["--tpm=yes"], "--tpm=yes"),
             (&["--qemu-gui"], "--qemu-gui"),
             (&["-n"], "--network-tap"),
             (&["--network-user-mode"], "--network-user-mode"),
-            (&["--firmware=list"], "--firmware="),
-            (&["--firmware=/fw.json"], "--firmware="),
-            (&["--secure-boot=no"], "--secure-boot="),
         ];
         for (argv, option) in cases {
             let mut argv = argv.to_vec();

@@ -44,6 +44,24 @@ impl Failure {
     }
 }
 
+/// The firmware crate's message, with the failed system call's text appended as `%m` would.
+impl From<firmware::Error> for Failure {
+    fn from(err: firmware::Error) -> Failure {
+        let mut message = err.to_string();
+        if let Some(cause) = std::error::Error::source(&err) {
+            message.push_str(": ");
+            match cause
+                .downcast_ref::<io::Error>()
+                .and_then(io::Error::raw_os_error)
+            {
+                Some(errno) => message.push_str(&strerror(errno)),
+                None => message.push_str(&cause.to_string()),
+            }
+        }
+        Failure::new(err.errno(), message)
+    }
+}
+
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)
@@ -87,5 +105,24 @@ mod tests {
         );
         let f = Failure::io("x", &io::Error::other("no errno"));
         assert_eq!(f.errno, libc::EIO);
+    }
+
+    #[test]
+    fn firmware_errors_keep_their_errno_and_cause() {
+        let err = firmware::Error::Open {
+            what: "firmware code",
+            path: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+            source: io::Error::from_raw_os_error(libc::ENOENT),
+        };
+        let f = Failure::from(err);
+        assert_eq!(f.errno, libc::ENOENT);
+        assert_eq!(
+            f.message,
+            "Failed to open firmware code '/usr/share/OVMF/OVMF_CODE_4M.fd': No such file or \
+             directory"
+        );
+        let f = Failure::from(firmware::Error::SecureBootUnsupported);
+        assert_eq!(f.errno, libc::EOPNOTSUPP);
+        assert!(f.message.ends_with("does not support yet"), "{}", f.message);
     }
 }

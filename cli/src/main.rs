@@ -35,7 +35,8 @@ fn main() -> ExitCode {
     };
 
     match prepare(args, passed) {
-        Ok(config) => {
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some(config)) => {
             let outcome = vmm::run(config);
             if let Err(err) = &outcome {
                 eprintln!("rvmspawn: {}", error_chain(err));
@@ -50,10 +51,19 @@ fn main() -> ExitCode {
 }
 
 /// Everything between the command line and the VM; the status lines are printed here so
-/// that they only appear for a VM that is about to start.
-fn prepare(args: Args, passed: Result<ListenFds, Failure>) -> Result<vmm::VmConfig, Failure> {
+/// that they only appear for a VM that is about to start. `None`: a listing was printed
+/// (`--firmware=list`, `--firmware-features=list`, `--firmware=describe`), nothing to run.
+/// The environment is read here, once (in [`Host::detect`]).
+fn prepare(
+    args: Args,
+    passed: Result<ListenFds, Failure>,
+) -> Result<Option<vmm::VmConfig>, Failure> {
     let host = Host::detect()?;
     let settings = Settings::from_args(args, &host)?;
+    if let Some(text) = settings.informational(&host)? {
+        print!("{text}");
+        return Ok(None);
+    }
     settings.check()?;
     let name = settings.machine_name(&host)?;
     settings.check_files()?;
@@ -65,13 +75,15 @@ fn prepare(args: Args, passed: Result<ListenFds, Failure>) -> Result<vmm::VmConf
         Some(fd) => vmm::KvmSource::Inherited(fd),
         None => vmm::KvmSource::Open,
     };
+    // After every other check, as it may create the EFI variable store beside the image.
+    let firmware = settings.firmware_boot(&host)?;
     let quiet = settings.quiet;
-    let mut config = settings.into_vm_config(name, kvm, oem_strings);
+    let mut config = settings.into_vm_config(name, kvm, oem_strings, firmware);
     config.vsock.vhost_fd = passed.vhost_vsock.take();
     if !quiet {
         eprint!("{}", status_lines(&config));
     }
-    Ok(config)
+    Ok(Some(config))
 }
 
 /// vmspawn's two status lines, the first extended with the machine's size.
@@ -213,6 +225,7 @@ mod tests {
             vsock: vmm::VsockConfig::default(),
             quiet: false,
             notify_ready: true,
+            firmware: None,
         }
     }
 

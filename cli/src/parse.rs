@@ -8,6 +8,8 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 
+use firmware::nvram::NvramState;
+
 /// Why a value was rejected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {
@@ -624,30 +626,91 @@ fn push_utf8(out: &mut Vec<u8>, c: u32) {
 
 /// What `--firmware` asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(dead_code, reason = "consumed once firmware selection is implemented")]
 pub enum Firmware {
+    /// The empty string or `auto`: UEFI for an image, none for a kernel (a direct boot).
+    Auto,
+    /// Boot through UEFI firmware chosen from the descriptors.
+    Uefi,
+    /// Boot through a BIOS (SeaBIOS); rvmspawn has none.
+    Bios,
+    /// No firmware: boot the kernel directly.
+    None,
     /// Print the firmware descriptions found and exit.
     List,
+    /// Print the description that would be chosen and exit.
+    Describe,
     /// Boot with the firmware this JSON description names.
     Descriptor(PathBuf),
 }
 
-/// `--firmware`: `None` (from an empty value) means "pick automatically". vmspawn wants
-/// paths that cannot be mistaken for a keyword, hence absolute or `./`-relative.
-pub fn parse_firmware(s: &OsStr, cwd: &Path) -> Result<Option<Firmware>, Invalid> {
+/// vmspawn's rule for a path that must not be mistaken for a keyword: absolute, or relative
+/// starting with `./`.
+fn is_explicit_path(s: &OsStr) -> bool {
+    Path::new(s).is_absolute() || s.as_bytes().starts_with(b"./")
+}
+
+/// `--firmware`, as newer vmspawn takes it: a keyword, or a descriptor path that is absolute
+/// or starts with `./`.
+pub fn parse_firmware(s: &OsStr, cwd: &Path) -> Result<Firmware, Invalid> {
+    let keyword = match s.as_bytes() {
+        b"" | b"auto" => Some(Firmware::Auto),
+        b"uefi" => Some(Firmware::Uefi),
+        b"bios" => Some(Firmware::Bios),
+        b"none" => Some(Firmware::None),
+        b"list" => Some(Firmware::List),
+        b"describe" => Some(Firmware::Describe),
+        _ => None,
+    };
+    if let Some(keyword) = keyword {
+        return Ok(keyword);
+    }
+    if !is_explicit_path(s) {
+        return Err(Invalid::syntax(
+            "expected one of 'auto', 'uefi', 'bios', 'none', 'list', 'describe', or an \
+             absolute path or path starting with './'",
+        ));
+    }
+    Ok(Firmware::Descriptor(absolute(Path::new(s), cwd)))
+}
+
+/// `--efi-nvram-template`: `None` (from an empty value) means the descriptor's template.
+pub fn parse_efi_nvram_template(s: &OsStr, cwd: &Path) -> Result<Option<PathBuf>, Invalid> {
     if s.is_empty() {
         return Ok(None);
     }
-    if s.as_bytes() == b"list" {
-        return Ok(Some(Firmware::List));
-    }
-    let path = Path::new(s);
-    if !path.is_absolute() && !s.as_bytes().starts_with(b"./") {
+    if !is_explicit_path(s) {
         return Err(Invalid::syntax(
-            "expected 'list', an absolute path or a path starting with ./",
+            "expected an absolute path or a path starting with './'",
         ));
     }
-    Ok(Some(Firmware::Descriptor(absolute(path, cwd))))
+    Ok(Some(absolute(Path::new(s), cwd)))
+}
+
+/// `--efi-nvram-state`, as vmspawn parses it: `auto` or a true boolean keeps the store
+/// beside the image, the empty string or a false boolean is `off`, anything else must be a
+/// path that is absolute or starts with `./`.
+pub fn parse_efi_nvram_state(s: &OsStr, cwd: &Path) -> Result<NvramState, Invalid> {
+    if s.is_empty() {
+        return Ok(NvramState::Off);
+    }
+    if let Some(text) = s.to_str() {
+        if text == "auto" {
+            return Ok(NvramState::Auto);
+        }
+        if let Ok(keep) = parse_boolean(text) {
+            return Ok(if keep {
+                NvramState::Auto
+            } else {
+                NvramState::Off
+            });
+        }
+    }
+    if !is_explicit_path(s) {
+        return Err(Invalid::syntax(
+            "expected 'auto', 'off', or an absolute path or path starting with './'",
+        ));
+    }
+    Ok(NvramState::Path(absolute(Path::new(s), cwd)))
 }
 
 /// A path option (`--directory`, `--image`, `--linux`): `None` (from an empty value)
@@ -1072,20 +1135,52 @@ mod tests {
     fn firmware() {
         let cwd = Path::new("/home/u");
         let fw = |s: &str| parse_firmware(OsStr::new(s), cwd);
-        assert_eq!(fw(""), Ok(None));
-        assert_eq!(fw("list"), Ok(Some(Firmware::List)));
+        assert_eq!(fw(""), Ok(Firmware::Auto));
+        assert_eq!(fw("auto"), Ok(Firmware::Auto));
+        assert_eq!(fw("uefi"), Ok(Firmware::Uefi));
+        assert_eq!(fw("bios"), Ok(Firmware::Bios));
+        assert_eq!(fw("none"), Ok(Firmware::None));
+        assert_eq!(fw("list"), Ok(Firmware::List));
+        assert_eq!(fw("describe"), Ok(Firmware::Describe));
         assert_eq!(
             fw("/usr/share/qemu/firmware/ovmf.json"),
-            Ok(Some(Firmware::Descriptor(
+            Ok(Firmware::Descriptor(
                 "/usr/share/qemu/firmware/ovmf.json".into()
-            )))
+            ))
         );
         assert_eq!(
             fw("./ovmf.json"),
-            Ok(Some(Firmware::Descriptor("/home/u/ovmf.json".into())))
+            Ok(Firmware::Descriptor("/home/u/ovmf.json".into()))
         );
-        for bad in ["ovmf.json", "../ovmf.json", "uefi", "List"] {
+        for bad in ["ovmf.json", "../ovmf.json", "UEFI", "List", "yes"] {
             assert_eq!(errno(fw(bad)), EINVAL, "{bad}");
+        }
+    }
+
+    #[test]
+    fn efi_nvram_options() {
+        let cwd = Path::new("/home/u");
+        let t = |s: &str| parse_efi_nvram_template(OsStr::new(s), cwd);
+        assert_eq!(t(""), Ok(None));
+        assert_eq!(t("/v.fd"), Ok(Some("/v.fd".into())));
+        assert_eq!(t("./v.fd"), Ok(Some("/home/u/v.fd".into())));
+        assert_eq!(errno(t("v.fd")), EINVAL);
+        let st = |s: &str| parse_efi_nvram_state(OsStr::new(s), cwd);
+        assert_eq!(st("auto"), Ok(NvramState::Auto));
+        assert_eq!(st("yes"), Ok(NvramState::Auto));
+        assert_eq!(st("off"), Ok(NvramState::Off));
+        assert_eq!(st("0"), Ok(NvramState::Off));
+        assert_eq!(st(""), Ok(NvramState::Off));
+        assert_eq!(
+            st("/var/vm.vars"),
+            Ok(NvramState::Path("/var/vm.vars".into()))
+        );
+        assert_eq!(
+            st("./vm.vars"),
+            Ok(NvramState::Path("/home/u/vm.vars".into()))
+        );
+        for bad in ["vm.vars", "Auto", "../x"] {
+            assert_eq!(errno(st(bad)), EINVAL, "{bad}");
         }
     }
 
