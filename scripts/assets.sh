@@ -10,6 +10,12 @@
 #   testhost/vmlinuz         Debian generic kernel for the nested test host
 #   testhost/vmlinux         the ELF inside it, which testhost.sh boots (PVH)
 #   testhost/initramfs.cpio.gz  busybox + kvm-amd, vhost, 9p... + /init
+#   firmware/uki.efi         a UKI (systemd-stub + guest kernel + initramfs),
+#                            booted through OVMF by tests/tests/firmware.rs
+#   firmware/esp.raw         GPT disk image, one ESP: systemd-boot, a Type #1
+#                            entry for the guest kernel + initramfs
+#   firmware/esp-nvram.raw   the same, defaulting to the EFI-variable entry
+#                            (see build_firmware); tests boot copies, never these
 #   bench-blk/initramfs.cpio    (only with --bench-blk) the guest initramfs
 #                               plus Debian's fio and its libraries, for
 #                               bench-blk.sh; uncompressed (see build_bench_blk)
@@ -53,6 +59,10 @@ TESTHOST_MODULES=(virtio_pci 9pnet_virtio 9p kvm kvm_amd tun vhost_net vhost_vso
 # vmw_vsock_virtio_transport_common and fuse come as dependencies). Later
 # candidate: virtio_net.
 GUEST_MODULES=(virtio_pci virtio_blk virtio_rng vmw_vsock_virtio_transport virtiofs)
+# Loaded by the guest's /init only when it was booted through UEFI and a test
+# asks for EFI variables (rvmspawn.efi=1 and the efivar switches): efivarfs
+# (=m in the cloud kernel) refuses to load without EFI runtime services.
+GUEST_EFI_MODULES=(efivarfs)
 
 mkdir -p "$assets"
 # Serialise concurrent callers (two testhost.sh runs at once) on a lock.
@@ -156,8 +166,11 @@ init_tree() { # DIR
 # package into an initramfs tree, decompressed (busybox insmod may not read
 # .ko.xz/.ko.zst), and append them in load order to /etc/modules.list, which
 # the /init scripts insmod one by one. Built-in modules are skipped.
+# MODULES_LIST=etc/NAME puts them in another list, which /init does not load
+# at start (the guest's /etc/modules.efi: efivarfs, loaded only under UEFI).
 add_modules() { # DIR KVER MODULE...
     local dir=$1 kver=$2 tree=$assets/extract/$2 line path rel dst
+    local list=$1/${MODULES_LIST:-etc/modules.list}
     shift 2
     for mod in "$@"; do
         modprobe -d "$tree" -S "$kver" --show-depends "$mod" ||
@@ -174,7 +187,7 @@ add_modules() { # DIR KVER MODULE...
         rel=${rel%.zst}
         rel=${rel%.gz}
         dst=$dir$rel
-        grep -qxF "$rel" "$dir/etc/modules.list" && continue
+        grep -qxF "$rel" "$list" 2>/dev/null && continue
         mkdir -p "$(dirname "$dst")"
         case $path in
             *.xz) xz -dc "$path" >"$dst" ;;
@@ -182,7 +195,7 @@ add_modules() { # DIR KVER MODULE...
             *.gz) gzip -dc "$path" >"$dst" ;;
             *) cp "$path" "$dst" ;;
         esac
-        echo "$rel" >>"$dir/etc/modules.list"
+        echo "$rel" >>"$list"
     done
 }
 
@@ -266,6 +279,7 @@ guest_tree() { # DIR
     if [ "${#GUEST_MODULES[@]}" -gt 0 ]; then
         add_modules "$1" "$cloud_kver" "${GUEST_MODULES[@]}"
     fi
+    MODULES_LIST=etc/modules.efi add_modules "$1" "$cloud_kver" "${GUEST_EFI_MODULES[@]}"
 }
 
 # --- block benchmark guest (--bench-blk) -----------------------------------------
@@ -312,6 +326,122 @@ build_bench_blk() {
     stamp_set bench-blk "$cloud_kver" "$hash"
 }
 
+# --- UEFI firmware boots (tests/tests/firmware.rs, scripts/firmware-check-qemu.sh) ---
+# From Debian's systemd-boot-efi (the stub and systemd-boot), the guest kernel
+# and initramfs; FAT made with mkfs.vfat on a plain file and filled with mtools,
+# the GPT with sfdisk: no loop mounts. Needs dosfstools, mtools, fdisk, binutils.
+#   uki.efi          linuxx64.efi.stub + .osrel + .cmdline + .linux + .initrd;
+#                    .cmdline is FW_UKI_CMDLINE
+#   esp.raw          64 MiB GPT (disk GUID FW_ESP_DISKUUID), partition 1
+#                    (1 MiB..63 MiB) an ESP with PARTUUID FW_ESP_PARTUUID:
+#                    EFI/BOOT/BOOTX64.EFI = systemd-boot, /vmlinuz,
+#                    /initramfs.cpio.gz, loader/loader.conf
+#                    (timeout 0, default test.conf) and two Type #1 entries:
+#                    loader/entries/test.conf  options FW_TEST_OPTIONS
+#                    loader/entries/nvram.conf options FW_NVRAM_OPTIONS
+#   esp-nvram.raw    the same with "default nvram.conf"
+# The tests compare what the guest prints with these strings: change both.
+# rvmspawn.notify=42 (test.conf): the guest sends EXIT_STATUS=42 to the notify
+# socket in its SMBIOS credential (rvmspawn's; under QEMU it finds none and
+# just powers off).
+FW_UKI_CMDLINE="console=ttyS0 rvmspawn.efi=1 rvmspawn.smbios=1 rvmspawn.entry=uki"
+FW_TEST_OPTIONS="console=ttyS0 rvmspawn.efi=1 rvmspawn.smbios=1 rvmspawn.notify=42 rvmspawn.entry=test"
+FW_NVRAM_OPTIONS="console=ttyS0 rvmspawn.efi=1 rvmspawn.efivar-persist=kept-across-boots rvmspawn.entry=nvram"
+FW_ESP_PARTUUID=7a3e1c54-9b2d-4f60-8e15-3c9d0b6a2f71
+FW_ESP_DISKUUID=52564d53-5041-574e-8000-00000000d15c
+FW_STUB=/usr/lib/systemd/boot/efi/linuxx64.efi.stub
+FW_SDBOOT=/usr/lib/systemd/boot/efi/systemd-bootx64.efi
+
+# Add SECTION=FILE pairs to a PE stub, each at the next section-aligned address
+# after the previous one (starting after the stub's last section), as ukify
+# places them: overlapping the stub's own sections would corrupt the image.
+make_uki() { # STUB OUT .name=FILE...
+    local stub=$1 out=$2 end align=4096 args=() pair name file size
+    shift 2
+    # objdump -h: "Idx Name Size VMA LMA ..." lines; the end of the last section.
+    end=0
+    while read -r _ name size vma _; do
+        case $size in *[!0-9a-fA-F]* | '') continue ;; esac
+        case $vma in *[!0-9a-fA-F]* | '') continue ;; esac
+        [ $((0x$vma + 0x$size)) -gt "$end" ] && end=$((0x$vma + 0x$size))
+    done < <(objdump -h "$stub" | grep -E '^ *[0-9]+ ')
+    [ "$end" -gt 0 ] || die "objdump -h finds no sections in $stub"
+    for pair in "$@"; do
+        name=${pair%%=*} file=${pair#*=}
+        end=$(( (end + align - 1) / align * align ))
+        args+=(--add-section "$name=$file" --change-section-vma "$(printf '%s=0x%x' "$name" "$end")")
+        size=$(stat -L -c %s "$file")
+        end=$((end + size))
+    done
+    objcopy "${args[@]}" "$stub" "$out.tmp" || die "objcopy could not build $out"
+    mv "$out.tmp" "$out"
+}
+
+# A 64 MiB GPT image with one ESP (FAT32, 62 MiB) holding systemd-boot, the
+# guest kernel and initramfs and the two entries; DEFAULT names the entry
+# loader.conf chooses.
+make_esp() { # OUT DEFAULT
+    local out=$1 default=$2 tmp=$assets/work/firmware
+    rm -rf "$tmp"
+    mkdir -p "$tmp"
+    printf 'timeout 0\ndefault %s\n' "$default" >"$tmp/loader.conf"
+    printf 'title rvmspawn test\nlinux /vmlinuz\ninitrd /initramfs.cpio.gz\noptions %s\n' \
+        "$FW_TEST_OPTIONS" >"$tmp/test.conf"
+    printf 'title rvmspawn EFI variable test\nlinux /vmlinuz\ninitrd /initramfs.cpio.gz\noptions %s\n' \
+        "$FW_NVRAM_OPTIONS" >"$tmp/nvram.conf"
+    # 62 MiB = 126976 sectors of 512 bytes, one sector per cluster: enough
+    # clusters for FAT32, which the UEFI specification wants for an ESP.
+    mkfs.vfat -C -F 32 -s 1 -n ESP -i 52564d53 "$tmp/esp.fat" $((62 * 1024)) >/dev/null ||
+        die "mkfs.vfat failed"
+    local m=(-i "$tmp/esp.fat")
+    MTOOLS_SKIP_CHECK=1 mmd "${m[@]}" ::/EFI ::/EFI/BOOT ::/loader ::/loader/entries &&
+        MTOOLS_SKIP_CHECK=1 mcopy "${m[@]}" "$FW_SDBOOT" ::/EFI/BOOT/BOOTX64.EFI &&
+        MTOOLS_SKIP_CHECK=1 mcopy "${m[@]}" "$assets/guest/vmlinuz" ::/vmlinuz &&
+        MTOOLS_SKIP_CHECK=1 mcopy "${m[@]}" "$assets/guest/initramfs.cpio.gz" ::/initramfs.cpio.gz &&
+        MTOOLS_SKIP_CHECK=1 mcopy "${m[@]}" "$tmp/loader.conf" ::/loader/loader.conf &&
+        MTOOLS_SKIP_CHECK=1 mcopy "${m[@]}" "$tmp/test.conf" "$tmp/nvram.conf" ::/loader/entries/ ||
+        die "mtools could not fill the ESP"
+    rm -f "$tmp/disk.raw"
+    truncate -s 64M "$tmp/disk.raw"
+    printf 'label: gpt\nlabel-id: %s\nstart=2048, size=126976, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, uuid=%s, name="ESP"\n' \
+        "$FW_ESP_DISKUUID" "$FW_ESP_PARTUUID" | sfdisk -q "$tmp/disk.raw" >/dev/null || die "sfdisk failed on the ESP image"
+    dd if="$tmp/esp.fat" of="$tmp/disk.raw" bs=1M seek=1 conv=notrunc,sparse status=none ||
+        die "dd of the ESP into the disk image failed"
+    mv "$tmp/disk.raw" "$out"
+    rm -rf "$tmp"
+}
+
+build_firmware() {
+    local dir=$assets/firmware tool missing=() hash
+    for tool in objcopy:binutils objdump:binutils mkfs.vfat:dosfstools mcopy:mtools \
+        mmd:mtools sfdisk:fdisk; do
+        command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
+    done
+    [ -f "$FW_STUB" ] && [ -f "$FW_SDBOOT" ] || missing+=(systemd-boot-efi)
+    if [ ${#missing[@]} -gt 0 ]; then
+        # Not fatal: every other test still runs; the firmware tests say what is missing.
+        echo "assets: firmware/ not built: install $(printf '%s\n' "${missing[@]}" | sort -u |
+            tr '\n' ' ')(scripts/install-deps.sh)" >&2
+        return
+    fi
+    # Rebuilt when the guest or the systemd-boot binaries change.
+    hash=$( { echo "$guest_hash"; stat -L -c '%n %s %Y' "$FW_STUB" "$FW_SDBOOT"; } |
+        sha256sum | cut -c1-16)
+    if stamp_ok firmware "$cloud_kver" "$hash" && [ -f "$dir/esp-nvram.raw" ]; then
+        return
+    fi
+    log "building UEFI boot assets (UKI, ESP images)"
+    mkdir -p "$dir" "$assets/work"
+    printf '%s' "$FW_UKI_CMDLINE" >"$dir/cmdline.tmp"
+    printf 'ID=rvmspawn-test\nNAME="rvmspawn test guest"\n' >"$dir/os-release.tmp"
+    make_uki "$FW_STUB" "$dir/uki.efi" .osrel="$dir/os-release.tmp" .cmdline="$dir/cmdline.tmp" \
+        .linux="$assets/guest/vmlinuz" .initrd="$assets/guest/initramfs.cpio.gz"
+    rm -f "$dir/cmdline.tmp" "$dir/os-release.tmp"
+    make_esp "$dir/esp.raw" test.conf
+    make_esp "$dir/esp-nvram.raw" nvram.conf
+    stamp_set firmware "$cloud_kver" "$hash"
+}
+
 # --- test host ------------------------------------------------------------------
 build_testhost() {
     local dir=$assets/testhost work=$assets/work/testhost
@@ -339,6 +469,7 @@ build_testhost() {
 
 build_guest_tools
 build_guest
+build_firmware
 build_testhost
 [ "$bench_blk" = 0 ] || build_bench_blk
 echo "$lists_key $kver_base $generic_base" >"$assets/kver"

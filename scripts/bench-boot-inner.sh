@@ -5,7 +5,8 @@
 # rvmspawn, ...) so that drifting load on this shared machine hits all of them
 # alike, and prints a table of medians. All VMMs get 512 MiB and 1 vCPU, the
 # same bzImage, initramfs and "console=ttyS0 quiet" (rvmspawn: "quiet" on top
-# of its own console setup). Usage: scripts/bench-boot-inner.sh [--directory] [RUNS]
+# of its own console setup).
+# Usage: scripts/bench-boot-inner.sh [--directory|--firmware] [RUNS]
 #
 # --directory: boot an OS tree over virtio-fs instead (a busybox tree whose
 # /sbin/init prints RVMSPAWN-GUEST-INIT and powers off; the initramfs mounts it
@@ -13,13 +14,22 @@
 # a memfd memory backend, as systemd-vmspawn runs it. Both get a fresh
 # virtiofsd per boot with vmspawn's arguments (rvmspawn starts its own; QEMU's
 # is started by a wrapper just before it), so its start-up counts for both.
+#
+# --firmware: boot the UEFI path instead: .cache/assets/firmware/esp.raw (an
+# ESP with systemd-boot, whose entry boots the same kernel and initramfs) on
+# virtio-blk through Debian's OVMF, as the plain descriptor
+# 60-edk2-x86_64.json names it (no Secure Boot, no SMM): rvmspawn -i with that
+# descriptor and --efi-nvram-state=off (variables from the template every
+# boot), against QEMU -M q35 with the same CODE on pflash and a fresh copy of
+# the VARS template. Every boot gets its own fresh copy of the image (and
+# QEMU's of VARS), made before the clock starts. No vsock for either.
 set -euo pipefail
 
-directory=0
-if [ "${1:-}" = --directory ]; then
-    directory=1
-    shift
-fi
+directory=0 firmware=0
+case ${1:-} in
+    --directory) directory=1; shift ;;
+    --firmware) firmware=1; shift ;;
+esac
 runs=${1:-5}
 scripts=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$scripts")
@@ -78,6 +88,30 @@ EOF
     labels=(rvmspawn qemu-pc)
     cmd_pc=("$out/qemu-dir.sh")
 fi
+if [ "$firmware" = 1 ]; then
+    esp=.cache/assets/firmware/esp.raw
+    [ -f "$esp" ] || { echo "bench-boot: $esp is missing (scripts/assets.sh builds it)" >&2; exit 1; }
+    descriptor=/usr/share/qemu/firmware/60-edk2-x86_64.json
+    # (No process substitution: the test host's /dev has no /dev/fd.)
+    paths=$(python3 -c '
+import json, sys
+m = json.load(open(sys.argv[1]))["mapping"]
+print(m["executable"]["filename"], m["nvram-template"]["filename"])' "$descriptor") ||
+        { echo "bench-boot: cannot read $descriptor (Debian's ovmf package)" >&2; exit 1; }
+    read -r ovmf_code ovmf_vars <<<"$paths"
+    echo "bench-boot: OVMF $ovmf_code + $ovmf_vars; $(qemu-system-x86_64 --version | head -n 1)"
+    # A firmware boot takes 25-40 s under TCG; give each more than the default.
+    export RVMSPAWN_BENCH_BOOT_TIMEOUT=${RVMSPAWN_BENCH_BOOT_TIMEOUT:-300}
+    cmd_rvmspawn=("$rvmspawn" -q --qemu-mem=512M --qemu-smp=1 "--firmware=$descriptor"
+        --efi-nvram-state=off --qemu-vsock=no -i "$out/rvmspawn.raw")
+    # shellcheck disable=SC2054 # the commas belong to QEMU's -drive values
+    cmd_q35=(qemu-system-x86_64 -enable-kvm -cpu host -M q35 -m 512 -smp 1 -nodefaults -nographic
+        -no-reboot -serial stdio
+        -drive "if=pflash,format=raw,unit=0,readonly=on,file=$ovmf_code"
+        -drive "if=pflash,format=raw,unit=1,file=$out/qemu-vars.fd"
+        -drive "file=$out/qemu.raw,format=raw,if=virtio")
+    labels=(rvmspawn qemu-q35)
+fi
 results=$out/results
 : >"$results"
 
@@ -94,8 +128,18 @@ boot() { # LABEL RESULTS-FILE
         rvmspawn) cmd=("${cmd_rvmspawn[@]}") ;;
         qemu-microvm) cmd=("${cmd_microvm[@]}") ;;
         qemu-pc) cmd=("${cmd_pc[@]}") ;;
+        qemu-q35) cmd=("${cmd_q35[@]}") ;;
     esac
+    if [ "$firmware" = 1 ]; then # fresh copies, before the clock starts
+        if [ "$1" = rvmspawn ]; then
+            cp --sparse=always "$esp" "$out/rvmspawn.raw"
+        else
+            cp --sparse=always "$esp" "$out/qemu.raw"
+            cp "$ovmf_vars" "$out/qemu-vars.fd"
+        fi
+    fi
     python3 "$measure" run "$1" "$2" "$out/$1.log" -- "${cmd[@]}" || true
+    rm -f "$out/rvmspawn.raw" "$out/qemu.raw" "$out/qemu-vars.fd"
 }
 
 # One unmeasured boot each first: it pulls the binaries, libraries and guest
@@ -122,7 +166,10 @@ if [ "$have_rvmspawn" = 1 ] && awk '$1 == "rvmspawn" && $5 != "ok" { bad = 1 } E
 fi
 
 echo
-if [ "$directory" = 1 ]; then
+if [ "$firmware" = 1 ]; then
+    echo "UEFI boot of a disk image (OVMF -> systemd-boot -> kernel) to /init, in the nested test"
+    echo "host (QEMU TCG; compare ratios, not absolute times):"
+elif [ "$directory" = 1 ]; then
     echo "Boot of an OS tree over virtio-fs to its /sbin/init, in the nested test host (QEMU TCG;"
     echo "compare ratios, not absolute times; peak RSS is the largest process's, the VMM's):"
 else

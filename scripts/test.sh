@@ -13,6 +13,9 @@ cargo fmt --manifest-path guest-tools/Cargo.toml --all -- --check
 cargo clippy --manifest-path guest-tools/Cargo.toml --all-targets --release -- -D warnings
 cargo build --release
 scripts/assets.sh
+# The outer QEMU of the nested test host, patched so that UEFI firmware cannot abort it
+# (scripts/testhost-qemu/build.sh; cached outside the clone, built once).
+scripts/testhost-qemu/build.sh >/dev/null
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e

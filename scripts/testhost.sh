@@ -15,7 +15,10 @@
 # Environment:
 #   RVMSPAWN_* and RUST_BACKTRACE   exported to COMMAND
 #   RVMSPAWN_KEEP_RUN=1             keep .cache/testhost-runs/<id> afterwards
-#   RVMSPAWN_TESTHOST_QEMU          QEMU binary (default qemu-system-x86_64)
+#   RVMSPAWN_TESTHOST_QEMU          QEMU binary (default: the patched build of
+#                                   scripts/testhost-qemu/build.sh if it has been
+#                                   built, else qemu-system-x86_64; stock QEMU 7.2
+#                                   aborts in ~40% of nested OVMF boots)
 #   RVMSPAWN_TESTHOST_MEM / _SMP    test-host memory and vCPUs (3G, 1: with 2, the
 #                                   emulated test host wedged in 2 of 3 test runs)
 #   RVMSPAWN_TESTHOST_9P_CACHE      9p cache mode of the shared root (loose)
@@ -93,10 +96,18 @@ printf '%s\n' "$root" "$cwd" >"$run/visible"
     printf '\n'
 } >"$run/cmd"
 
+# The outer QEMU: the patched build when it exists (build.sh --print-path only
+# prints where it would be; it builds nothing), else Debian's.
+default_qemu=qemu-system-x86_64
+if [ -z "${RVMSPAWN_TESTHOST_QEMU:-}" ]; then
+    patched=$("$scripts/testhost-qemu/build.sh" --print-path 2>/dev/null) || patched=""
+    [ -n "$patched" ] && [ -x "$patched" ] && default_qemu=$patched
+fi
+
 # qboot instead of SeaBIOS: quicker, and prints nothing on the serial port.
 # -virtfs takes a comma-separated list: double commas in paths.
 # shellcheck disable=SC2054 # the commas belong to QEMU option values
-qemu=("${RVMSPAWN_TESTHOST_QEMU:-qemu-system-x86_64}"
+qemu=("${RVMSPAWN_TESTHOST_QEMU:-$default_qemu}"
     -accel tcg,thread=multi -cpu max
     -smp "${RVMSPAWN_TESTHOST_SMP:-1}" -m "${RVMSPAWN_TESTHOST_MEM:-3G}"
     -nodefaults -nographic -no-reboot -bios qboot.rom

@@ -38,9 +38,10 @@ pub fn assets() -> PathBuf {
     repo_root().join(".cache/assets")
 }
 
-/// How long one batch may take in the test host. A batch of the boot tests takes about a
-/// minute; a test host that has not finished after five is wedged (docs/testing.md).
-const BATCH_TIMEOUT_SECS: &str = "300";
+/// How long one batch may take in the test host, unless the batch sets its own
+/// ([`Batch::timeout_secs`]). A batch of the boot tests takes about a minute; a test host that
+/// has not finished after five is wedged (docs/testing.md).
+const BATCH_TIMEOUT_SECS: u64 = 300;
 
 /// How boots are run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +99,17 @@ impl BootResult {
             .find_map(|l| l.strip_prefix(prefix.as_str()))
     }
 
+    /// The values of every `KEY=value` line, in the order printed (a guest that reboots prints
+    /// its lines once per boot).
+    pub fn values(&self, key: &str) -> Vec<&str> {
+        let prefix = format!("{key}=");
+        self.output
+            .lines()
+            .map(|l| l.trim_end_matches('\r'))
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
+            .collect()
+    }
+
     /// How many lines are exactly `line`.
     pub fn count_lines(&self, line: &str) -> usize {
         self.output
@@ -125,6 +137,7 @@ impl Results {
 #[derive(Debug, Default)]
 pub struct Batch {
     steps: Vec<(String, String)>,
+    timeout_secs: Option<u64>,
 }
 
 impl Batch {
@@ -137,6 +150,13 @@ impl Batch {
     /// `$INITRD` set; its exit status is the step's.
     pub fn step(mut self, name: &str, script: impl Into<String>) -> Self {
         self.steps.push((name.to_string(), script.into()));
+        self
+    }
+
+    /// Give the whole batch `secs` seconds in the test host instead of the default 300 (for
+    /// batches of slow boots, e.g. through UEFI firmware).
+    pub fn timeout_secs(mut self, secs: u64) -> Self {
+        self.timeout_secs = Some(secs);
         self
     }
 
@@ -165,6 +185,7 @@ impl Batch {
         std::fs::write(&path, script).expect("write the batch script");
 
         let mode = mode();
+        let timeout = self.timeout_secs.unwrap_or(BATCH_TIMEOUT_SECS).to_string();
         let command = || match mode {
             Mode::Direct => {
                 let mut c = Command::new("sh");
@@ -173,7 +194,7 @@ impl Batch {
             }
             Mode::TestHost => {
                 let mut c = Command::new(root.join("scripts/testhost.sh"));
-                c.args(["--timeout", BATCH_TIMEOUT_SECS, "--", "sh"])
+                c.args(["--timeout", timeout.as_str(), "--", "sh"])
                     .arg(&path);
                 c
             }
@@ -265,6 +286,8 @@ mod tests {
         assert_eq!(r["a"].rc, Some(0));
         assert_eq!(r["a"].value("RVMSPAWN-NPROC"), Some("2"));
         assert_eq!(r["a"].count_lines("x"), 1);
+        assert_eq!(r["a"].values("RVMSPAWN-NPROC"), ["2"]);
+        assert!(r["a"].values("RVMSPAWN-MISSING").is_empty());
         assert_eq!(r["b"].rc, None);
         assert!(r["b"].output.contains("partial"));
         // The end marker right after a guest's unfinished line still ends the step.

@@ -1,0 +1,396 @@
+//! Booting through UEFI firmware: Debian's stock OVMF (`OVMF_CODE_4M.fd` + `OVMF_VARS_4M.fd`,
+//! chosen from `/usr/share/qemu/firmware/60-edk2-x86_64.json`), checked from inside the guest.
+//!
+//! The guest's /init prints what the firmware and the boot loader left behind
+//! (`rvmspawn.efi=1`: `/sys/firmware/efi`, systemd's loader variables through efivarfs) and
+//! keeps a test variable across boots (`rvmspawn.efivar-persist=`); see
+//! `scripts/initramfs/guest-init`. The images are built by `scripts/assets.sh`
+//! (`.cache/assets/firmware/`): `esp.raw`, a GPT disk whose ESP holds systemd-boot and a
+//! Type #1 entry for the guest kernel and initramfs; `esp-nvram.raw`, the same defaulting to the
+//! EFI-variable entry; `uki.efi`, systemd-stub with the same kernel and initramfs. Every boot
+//! uses a copy, never the cached image. The same assets were checked with QEMU q35 and the same
+//! OVMF (`scripts/firmware-check-qemu.sh`): the strings asserted here are what the guest prints
+//! there.
+//!
+//! One batch, one test-host start. OVMF in the nested test host takes about 50-70 s per boot
+//! and the batch boots nine times, so it gets 25 minutes. Stock QEMU 7.2 as the test host
+//! aborts in about 40% of nested OVMF boots: in the test host these tests need the patched
+//! outer QEMU (`scripts/testhost-qemu/build.sh`, which `scripts/test.sh` runs).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use rvmspawn_tests::{Batch, BootResult, Mode, Results, assets, mode, repo_root, rvmspawn_bin};
+
+/// One firmware boot, generously: 50-70 s each in the test host, three times that under load.
+const T1: &str = "timeout -s KILL 400";
+/// A run with a guest reboot in it: two firmware boots.
+const T2: &str = "timeout -s KILL 700";
+
+/// `loader/entries/test.conf`'s options (scripts/assets.sh, FW_TEST_OPTIONS).
+const TEST_OPTIONS: &str =
+    "console=ttyS0 rvmspawn.efi=1 rvmspawn.smbios=1 rvmspawn.notify=42 rvmspawn.entry=test";
+/// What systemd-boot 252 puts before an entry's options: `initrd=` with the entry's `initrd`
+/// path in backslashes (seen with QEMU and the same OVMF).
+const SD_BOOT_INITRD_ARG: &str = "initrd=\\initramfs.cpio.gz";
+/// The UKI's `.cmdline` (FW_UKI_CMDLINE).
+const UKI_CMDLINE: &str = "console=ttyS0 rvmspawn.efi=1 rvmspawn.smbios=1 rvmspawn.entry=uki";
+/// The PARTUUID of the ESP in both images (FW_ESP_PARTUUID); systemd-boot reports it upper case.
+const ESP_PARTUUID: &str = "7A3E1C54-9B2D-4F60-8E15-3C9D0B6A2F71";
+/// What `esp-nvram.raw`'s entry writes (`rvmspawn.efivar-persist=kept-across-boots`).
+const NVRAM_VALUE: &str = "kept-across-boots";
+
+fn firmware_assets() -> PathBuf {
+    assets().join("firmware")
+}
+
+fn results() -> &'static Results {
+    static RESULTS: OnceLock<Results> = OnceLock::new();
+    RESULTS.get_or_init(|| {
+        preflight();
+        let fw = firmware_assets();
+        let fw = fw.display();
+        Batch::new()
+            .timeout_secs(1500)
+            .step(
+                // -i alone: OVMF finds systemd-boot on the ESP, which boots test.conf. The
+                // entry's rvmspawn.notify=42 makes the guest send EXIT_STATUS=42 over vsock.
+                "esp",
+                format!(
+                    r#"D=$(mktemp -d)
+cp --sparse=always '{fw}/esp.raw' "$D/esp.raw" || exit 99
+{T1} "$RVMSPAWN" -q -i "$D/esp.raw" --set-credential=fwtest:hello -s io.systemd.credential:x=y
+rc=$?
+rm -rf "$D"
+exit $rc"#
+                ),
+            )
+            .step(
+                // The UKI through the firmware (fw_cfg, as QEMU's -kernel), no disk.
+                "uki",
+                format!(r#"{T1} "$RVMSPAWN" -q --linux='{fw}/uki.efi' --firmware=uefi"#),
+            )
+            .step(
+                // auto: the store lives beside the image. Run 1: the guest finds no variable,
+                // writes it and reboots; the next boot reads it and powers off. Run 2 reads it
+                // at once.
+                "nvram-auto",
+                format!(
+                    r#"D=$(mktemp -d)
+cp --sparse=always '{fw}/esp-nvram.raw' "$D/img.raw" || exit 99
+{T2} "$RVMSPAWN" -q -i "$D/img.raw" --efi-nvram-state=auto >"$D/run1" 2>&1
+echo "RUN1-RC=$?"
+echo "STATE-AFTER-RUN1=$(test -f "$D/img.raw.efinvramstate" && echo yes || echo no)"
+{T2} "$RVMSPAWN" -q -i "$D/img.raw" --efi-nvram-state=auto >"$D/run2" 2>&1
+echo "RUN2-RC=$?"
+{STATE_REPORT}
+sed 's/^/RUN1: /' "$D/run1"
+sed 's/^/RUN2: /' "$D/run2"
+rm -rf "$D""#
+                ),
+            )
+            .step(
+                // off: a private copy for the run only. A guest reboot keeps the variable
+                // (same run), a second run starts from the template again.
+                "nvram-off",
+                format!(
+                    r#"D=$(mktemp -d)
+cp --sparse=always '{fw}/esp-nvram.raw' "$D/img.raw" || exit 99
+{T2} "$RVMSPAWN" -q -i "$D/img.raw" --efi-nvram-state=off >"$D/run1" 2>&1
+echo "RUN1-RC=$?"
+{T2} "$RVMSPAWN" -q -i "$D/img.raw" --efi-nvram-state=off >"$D/run2" 2>&1
+echo "RUN2-RC=$?"
+echo "FILES=$(cd "$D" && ls -A | grep -v '^run[12]$' | tr '\n' ' ')"
+sed 's/^/RUN1: /' "$D/run1"
+sed 's/^/RUN2: /' "$D/run2"
+rm -rf "$D""#
+                ),
+            )
+            .run()
+    })
+}
+
+/// Shell that reports the `auto` state file: whether it exists, and whether the test variable's
+/// UTF-16 name is in it (OVMF's store keeps each variable's name next to its data).
+const STATE_REPORT: &str = r#"S="$D/img.raw.efinvramstate"
+echo "STATE-EXISTS=$(test -f "$S" && echo yes || echo no)"
+echo "STATE-SIZE=$(stat -c %s "$S" 2>/dev/null)"
+python3 -c 'import sys; print("STATE-HAS-VAR=%d" % (open(sys.argv[1], "rb").read().count("RvmspawnTest".encode("utf-16-le")) > 0))' "$S" 2>/dev/null"#;
+
+/// Fail early and clearly when what the batch needs is missing.
+fn preflight() {
+    rvmspawn_tests::ensure_assets();
+    let fw = firmware_assets();
+    for f in ["esp.raw", "esp-nvram.raw", "uki.efi"] {
+        assert!(
+            fw.join(f).is_file(),
+            "{} is missing: scripts/assets.sh builds it when ovmf, dosfstools, mtools, fdisk \
+             and systemd-boot-efi are installed (scripts/install-deps.sh)",
+            fw.join(f).display()
+        );
+    }
+    assert!(
+        Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd").is_file(),
+        "Debian's OVMF is not installed (package ovmf; scripts/install-deps.sh)"
+    );
+    if mode() == Mode::TestHost && std::env::var_os("RVMSPAWN_TESTHOST_QEMU").is_none() {
+        let out = Command::new(repo_root().join("scripts/testhost-qemu/build.sh"))
+            .arg("--print-path")
+            .output()
+            .expect("run scripts/testhost-qemu/build.sh --print-path");
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(
+            Path::new(&path).is_file(),
+            "the patched test-host QEMU {path} is not built: run scripts/testhost-qemu/build.sh \
+             (about 15 minutes; scripts/test.sh does), or set RVMSPAWN_TESTHOST_QEMU. Stock \
+             QEMU 7.2 aborts in about 40% of nested OVMF boots."
+        );
+    }
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect()
+}
+
+/// rvmspawn's own notify-socket credential (tests/tests/vsock.rs checks it).
+const NOTIFY_CREDENTIAL: &[u8] = b"io.systemd.credential.binary:vmm.notify_socket=";
+
+/// Every string of every SMBIOS type 11 structure the guest printed, in order, except
+/// rvmspawn's notify-socket credential (as in tests/tests/smbios.rs).
+fn oem_strings(r: &BootResult) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for hex in r.values("RVMSPAWN-SMBIOS11-RAW") {
+        let raw = unhex(hex);
+        assert!(raw.len() > 5 && raw[0] == 11, "a type 11 structure: {hex}");
+        let count = raw[4] as usize;
+        let strings: Vec<Vec<u8>> = raw[raw[1] as usize..]
+            .split(|b| *b == 0)
+            .take(count)
+            .map(<[u8]>::to_vec)
+            .collect();
+        assert_eq!(strings.len(), count, "{hex}");
+        out.extend(
+            strings
+                .into_iter()
+                .filter(|s| !s.starts_with(NOTIFY_CREDENTIAL)),
+        );
+    }
+    out
+}
+
+/// The lines of one run inside a step, from the `RUNn: ` prefix the step put on them.
+fn run_lines(r: &BootResult, run: &str) -> BootResult {
+    let prefix = format!("{run}: ");
+    BootResult {
+        output: r
+            .output
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
+            .map(|l| format!("{}\n", l.trim_end_matches('\r')))
+            .collect(),
+        rc: None,
+    }
+}
+
+#[test]
+fn esp_image_boots_through_ovmf_and_systemd_boot() {
+    let r = results().step("esp");
+    assert_eq!(
+        r.count_lines("RVMSPAWN-GUEST-INIT"),
+        1,
+        "the guest must reach /init once:\n{}",
+        r.output
+    );
+    assert_eq!(r.value("RVMSPAWN-EFI"), Some("yes"), "{}", r.output);
+    // The entry's options, after what systemd-boot adds: the entry was booted, nothing else.
+    assert_eq!(
+        r.value("RVMSPAWN-CMDLINE"),
+        Some(format!("{SD_BOOT_INITRD_ARG} {TEST_OPTIONS}").as_str()),
+        "{}",
+        r.output
+    );
+    // systemd-boot ran from the image's ESP and chose the loader.conf default.
+    assert!(
+        r.value("RVMSPAWN-EFI-LoaderInfo")
+            .is_some_and(|v| v.starts_with("systemd-boot ")),
+        "{}",
+        r.output
+    );
+    assert_eq!(
+        r.value("RVMSPAWN-EFI-LoaderDevicePartUUID"),
+        Some(ESP_PARTUUID),
+        "{}",
+        r.output
+    );
+    assert_eq!(
+        r.value("RVMSPAWN-EFI-LoaderEntrySelected"),
+        Some("test.conf"),
+        "{}",
+        r.output
+    );
+    // Credentials and -s strings reach the guest through the firmware byte for byte.
+    assert_eq!(r.count_lines("RVMSPAWN-SMBIOS-DONE"), 1, "{}", r.output);
+    let want: [&[u8]; 2] = [
+        // base64("hello")
+        b"io.systemd.credential.binary:fwtest=aGVsbG8=",
+        b"io.systemd.credential:x=y",
+    ];
+    assert_eq!(
+        oem_strings(r),
+        want.iter().map(|s| s.to_vec()).collect::<Vec<_>>(),
+        "{}",
+        r.output
+    );
+    // The guest's EXIT_STATUS (over vsock, found through its SMBIOS credential) is rvmspawn's.
+    assert_eq!(r.value("RVMSPAWN-NOTIFY"), Some("ok"), "{}", r.output);
+    assert_eq!(r.rc, Some(42), "{}", r.output);
+}
+
+#[test]
+fn uki_through_firmware_runs_systemd_stub() {
+    let r = results().step("uki");
+    assert_eq!(r.count_lines("RVMSPAWN-GUEST-INIT"), 1, "{}", r.output);
+    assert_eq!(r.value("RVMSPAWN-EFI"), Some("yes"), "{}", r.output);
+    // systemd-stub sets StubInfo; without it the kernel was started some other way.
+    assert!(
+        r.value("RVMSPAWN-EFI-StubInfo")
+            .is_some_and(|v| v.starts_with("systemd-stub ")),
+        "{}",
+        r.output
+    );
+    // No ARGS: the stub uses the UKI's own command line.
+    assert_eq!(
+        r.value("RVMSPAWN-CMDLINE"),
+        Some(UKI_CMDLINE),
+        "{}",
+        r.output
+    );
+    assert_eq!(r.rc, Some(0), "{}", r.output);
+}
+
+#[test]
+fn nvram_survives_reboot_and_restart() {
+    let r = results().step("nvram-auto");
+    assert_eq!(r.value("RUN1-RC"), Some("0"), "{}", r.output);
+    assert_eq!(r.value("RUN2-RC"), Some("0"), "{}", r.output);
+    let run1 = run_lines(r, "RUN1");
+    assert_eq!(run1.values("RVMSPAWN-EFI"), ["yes", "yes"], "{}", r.output);
+    // First boot: nothing yet, written; after the guest's reboot, in the same run: there.
+    assert_eq!(
+        run1.values("RVMSPAWN-EFIVAR"),
+        ["none", NVRAM_VALUE],
+        "{}",
+        r.output
+    );
+    assert_eq!(run1.values("RVMSPAWN-EFIVAR-WRITE"), ["ok"], "{}", r.output);
+    assert_eq!(r.value("STATE-AFTER-RUN1"), Some("yes"), "{}", r.output);
+    // A new rvmspawn run on the same image: read from <image>.efinvramstate.
+    let run2 = run_lines(r, "RUN2");
+    assert_eq!(
+        run2.values("RVMSPAWN-EFIVAR"),
+        [NVRAM_VALUE],
+        "{}",
+        r.output
+    );
+    assert_eq!(run2.count_lines("RVMSPAWN-GUEST-INIT"), 1, "{}", r.output);
+    assert_eq!(r.value("STATE-EXISTS"), Some("yes"), "{}", r.output);
+    // The store has the template's size (OVMF_VARS_4M.fd: 540672 bytes) and holds the variable.
+    assert_eq!(r.value("STATE-SIZE"), Some("540672"), "{}", r.output);
+    assert_eq!(r.value("STATE-HAS-VAR"), Some("1"), "{}", r.output);
+}
+
+#[test]
+fn nvram_off_keeps_nothing_between_runs() {
+    let r = results().step("nvram-off");
+    assert_eq!(r.value("RUN1-RC"), Some("0"), "{}", r.output);
+    assert_eq!(r.value("RUN2-RC"), Some("0"), "{}", r.output);
+    // Within a run the variable survives the guest's reboot...
+    let run1 = run_lines(r, "RUN1");
+    assert_eq!(
+        run1.values("RVMSPAWN-EFIVAR"),
+        ["none", NVRAM_VALUE],
+        "{}",
+        r.output
+    );
+    // ...but a new run starts from the template again.
+    let run2 = run_lines(r, "RUN2");
+    assert_eq!(
+        run2.values("RVMSPAWN-EFIVAR").first().copied(),
+        Some("none"),
+        "{}",
+        r.output
+    );
+    // Nothing beside the image.
+    assert_eq!(r.value("FILES"), Some("img.raw "), "{}", r.output);
+}
+
+/// The descriptor directory of Debian's `ovmf` package.
+const DESCRIPTORS: &str = "/usr/share/qemu/firmware";
+
+/// rvmspawn with no user descriptors (an empty `$XDG_CONFIG_HOME`), on this machine: no VM.
+fn rvmspawn_firmware(arg: &str) -> std::process::Output {
+    assert!(
+        Path::new(DESCRIPTORS).join("60-edk2-x86_64.json").is_file(),
+        "Debian's OVMF descriptors are not installed (package ovmf; scripts/install-deps.sh)"
+    );
+    let xdg = std::env::temp_dir().join(format!("rvmspawn-fwtest-{}-{arg}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&xdg);
+    std::fs::create_dir_all(&xdg).expect("create an empty XDG_CONFIG_HOME");
+    let out = Command::new(rvmspawn_bin())
+        .arg(arg)
+        .env("XDG_CONFIG_HOME", &xdg)
+        .output()
+        .expect("run rvmspawn");
+    let _ = std::fs::remove_dir_all(&xdg);
+    out
+}
+
+#[test]
+fn firmware_list_uses_debian_descriptors() {
+    let out = rvmspawn_firmware("--firmware=list");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // One path per line, in selection order (file name order); /etc/qemu/firmware may add
+    // others on some machines, so only Debian's are compared.
+    let debian: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with(DESCRIPTORS))
+        .collect();
+    assert_eq!(
+        debian,
+        [
+            "/usr/share/qemu/firmware/40-edk2-x86_64-secure-enrolled.json",
+            "/usr/share/qemu/firmware/50-edk2-x86_64-secure.json",
+            "/usr/share/qemu/firmware/60-edk2-x86_64.json",
+        ],
+        "{stdout}"
+    );
+
+    // The selection: enrolled-keys is excluded and requires-smm skipped, so the plain
+    // descriptor, whose code is OVMF_CODE_4M.fd, not the .secboot one.
+    let out = rvmspawn_firmware("--firmware=describe");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("\"/usr/share/OVMF/OVMF_CODE_4M.fd\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("\"/usr/share/OVMF/OVMF_VARS_4M.fd\""),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("secboot"), "{stdout}");
+}
