@@ -2,6 +2,7 @@
 //! MMIO accesses through [`BusDevice`], raise interrupts through `EventFd`s that the VMM wires to
 //! irqfds, and report guest power requests through a callback.
 
+pub mod acpi;
 pub mod bus;
 pub mod chipset;
 pub mod flash;
@@ -10,6 +11,7 @@ pub mod legacy;
 pub mod pci;
 pub mod virtio;
 
+pub use acpi::{AcpiDevice, Contributions};
 pub use bus::{Bus, BusDevice};
 
 /// A request from the guest to change the machine's power state.

@@ -10,10 +10,8 @@ use boot::AcpiInfo;
 use boot::x86_64::acpi::{RESET_VALUE, S5_SLEEP_TYPE};
 use boot::x86_64::layout::{PCI_ECAM_SIZE, PCI_ECAM_START, PCI_MMIO_SIZE, PCI_MMIO_START};
 use devices::Bus;
-use devices::legacy::cmos::CMOS_PORT;
 use devices::legacy::i8042::{I8042_PORT, I8042_PORTS};
 use devices::legacy::power::{ACPI_POWER_PORT, ACPI_POWER_PORTS};
-use devices::legacy::serial::{COM1_IRQ, COM1_PORT};
 use devices::legacy::{AcpiPower, I8042};
 use devices::virtio::VirtioDevice;
 
@@ -51,10 +49,10 @@ pub fn build(
             sleep_control_port: ACPI_POWER_PORT as u16,
             sleep_status_port: ACPI_POWER_PORT as u16 + 1,
             reset_port: ACPI_POWER_PORT as u16 + 2,
-            com1: (COM1_PORT as u16, COM1_IRQ),
-            rtc_port: CMOS_PORT as u16,
             pci_ecam: (PCI_ECAM_START, PCI_ECAM_SIZE),
             pci_mmio: (PCI_MMIO_START, PCI_MMIO_SIZE),
+            devices_aml: ctx.contributions.aml.clone(),
+            extra_tables: ctx.contributions.tables.clone(),
         },
     )?;
     boot::write_smbios(mem, ctx.smbios)?;

@@ -18,7 +18,7 @@ use devices::virtio::fs::VhostUserFs;
 use devices::virtio::rng::Rng;
 use devices::virtio::vsock::{VhostHandle, Vsock};
 use devices::virtio::vsock_user::VsockUser;
-use devices::{Bus, BusDevice, GuestRequest, RequestSink};
+use devices::{Bus, BusDevice, Contributions, GuestRequest, RequestSink};
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
 use kvm_ioctls::{Kvm, VmFd};
 use vmm_sys_util::eventfd::EventFd;
@@ -184,11 +184,16 @@ impl Machine {
         vm.register_irqfd(&serial_irq, COM1_IRQ)
             .map_err(kvm_err("KVM_IRQFD"))?;
         let input_drained = new_eventfd()?;
-        let serial = Arc::new(Mutex::new(SerialConsole::new(
+        let serial = SerialConsole::new(
             serial_irq,
             input_drained.try_clone().map_err(host_err("eventfd"))?,
             Box::new(console),
-        )));
+        );
+        let rtc = Cmos::new();
+        // The registration list: every device that describes itself in the ACPI tables or
+        // fw_cfg (`devices::AcpiDevice`), in DSDT order. A new device is one entry here.
+        let contributions = Contributions::collect(&[&serial, &rtc]);
+        let serial = Arc::new(Mutex::new(serial));
 
         let mut io = Bus::new();
         let mut mmio = Bus::new();
@@ -198,7 +203,7 @@ impl Machine {
             "rtc",
             CMOS_PORT,
             CMOS_PORTS,
-            Arc::new(Mutex::new(Cmos::new())),
+            Arc::new(Mutex::new(rtc)),
         )?;
         let queues = spec.vcpus as usize;
         let mut virtio: Vec<Box<dyn VirtioDevice>> = spec
@@ -230,6 +235,7 @@ impl Machine {
             vcpus: vcpus_u8,
             smbios: &smbios,
             sink,
+            contributions,
         };
         let platform = match &spec.boot {
             BootSpec::Direct(d) => crate::direct::build(&ctx, d, virtio, &mut io, &mut mmio)?,

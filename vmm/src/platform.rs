@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use boot::{BootEntry, MemoryLayout, SmbiosInfo};
-use devices::RequestSink;
 use devices::pci::PciBus;
 use devices::virtio::GuestMemoryMmap;
+use devices::{Contributions, RequestSink};
 use kvm_ioctls::VmFd;
 
 /// The boot-independent parts of one machine, already built, that a boot path builds its
@@ -24,6 +24,9 @@ pub struct Context<'a> {
     pub smbios: &'a SmbiosInfo<'a>,
     /// Where chipset devices report power-off and reset.
     pub sink: RequestSink,
+    /// What the registered devices contribute to the ACPI tables and fw_cfg (see
+    /// `Machine::build`).
+    pub contributions: Contributions,
 }
 
 /// A built platform.

@@ -26,9 +26,7 @@ use devices::chipset::{self, ConfigAndReset, Ich9Pm, PM_BASE, PM_PORTS, Port92, 
 use devices::flash::{Cfi01Flash, FlashBacking, RomMode};
 use devices::fw_cfg::{FW_CFG_PORT, FW_CFG_PORTS, FwCfg};
 use devices::legacy::I8042;
-use devices::legacy::cmos::CMOS_PORT;
 use devices::legacy::i8042::{I8042_PORT, I8042_PORTS};
-use devices::legacy::serial::{COM1_IRQ, COM1_PORT};
 use devices::virtio::VirtioDevice;
 use kvm_bindings::{KVM_MEM_READONLY, kvm_userspace_memory_region};
 use kvm_ioctls::VmFd;
@@ -341,12 +339,12 @@ pub fn build(
         pm_base: PM_BASE as u16,
         sci_irq: SCI_IRQ,
         reset: (chipset::RESET_CONTROL_PORT as u16, RESET_VALUE),
-        com1: (COM1_PORT as u16, COM1_IRQ as u8),
-        rtc_port: CMOS_PORT as u16,
         ecam: (chipset::ECAM_BASE, chipset::ECAM_SIZE, 255),
         pci_io: PCI_IO_WINDOW,
         pci_mmio32: mmio32_windows(hole_start),
         pci_mmio64: None,
+        devices_aml: ctx.contributions.aml.clone(),
+        extra_tables: ctx.contributions.tables.clone(),
     })
     .map_err(|e| Error::Firmware(format!("Failed to build the ACPI tables: {e}"), e.errno()))?;
     fw_cfg
@@ -365,6 +363,9 @@ pub fn build(
     fw_cfg
         .add_file("etc/smbios/smbios-tables", tables)
         .map_err(fw_cfg_err)?;
+    for (name, content) in &ctx.contributions.fw_cfg_files {
+        fw_cfg.add_file(name, content.clone()).map_err(fw_cfg_err)?;
+    }
     if let Some(k) = &boot.kernel {
         add_kernel(&mut fw_cfg, k)?;
     }

@@ -8,12 +8,17 @@
 //! For a boot through UEFI firmware ([`build_firmware_acpi`], in [`firmware`]) the platform is a
 //! full ACPI PC (ICH9 power management, SCI, 8042, PICs) and the tables go to the firmware as
 //! fw_cfg blobs with a table-loader script. Both paths share the builders here for the DSDT's
-//! devices, the MADT and the MCFG.
+//! host bridge, the MADT and the MCFG.
+//!
+//! The devices describe themselves: the VMM gathers their AML and whole tables (the `devices`
+//! crate's `AcpiDevice`) and hands them to either builder as plain bytes, the AML as the start
+//! of the DSDT's body and the tables after the platform's, listed in the XSDT. This crate knows
+//! only the platform: the PCI host bridge, `\_S5`, FADT, MADT and MCFG.
 
 use acpi_tables::Aml;
 use acpi_tables::aml::{
-    AddressSpace as AmlAddressSpace, AddressSpaceCacheable, Device, EISAName, IO, Interrupt,
-    Memory32Fixed, Name, Package, Path, ResourceTemplate,
+    AddressSpace as AmlAddressSpace, AddressSpaceCacheable, Device, EISAName, IO, Memory32Fixed,
+    Name, Package, Path, ResourceTemplate,
 };
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
@@ -46,7 +51,7 @@ pub const S5_SLEEP_TYPE: u8 = 5;
 pub const RESET_VALUE: u8 = 1;
 
 /// What the tables tell the guest, and so what the VMM's devices must implement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AcpiInfo {
     /// Number of vCPUs (one local APIC each, APIC IDs 0..n).
     pub vcpus: u8,
@@ -56,14 +61,15 @@ pub struct AcpiInfo {
     pub sleep_status_port: u16,
     /// I/O port of the reset register (byte).
     pub reset_port: u16,
-    /// COM1's I/O base and its interrupt (GSI).
-    pub com1: (u16, u32),
-    /// The CMOS RTC's I/O base (two ports).
-    pub rtc_port: u16,
     /// PCI bus 0's ECAM window (base, size).
     pub pci_ecam: (u64, u64),
     /// PCI memory window for BARs (base, size), below 4 GiB.
     pub pci_mmio: (u64, u64),
+    /// The devices' AML (their `Device` objects under `\_SB`), placed first in the DSDT.
+    pub devices_aml: Vec<u8>,
+    /// The devices' own ACPI tables, each with its header; written after the platform's
+    /// tables and listed in the XSDT, their checksums set here.
+    pub extra_tables: Vec<Vec<u8>>,
 }
 
 /// A register block of `bytes` bytes in I/O space at `port`.
@@ -94,37 +100,6 @@ fn dsdt_table(aml: &[u8]) -> Vec<u8> {
     let mut sdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     sdt.append_slice(aml);
     sdt.as_slice().to_vec()
-}
-
-/// `\_SB.COM1`: a 16550 UART (PNP0501) with eight ports at `port` and an edge-triggered,
-/// active-high interrupt.
-fn com1_aml(port: u16, irq: u32, aml: &mut Vec<u8>) {
-    let io = IO::new(port, port, 1, 8);
-    let interrupt = Interrupt::new(true, true, false, false, irq);
-    let resources = ResourceTemplate::new(vec![&io, &interrupt]);
-    Device::new(
-        Path::new("_SB_.COM1"),
-        vec![
-            &Name::new(Path::new("_HID"), &EISAName::new("PNP0501")),
-            &Name::new(Path::new("_UID"), &0u8),
-            &Name::new(Path::new("_CRS"), &resources),
-        ],
-    )
-    .to_aml_bytes(aml);
-}
-
-/// `\_SB.RTC_`: the CMOS RTC (PNP0B00) with its two ports.
-fn rtc_aml(port: u16, aml: &mut Vec<u8>) {
-    let io = IO::new(port, port, 1, 2);
-    let resources = ResourceTemplate::new(vec![&io]);
-    Device::new(
-        Path::new("_SB_.RTC_"),
-        vec![
-            &Name::new(Path::new("_HID"), &EISAName::new("PNP0B00")),
-            &Name::new(Path::new("_CRS"), &resources),
-        ],
-    )
-    .to_aml_bytes(aml);
 }
 
 /// `\_S5`: the sleep type for soft-off, which the guest writes with SLP_EN to power off.
@@ -215,12 +190,8 @@ fn pci_host_bridge_aml(bridge: &HostBridge, aml: &mut Vec<u8>) {
 }
 
 fn dsdt(info: &AcpiInfo) -> Vec<u8> {
-    let mut aml = Vec::new();
-    // On a hardware-reduced platform Linux sets up no ISA interrupt routing of its own: a
-    // legacy device gets its interrupt only when ACPI describes it (the UART's driver then
-    // binds through PNP and its GSI is routed through the IOAPIC).
-    com1_aml(info.com1.0, info.com1.1, &mut aml);
-    rtc_aml(info.rtc_port, &mut aml);
+    // The devices first (COM1 and the RTC, as the DSDT always held them), then the platform.
+    let mut aml = info.devices_aml.clone();
     pci_host_bridge_aml(
         &HostBridge {
             end_bus: 0,
@@ -295,6 +266,28 @@ fn madt(vcpus: u8, overrides: Option<&[(u8, u32, u16)]>) -> Vec<u8> {
     bytes
 }
 
+/// Length of an ACPI table header.
+const HEADER_LEN: usize = 36;
+/// Signatures of the tables the builders make themselves (and the RSDP's "RSD PTR "): a
+/// device's table must not duplicate one of them.
+const PLATFORM_SIGNATURES: [&[u8; 4]; 8] = [
+    b"RSD ", b"XSDT", b"RSDT", b"FACP", b"FACS", b"DSDT", b"APIC", b"MCFG",
+];
+
+/// Check a device's table: a whole header whose length is the table's, and a signature the
+/// platform's tables do not use.
+fn check_extra_table(table: &[u8]) -> Result<(), &'static str> {
+    if table.len() < HEADER_LEN
+        || u32::from_le_bytes([table[4], table[5], table[6], table[7]]) as usize != table.len()
+    {
+        return Err("a device's ACPI table has no header or a wrong length");
+    }
+    if PLATFORM_SIGNATURES.iter().any(|s| table[..4] == s[..]) {
+        return Err("a device's ACPI table has the signature of a platform table");
+    }
+    Ok(())
+}
+
 /// Set a table's checksum byte (offset 9) so that the table sums to zero.
 fn set_checksum(table: &mut [u8]) {
     table[9] = 0;
@@ -325,9 +318,13 @@ fn place_table(
     Ok(addr)
 }
 
-/// Write RSDP, XSDT, FADT, DSDT and MADT into the BIOS area from [`ACPI_START`] up to
-/// [`SMBIOS_START`], where Linux scans for the RSDP and which the e820 map reserves.
+/// Write RSDP, XSDT, FADT, DSDT, MADT, MCFG and the devices' tables into the BIOS area from
+/// [`ACPI_START`] up to [`SMBIOS_START`], where Linux scans for the RSDP and which the e820 map
+/// reserves.
 pub fn build_acpi_tables(mem: &GuestMemoryMmap, info: &AcpiInfo) -> Result<(), BootError> {
+    for table in &info.extra_tables {
+        check_extra_table(table).map_err(|_| BootError::Memory("a device's ACPI table"))?;
+    }
     let mut at = ACPI_START + align16(Rsdp::len() as u64);
     let mut place = |bytes: &[u8]| place_table(mem, &mut at, SMBIOS_START, bytes);
     let dsdt_addr = place(&dsdt(info))?;
@@ -338,6 +335,11 @@ pub fn build_acpi_tables(mem: &GuestMemoryMmap, info: &AcpiInfo) -> Result<(), B
     xsdt.add_entry(fadt_addr);
     xsdt.add_entry(madt_addr);
     xsdt.add_entry(mcfg_addr);
+    for table in &info.extra_tables {
+        let mut table = table.clone();
+        set_checksum(&mut table);
+        xsdt.add_entry(place(&table)?);
+    }
     let xsdt_addr = place(&table_bytes(&xsdt))?;
     let rsdp = table_bytes(&Rsdp::new(OEM_ID, xsdt_addr));
     mem.write_slice(&rsdp, GuestAddress(ACPI_START))
@@ -352,11 +354,37 @@ pub(crate) fn test_info(vcpus: u8) -> AcpiInfo {
         sleep_control_port: 0x600,
         sleep_status_port: 0x601,
         reset_port: 0x602,
-        com1: (0x3f8, 4),
-        rtc_port: 0x70,
         pci_ecam: (0xe000_0000, 1 << 20),
         pci_mmio: (0xc000_0000, 0x2000_0000),
+        devices_aml: Vec::new(),
+        extra_tables: Vec::new(),
     }
+}
+
+/// A device's table for tests: `signature`, a header whose length is right, `payload` after
+/// it, and a wrong checksum (the builders set it).
+#[cfg(test)]
+pub(crate) fn test_table(signature: &[u8; 4], payload: &[u8]) -> Vec<u8> {
+    let mut t = vec![0u8; HEADER_LEN];
+    t[..4].copy_from_slice(signature);
+    t[4..8].copy_from_slice(&((HEADER_LEN + payload.len()) as u32).to_le_bytes());
+    t[8] = 1;
+    t.extend_from_slice(payload);
+    set_checksum(&mut t);
+    t[9] = t[9].wrapping_add(1);
+    t
+}
+
+/// A device's AML for tests: `\_SB.TSTD` with a `_UID` of 5.
+#[cfg(test)]
+pub(crate) fn test_device_aml() -> Vec<u8> {
+    let mut aml = Vec::new();
+    Device::new(
+        Path::new("_SB_.TSTD"),
+        vec![&Name::new(Path::new("_UID"), &5u8)],
+    )
+    .to_aml_bytes(&mut aml);
+    aml
 }
 
 #[cfg(test)]
@@ -377,7 +405,11 @@ mod tests {
     #[test]
     fn tables_chain_from_the_rsdp_with_valid_checksums() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
-        build_acpi_tables(&mem, &test_info(3)).unwrap();
+        let info = AcpiInfo {
+            devices_aml: test_device_aml(),
+            ..test_info(3)
+        };
+        build_acpi_tables(&mem, &info).unwrap();
         let mut rsdp = [0u8; 36];
         mem.read_slice(&mut rsdp, GuestAddress(ACPI_START)).unwrap();
         assert_eq!(&rsdp[..8], b"RSD PTR ");
@@ -390,6 +422,7 @@ mod tests {
             .chunks(8)
             .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
             .collect();
+        assert_eq!(entries.len(), 3, "no devices' tables, no entries for them");
         let fadt = table_at(&mem, entries[0]);
         let madt = table_at(&mem, entries[1]);
         assert_eq!(&fadt[..4], b"FACP");
@@ -414,9 +447,11 @@ mod tests {
         assert_eq!(&dsdt[..4], b"DSDT");
         assert!(checksum_ok(&dsdt));
         assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
-        // COM1 as PNP0501 (EISA id 0x0105d041) with its interrupt.
-        assert!(dsdt.windows(4).any(|w| w == [0x41, 0xd0, 0x05, 0x01]));
-        assert!(dsdt.windows(4).any(|w| w == b"COM1"));
+        // The devices' AML, unchanged, is the start of the DSDT's body.
+        assert_eq!(
+            &dsdt[36..36 + info.devices_aml.len()],
+            &info.devices_aml[..]
+        );
         // The host bridge (PNP0A08, EISA id 0x080ad041) and the ECAM reservation (PNP0C02).
         assert!(dsdt.windows(4).any(|w| w == b"PCI0"));
         assert!(dsdt.windows(4).any(|w| w == [0x41, 0xd0, 0x0a, 0x08]));
@@ -443,6 +478,68 @@ mod tests {
         // Every table ends below the SMBIOS area.
         for addr in [xsdt_addr, entries[0], entries[1], entries[2], dsdt_addr] {
             assert!(addr + table_at(&mem, addr).len() as u64 <= SMBIOS_START);
+        }
+    }
+
+    fn xsdt_entries(mem: &GuestMemoryMmap) -> Vec<u64> {
+        let xsdt_addr: u64 = mem.read_obj(GuestAddress(ACPI_START + 24)).unwrap();
+        let xsdt = table_at(mem, xsdt_addr);
+        assert!(checksum_ok(&xsdt));
+        xsdt[36..]
+            .chunks(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn devices_tables_follow_the_platforms_in_the_xsdt() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
+        let test = test_table(b"TEST", b"payload");
+        let info = AcpiInfo {
+            extra_tables: vec![test.clone(), test_table(b"TST2", &[7; 100])],
+            ..test_info(2)
+        };
+        build_acpi_tables(&mem, &info).unwrap();
+        let entries = xsdt_entries(&mem);
+        let tables: Vec<Vec<u8>> = entries.iter().map(|&a| table_at(&mem, a)).collect();
+        let signatures: Vec<&[u8]> = tables.iter().map(|t| &t[..4]).collect();
+        assert_eq!(signatures, [b"FACP", b"APIC", b"MCFG", b"TEST", b"TST2"]);
+        // Written whole, after the MCFG, below the SMBIOS area, with their checksums set.
+        assert!(entries[3] > entries[2] && entries[4] > entries[3]);
+        assert!(entries[4] + tables[4].len() as u64 <= SMBIOS_START);
+        for t in &tables {
+            assert!(checksum_ok(t), "{}", String::from_utf8_lossy(&t[..4]));
+        }
+        assert!(
+            !checksum_ok(&test),
+            "the test table starts with a wrong checksum"
+        );
+        assert_eq!(tables[3][..9], test[..9]);
+        assert_eq!(tables[3][10..], test[10..]);
+        assert_eq!(&tables[4][36..], &[7; 100]);
+    }
+
+    #[test]
+    fn malformed_device_tables_are_refused_before_anything_is_written() {
+        let mut short_length = test_table(b"TEST", b"abc");
+        short_length[4] -= 1;
+        for bad in [
+            vec![0u8; 35],
+            short_length,
+            test_table(b"FACP", &[]),
+            test_table(b"DSDT", &[]),
+            test_table(b"RSD ", &[]),
+        ] {
+            let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
+            let info = AcpiInfo {
+                extra_tables: vec![test_table(b"TEST", &[]), bad],
+                ..test_info(1)
+            };
+            let err = build_acpi_tables(&mem, &info).unwrap_err();
+            assert!(matches!(err, BootError::Memory(_)), "{err}");
+            let mut area = vec![0u8; (SMBIOS_START - ACPI_START) as usize];
+            mem.read_slice(&mut area, GuestAddress(ACPI_START)).unwrap();
+            assert!(area.iter().all(|&b| b == 0));
         }
     }
 

@@ -6,7 +6,10 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::BusDevice;
+use acpi_tables::Aml;
+use acpi_tables::aml::{Device, EISAName, IO, Name, Path, ResourceTemplate};
+
+use crate::{AcpiDevice, BusDevice};
 
 /// Index port; data is at +1.
 pub const CMOS_PORT: u64 = 0x70;
@@ -152,6 +155,23 @@ impl BusDevice for Cmos {
     }
 }
 
+impl AcpiDevice for Cmos {
+    /// `\_SB.RTC_`: the CMOS RTC (PNP0B00) with its two ports at [`CMOS_PORT`].
+    fn dsdt_aml(&self, aml: &mut Vec<u8>) {
+        let port = CMOS_PORT as u16;
+        let io = IO::new(port, port, 1, CMOS_PORTS as u8);
+        let resources = ResourceTemplate::new(vec![&io]);
+        Device::new(
+            Path::new("_SB_.RTC_"),
+            vec![
+                &Name::new(Path::new("_HID"), &EISAName::new("PNP0B00")),
+                &Name::new(Path::new("_CRS"), &resources),
+            ],
+        )
+        .to_aml_bytes(aml);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,5 +229,31 @@ mod tests {
         c.write(0, &[0x40]);
         c.write(1, &[0xab]);
         assert_eq!(read(&mut c, 0x40), 0xab);
+    }
+
+    #[test]
+    fn acpi_describes_the_rtc_and_its_ports() {
+        let c = Cmos::new();
+        let mut aml = Vec::new();
+        c.dsdt_aml(&mut aml);
+        let contains = |needle: &[u8]| aml.windows(needle.len()).any(|w| w == needle);
+        // DeviceOp, \_SB_.RTC_, _HID PNP0B00 (EISA id 0x000bd041).
+        assert_eq!(&aml[..2], &[0x5b, 0x82]);
+        assert!(contains(b"_SB_RTC_"));
+        assert!(contains(&[0x0c, 0x41, 0xd0, 0x0b, 0x00]));
+        // _CRS: IO(Decode16, 0x70, 0x70, 1, 2) and nothing else (no interrupt).
+        assert!(contains(&[
+            0x47, 0x01, 0x70, 0x00, 0x70, 0x00, 0x01, 0x02, 0x79, 0x00
+        ]));
+        // The exact bytes boot's DSDT builders wrote for the RTC before devices described
+        // themselves.
+        let before: &[u8] = &[
+            0x5b, 0x82, 0x27, 0x2e, 0x5f, 0x53, 0x42, 0x5f, 0x52, 0x54, 0x43, 0x5f, 0x08, 0x5f,
+            0x48, 0x49, 0x44, 0x0c, 0x41, 0xd0, 0x0b, 0x00, 0x08, 0x5f, 0x43, 0x52, 0x53, 0x11,
+            0x0d, 0x0a, 0x0a, 0x47, 0x01, 0x70, 0x00, 0x70, 0x00, 0x01, 0x02, 0x79, 0x00,
+        ];
+        assert_eq!(aml, before);
+        assert!(c.acpi_tables().is_empty());
+        assert!(c.fw_cfg_files().is_empty());
     }
 }

@@ -7,11 +7,13 @@
 
 use std::io::Write;
 
+use acpi_tables::Aml;
+use acpi_tables::aml::{Device, EISAName, IO, Interrupt, Name, Path, ResourceTemplate};
 use vm_superio::serial::SerialEvents;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::BusDevice;
+use crate::{AcpiDevice, BusDevice};
 
 /// COM1's I/O base.
 pub const COM1_PORT: u64 = 0x3f8;
@@ -93,6 +95,29 @@ impl BusDevice for SerialConsole {
     }
 }
 
+impl AcpiDevice for SerialConsole {
+    /// `\_SB.COM1`: a 16550 UART (PNP0501) with its eight ports at [`COM1_PORT`] and an
+    /// edge-triggered, active-high interrupt on [`COM1_IRQ`]. On the direct path's
+    /// hardware-reduced platform Linux sets up no ISA interrupt routing of its own: the UART
+    /// gets its interrupt only because ACPI describes it (the driver then binds through PNP and
+    /// the GSI is routed through the IOAPIC).
+    fn dsdt_aml(&self, aml: &mut Vec<u8>) {
+        let port = COM1_PORT as u16;
+        let io = IO::new(port, port, 1, UART_PORTS as u8);
+        let interrupt = Interrupt::new(true, true, false, false, COM1_IRQ);
+        let resources = ResourceTemplate::new(vec![&io, &interrupt]);
+        Device::new(
+            Path::new("_SB_.COM1"),
+            vec![
+                &Name::new(Path::new("_HID"), &EISAName::new("PNP0501")),
+                &Name::new(Path::new("_UID"), &0u8),
+                &Name::new(Path::new("_CRS"), &resources),
+            ],
+        )
+        .to_aml_bytes(aml);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,5 +181,43 @@ mod tests {
         let mut d = [0u8];
         s.read(u64::MAX, &mut d);
         assert_eq!(d, [0xff]);
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn acpi_describes_com1_with_its_ports_and_interrupt() {
+        let s = SerialConsole::new(
+            EventFd::new(0).unwrap(),
+            EventFd::new(0).unwrap(),
+            Box::new(std::io::sink()),
+        );
+        let mut aml = Vec::new();
+        s.dsdt_aml(&mut aml);
+        // DeviceOp, then the path \_SB_.COM1 and _HID PNP0501 (EISA id 0x0105d041).
+        assert_eq!(&aml[..2], &[0x5b, 0x82]);
+        assert!(contains(&aml, b"_SB_COM1"));
+        assert!(contains(&aml, &[0x0c, 0x41, 0xd0, 0x05, 0x01]));
+        // _CRS: IO(Decode16, 0x3F8, 0x3F8, 1, 8) and an extended interrupt (consumer, edge,
+        // active-high, exclusive) for GSI 4.
+        assert!(contains(
+            &aml,
+            &[0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x01, 0x08]
+        ));
+        assert!(contains(&aml, &[0x89, 0x06, 0x00, 0x03, 0x01, 4, 0, 0, 0]));
+        // The exact bytes boot's DSDT builders wrote for COM1 before devices described
+        // themselves.
+        let before: &[u8] = &[
+            0x5b, 0x82, 0x36, 0x2e, 0x5f, 0x53, 0x42, 0x5f, 0x43, 0x4f, 0x4d, 0x31, 0x08, 0x5f,
+            0x48, 0x49, 0x44, 0x0c, 0x41, 0xd0, 0x05, 0x01, 0x08, 0x5f, 0x55, 0x49, 0x44, 0x00,
+            0x08, 0x5f, 0x43, 0x52, 0x53, 0x11, 0x16, 0x0a, 0x13, 0x47, 0x01, 0xf8, 0x03, 0xf8,
+            0x03, 0x01, 0x08, 0x89, 0x06, 0x00, 0x03, 0x01, 0x04, 0x00, 0x00, 0x00, 0x79, 0x00,
+        ];
+        assert_eq!(aml, before);
+        // No tables or fw_cfg files of its own.
+        assert!(s.acpi_tables().is_empty());
+        assert!(s.fw_cfg_files().is_empty());
     }
 }

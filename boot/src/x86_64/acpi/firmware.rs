@@ -11,7 +11,8 @@
 //! How OVMF consumes them: it runs the script, then installs (copies) every table an
 //! ADD_POINTER points at that is a FACS or carries a valid checksum, except the RSDT/XSDT and
 //! the RSDP, which it builds itself, linking the FADT to its copies of the FACS and DSDT. So
-//! the FADT points at the FACS and DSDT, and the XSDT at every other table.
+//! the FADT points at the FACS and DSDT, and the XSDT at every other table, the devices' own
+//! tables included.
 //!
 //! Pointers: the XSDT (64-bit entries), the FADT's X_FIRMWARE_CTRL and X_DSDT and the RSDP's
 //! XSDT address are all 8-byte ADD_POINTERs, and the 32-bit RSDT address, FIRMWARE_CTRL and
@@ -27,8 +28,8 @@ use acpi_tables::rsdp::Rsdp;
 use acpi_tables::xsdt::XSDT;
 
 use super::{
-    HostBridge, MPS_ACTIVE_HIGH_LEVEL, OEM_ID, OEM_REVISION, OEM_TABLE_ID, com1_aml, dsdt_table,
-    io_register, madt, mcfg, pci_host_bridge_aml, rtc_aml, s5_aml, table_bytes,
+    HostBridge, MPS_ACTIVE_HIGH_LEVEL, OEM_ID, OEM_REVISION, OEM_TABLE_ID, check_extra_table,
+    dsdt_table, io_register, madt, mcfg, pci_host_bridge_aml, s5_aml, table_bytes,
 };
 use crate::x86_64::table_loader::{TableLoader, TableLoaderError};
 
@@ -44,6 +45,8 @@ pub const TABLE_LOADER_FILE: &str = "etc/table-loader";
 pub const S5_SLEEP_TYPE: u8 = 0;
 /// Most PCI MMIO windows below 4 GiB the tables describe.
 pub const MAX_MMIO32_WINDOWS: usize = 16;
+/// Most bytes of AML and tables the devices may contribute, together.
+pub const MAX_DEVICES_BYTES: usize = 16 << 20;
 
 /// Where the registers of the ICH9 power-management block lie relative to PMBASE.
 const PM1_CNT_OFFSET: u16 = 0x04;
@@ -73,10 +76,6 @@ pub struct FirmwareAcpiInfo {
     pub sci_irq: u8,
     /// Reset register: I/O port and value (0xCF9, 0x06).
     pub reset: (u16, u8),
-    /// COM1's I/O base and ISA IRQ (0x3F8, 4).
-    pub com1: (u16, u8),
-    /// The CMOS RTC's I/O base (0x70, two ports).
-    pub rtc_port: u16,
     /// ECAM: base (below 4 GiB), size in bytes and last bus (0xB0000000, 256 MiB, 255). The
     /// size must cover the buses, 1 MiB each.
     pub ecam: (u64, u64, u8),
@@ -87,25 +86,30 @@ pub struct FirmwareAcpiInfo {
     pub pci_mmio32: Vec<(u64, u64)>,
     /// The 64-bit PCI memory window, (start, length), if any.
     pub pci_mmio64: Option<(u64, u64)>,
+    /// The devices' AML (their `Device` objects under `\_SB`), placed first in the DSDT.
+    pub devices_aml: Vec<u8>,
+    /// The devices' own ACPI tables, each with its header: placed after the platform's,
+    /// pointed at by the XSDT, their checksums left to the firmware like every other table's.
+    pub extra_tables: Vec<Vec<u8>>,
 }
 
 impl FirmwareAcpiInfo {
     /// The values OVMF programs on Q35 (ICH9 PMBASE 0x600, SCI 9, reset 0xCF9/0x06, ECAM at
-    /// 0xB0000000 for 256 buses, I/O window 0x6000-0xFFFF), COM1 at 0x3F8/IRQ 4, the RTC at
-    /// 0x70, and the 32-bit MMIO window OVMF uses when low RAM reaches above 2 GiB
-    /// (0xC0000000-0xFBFFFFFF); no 64-bit window.
+    /// 0xB0000000 for 256 buses, I/O window 0x6000-0xFFFF) and the 32-bit MMIO window OVMF uses
+    /// when low RAM reaches above 2 GiB (0xC0000000-0xFBFFFFFF); no 64-bit window, and no
+    /// devices' AML or tables.
     pub fn q35(vcpus: u8) -> Self {
         FirmwareAcpiInfo {
             vcpus,
             pm_base: 0x600,
             sci_irq: 9,
             reset: (0xcf9, 0x06),
-            com1: (0x3f8, 4),
-            rtc_port: 0x70,
             ecam: (0xb000_0000, 256 << 20, 255),
             pci_io: (0x6000, 0xffff),
             pci_mmio32: vec![(0xc000_0000, 0xfc00_0000 - 0xc000_0000)],
             pci_mmio64: None,
+            devices_aml: Vec::new(),
+            extra_tables: Vec::new(),
         }
     }
 }
@@ -113,7 +117,8 @@ impl FirmwareAcpiInfo {
 /// The fw_cfg files of the firmware-path ACPI tables.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FirmwareAcpi {
-    /// `etc/acpi/tables`: FACS, DSDT, FADT, MADT, MCFG and XSDT, pointers as blob offsets.
+    /// `etc/acpi/tables`: FACS, DSDT, FADT, MADT, MCFG, the devices' tables and XSDT, pointers
+    /// as blob offsets.
     pub tables: Vec<u8>,
     /// `etc/acpi/rsdp`: the RSDP (revision 2), its XSDT address a blob offset.
     pub rsdp: Vec<u8>,
@@ -154,12 +159,9 @@ fn validate(info: &FirmwareAcpiInfo) -> Result<(), FirmwareAcpiError> {
     {
         return invalid("the PM block does not fit in I/O space");
     }
-    if info.com1.0.checked_add(7).is_none() || info.rtc_port.checked_add(1).is_none() {
-        return invalid("a legacy device does not fit in I/O space");
-    }
-    // ISA IRQs; the SCI's override must not collide with the PIT's (IRQ 0 on GSI 2).
-    if !(1..16).contains(&info.sci_irq) || info.sci_irq == 2 || info.com1.1 >= 16 {
-        return invalid("the SCI and COM1 must use ISA IRQs other than the PIT's");
+    // An ISA IRQ; the SCI's override must not collide with the PIT's (IRQ 0 on GSI 2).
+    if !(1..16).contains(&info.sci_irq) || info.sci_irq == 2 {
+        return invalid("the SCI must use an ISA IRQ other than the PIT's");
     }
     let (ecam, ecam_len, end_bus) = info.ecam;
     if ecam_len < (u64::from(end_bus) + 1) << 20 || ecam.saturating_add(ecam_len) > FOUR_GIB {
@@ -182,6 +184,16 @@ fn validate(info: &FirmwareAcpiInfo) -> Result<(), FirmwareAcpiError> {
     {
         return invalid("the 64-bit PCI memory window is empty or wraps around");
     }
+    let devices_bytes = info
+        .extra_tables
+        .iter()
+        .fold(info.devices_aml.len(), |n, t| n.saturating_add(t.len()));
+    if devices_bytes > MAX_DEVICES_BYTES {
+        return invalid("the devices' AML and tables are too large");
+    }
+    for table in &info.extra_tables {
+        check_extra_table(table).map_err(FirmwareAcpiError::Invalid)?;
+    }
     Ok(())
 }
 
@@ -201,9 +213,8 @@ fn io_ranges(info: &FirmwareAcpiInfo) -> Vec<(u16, u16)> {
 }
 
 fn dsdt(info: &FirmwareAcpiInfo) -> Vec<u8> {
-    let mut aml = Vec::new();
-    com1_aml(info.com1.0, u32::from(info.com1.1), &mut aml);
-    rtc_aml(info.rtc_port, &mut aml);
+    // The devices first (COM1 and the RTC, as the DSDT always held them), then the platform.
+    let mut aml = info.devices_aml.clone();
     let (ecam, ecam_len, end_bus) = info.ecam;
     pci_host_bridge_aml(
         &HostBridge {
@@ -285,7 +296,8 @@ struct Table {
 }
 
 /// The tables blob under construction. [`validate`] bounds every table's size (at most 255
-/// vCPUs and 16 windows), so offsets and lengths fit in 32 bits.
+/// vCPUs, 16 windows and [`MAX_DEVICES_BYTES`] from the devices), so offsets and lengths fit
+/// in 32 bits.
 #[derive(Default)]
 struct Blob {
     bytes: Vec<u8>,
@@ -339,9 +351,17 @@ pub fn build_firmware_acpi(info: &FirmwareAcpiInfo) -> Result<FirmwareAcpi, Firm
     ];
     let madt = blob.push(madt(info.vcpus, Some(&overrides)), 16, true);
     let mcfg = blob.push(mcfg(info.ecam.0, info.ecam.2), 16, true);
-    let entries = [fadt, madt, mcfg];
+    let extras: Vec<Table> = info
+        .extra_tables
+        .iter()
+        .map(|t| blob.push(t.clone(), 16, true))
+        .collect();
+    let entries: Vec<Table> = [fadt, madt, mcfg]
+        .into_iter()
+        .chain(extras.clone())
+        .collect();
     let mut xsdt_table = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    for t in entries {
+    for t in &entries {
         xsdt_table.add_entry(u64::from(t.offset));
     }
     let xsdt = blob.push(table_bytes(&xsdt_table), 16, true);
@@ -353,7 +373,7 @@ pub fn build_firmware_acpi(info: &FirmwareAcpiInfo) -> Result<FirmwareAcpi, Firm
     l.allocate(ACPI_RSDP_FILE, 16, true)?;
     l.allocate(ACPI_TABLES_FILE, 64, false)?;
     // Tables that point nowhere: their checksums.
-    for t in [dsdt, madt, mcfg] {
+    for t in [dsdt, madt, mcfg].into_iter().chain(extras) {
         add_table_checksum(&mut l, t)?;
     }
     // The FADT points at the FACS and the DSDT, then gets its checksum.
@@ -361,7 +381,7 @@ pub fn build_firmware_acpi(info: &FirmwareAcpiInfo) -> Result<FirmwareAcpi, Firm
     add_table_pointer(&mut l, fadt.offset + FADT_X_DSDT)?;
     add_table_checksum(&mut l, fadt)?;
     // The XSDT points at every other table.
-    for (i, _) in (0u32..).zip(entries) {
+    for (i, _) in (0u32..).zip(&entries) {
         add_table_pointer(&mut l, xsdt.offset + XSDT_ENTRIES + 8 * i)?;
     }
     add_table_checksum(&mut l, xsdt)?;
@@ -381,6 +401,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::x86_64::acpi::{test_device_aml, test_table};
     use crate::x86_64::table_loader::{Placed, apply};
 
     /// Where the tests' "firmware" puts the blobs: the RSDP in the F segment, the tables in
@@ -455,6 +476,7 @@ mod tests {
         FirmwareAcpiInfo {
             pci_mmio32: vec![(0x8000_0000, 0x3000_0000), (0xc000_0000, 0x3c00_0000)],
             pci_mmio64: Some((0x3800_0000_0000, 0x800_0000_0000)),
+            devices_aml: test_device_aml(),
             ..FirmwareAcpiInfo::q35(3)
         }
     }
@@ -511,10 +533,8 @@ mod tests {
 
     /// What OVMF's second pass installs: for each ADD_POINTER, the FACS or checksum-valid
     /// table the patched pointer leads to, once per address, except the RSDT and XSDT.
-    #[test]
-    fn ovmf_second_pass_installs_every_table_once() {
-        let acpi = build_firmware_acpi(&info()).unwrap();
-        let guest = Guest::load(&acpi, TABLES_AT);
+    fn installed_by_ovmf(acpi: &FirmwareAcpi) -> Vec<[u8; 4]> {
+        let guest = Guest::load(acpi, TABLES_AT);
         let name = |field: &[u8]| {
             let end = field.iter().position(|&b| b == 0).unwrap();
             String::from_utf8(field[..end].to_vec()).unwrap()
@@ -544,10 +564,46 @@ mod tests {
             }
             installed.push(signature);
         }
+        installed
+    }
+
+    #[test]
+    fn ovmf_second_pass_installs_every_table_once() {
+        let acpi = build_firmware_acpi(&info()).unwrap();
         assert_eq!(
-            installed,
+            installed_by_ovmf(&acpi),
             [*b"FACS", *b"DSDT", *b"FACP", *b"APIC", *b"MCFG"]
         );
+    }
+
+    #[test]
+    fn devices_tables_are_linked_from_the_xsdt_and_checksummed() {
+        let test = test_table(b"TEST", b"payload");
+        let with_tables = FirmwareAcpiInfo {
+            extra_tables: vec![test.clone(), test_table(b"TST2", &[7; 100])],
+            ..info()
+        };
+        let acpi = build_firmware_acpi(&with_tables).unwrap();
+        let guest = Guest::load(&acpi, TABLES_AT);
+        let signatures: Vec<&[u8]> = xsdt_entries(&guest)
+            .iter()
+            .map(|&a| &guest.table(a)[..4])
+            .collect();
+        assert_eq!(signatures, [b"FACP", b"APIC", b"MCFG", b"TEST", b"TST2"]);
+        // After the loader ran: whole, checksums valid (find checks them) though the device's
+        // was wrong.
+        assert!(!checksum_ok(&test));
+        let t = find(&guest, b"TEST");
+        assert_eq!((&t[..9], &t[10..]), (&test[..9], &test[10..]));
+        assert_eq!(&find(&guest, b"TST2")[36..], &[7; 100]);
+        // OVMF installs both; the script has a checksum and an XSDT pointer more per table.
+        assert_eq!(
+            installed_by_ovmf(&acpi),
+            [
+                *b"FACS", *b"DSDT", *b"FACP", *b"APIC", *b"MCFG", *b"TEST", *b"TST2"
+            ]
+        );
+        assert_eq!(acpi.loader.len(), (15 + 2 * 2) * 128);
     }
 
     #[test]
@@ -693,13 +749,11 @@ mod tests {
         let d = guest.table(u64_at(fadt, 140));
         assert!(checksum_ok(d));
         assert!(contains(d, b"PCI0"));
-        // PNP0A08 and PNP0A03 (EISA ids), COM1 as PNP0501, the RTC as PNP0B00.
-        for eisa in [
-            [0x41, 0xd0, 0x0a, 0x08],
-            [0x41, 0xd0, 0x0a, 0x03],
-            [0x41, 0xd0, 0x05, 0x01],
-            [0x41, 0xd0, 0x0b, 0x00],
-        ] {
+        // The devices' AML, unchanged, is the start of the DSDT's body.
+        let devices = test_device_aml();
+        assert_eq!(&d[36..36 + devices.len()], &devices[..]);
+        // PNP0A08 and PNP0A03 (EISA ids).
+        for eisa in [[0x41, 0xd0, 0x0a, 0x08], [0x41, 0xd0, 0x0a, 0x03]] {
             assert!(contains(d, &eisa), "{eisa:x?}");
         }
         // \_S5 is sleep type 0, and \_PIC is a method of one argument.
@@ -707,7 +761,7 @@ mod tests {
         assert!(contains(d, b"_PIC\x01"));
         // _CRS: WordBusNumber 0-255 (granularity, min, max), the config ports, the I/O window
         // as a WordIO, every 32-bit window as a DWordMemory and the 64-bit one as a
-        // QWordMemory (min, max); COM1's ports and IRQ 4.
+        // QWordMemory (min, max).
         assert!(contains(
             d,
             &[0x88, 0x0d, 0x00, 0x02, 0x0c, 0, 0, 0, 0, 0, 0xff, 0]
@@ -735,11 +789,6 @@ mod tests {
         qword.extend_from_slice(&0x3800_0000_0000u64.to_le_bytes());
         qword.extend_from_slice(&0x3fff_ffff_ffffu64.to_le_bytes());
         assert!(contains(d, &qword));
-        assert!(contains(
-            d,
-            &[0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x01, 0x08]
-        ));
-        assert!(contains(d, &[0x89, 0x06, 0x00, 0x03, 0x01, 4, 0, 0, 0]));
         // The ECAM reservation (PNP0C02): Memory32Fixed at 0xB0000000, 256 MiB.
         let mut ecam = vec![0x86, 0x09, 0x00, 0x00];
         ecam.extend_from_slice(&0xb000_0000u32.to_le_bytes());
@@ -801,7 +850,16 @@ mod tests {
                 ..info()
             },
             FirmwareAcpiInfo {
-                com1: (0xfff9, 4),
+                extra_tables: vec![vec![0; 35]],
+                ..info()
+            },
+            FirmwareAcpiInfo {
+                extra_tables: vec![test_table(b"MCFG", &[])],
+                ..info()
+            },
+            FirmwareAcpiInfo {
+                devices_aml: vec![0; MAX_DEVICES_BYTES - 35],
+                extra_tables: vec![test_table(b"TEST", &[])],
                 ..info()
             },
             FirmwareAcpiInfo {
@@ -845,8 +903,9 @@ mod tests {
         // The limits themselves are fine.
         let edge = FirmwareAcpiInfo {
             pm_base: 0xffff - 0x30,
-            com1: (0xfff8, 15),
-            rtc_port: 0xfffe,
+            sci_irq: 15,
+            devices_aml: vec![0; MAX_DEVICES_BYTES - 36],
+            extra_tables: vec![test_table(b"TEST", &[])],
             ecam: (0xf000_0000, 256 << 20, 255),
             pci_mmio32: vec![(0xf000_0000, 0x1000_0000); MAX_MMIO32_WINDOWS],
             pci_mmio64: Some((u64::MAX - 100, 101)),
