@@ -274,6 +274,41 @@ pub fn parse(text: &str) -> BTreeMap<String, BootResult> {
     results
 }
 
+/// rvmspawn's own notify-socket credential, present whenever the guest has vsock (the test
+/// host has vhost-vsock); `tests/tests/vsock.rs` checks it.
+pub const NOTIFY_CREDENTIAL: &[u8] = b"io.systemd.credential.binary:vmm.notify_socket=";
+
+/// Every string of every SMBIOS type 11 structure the guest printed (its
+/// `RVMSPAWN-SMBIOS11-RAW=` lines, hex), in order, except rvmspawn's notify-socket credential.
+pub fn oem_strings(r: &BootResult) -> Vec<Vec<u8>> {
+    let unhex = |s: &str| -> Vec<u8> {
+        (0..s.len() / 2)
+            .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex"))
+            .collect()
+    };
+    let mut out = Vec::new();
+    for line in r.output.lines() {
+        let Some(hex) = line.trim_end().strip_prefix("RVMSPAWN-SMBIOS11-RAW=") else {
+            continue;
+        };
+        let raw = unhex(hex);
+        assert!(raw.len() > 5 && raw[0] == 11, "a type 11 structure: {hex}");
+        let count = raw[4] as usize;
+        let strings: Vec<Vec<u8>> = raw[raw[1] as usize..]
+            .split(|b| *b == 0)
+            .take(count)
+            .map(<[u8]>::to_vec)
+            .collect();
+        assert_eq!(strings.len(), count, "{hex}");
+        out.extend(
+            strings
+                .into_iter()
+                .filter(|s| !s.starts_with(NOTIFY_CREDENTIAL)),
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

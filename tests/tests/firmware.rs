@@ -21,7 +21,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use rvmspawn_tests::{Batch, BootResult, Mode, Results, assets, mode, repo_root, rvmspawn_bin};
+use rvmspawn_tests::{
+    Batch, BootResult, Mode, Results, assets, mode, oem_strings, repo_root, rvmspawn_bin,
+};
 
 /// One firmware boot: about 30 s in the test host, several times that allowed for load.
 const T1: &str = "timeout -s KILL 200";
@@ -151,44 +153,12 @@ fn preflight() {
     }
 }
 
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len() / 2)
-        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex"))
-        .collect()
-}
-
 /// A credential value whose SMBIOS string is well over 64 characters.
 const LONG_VALUE: &str =
     "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz0123456789";
 
 /// `LONG_VALUE` in base64, as the credential string carries it.
 const LONG_VALUE_BASE64: &str = "MDEyMzQ1Njc4OWFiY2RlZmdoaWprbG1ub3BxcnN0dXZ3eHl6MDEyMzQ1Njc4OWFiY2RlZmdoaWprbG1ub3BxcnN0dXZ3eHl6MDEyMzQ1Njc4OQ==";
-
-/// rvmspawn's own notify-socket credential (tests/tests/vsock.rs checks it).
-const NOTIFY_CREDENTIAL: &[u8] = b"io.systemd.credential.binary:vmm.notify_socket=";
-
-/// Every string of every SMBIOS type 11 structure the guest printed, in order, except
-/// rvmspawn's notify-socket credential (as in tests/tests/smbios.rs).
-fn oem_strings(r: &BootResult) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    for hex in r.values("RVMSPAWN-SMBIOS11-RAW") {
-        let raw = unhex(hex);
-        assert!(raw.len() > 5 && raw[0] == 11, "a type 11 structure: {hex}");
-        let count = raw[4] as usize;
-        let strings: Vec<Vec<u8>> = raw[raw[1] as usize..]
-            .split(|b| *b == 0)
-            .take(count)
-            .map(<[u8]>::to_vec)
-            .collect();
-        assert_eq!(strings.len(), count, "{hex}");
-        out.extend(
-            strings
-                .into_iter()
-                .filter(|s| !s.starts_with(NOTIFY_CREDENTIAL)),
-        );
-    }
-    out
-}
 
 /// The lines of one run inside a step, from the `RUNn: ` prefix the step put on them.
 fn run_lines(r: &BootResult, run: &str) -> BootResult {

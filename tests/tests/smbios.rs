@@ -6,7 +6,7 @@
 
 use std::sync::OnceLock;
 
-use rvmspawn_tests::{Batch, BootResult, Results};
+use rvmspawn_tests::{Batch, Results, oem_strings};
 
 const T: &str = "timeout -s KILL 120";
 const UUID: &str = "3f6a0e8c-5b7d-4e21-9c44-0d2b7a1e6f55";
@@ -77,42 +77,6 @@ printf 'rvmspawn.uki=embedded' > "$D/cmdline"
 printf 'ID=rvmspawn-test
 ' > "$D/os-release"
 objcopy     --add-section .osrel="$D/os-release" --change-section-vma .osrel=0x20000     --add-section .cmdline="$D/cmdline" --change-section-vma .cmdline=0x30000     --add-section .linux="$KERNEL" --change-section-vma .linux=0x2000000     --add-section .initrd="$INITRD" --change-section-vma .initrd=0x4000000     "$STUB" "$D/uki.efi" || exit 98"#;
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len() / 2)
-        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex"))
-        .collect()
-}
-
-/// rvmspawn's own notify-socket credential, present whenever the guest has vsock (the test
-/// host has vhost-vsock); `tests/tests/vsock.rs` checks it.
-const NOTIFY_CREDENTIAL: &[u8] = b"io.systemd.credential.binary:vmm.notify_socket=";
-
-/// Every string of every type 11 structure the guest printed, in order, except rvmspawn's
-/// notify-socket credential.
-fn oem_strings(r: &BootResult) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    for line in r.output.lines() {
-        let Some(hex) = line.trim_end().strip_prefix("RVMSPAWN-SMBIOS11-RAW=") else {
-            continue;
-        };
-        let raw = unhex(hex);
-        assert_eq!(raw[0], 11, "a type 11 structure: {hex}");
-        let count = raw[4] as usize;
-        let strings: Vec<Vec<u8>> = raw[raw[1] as usize..]
-            .split(|b| *b == 0)
-            .take(count)
-            .map(<[u8]>::to_vec)
-            .collect();
-        assert_eq!(strings.len(), count, "{hex}");
-        out.extend(
-            strings
-                .into_iter()
-                .filter(|s| !s.starts_with(NOTIFY_CREDENTIAL)),
-        );
-    }
-    out
-}
 
 #[test]
 fn credentials_arrive_byte_exact_in_vmspawn_format() {

@@ -108,18 +108,7 @@ pub struct MemoryLayout {
 impl MemoryLayout {
     /// Lay out `mem_bytes` of RAM: below the hole first, the rest from 4 GiB.
     pub fn new(mem_bytes: u64) -> Self {
-        let low = mem_bytes.min(MMIO_HOLE_START);
-        let mut ram = vec![RamRange {
-            start: GuestAddress(0),
-            size: low,
-        }];
-        if mem_bytes > low {
-            ram.push(RamRange {
-                start: GuestAddress(HIGH_RAM_START),
-                size: mem_bytes - low,
-            });
-        }
-        MemoryLayout { ram }
+        Self::split(mem_bytes, mem_bytes.min(MMIO_HOLE_START))
     }
 
     /// The Q35 firmware platform's layout: all RAM below 4 GiB when it stays under the ECAM
@@ -130,6 +119,11 @@ impl MemoryLayout {
         } else {
             mem_bytes
         };
+        Self::split(mem_bytes, low)
+    }
+
+    /// `low` bytes from address 0, the rest of `mem_bytes` from 4 GiB.
+    fn split(mem_bytes: u64, low: u64) -> Self {
         let mut ram = vec![RamRange {
             start: GuestAddress(0),
             size: low,
