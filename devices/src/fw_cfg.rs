@@ -25,6 +25,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
@@ -141,7 +142,9 @@ impl FwCfgError {
 }
 
 struct Item {
-    data: Vec<u8>,
+    /// Shared, so that a large item (a kernel) can be handed over without a copy; a writable
+    /// item's `Arc` is never shared, so DMA writes get it mutably.
+    data: Arc<[u8]>,
     /// Whether DMA writes may change it (within its current size).
     writable: bool,
 }
@@ -200,11 +203,11 @@ impl FwCfg {
     /// 0x19 and the selectors of files belong to the device: the directory is regenerated
     /// right away (so replacing it has no effect), and replacing a file's selector replaces that
     /// file's contents (its directory size follows).
-    pub fn add_item(&mut self, key: u16, data: Vec<u8>) {
+    pub fn add_item(&mut self, key: u16, data: impl Into<Arc<[u8]>>) {
         self.items.insert(
             key & !SELECTOR_WRITE_CHANNEL,
             Item {
-                data,
+                data: data.into(),
                 writable: false,
             },
         );
@@ -227,7 +230,7 @@ impl FwCfg {
     pub fn item(&self, key: u16) -> Option<&[u8]> {
         self.items
             .get(&(key & !SELECTOR_WRITE_CHANNEL))
-            .map(|i| i.data.as_slice())
+            .map(|i| &i.data[..])
     }
 
     /// How many items there are (signature, ID and directory included).
@@ -253,7 +256,13 @@ impl FwCfg {
         let key = (KEY_FILE_FIRST..FILE_SELECTOR_END)
             .find(|k| !self.items.contains_key(k))
             .ok_or_else(|| FwCfgError::NoSelector(name.to_string()))?;
-        self.items.insert(key, Item { data, writable });
+        self.items.insert(
+            key,
+            Item {
+                data: data.into(),
+                writable,
+            },
+        );
         self.files.push((name.to_string(), key));
         self.rebuild_directory();
         Ok(key)
@@ -278,7 +287,7 @@ impl FwCfg {
         self.items.insert(
             KEY_FILE_DIR,
             Item {
-                data: dir,
+                data: dir.into(),
                 writable: false,
             },
         );
@@ -374,9 +383,12 @@ impl FwCfg {
         else {
             return false;
         };
+        let Some(data) = Arc::get_mut(&mut item.data) else {
+            return false;
+        };
         if self
             .mem
-            .read_slice(&mut item.data[self.offset..end], GuestAddress(address))
+            .read_slice(&mut data[self.offset..end], GuestAddress(address))
             .is_err()
         {
             return false;

@@ -419,13 +419,14 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
         Some(fw) => {
             let kernel = if fw.kernel_through_firmware {
                 Some(std::sync::Arc::new(q35::FirmwareKernel {
-                    kernel: read_whole(&config.kernel)?,
+                    kernel: read_whole(&config.kernel)?.into(),
                     initrd: config
                         .initrds
                         .iter()
                         .map(|p| read_whole(p))
                         .collect::<Result<Vec<_>, _>>()?
-                        .concat(),
+                        .concat()
+                        .into(),
                     // A UKI's own .cmdline applies, as with vmspawn (no -append for a UKI).
                     cmdline: (!is_uki).then_some(cmdline),
                 }))

@@ -75,10 +75,11 @@ pub struct Firmware {
 /// A kernel for the firmware to boot, read once at start (a guest reboot boots the same one).
 #[derive(Debug)]
 pub struct FirmwareKernel {
-    /// The whole kernel file: an EFI-stub bzImage or a UKI.
-    pub kernel: Vec<u8>,
+    /// The whole kernel file: an EFI-stub bzImage or a UKI (shared with each boot's fw_cfg,
+    /// not copied).
+    pub kernel: Arc<[u8]>,
     /// The initrds, concatenated.
-    pub initrd: Vec<u8>,
+    pub initrd: Arc<[u8]>,
     /// The command line; `None` for a UKI, whose own `.cmdline` applies (extra arguments reach
     /// its stub as SMBIOS strings, as with vmspawn).
     pub cmdline: Option<String>,
@@ -406,7 +407,7 @@ fn add_kernel(fw_cfg: &mut FwCfg, k: &FirmwareKernel) -> Result<(), Error> {
             .map_err(|_| Error::Firmware("The kernel or initrd is over 4 GiB".into(), libc::EFBIG))
     };
     fw_cfg.add_item(key::SETUP_SIZE, size(0)?);
-    fw_cfg.add_item(key::SETUP_DATA, Vec::new());
+    fw_cfg.add_item(key::SETUP_DATA, Vec::<u8>::new());
     fw_cfg.add_item(key::KERNEL_SIZE, size(k.kernel.len())?);
     fw_cfg.add_item(key::KERNEL_DATA, k.kernel.clone());
     if !k.initrd.is_empty() {
