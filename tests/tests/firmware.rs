@@ -72,8 +72,12 @@ exit $rc"#
             )
             .step(
                 // The UKI through the firmware (fw_cfg, as QEMU's -kernel), no disk.
+                // Also 2 vCPUs (the firmware starts the AP) and 2.75 GiB, where the Q35 layout
+                // splits RAM at 2 GiB and puts the rest above 4 GiB.
                 "uki",
-                format!(r#"{T1} "$RVMSPAWN" -q --linux='{fw}/uki.efi' --firmware=uefi"#),
+                format!(
+                    r#"{T1} "$RVMSPAWN" -q --linux='{fw}/uki.efi' --firmware=uefi --qemu-smp=2 --qemu-mem=2816M"#
+                ),
             )
             .step(
                 // auto: the store lives beside the image. Run 1: the guest finds no variable,
@@ -255,6 +259,14 @@ fn uki_through_firmware_runs_systemd_stub() {
         "{}",
         r.output
     );
+    // Both vCPUs run, and the RAM above 4 GiB is the guest's (2816 MiB less the kernel's own
+    // reservations; without the high part it would be under 2 GiB).
+    assert_eq!(r.value("RVMSPAWN-NPROC"), Some("2"), "{}", r.output);
+    let mem_kb: u64 = r
+        .value("RVMSPAWN-MEMTOTAL-KB")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(mem_kb > 2_500_000 && mem_kb <= 2816 * 1024, "{}", r.output);
     assert_eq!(r.rc, Some(0), "{}", r.output);
 }
 
