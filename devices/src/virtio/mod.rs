@@ -7,6 +7,7 @@
 
 pub mod block;
 pub mod fs;
+pub mod net;
 pub mod pci;
 pub mod rng;
 pub mod vsock;
