@@ -14,6 +14,7 @@ mod helper;
 mod kvm;
 mod machine;
 mod memory;
+mod net;
 mod pci;
 mod platform;
 mod q35;
