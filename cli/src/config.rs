@@ -468,6 +468,16 @@ impl Settings {
     /// reported before any VM exists.
     pub fn firmware_boot(&self, host: &Host) -> Result<Option<vmm::FirmwareBoot>, Failure> {
         let BootMode::Firmware { kernel } = self.boot_mode() else {
+            // Accepted as vmspawn accepts them, but a direct boot has no variable store: say
+            // so rather than ignore them silently.
+            if !self.quiet
+                && (self.efi_nvram_template.is_some() || self.efi_nvram_state != NvramState::Auto)
+            {
+                eprintln!(
+                    "--efi-nvram-template= and --efi-nvram-state= apply to firmware boots only; \
+                     this kernel boots directly (--firmware=uefi boots it through the firmware)."
+                );
+            }
             return Ok(None);
         };
         let chosen = match &self.firmware {

@@ -368,3 +368,24 @@ fn empty_search_path_lists_nothing() {
     assert_eq!(out.status.code(), Some(0));
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn nvram_options_on_a_direct_boot_are_not_silently_ignored() {
+    let f = Fixture::new("nvram-direct");
+    let kernel = f.root.join("not-a-kernel");
+    std::fs::write(&kernel, b"x").unwrap();
+    let linux = format!("--linux={}", kernel.display());
+    let out = f.run(&[&linux, "--efi-nvram-state=off", "--qemu-vsock=no"]);
+    assert!(
+        stderr(&out).contains("apply to firmware boots only"),
+        "{}",
+        stderr(&out)
+    );
+    // Without them, no such notice.
+    let out = f.run(&[&linux, "--qemu-vsock=no"]);
+    assert!(
+        !stderr(&out).contains("apply to firmware boots only"),
+        "{}",
+        stderr(&out)
+    );
+}
