@@ -471,11 +471,14 @@ impl Settings {
             // Accepted as vmspawn accepts them, but a direct boot has no variable store: say
             // so rather than ignore them silently.
             if !self.quiet
-                && (self.efi_nvram_template.is_some() || self.efi_nvram_state != NvramState::Auto)
+                && (self.efi_nvram_template.is_some()
+                    || self.efi_nvram_state != NvramState::Auto
+                    || self.firmware_request != firmware::Request::default())
             {
                 eprintln!(
-                    "--efi-nvram-template= and --efi-nvram-state= apply to firmware boots only; \
-                     this kernel boots directly (--firmware=uefi boots it through the firmware)."
+                    "--efi-nvram-template=, --efi-nvram-state=, --firmware-features= and \
+                     --secure-boot= apply to firmware boots only; this kernel boots directly \
+                     (--firmware=uefi boots it through the firmware)."
                 );
             }
             return Ok(None);

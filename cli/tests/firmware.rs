@@ -381,6 +381,12 @@ fn nvram_options_on_a_direct_boot_are_not_silently_ignored() {
         "{}",
         stderr(&out)
     );
+    let out = f.run(&[&linux, "--firmware-features=~acpi-s3", "--qemu-vsock=no"]);
+    assert!(
+        stderr(&out).contains("apply to firmware boots only"),
+        "{}",
+        stderr(&out)
+    );
     // Without them, no such notice.
     let out = f.run(&[&linux, "--qemu-vsock=no"]);
     assert!(
