@@ -19,6 +19,8 @@
 
 mod ctrl;
 mod rx;
+pub mod stream;
+pub mod tap;
 mod tx;
 pub mod vhost;
 
@@ -33,6 +35,8 @@ use super::{Activation, QueueWorker, VirtioDevice, VirtioError, serve_queue};
 
 pub use ctrl::CtrlHandler;
 pub use rx::{RxHandler, RxState};
+pub use stream::StreamBackend;
+pub use tap::TapBackend;
 pub use tx::TxHandler;
 
 /// Queue size offered for every queue.
