@@ -106,12 +106,12 @@ pub struct Args {
     #[arg(long, help_heading = HOST)]
     pub qemu_gui: bool,
 
-    /// Connect the guest to the host through a TAP device
-    #[arg(short, long, help_heading = HOST)]
+    /// Connect the guest to the host through a TAP device (vt-NAME; needs CAP_NET_ADMIN)
+    #[arg(short, long, help_heading = HOST, overrides_with = "network_user_mode")]
     pub network_tap: bool,
 
-    /// Give the guest user-mode (NAT) networking
-    #[arg(long, help_heading = HOST)]
+    /// Give the guest user-mode (NAT) networking through passt
+    #[arg(long, help_heading = HOST, overrides_with = "network_tap")]
     pub network_user_mode: bool,
 
     /// Firmware: auto, uefi, none, a JSON firmware description (absolute or ./ path), list

@@ -31,6 +31,30 @@ pub const MIN_MEM: u64 = 64 * MIB;
 /// Name for a VM booted with `--linux` alone when the current directory gives none.
 pub const FALLBACK_NAME: &str = "rvmspawn";
 
+/// The environment variable that sets the guest's MAC for `--network-tap`, as in vmspawn.
+const NETWORK_MAC_ENV: &str = "SYSTEMD_VMSPAWN_NETWORK_MAC";
+
+/// The guest MAC from `$SYSTEMD_VMSPAWN_NETWORK_MAC`, if set; a bad value is an error naming
+/// the variable (EINVAL), as in vmspawn.
+fn network_mac(host: &Host) -> Result<Option<[u8; 6]>, Failure> {
+    let Some(raw) = &host.network_mac else {
+        return Ok(None);
+    };
+    raw.to_str()
+        .and_then(vmm::parse_mac)
+        .map(Some)
+        .ok_or_else(|| {
+            Failure::new(
+                libc::EINVAL,
+                format!(
+                    "Failed to parse provided MAC address via environment variable \
+                     ${NETWORK_MAC_ENV}: '{}'",
+                    raw.to_string_lossy()
+                ),
+            )
+        })
+}
+
 /// What validation needs to know about the host, gathered once so tests can fake it.
 #[derive(Debug, Clone)]
 pub struct Host {
@@ -45,6 +69,8 @@ pub struct Host {
     pub firmware_search: firmware::SearchPath,
     /// `$SYSTEMD_LOG_LEVEL` is `debug` (or 7): say why firmware descriptors were passed over.
     pub debug: bool,
+    /// `$SYSTEMD_VMSPAWN_NETWORK_MAC`: the guest's MAC for `--network-tap`.
+    pub network_mac: Option<std::ffi::OsString>,
 }
 
 impl Host {
@@ -86,6 +112,7 @@ impl Host {
             hostname,
             firmware_search,
             debug,
+            network_mac: std::env::var_os(NETWORK_MAC_ENV),
         })
     }
 }
@@ -109,8 +136,8 @@ pub struct Settings {
     pub linux: Option<PathBuf>,
     pub initrds: Vec<PathBuf>,
     pub gui: bool,
-    pub network_tap: bool,
-    pub network_user_mode: bool,
+    /// `-n`/`--network-tap` or `--network-user-mode`, whichever came last.
+    pub network: vmm::Network,
     /// `--firmware=`; never [`Firmware::List`], which is [`Settings::listing`].
     pub firmware: Firmware,
     /// `--firmware-features=` and `--secure-boot=`, applied in command-line order.
@@ -296,6 +323,16 @@ impl Settings {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
+        // clap keeps only the last of the two (`overrides_with`), as vmspawn's last one wins.
+        let network = if args.network_tap {
+            vmm::Network::Tap {
+                mac: network_mac(host)?,
+            }
+        } else if args.network_user_mode {
+            vmm::Network::User
+        } else {
+            vmm::Network::None
+        };
         Ok(Settings {
             quiet: args.quiet,
             uuid,
@@ -312,8 +349,7 @@ impl Settings {
             linux,
             initrds,
             gui: args.qemu_gui,
-            network_tap: args.network_tap,
-            network_user_mode: args.network_user_mode,
+            network,
             firmware,
             firmware_request,
             listing,
@@ -387,8 +423,6 @@ impl Settings {
             // exist yet, which counts as swtpm unavailable.
             (self.tpm == Some(true), "--tpm=yes"),
             (self.gui, "--qemu-gui"),
-            (self.network_tap, "--network-tap"),
-            (self.network_user_mode, "--network-user-mode"),
         ];
         match refusals.iter().find(|(given, _)| *given) {
             Some((_, what)) => Err(Failure::unsupported(what)),
@@ -766,6 +800,7 @@ impl Settings {
             quiet: self.quiet,
             notify_ready: self.notify_ready,
             firmware,
+            network: self.network,
         }
     }
 }
@@ -947,6 +982,7 @@ mod tests {
             hostname: "hosty".into(),
             firmware_search: firmware::SearchPath { dirs: Vec::new() },
             debug: false,
+            network_mac: None,
         }
     }
 
@@ -1644,11 +1680,9 @@ mod tests {
 
     #[test]
     fn unimplemented_options_are_refused() {
-        let cases: [(&[&str], &str); 4] = [
+        let cases: [(&[&str], &str); 2] = [
             (&["--tpm=yes"], "--tpm=yes"),
             (&["--qemu-gui"], "--qemu-gui"),
-            (&["-n"], "--network-tap"),
-            (&["--network-user-mode"], "--network-user-mode"),
         ];
         for (argv, option) in cases {
             let mut argv = argv.to_vec();
@@ -1658,6 +1692,52 @@ mod tests {
             assert!(f.message.starts_with(option), "{argv:?}: {}", f.message);
             assert!(f.message.contains("not supported yet"), "{}", f.message);
         }
+    }
+
+    #[test]
+    fn the_last_network_option_wins() {
+        let net = |argv: &[&str]| {
+            let mut argv = argv.to_vec();
+            argv.push("--linux=/k");
+            settings(&argv).unwrap().network
+        };
+        assert_eq!(net(&[]), vmm::Network::None);
+        assert_eq!(net(&["-n"]), vmm::Network::Tap { mac: None });
+        assert_eq!(net(&["--network-user-mode"]), vmm::Network::User);
+        assert_eq!(net(&["-n", "--network-user-mode"]), vmm::Network::User);
+        assert_eq!(
+            net(&["--network-user-mode", "--network-tap"]),
+            vmm::Network::Tap { mac: None }
+        );
+        assert_eq!(
+            net(&["--network-user-mode", "-n", "--network-user-mode"]),
+            vmm::Network::User
+        );
+    }
+
+    #[test]
+    fn the_mac_variable_sets_the_tap_mac_and_a_bad_one_is_refused() {
+        let with = |mac: &str| Host {
+            network_mac: Some(mac.into()),
+            ..host()
+        };
+        let s = settings_on(&with("02-ab-0c-d0-01-ff"), &["-n", "--linux=/k"]).unwrap();
+        assert_eq!(
+            s.network,
+            vmm::Network::Tap {
+                mac: Some([0x02, 0xab, 0x0c, 0xd0, 0x01, 0xff])
+            }
+        );
+        let f = settings_on(&with("02:ab:0c"), &["-n", "--linux=/k"]).unwrap_err();
+        assert_eq!(f.errno, libc::EINVAL);
+        assert!(
+            f.message.contains("$SYSTEMD_VMSPAWN_NETWORK_MAC") && f.message.contains("'02:ab:0c'"),
+            "{}",
+            f.message
+        );
+        // Only the TAP path uses it, as in vmspawn.
+        let s = settings_on(&with("bad"), &["--network-user-mode", "--linux=/k"]).unwrap();
+        assert_eq!(s.network, vmm::Network::User);
     }
 
     #[test]

@@ -226,6 +226,7 @@ mod tests {
             quiet: false,
             notify_ready: true,
             firmware: None,
+            network: vmm::Network::None,
         }
     }
 

@@ -324,3 +324,111 @@ fn a_terminal_that_stops_reading_cannot_keep_the_vmm_from_stopping() {
     drop(stdout);
     assert_eq!(status.code(), Some(0));
 }
+
+/// Start a tiny guest that prints "up" and halts, with `extra` options and `-M name`; returns
+/// the child once the guest runs, and what rvmspawn printed on stderr by then.
+fn running_guest(name: &str, extra: &[&str]) -> std::process::Child {
+    let mut code = print(b"up\n");
+    code.extend(halt_forever());
+    let k = write_guest(name, &code);
+    let mut args = vec!["--qemu-vsock=no", "-M", name];
+    args.extend(extra);
+    let mut child = rvmspawn(&k, &args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    read_until(&mut out, b"up\n", 1);
+    // Keep the pipe open (the console thread would otherwise see EPIPE).
+    std::mem::forget(out);
+    child
+}
+
+fn link_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Whether TAP devices can be created here (root with /dev/net/tun).
+fn can_create_taps() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root || !Path::new("/dev/net/tun").exists() {
+        eprintln!("note: not root or no /dev/net/tun; TAP lifecycle not tested here");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn the_tap_exists_while_the_vm_runs_and_vanishes_on_sigkill() {
+    if !can_create_taps() {
+        return;
+    }
+    let name = format!("tap{}", std::process::id() % 100_000);
+    let tap = format!("vt-{name}");
+    assert!(!link_exists(&tap));
+    let mut child = running_guest(&name, &["-n"]);
+    assert!(link_exists(&tap), "{tap} while the VM runs");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!link_exists(&tap), "{tap} after SIGKILL");
+    // SIGTERM: the same, with a clean exit.
+    let mut child = running_guest(&name, &["-n"]);
+    assert!(link_exists(&tap));
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(!link_exists(&tap), "{tap} after SIGTERM");
+}
+
+#[test]
+fn a_bad_network_mac_variable_is_refused_naming_it() {
+    let k = write_guest("badmac", &poweroff());
+    let out = rvmspawn(&k, &["-n"])
+        .env("SYSTEMD_VMSPAWN_NETWORK_MAC", "02:00:00:00:00")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(libc::EINVAL), "{stderr}");
+    assert!(
+        stderr.contains("$SYSTEMD_VMSPAWN_NETWORK_MAC") && stderr.contains("'02:00:00:00:00'"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn passt_runs_with_the_vm_and_goes_when_rvmspawn_is_killed() {
+    if !Path::new("/usr/bin/passt").exists() {
+        eprintln!("note: no /usr/bin/passt; passt lifecycle not tested here");
+        return;
+    }
+    let name = format!("passt{}", std::process::id() % 100_000);
+    let mut child = running_guest(&name, &["--network-user-mode"]);
+    let children =
+        std::fs::read_to_string(format!("/proc/{}/task/{}/children", child.id(), child.id()))
+            .unwrap();
+    let passt: i32 = children
+        .split_whitespace()
+        .find(|pid| {
+            // passt re-executes itself as passt.avx2 where the CPU has AVX2.
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.starts_with("passt"))
+        })
+        .and_then(|p| p.parse().ok())
+        .expect("passt is rvmspawn's child");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // passt notices its socket closing and exits; bounded wait for that.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+            !s.lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'))
+        })
+    };
+    while alive(passt) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!alive(passt), "passt {passt} outlived rvmspawn");
+}

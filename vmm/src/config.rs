@@ -57,6 +57,25 @@ pub struct VmConfig {
     /// boots the disk (`-i` without `--linux=`), `kernel` is an empty path and `initrds` is
     /// empty.
     pub firmware: Option<FirmwareBoot>,
+    /// The guest's network (`--network-tap`, `--network-user-mode`).
+    pub network: Network,
+}
+
+/// The guest's network interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Network {
+    /// No NIC (vmspawn's default).
+    #[default]
+    None,
+    /// A virtio-net NIC on a host TAP device named after the machine (`--network-tap`).
+    Tap {
+        /// The guest's MAC (`$SYSTEMD_VMSPAWN_NETWORK_MAC`); `None` derives it from the host's
+        /// machine ID and the machine name, as vmspawn does.
+        mac: Option<[u8; 6]>,
+    },
+    /// A virtio-net NIC whose other end is passt: NAT through the host's own sockets, for an
+    /// unprivileged user (`--network-user-mode`).
+    User,
 }
 
 /// UEFI firmware for a boot, chosen and checked by the front end (see the `firmware` crate).

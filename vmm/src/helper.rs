@@ -10,6 +10,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -17,6 +18,23 @@ use crate::Error;
 
 /// How long a helper may take to exit on SIGTERM before it is killed.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// Find helper program `name` as vmspawn does: in `$PATH`, then at the `fallbacks` paths.
+pub fn find_binary(name: &str, fallbacks: &[&str]) -> Option<PathBuf> {
+    let in_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| d.join(name));
+    in_path
+        .chain(fallbacks.iter().map(PathBuf::from))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
 
 /// A running helper process.
 #[derive(Debug)]
@@ -27,7 +45,20 @@ pub struct Helper {
     pidfd: OwnedFd,
     /// Set once reaped, so Drop does not signal a PID that may have been reused.
     reaped: bool,
+    /// The end of what the helper wrote to its standard error, when that is captured
+    /// ([`Helper::capture_stderr`]): shown only when it dies.
+    stderr_tail: Option<StderrTail>,
 }
+
+/// A helper's captured standard error: its last bytes, and word from the reader at EOF.
+#[derive(Debug)]
+struct StderrTail {
+    bytes: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+/// How much of a captured standard error is kept.
+const STDERR_TAIL: usize = 2048;
 
 impl Helper {
     /// Start `cmd` as a helper named `name` (for messages). `pass` is moved into the child as
@@ -99,7 +130,41 @@ impl Helper {
             child,
             pidfd,
             reaped: false,
+            stderr_tail: None,
         })
+    }
+
+    /// Read the helper's standard error (spawned with `Stdio::piped()`) on a thread of its own
+    /// and keep its last [`STDERR_TAIL`] bytes for [`Helper::died`], instead of showing a
+    /// chatty helper's notices on the user's terminal.
+    pub fn capture_stderr(&mut self) -> Result<(), Error> {
+        use std::io::Read;
+        let Some(mut stderr) = self.child.stderr.take() else {
+            return Ok(());
+        };
+        let tail = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = tail.clone();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("helper-stderr".into())
+            .spawn(move || {
+                let mut buf = [0u8; 512];
+                // Ends at EOF: when the helper (and every copy of its stderr) is gone.
+                while let Ok(n) = stderr.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if let Ok(mut t) = keep.lock() {
+                        t.extend_from_slice(&buf[..n]);
+                        let excess = t.len().saturating_sub(STDERR_TAIL);
+                        t.drain(..excess);
+                    }
+                }
+                let _ = done_tx.send(());
+            })
+            .map_err(|e| Error::Thread(e.raw_os_error().unwrap_or(libc::EAGAIN)))?;
+        self.stderr_tail = Some(StderrTail { bytes: tail, done });
+        Ok(())
     }
 
     /// Readable once the process has exited.
@@ -120,8 +185,24 @@ impl Helper {
             }
             Err(e) => format!("ended (wait failed: {e})"),
         };
+        let said = self
+            .stderr_tail
+            .as_ref()
+            .and_then(|t| {
+                // The reader reaches EOF right after the exit, unless something the helper
+                // started keeps its stderr open: then make do with what was read.
+                let _ = t.done.recv_timeout(Duration::from_millis(500));
+                t.bytes
+                    .lock()
+                    .ok()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+            })
+            .map(|t| t.trim().replace('\n', "; "))
+            .filter(|t| !t.is_empty())
+            .map(|t| format!(" (it said: {t})"))
+            .unwrap_or_default();
         Error::Helper(
-            format!("{} {how}; stopping the VM", self.name),
+            format!("{} {how}{said}; stopping the VM", self.name),
             libc::EPROTO,
         )
     }
@@ -186,6 +267,28 @@ mod tests {
         let mut k = Helper::spawn("killed".into(), sh("kill -9 $$"), None).unwrap();
         assert!(k.exited_within(Duration::from_secs(10)));
         assert!(k.died().to_string().contains("killed by signal 9"));
+    }
+
+    #[test]
+    fn a_captured_stderr_is_shown_only_when_it_dies() {
+        let mut c = sh("echo 'first notice' >&2; echo 'why it failed' >&2; exit 1");
+        c.stderr(Stdio::piped());
+        let mut h = Helper::spawn("chatty".into(), c, None).unwrap();
+        h.capture_stderr().unwrap();
+        assert!(h.exited_within(Duration::from_secs(10)));
+        assert_eq!(
+            h.died().to_string(),
+            "chatty exited with status 1 (it said: first notice; why it failed); stopping the VM"
+        );
+        // Only the tail is kept.
+        let mut c = sh("head -c 10000 /dev/zero | tr '\\0' x >&2; echo END >&2; exit 2");
+        c.stderr(Stdio::piped());
+        let mut h = Helper::spawn("flood".into(), c, None).unwrap();
+        h.capture_stderr().unwrap();
+        assert!(h.exited_within(Duration::from_secs(10)));
+        let msg = h.died().to_string();
+        assert!(msg.len() < STDERR_TAIL + 100, "{}", msg.len());
+        assert!(msg.contains("END); stopping the VM"), "{msg}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod kvm;
 mod machine;
 mod memory;
 mod net;
+mod passt;
 mod pci;
 mod platform;
 mod q35;
@@ -27,8 +28,9 @@ mod x86_64;
 pub use boot::bls;
 pub use boot::{SmbiosError, parse_uuid};
 pub use config::{
-    DiskConfig, FirmwareBoot, FsShare, IdMap, KvmSource, VmConfig, VsockConfig, VsockMode,
+    DiskConfig, FirmwareBoot, FsShare, IdMap, KvmSource, Network, VmConfig, VsockConfig, VsockMode,
 };
+pub use net::{format_mac, guest_mac, parse_mac, tap_name};
 
 /// The command line every direct boot starts with; the user's arguments follow.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
@@ -83,6 +85,9 @@ pub enum Error {
     /// vsock was asked for and cannot be had, or the device refused its set-up.
     #[error("{0}")]
     Vsock(String, i32),
+    /// The guest's network could not be set up (the TAP, its MAC).
+    #[error("{0}")]
+    Network(String, i32),
     /// A helper process (virtiofsd) could not be started, or ended while the VM ran.
     #[error("{0}")]
     Helper(String, i32),
@@ -118,6 +123,7 @@ impl Error {
             Error::Root(e) => e.errno(),
             Error::Smbios(e) => e.errno(),
             Error::Vsock(_, errno)
+            | Error::Network(_, errno)
             | Error::Runtime(_, errno)
             | Error::Helper(_, errno)
             | Error::Firmware(_, errno) => *errno,
@@ -404,6 +410,23 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
             fs.push(std::sync::Arc::new(device));
         }
     }
+    // The NIC's host side, for the whole run: a reboot keeps the TAP (and the guest's MAC) or
+    // the connection to passt, which is watched like virtiofsd.
+    let net = match config.network {
+        Network::None => None,
+        Network::Tap { mac } => Some(net::setup_tap(
+            &config.name,
+            config.vcpus,
+            mac,
+            config.quiet,
+        )?),
+        Network::User => {
+            let (setup, helper) = net::setup_user_mode(config.quiet)?;
+            console.watch_helper(helper.pidfd(), helpers.len())?;
+            helpers.push(helper);
+            Some(setup)
+        }
+    };
     let is_uki = uki.is_some();
     let cmdline = std::iter::once(DEFAULT_CMDLINE.to_string())
         .chain(uki.map(|u| u.cmdline))
@@ -469,6 +492,7 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
         },
         name: config.name,
         fs,
+        net,
         memory: if config.shared_memory || !config.shares.is_empty() {
             memory::Backing::SharedMemfd
         } else {

@@ -28,7 +28,7 @@ use crate::x86_64::{cpuid, regs};
 use crate::{Error, memory};
 
 /// What every boot of the machine is built from.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct MachineSpec {
     /// vCPU count.
     pub vcpus: u32,
@@ -51,6 +51,8 @@ pub struct MachineSpec {
     /// virtio-fs devices, each connected to its virtiofsd for the whole run; each boot gets
     /// devices sharing those connections.
     pub fs: Vec<Arc<VhostUserFs>>,
+    /// The guest's NIC, its host side set up for the whole run.
+    pub net: Option<crate::net::NetSetup>,
 }
 
 /// The two boot paths, each with its own platform.
@@ -227,6 +229,22 @@ impl Machine {
         }
         for fs in &spec.fs {
             virtio.push(Box::new(fs.share()));
+        }
+        match &spec.net {
+            Some(crate::net::NetSetup::Vhost { vhost, tap, mac }) => {
+                let vhost = vhost.try_clone().map_err(host_err("vhost-net"))?;
+                let taps = tap.clone_fds().map_err(host_err("TAP"))?;
+                let device =
+                    devices::virtio::net::vhost::VhostNet::new(vhost, taps, *mac, mem.clone())
+                        .map_err(|e| Error::Network(format!("vhost-net: {e}"), e.errno()))?;
+                virtio.push(Box::new(device));
+            }
+            Some(crate::net::NetSetup::User { backends, mac, .. }) => {
+                let device = devices::virtio::net::Net::new(*mac, backends.clone())
+                    .map_err(|e| Error::Network(format!("virtio-net: {e}"), e.errno()))?;
+                virtio.push(Box::new(device));
+            }
+            None => {}
         }
         let ctx = crate::platform::Context {
             vm: &vm,

@@ -6,16 +6,18 @@
 //! vmspawn's QEMU, rvmspawn neither brings it up nor gives it an address: systemd-networkd does
 //! that for `vt-*` links (`80-vm-vt.network`).
 
-// Not yet called by the machine: remove once `--network-tap` is wired.
-#![cfg_attr(not(test), allow(dead_code, unused_imports))]
-
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::Arc;
 
-use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ref, ioctl_with_val};
+use devices::virtio::net::NetBackend;
+use devices::virtio::net::stream::StreamBackend;
+use devices::virtio::net::tap::TapBackend;
+
+use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ref};
 
 /// systemd's `SHORTEN_IFNAME_HASH_KEY` (`net_shorten_ifname()`).
 const SHORTEN_IFNAME_KEY: [u8; 16] = [
@@ -34,13 +36,6 @@ const URLSAFE_BASE64: &[u8; 64] =
 pub const VNET_HDR_LEN: i32 = 12;
 /// The clone device that creates TUN/TAP interfaces.
 const TUN_DEVICE: &str = "/dev/net/tun";
-
-// virtio-net feature bits the guest acks that decide what the TAP may hand it.
-const F_GUEST_CSUM: u64 = 1 << 1;
-const F_GUEST_TSO4: u64 = 1 << 7;
-const F_GUEST_TSO6: u64 = 1 << 8;
-const F_GUEST_ECN: u64 = 1 << 9;
-const F_GUEST_UFO: u64 = 1 << 10;
 
 /// Errors from creating or configuring the TAP device.
 #[derive(Debug, thiserror::Error)]
@@ -197,10 +192,6 @@ fn parse_machine_id(text: &str) -> Option<[u8; 16]> {
     (id != [0; 16]).then_some(id)
 }
 
-/// `TUNSETOFFLOAD` flags for what the guest acked; one mapping for the vhost-net and the
-/// userspace device.
-pub use devices::virtio::net::vhost::tap_offload_flags as offload_flags;
-
 /// `struct ifreq` as `TUNSETIFF` uses it: the name and the flags (the rest of the union).
 #[repr(C)]
 struct IfReq {
@@ -301,23 +292,165 @@ impl Tap {
             .map(|f| f.try_clone().map(OwnedFd::from))
             .collect()
     }
+}
 
-    /// Set the offloads (`TUNSETOFFLOAD`, see [`offload_flags`]) on every queue.
-    pub fn set_offload(&self, flags: libc::c_uint) -> Result<(), NetError> {
-        for f in &self.queues {
-            // SAFETY: TUNSETOFFLOAD takes its argument by value and touches no memory of ours.
-            let r =
-                unsafe { ioctl_with_val(f, libc::TUNSETOFFLOAD as _, libc::c_ulong::from(flags)) };
-            if r < 0 {
-                return Err(NetError::Tap {
-                    name: self.name.clone(),
-                    what: "TUNSETOFFLOAD",
-                    err: io::Error::last_os_error(),
-                });
-            }
+/// The kernel's virtio-net back end.
+const VHOST_NET: &str = "/dev/vhost-net";
+/// Where the host's machine ID is, for the guest's MAC.
+const MACHINE_ID: &str = "/etc/machine-id";
+
+/// The guest's NIC as set up for the whole run: the TAP (or passt's socket) outlives guest
+/// reboots, so the guest keeps its link and MAC; each boot builds a new device on it.
+pub enum NetSetup {
+    /// vhost-net moves the frames between the rings and the TAP.
+    Vhost {
+        /// The open `/dev/vhost-net`.
+        vhost: Arc<File>,
+        /// The TAP, one queue pair.
+        tap: Tap,
+        /// The guest's MAC.
+        mac: [u8; 6],
+    },
+    /// rvmspawn's own virtio-net device, one back end per queue pair.
+    User {
+        /// The back ends (TAP queues, or passt's socket).
+        backends: Vec<Arc<dyn NetBackend>>,
+        /// The guest's MAC.
+        mac: [u8; 6],
+        /// The TAP the back ends are queues of, if any (kept for its name).
+        tap: Option<Tap>,
+    },
+}
+
+impl std::fmt::Debug for NetSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NetSetup::Vhost { tap, mac, .. } => f
+                .debug_struct("Vhost")
+                .field("tap", &tap.name())
+                .field("mac", &format_mac(mac))
+                .finish(),
+            NetSetup::User { backends, mac, tap } => f
+                .debug_struct("User")
+                .field("pairs", &backends.len())
+                .field("tap", &tap.as_ref().map(Tap::name))
+                .field("mac", &format_mac(mac))
+                .finish(),
         }
-        Ok(())
     }
+}
+
+fn tap_error(e: NetError) -> crate::Error {
+    let errno = e.errno();
+    crate::Error::Network(e.to_string(), errno)
+}
+
+/// Set up `--network-tap` for machine `name` with `vcpus` vCPUs: the TAP named as vmspawn
+/// names it, the MAC (`mac`, or derived as vmspawn derives it), and vhost-net when
+/// `/dev/vhost-net` opens, else rvmspawn's device with one queue pair per vCPU (at most 16).
+pub fn setup_tap(
+    name: &str,
+    vcpus: u32,
+    mac: Option<[u8; 6]>,
+    quiet: bool,
+) -> Result<NetSetup, crate::Error> {
+    let (tap_name, warning) = tap_name(name);
+    if let Some(w) = warning {
+        eprintln!("{w}");
+    }
+    let mac = match mac {
+        Some(m) => m,
+        None => {
+            let id = read_machine_id(Path::new(MACHINE_ID)).map_err(|e| {
+                crate::Error::Network(
+                    format!("Failed to generate predictable MAC address for VM side: {e}"),
+                    e.raw_os_error().unwrap_or(libc::EINVAL),
+                )
+            })?;
+            guest_mac(&id, name)
+        }
+    };
+    let vhost = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(VHOST_NET);
+    match vhost {
+        Ok(vhost) => {
+            let tap = Tap::create(&tap_name, 1).map_err(tap_error)?;
+            if !quiet {
+                eprintln!(
+                    "Guest network: TAP {tap_name}, guest MAC {}, served by vhost-net.",
+                    format_mac(&mac)
+                );
+            }
+            Ok(NetSetup::Vhost {
+                vhost: Arc::new(vhost),
+                tap,
+                mac,
+            })
+        }
+        Err(why) => {
+            let pairs = (vcpus as usize).clamp(1, devices::virtio::net::MAX_QUEUE_PAIRS);
+            let tap = Tap::create(&tap_name, pairs).map_err(tap_error)?;
+            let backends = tap
+                .clone_fds()
+                .and_then(|fds| {
+                    fds.into_iter()
+                        .map(|fd| TapBackend::new(fd).map(|b| Arc::new(b) as Arc<dyn NetBackend>))
+                        .collect::<io::Result<Vec<_>>>()
+                })
+                .map_err(|e| {
+                    tap_error(NetError::Tap {
+                        name: tap_name.clone(),
+                        what: "queue descriptors",
+                        err: e,
+                    })
+                })?;
+            if !quiet {
+                eprintln!(
+                    "Guest network: TAP {tap_name}, guest MAC {}, served by rvmspawn with {pairs} \
+                     queue pair{} (no {VHOST_NET}: {why}).",
+                    format_mac(&mac),
+                    if pairs == 1 { "" } else { "s" }
+                );
+            }
+            Ok(NetSetup::User {
+                backends,
+                mac,
+                tap: Some(tap),
+            })
+        }
+    }
+}
+
+/// Set up `--network-user-mode`: passt on a socket pair, and the device's back end on our end.
+pub fn setup_user_mode(quiet: bool) -> Result<(NetSetup, crate::helper::Helper), crate::Error> {
+    let binary = crate::passt::find_passt()?;
+    let (helper, sock) = crate::passt::start(&binary)?;
+    let backend = StreamBackend::new(sock).map_err(|e| {
+        crate::Error::Helper(
+            format!("Failed to set up the socket to passt: {e}"),
+            e.raw_os_error().unwrap_or(libc::EIO),
+        )
+    })?;
+    if !quiet {
+        eprintln!(
+            "Guest network: user mode through passt (guest {}/{}, gateway {}, DNS {}).",
+            crate::passt::GUEST_ADDRESS,
+            crate::passt::PREFIX_LEN,
+            crate::passt::GATEWAY,
+            crate::passt::DNS
+        );
+    }
+    Ok((
+        NetSetup::User {
+            backends: vec![Arc::new(backend)],
+            mac: crate::passt::GUEST_MAC,
+            tap: None,
+        },
+        helper,
+    ))
 }
 
 #[cfg(test)]
@@ -414,24 +547,6 @@ mod tests {
     }
 
     #[test]
-    fn offloads_follow_the_guest_features() {
-        assert_eq!(offload_flags(0), 0);
-        // Without GUEST_CSUM nothing may be offloaded (the kernel would refuse TSO alone).
-        assert_eq!(offload_flags(F_GUEST_TSO4 | F_GUEST_ECN | F_GUEST_UFO), 0);
-        assert_eq!(offload_flags(F_GUEST_CSUM), libc::TUN_F_CSUM);
-        assert_eq!(
-            offload_flags(F_GUEST_CSUM | F_GUEST_TSO4 | F_GUEST_TSO6 | F_GUEST_ECN),
-            libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN
-        );
-        // ECN only with TSO.
-        assert_eq!(offload_flags(F_GUEST_CSUM | F_GUEST_ECN), libc::TUN_F_CSUM);
-        assert_eq!(
-            offload_flags(F_GUEST_CSUM | F_GUEST_UFO),
-            libc::TUN_F_CSUM | libc::TUN_F_UFO
-        );
-    }
-
-    #[test]
     fn ifreq_has_the_kernel_layout() {
         assert_eq!(std::mem::size_of::<IfReq>(), 40);
         assert_eq!(std::mem::offset_of!(IfReq, flags), 16);
@@ -471,8 +586,6 @@ mod tests {
         };
         assert_eq!(tap.name(), name);
         assert!(link_exists(&name));
-        tap.set_offload(offload_flags(F_GUEST_CSUM | F_GUEST_TSO4 | F_GUEST_TSO6))
-            .unwrap();
         // The name is taken while the TAP lives.
         let again = Tap::create(&name, 1).unwrap_err();
         assert_eq!(again.errno(), libc::EBUSY, "{again}");

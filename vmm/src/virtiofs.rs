@@ -23,29 +23,16 @@ const SOCKET_FD: i32 = 3;
 
 /// Find virtiofsd: `$PATH`, then the distributions' libexec locations.
 pub fn find_virtiofsd() -> Result<PathBuf, Error> {
-    let in_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|d| d.join("virtiofsd"));
-    in_path
-        .chain(FALLBACK_PATHS.iter().map(PathBuf::from))
-        .find(|p| is_executable(p))
-        .ok_or_else(|| {
-            Error::Helper(
-                format!(
-                    "Failed to find virtiofsd binary (looked in $PATH, {}); it is needed for \
-                     --directory= and --bind=",
-                    FALLBACK_PATHS.join(", ")
-                ),
-                libc::ENOENT,
-            )
-        })
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    crate::helper::find_binary("virtiofsd", &FALLBACK_PATHS).ok_or_else(|| {
+        Error::Helper(
+            format!(
+                "Failed to find virtiofsd binary (looked in $PATH, {}); it is needed for \
+                 --directory= and --bind=",
+                FALLBACK_PATHS.join(", ")
+            ),
+            libc::ENOENT,
+        )
+    })
 }
 
 /// virtiofsd's arguments for `share`, vmspawn's set plus `--readonly` for `--bind-ro=`, so a
