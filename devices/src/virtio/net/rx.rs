@@ -32,6 +32,9 @@ pub enum RxState {
     WaitBuffers,
     /// The driver broke the ring; the device asked for a reset.
     Broken,
+    /// Reading the back end failed (not for want of frames): look again only after a pause,
+    /// so a back end that stays readable but keeps failing cannot make the thread spin.
+    BackendFailed,
 }
 
 enum Placed {
@@ -132,7 +135,8 @@ impl RxHandler {
                         continue;
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(_) => return Ok(RxState::Idle),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(RxState::Idle),
+                    Err(_) => return Ok(RxState::BackendFailed),
                 },
             };
             self.pending = Some(len);
@@ -360,9 +364,10 @@ impl RxThread {
                 if fds[1].revents & libc::POLLIN != 0 {
                     let _ = notify.read();
                 }
-                backend_error = backend
+                let hung_up = backend
                     && fds[2].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0;
                 state = h.burst();
+                backend_error = hung_up || state == RxState::BackendFailed;
             }
         })?;
         Ok(RxThread {

@@ -677,3 +677,21 @@ fn activated_device_moves_frames_both_ways_and_survives_reset() {
     assert_eq!(NetStats::get(&stats.tx_frames), 2);
     assert_eq!(NetStats::get(&stats.rx_frames), 2);
 }
+
+#[test]
+fn a_failing_back_end_is_reported_so_the_thread_pauses_instead_of_spinning() {
+    let mem = mem();
+    let ring = Ring::new(RX_RING, 16);
+    let queue = ring.queue(&mem);
+    let (ours, peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    let b = Arc::new(super::StreamBackend::new(OwnedFd::from(ours)).unwrap());
+    let (irq, _irqs) = interrupt();
+    let stats = Arc::new(NetStats::default());
+    let mut h = RxHandler::new(b, mem.clone(), queue, 0, irq, ALL, stats);
+    assert_eq!(h.burst(), RxState::Idle, "nothing yet: wait for the socket");
+    // A length no frame can have: the stream is desynchronised for good.
+    use std::io::Write;
+    (&peer).write_all(&[0, 0, 0, 3, 1, 2, 3]).unwrap();
+    assert_eq!(h.burst(), RxState::BackendFailed);
+    assert_eq!(h.burst(), RxState::BackendFailed, "and stays failed");
+}
