@@ -10,6 +10,7 @@ pub mod fs;
 pub mod net;
 pub mod pci;
 pub mod rng;
+pub mod vhost_kern;
 pub mod vsock;
 pub mod vsock_user;
 mod worker;

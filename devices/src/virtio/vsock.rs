@@ -4,16 +4,12 @@
 //! so a packet never passes through rvmspawn.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
 
-use vhost::vhost_kern::VhostKernBackend;
+use vhost::VhostBackend;
 use vhost::vhost_kern::vhost_binding::{VHOST_VSOCK_SET_GUEST_CID, VHOST_VSOCK_SET_RUNNING};
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use virtio_queue::QueueT;
-use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::ioctl::ioctl_with_ref;
 
+use super::vhost_kern::{KernelVhost, fail};
 use super::{Activation, GuestMemoryMmap, QueueWorker, VirtioDevice, VirtioError};
 
 /// Queue size of the rx, tx and event queues.
@@ -55,23 +51,7 @@ pub fn set_guest_cid(file: &File, cid: u64) -> std::io::Result<()> {
 }
 
 /// An open vhost-vsock device (`/dev/vhost-vsock` or the fd passed in as `vhost-vsock`).
-pub struct VhostHandle {
-    fd: File,
-    mem: Arc<GuestMemoryMmap>,
-}
-
-impl AsRawFd for VhostHandle {
-    fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-}
-
-impl VhostKernBackend for VhostHandle {
-    type AS = Arc<GuestMemoryMmap>;
-    fn mem(&self) -> &Self::AS {
-        &self.mem
-    }
-}
+pub struct VhostHandle(KernelVhost);
 
 fn vhost_err(what: &'static str) -> impl Fn(vhost::Error) -> VsockError {
     move |e| VsockError::Vhost(what, e.to_string())
@@ -83,22 +63,15 @@ impl VhostHandle {
     /// reboot the next machine finds it already owned by us (EBUSY) and simply programs it
     /// again with the new memory and rings.
     pub fn new(fd: File, mem: GuestMemoryMmap) -> Result<VhostHandle, VsockError> {
-        let h = VhostHandle {
-            fd,
-            mem: Arc::new(mem),
-        };
-        match h.set_owner() {
-            Ok(()) => {}
-            Err(vhost::Error::IoctlError(e)) if e.raw_os_error() == Some(libc::EBUSY) => {}
-            Err(e) => return Err(VsockError::Vhost("VHOST_SET_OWNER", e.to_string())),
-        }
-        Ok(h)
+        KernelVhost::claim(fd, mem)
+            .map(VhostHandle)
+            .map_err(vhost_err("VHOST_SET_OWNER"))
     }
 
     fn set_running(&self, on: bool) -> Result<(), VsockError> {
         let v: libc::c_int = on.into();
         // SAFETY: the ioctl reads one int from `v`, which lives for the call.
-        let r = unsafe { ioctl_with_ref(&self.fd, VHOST_VSOCK_SET_RUNNING(), &v) };
+        let r = unsafe { ioctl_with_ref(self.0.file(), VHOST_VSOCK_SET_RUNNING(), &v) };
         if r < 0 {
             return Err(VsockError::Vhost(
                 "VHOST_VSOCK_SET_RUNNING",
@@ -106,20 +79,6 @@ impl VhostHandle {
             ));
         }
         Ok(())
-    }
-
-    /// The guest memory table: every RAM region at its host address.
-    fn memory_table(&self) -> Vec<VhostUserMemoryRegionInfo> {
-        self.mem
-            .iter()
-            .map(|r| VhostUserMemoryRegionInfo {
-                guest_phys_addr: r.start_addr().0,
-                memory_size: r.len(),
-                userspace_addr: r.as_ptr() as u64,
-                mmap_offset: 0,
-                mmap_handle: -1,
-            })
-            .collect()
     }
 }
 
@@ -143,6 +102,7 @@ impl Vsock {
     /// A device for the guest with `cid` (already set on `handle`).
     pub fn new(handle: VhostHandle, cid: u64) -> Result<Vsock, VsockError> {
         let features = handle
+            .0
             .get_features()
             .map_err(vhost_err("VHOST_GET_FEATURES"))?;
         Ok(Vsock {
@@ -181,44 +141,18 @@ impl VirtioDevice for Vsock {
 
     fn activate(&mut self, a: Activation) -> Result<(), VirtioError> {
         self.reset();
-        let fail = |what: &'static str| {
-            move |e: vhost::Error| VirtioError::Backend(format!("{what}: {e}"))
-        };
-        let h = &self.handle;
+        let h = &self.handle.0;
         // Only what vhost knows may reach it (the transport's own bits are fine: vhost
         // implements VERSION_1 and the ring features itself).
         h.set_features(a.features & self.features)
             .map_err(fail("VHOST_SET_FEATURES"))?;
-        h.set_mem_table(&h.memory_table())
-            .map_err(fail("VHOST_SET_MEM_TABLE"))?;
-        for q in &a.queues {
-            let i = usize::from(q.index);
-            if i >= VHOST_QUEUES {
-                continue;
-            }
-            let config = VringConfigData {
-                queue_max_size: QUEUE_SIZE,
-                queue_size: q.queue.size(),
-                flags: 0,
-                desc_table_addr: q.queue.desc_table(),
-                used_ring_addr: q.queue.used_ring(),
-                avail_ring_addr: q.queue.avail_ring(),
-                log_addr: None,
-            };
-            h.set_vring_num(i, q.queue.size())
-                .map_err(fail("VHOST_SET_VRING_NUM"))?;
-            h.set_vring_addr(i, &config)
-                .map_err(fail("VHOST_SET_VRING_ADDR"))?;
-            h.set_vring_base(i, 0)
-                .map_err(fail("VHOST_SET_VRING_BASE"))?;
-            let call = a
-                .interrupt
-                .queue_irqfd(q.index)
-                .ok_or_else(|| VirtioError::Backend(format!("queue {i} has no MSI-X vector")))?;
-            h.set_vring_call(i, &call)
-                .map_err(fail("VHOST_SET_VRING_CALL"))?;
-            h.set_vring_kick(i, &q.notify)
-                .map_err(fail("VHOST_SET_VRING_KICK"))?;
+        h.set_memory()?;
+        for q in a
+            .queues
+            .iter()
+            .filter(|q| usize::from(q.index) < VHOST_QUEUES)
+        {
+            h.setup_vring(q, a.interrupt.as_ref(), QUEUE_SIZE)?;
         }
         if let Some(event) = a
             .queues
@@ -232,7 +166,8 @@ impl VirtioDevice for Vsock {
                     .map_err(VirtioError::Thread)?,
             );
         }
-        h.set_running(true)
+        self.handle
+            .set_running(true)
             .map_err(|e| VirtioError::Backend(e.to_string()))?;
         self.running = true;
         Ok(())

@@ -12,17 +12,14 @@
 //! (`TUNSETVNETHDRSZ`): vhost-net leaves the header to the TAP.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::Arc;
+use std::os::fd::{AsRawFd, OwnedFd};
 
-use vhost::vhost_kern::VhostKernBackend;
+use vhost::VhostBackend;
 use vhost::vhost_kern::vhost_binding::{VHOST_NET_SET_BACKEND, vhost_vring_file};
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_bindings::virtio_net;
-use virtio_queue::QueueT;
-use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::ioctl::{ioctl_with_ref, ioctl_with_val};
 
+use crate::virtio::vhost_kern::{KernelVhost, fail};
 use crate::virtio::{
     Activation, F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1, GuestMemoryMmap, VirtioDevice,
     VirtioError,
@@ -139,54 +136,19 @@ pub fn config_space(mac: &[u8; 6]) -> [u8; 10] {
     c
 }
 
-/// An open vhost-net device (`/dev/vhost-net` or a passed-in fd) with the guest memory it maps.
-struct Handle {
-    fd: File,
-    mem: Arc<GuestMemoryMmap>,
-}
-
-impl AsRawFd for Handle {
-    fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-}
-
-impl VhostKernBackend for Handle {
-    type AS = Arc<GuestMemoryMmap>;
-    fn mem(&self) -> &Self::AS {
-        &self.mem
-    }
-}
-
-impl Handle {
-    /// Attach `tap` (or detach with `None`, which stops the queue) as queue `index`'s back end.
-    fn set_backend(&self, index: usize, tap: Option<&File>) -> std::io::Result<()> {
-        let arg = vhost_vring_file {
-            index: u32::try_from(index).unwrap_or(u32::MAX),
-            fd: tap.map_or(-1, AsRawFd::as_raw_fd),
-        };
-        // SAFETY: VHOST_NET_SET_BACKEND reads one `vhost_vring_file`, which lives for the call;
-        // the fd in it is ours and stays open while vhost uses it (vhost takes a reference).
-        let r = unsafe { ioctl_with_ref(&self.fd, VHOST_NET_SET_BACKEND(), &arg) };
-        if r < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    }
-
-    /// The guest memory table: every RAM region at its host address.
-    fn memory_table(&self) -> Vec<VhostUserMemoryRegionInfo> {
-        self.mem
-            .iter()
-            .map(|r| VhostUserMemoryRegionInfo {
-                guest_phys_addr: r.start_addr().0,
-                memory_size: r.len(),
-                userspace_addr: r.as_ptr() as u64,
-                mmap_offset: 0,
-                mmap_handle: -1,
-            })
-            .collect()
+/// Attach `tap` (or detach with `None`, which stops the queue) as queue `index`'s back end.
+fn set_backend(vhost: &KernelVhost, index: usize, tap: Option<&File>) -> std::io::Result<()> {
+    let arg = vhost_vring_file {
+        index: u32::try_from(index).unwrap_or(u32::MAX),
+        fd: tap.map_or(-1, AsRawFd::as_raw_fd),
+    };
+    // SAFETY: VHOST_NET_SET_BACKEND reads one `vhost_vring_file`, which lives for the call;
+    // the fd in it is ours and stays open while vhost uses it (vhost takes a reference).
+    let r = unsafe { ioctl_with_ref(vhost.file(), VHOST_NET_SET_BACKEND(), &arg) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }
 
@@ -203,7 +165,7 @@ fn set_tap_offload(tap: &File, flags: libc::c_uint) -> std::io::Result<()> {
 
 /// A virtio-net device whose data path is the kernel's vhost-net on a TAP.
 pub struct VhostNet {
-    handle: Handle,
+    handle: KernelVhost,
     taps: Vec<File>,
     config: [u8; 10],
     vhost_features: u64,
@@ -233,15 +195,8 @@ impl VhostNet {
         if taps.is_empty() {
             return Err(VhostNetError::NoTap);
         }
-        let handle = Handle {
-            fd: vhost,
-            mem: Arc::new(mem),
-        };
-        match handle.set_owner() {
-            Ok(()) => {}
-            Err(vhost::Error::IoctlError(e)) if e.raw_os_error() == Some(libc::EBUSY) => {}
-            Err(e) => return Err(VhostNetError::Vhost("VHOST_SET_OWNER", e.to_string())),
-        }
+        let handle = KernelVhost::claim(vhost, mem)
+            .map_err(|e| VhostNetError::Vhost("VHOST_SET_OWNER", e.to_string()))?;
         let vhost_features = handle
             .get_features()
             .map_err(|e| VhostNetError::Vhost("VHOST_GET_FEATURES", e.to_string()))?;
@@ -262,7 +217,7 @@ impl VhostNet {
     fn stop(&mut self) {
         if self.running {
             for i in [RX, TX] {
-                let _ = self.handle.set_backend(i, None);
+                let _ = set_backend(&self.handle, i, None);
             }
             self.running = false;
         }
@@ -293,9 +248,6 @@ impl VirtioDevice for VhostNet {
 
     fn activate(&mut self, a: Activation) -> Result<(), VirtioError> {
         self.stop();
-        let fail = |what: &'static str| {
-            move |e: vhost::Error| VirtioError::Backend(format!("vhost-net {what}: {e}"))
-        };
         let tap = self
             .taps
             .first()
@@ -306,43 +258,20 @@ impl VirtioDevice for VhostNet {
         let h = &self.handle;
         h.set_features(vhost_ack(a.features, self.vhost_features))
             .map_err(fail("VHOST_SET_FEATURES"))?;
-        h.set_mem_table(&h.memory_table())
-            .map_err(fail("VHOST_SET_MEM_TABLE"))?;
+        h.set_memory()?;
         let mut ready = Vec::with_capacity(QUEUES);
         for q in &a.queues {
             let i = usize::from(q.index);
             if i >= QUEUES {
                 return Err(VirtioError::BadQueue(q.index));
             }
-            let config = VringConfigData {
-                queue_max_size: QUEUE_SIZE,
-                queue_size: q.queue.size(),
-                flags: 0,
-                desc_table_addr: q.queue.desc_table(),
-                used_ring_addr: q.queue.used_ring(),
-                avail_ring_addr: q.queue.avail_ring(),
-                log_addr: None,
-            };
-            h.set_vring_num(i, q.queue.size())
-                .map_err(fail("VHOST_SET_VRING_NUM"))?;
-            h.set_vring_addr(i, &config)
-                .map_err(fail("VHOST_SET_VRING_ADDR"))?;
-            h.set_vring_base(i, 0)
-                .map_err(fail("VHOST_SET_VRING_BASE"))?;
-            let call = a
-                .interrupt
-                .queue_irqfd(q.index)
-                .ok_or_else(|| VirtioError::Backend(format!("queue {i} has no MSI-X vector")))?;
-            h.set_vring_call(i, &call)
-                .map_err(fail("VHOST_SET_VRING_CALL"))?;
-            h.set_vring_kick(i, &q.notify)
-                .map_err(fail("VHOST_SET_VRING_KICK"))?;
+            h.setup_vring(q, a.interrupt.as_ref(), QUEUE_SIZE)?;
             ready.push(i);
         }
         // Only a queue whose ring is set may get the back end (vhost checks the ring).
         for i in ready {
             self.running = true;
-            if let Err(e) = h.set_backend(i, Some(tap)) {
+            if let Err(e) = set_backend(h, i, Some(tap)) {
                 self.stop();
                 return Err(VirtioError::Backend(format!(
                     "vhost-net VHOST_NET_SET_BACKEND: {e}"
