@@ -19,6 +19,9 @@
 #   bench-blk/initramfs.cpio    (only with --bench-blk) the guest initramfs
 #                               plus Debian's fio and its libraries, for
 #                               bench-blk.sh; uncompressed (see build_bench_blk)
+#   bench-net/initramfs.cpio    (only with --bench-net) the guest initramfs
+#                               plus Debian's iperf3 and its libraries, for
+#                               bench-net.sh; uncompressed (see build_bench_net)
 # Idempotent: each asset has a stamp recording the kernel version and a hash
 # of the inputs (these scripts; for the guest also guest-tools/), and is
 # rebuilt only when the stamp differs.
@@ -30,14 +33,16 @@
 #
 # Options: -q           quiet (only errors); used by testhost.sh on every run.
 #          --bench-blk  also build bench-blk/ (needs fio installed).
+#          --bench-net  also build bench-net/ (needs iperf3 installed).
 set -euo pipefail
 
-quiet=0 bench_blk=0
+quiet=0 bench_blk=0 bench_net=0
 for arg in "$@"; do
     case $arg in
         -q) quiet=1 ;;
         --bench-blk) bench_blk=1 ;;
-        *) echo "usage: $0 [-q] [--bench-blk]" >&2; exit 2 ;;
+        --bench-net) bench_net=1 ;;
+        *) echo "usage: $0 [-q] [--bench-blk] [--bench-net]" >&2; exit 2 ;;
     esac
 done
 
@@ -56,9 +61,10 @@ TESTHOST_MODULES=(virtio_pci 9pnet_virtio 9p kvm kvm_amd tun vhost_net vhost_vso
 # Modules of the cloud kernel for the guest initramfs: virtio over PCI, the
 # block device, the entropy source, virtio-vsock and virtio-fs (all =m in
 # Debian's cloud kernel; virtio, virtio_ring, the virtio-pci libraries, vsock,
-# vmw_vsock_virtio_transport_common and fuse come as dependencies). Later
-# candidate: virtio_net.
-GUEST_MODULES=(virtio_pci virtio_blk virtio_rng vmw_vsock_virtio_transport virtiofs)
+# vmw_vsock_virtio_transport_common and fuse come as dependencies), and
+# virtio-net (with failover and net_failover; loaded whether or not the
+# machine has a NIC, like the others).
+GUEST_MODULES=(virtio_pci virtio_blk virtio_rng vmw_vsock_virtio_transport virtiofs virtio_net)
 # Loaded by the guest's /init only when it was booted through UEFI and a test
 # asks for EFI variables (rvmspawn.efi=1 and the efivar switches): efivarfs
 # (=m in the cloud kernel) refuses to load without EFI runtime services.
@@ -282,33 +288,34 @@ guest_tree() { # DIR
     MODULES_LIST=etc/modules.efi add_modules "$1" "$cloud_kver" "${GUEST_EFI_MODULES[@]}"
 }
 
-# --- block benchmark guest (--bench-blk) -----------------------------------------
-# The guest initramfs plus /usr/bin/fio from Debian's package, every library
-# ldd lists (at the same paths, so RUNPATHs keep working) and the dynamic
-# loader. Debian's fio links Ceph, Gluster, RDMA and PMEM libraries (about
-# 80 MB; every engine is built in, there are no engine .so files to add), so
-# the archive is left uncompressed: the guest only copies it, which under
-# nested emulation is much quicker than decompressing it. rvmspawn.blkbench=1
-# on the kernel command line makes /init run fio (scripts/initramfs/guest-init).
-build_bench_blk() {
-    local dir=$assets/bench-blk work=$assets/work/bench-blk fio libs lib hash
-    fio=$(command -v fio) || die "fio is not installed (apt-get install fio; see scripts/packages.txt)"
-    libs=$(ldd "$fio" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | sort -u)
-    [ -n "$libs" ] || die "ldd lists no libraries for $fio"
-    # Rebuilt when the scripts, fio or any of its libraries change.
+# --- benchmark guests (--bench-blk, --bench-net) -----------------------------------
+# A benchmark initramfs is the guest initramfs plus one of Debian's dynamically
+# linked programs, every library ldd lists (at the same paths, so RUNPATHs keep
+# working) and the dynamic loader. Left uncompressed: the guest only copies
+# it, which under nested emulation is much quicker than decompressing it.
+
+# The libraries (and loader) of PROGRAM, one path per line.
+program_libs() { # PROGRAM
+    ldd "$1" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | sort -u
+}
+
+# Build NAME/initramfs.cpio from the guest tree plus PROGRAM (installed as
+# DEST) and its libraries, unless its stamp matches.
+build_bench_initramfs() { # NAME PROGRAM DEST
+    local name=$1 prog=$2 dest=$3 dir=$assets/$1 work=$assets/work/$1 libs lib hash
+    libs=$(program_libs "$prog")
+    [ -n "$libs" ] || die "ldd lists no libraries for $prog"
+    # Rebuilt when the scripts, the program or any of its libraries change.
     # shellcheck disable=SC2086 # one path per word
-    hash=$( { echo "$guest_hash"; stat -L -c '%n %s %Y' "$fio" $libs; } | sha256sum | cut -c1-16)
-    if stamp_ok bench-blk "$cloud_kver" "$hash" && [ -f "$dir/initramfs.cpio" ]; then
+    hash=$( { echo "$guest_hash"; stat -L -c '%n %s %Y' "$prog" $libs; } | sha256sum | cut -c1-16)
+    if stamp_ok "$name" "$cloud_kver" "$hash" && [ -f "$dir/initramfs.cpio" ]; then
         return
     fi
-    log "building the block-benchmark initramfs (fio $("$fio" --version))"
-    # The guest's modules; bench-blk-inner.sh loads brd and ext4 in the test
-    # host from the unpacked test-host kernel.
+    log "building the $name initramfs ($prog)"
     unpack_kernel "$cloud_kver"
-    unpack_kernel "$generic_kver"
     mkdir -p "$dir"
     guest_tree "$work"
-    install -D -m 755 "$fio" "$work/usr/bin/fio"
+    install -D -m 755 "$prog" "$work$dest"
     for lib in $libs; do
         # -L: the file a symlink names, stored under the name the loader asks for.
         mkdir -p "$work$(dirname "$lib")"
@@ -317,13 +324,34 @@ build_bench_blk() {
     # The loader finds every library in its default directories or through
     # RUNPATH; check that nothing is missing in the tree itself.
     if command -v chroot >/dev/null && [ "$(id -u)" = 0 ]; then
-        chroot "$work" /usr/bin/fio --version >/dev/null ||
-            die "fio does not run inside the bench initramfs tree"
+        chroot "$work" "$dest" --version >/dev/null ||
+            die "$dest does not run inside the $name initramfs tree"
     fi
     pack_initramfs "$work" "$dir/initramfs.cpio" cat
     rm -rf "$work"
     echo "$cloud_kver" >"$dir/kernel-version"
-    stamp_set bench-blk "$cloud_kver" "$hash"
+    stamp_set "$name" "$cloud_kver" "$hash"
+}
+
+# Block benchmark: Debian's fio links Ceph, Gluster, RDMA and PMEM libraries
+# (about 80 MB; every engine is built in, there are no engine .so files to
+# add). rvmspawn.blkbench=1 on the kernel command line makes /init run fio
+# (scripts/initramfs/guest-init). bench-blk-inner.sh loads brd and ext4 in
+# the test host from the unpacked test-host kernel.
+build_bench_blk() {
+    local fio
+    fio=$(command -v fio) || die "fio is not installed (apt-get install fio; see scripts/packages.txt)"
+    unpack_kernel "$generic_kver"
+    build_bench_initramfs bench-blk "$fio" /usr/bin/fio
+}
+
+# Network benchmark: iperf3 (libiperf, libcrypto, libsctp; about 12 MB in
+# all). rvmspawn.iperf3=HOST makes /init run the iperf3 clients.
+build_bench_net() {
+    local iperf3
+    iperf3=$(command -v iperf3) ||
+        die "iperf3 is not installed (apt-get install iperf3; see scripts/packages.txt)"
+    build_bench_initramfs bench-net "$iperf3" /usr/bin/iperf3
 }
 
 # --- UEFI firmware boots (tests/tests/firmware.rs, scripts/firmware-check-qemu.sh) ---
@@ -472,6 +500,7 @@ build_guest
 build_firmware
 build_testhost
 [ "$bench_blk" = 0 ] || build_bench_blk
+[ "$bench_net" = 0 ] || build_bench_net
 echo "$lists_key $kver_base $generic_base" >"$assets/kver"
 
 # Drop unpacked trees and packages of kernel versions no longer current.

@@ -8,10 +8,12 @@
 //!                       [--no-newline] [--address ADDR] [--entries DIR]
 //! rvmspawn-guest cid
 //! rvmspawn-guest credential ID [--entries DIR]
-//! rvmspawn-guest stream-send (--cid C | --unix PATH) --port P --bytes N [--seed S]
+//! rvmspawn-guest stream-send (--cid C --port P | --unix PATH --port P | --tcp IP:PORT)
+//!                            --bytes N [--seed S] [--timeout SECS]
+//! rvmspawn-guest stream-recv (--port P | --unix PATH | --tcp-listen IP:PORT) [--bytes N]
 //!                            [--timeout SECS]
-//! rvmspawn-guest stream-recv (--port P | --unix PATH) [--bytes N] [--timeout SECS]
 //! rvmspawn-guest stream-hash --bytes N [--seed S]
+//! rvmspawn-guest raw-frame --if IFACE --bytes N [--to MAC]
 //! ```
 //!
 //! It runs on the host side too (it only needs AF_VSOCK), e.g. as the peer of the guest's
@@ -19,14 +21,19 @@
 //! rvmspawn's userspace vsock device instead, whose host side is Unix sockets: `stream-send`
 //! connects to the device's socket PATH and asks for guest port P (`CONNECT P`), and
 //! `stream-recv` listens on PATH, where the device connects when the guest connects to the
-//! host port that PATH stands for (`<device socket>_<port>`).
+//! host port that PATH stands for (`<device socket>_<port>`). With `--tcp`/`--tcp-listen` the
+//! same stream goes over TCP (the network tests), in the guest and on the host alike.
+//! `raw-frame` sends one Ethernet frame of N bytes through a packet socket (the oversized-frame
+//! check of the network tests).
 
 mod notify;
+mod raw;
 mod sha256;
 mod stream;
 mod sys;
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -38,12 +45,14 @@ const USAGE: &str = "usage:
                         [--no-newline] [--address ADDR] [--entries DIR]
   rvmspawn-guest cid
   rvmspawn-guest credential ID [--entries DIR]
-  rvmspawn-guest stream-send (--cid C | --unix PATH) --port P --bytes N [--seed S]
+  rvmspawn-guest stream-send (--cid C --port P | --unix PATH --port P | --tcp IP:PORT)
+                             --bytes N [--seed S] [--timeout SECS]
+  rvmspawn-guest stream-recv (--port P | --unix PATH | --tcp-listen IP:PORT) [--bytes N]
                              [--timeout SECS]
-  rvmspawn-guest stream-recv (--port P | --unix PATH) [--bytes N] [--timeout SECS]
   rvmspawn-guest stream-hash --bytes N [--seed S]
+  rvmspawn-guest raw-frame --if IFACE --bytes N [--to MAC]
 (N may end in K, M or G: powers of 1024. --unix, for the userspace vsock device: its
-socket for stream-send, <its socket>_<host port> for stream-recv)";
+socket for stream-send, <its socket>_<host port> for stream-recv. IPv6: [ADDR]:PORT)";
 
 /// Default for `--timeout`: how long to wait for a peer, and for each read or write.
 const DEFAULT_TIMEOUT_SECS: u64 = 60;
@@ -262,17 +271,28 @@ fn cmd_credential(id: &str, opts: &Options) -> ExitCode {
     }
 }
 
-/// The transport of a stream command: vsock with the CID or port of option `vsock`, or the
-/// userspace vsock device's Unix socket given by `--unix`, which stands in for that option.
+/// The transport of a stream command: vsock with the CID or port of option `vsock`, the
+/// userspace vsock device's Unix socket given by `--unix`, which stands in for that option, or
+/// TCP with the address of option `tcp`.
 enum Via<'a> {
     Vsock(u32),
     Unix(&'a Path),
+    Tcp(SocketAddr),
 }
 
 impl<'a> Via<'a> {
-    fn parse(opts: &'a Options, vsock: &str) -> Result<Via<'a>, String> {
+    fn parse(opts: &'a Options, vsock: &str, tcp: &str) -> Result<Via<'a>, String> {
+        for (a, b) in [("unix", vsock), (tcp, vsock), (tcp, "unix"), (tcp, "port")] {
+            if opts.has(a) && opts.has(b) {
+                return Err(format!("--{a} and --{b} exclude each other"));
+            }
+        }
+        if let Some(addr) = opts.get(tcp) {
+            return addr.parse().map(Via::Tcp).map_err(|_| {
+                format!("--{tcp}: not an IP address and port: '{addr}' (IP:PORT or [IPv6]:PORT)")
+            });
+        }
         match opts.get("unix") {
-            Some(_) if opts.has(vsock) => Err(format!("--unix and --{vsock} exclude each other")),
             Some(path) => Ok(Via::Unix(Path::new(path))),
             None => Ok(Via::Vsock(opts.port_or_cid(vsock)?)),
         }
@@ -280,14 +300,18 @@ impl<'a> Via<'a> {
 }
 
 fn cmd_stream_send(opts: &Options) -> Result<ExitCode, String> {
-    let via = Via::parse(opts, "cid")?;
-    let port = opts.port_or_cid("port")?;
+    let via = Via::parse(opts, "cid", "tcp")?;
+    let port = match via {
+        Via::Tcp(_) => 0,
+        _ => opts.port_or_cid("port")?,
+    };
     let bytes = opts.required("bytes")?;
     let seed = opts.number("seed")?.unwrap_or(stream::DEFAULT_SEED);
     let timeout = opts.timeout()?;
     let result = match via {
         Via::Vsock(cid) => stream::send(cid, port, bytes, seed, timeout),
         Via::Unix(path) => stream::send_unix(path, port, bytes, seed, timeout),
+        Via::Tcp(addr) => stream::send_tcp(addr, bytes, seed, timeout),
     };
     match result {
         Ok(s) => {
@@ -307,7 +331,7 @@ fn cmd_stream_send(opts: &Options) -> Result<ExitCode, String> {
 }
 
 fn cmd_stream_recv(opts: &Options) -> Result<ExitCode, String> {
-    let via = Via::parse(opts, "port")?;
+    let via = Via::parse(opts, "port", "tcp-listen")?;
     let expect = opts.number("bytes")?;
     let timeout = opts.timeout()?;
     let result = match via {
@@ -317,11 +341,14 @@ fn cmd_stream_recv(opts: &Options) -> Result<ExitCode, String> {
         Via::Unix(path) => stream::recv_unix(path, timeout, || {
             line(&format!("RVMSPAWN-STREAM-LISTENING={}", path.display()));
         }),
+        Via::Tcp(addr) => stream::recv_tcp(addr, timeout, |bound| {
+            line(&format!("RVMSPAWN-STREAM-LISTENING={bound}"));
+        }),
     };
     match result {
         Ok(r) => {
-            if let Some((cid, port)) = r.peer {
-                line(&format!("RVMSPAWN-STREAM-RECV-PEER={cid}:{port}"));
+            if let Some(peer) = &r.peer {
+                line(&format!("RVMSPAWN-STREAM-RECV-PEER={peer}"));
             }
             let ok = expect.is_none_or(|n| n == r.bytes);
             if ok {
@@ -365,6 +392,43 @@ fn cmd_stream_hash(opts: &Options) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `raw-frame`: one Ethernet frame of `--bytes` bytes out of `--if`, from the interface's own
+/// MAC to `--to` (default broadcast), 802.1Q-tagged (see `raw::build`).
+fn cmd_raw_frame(opts: &Options) -> Result<ExitCode, String> {
+    let ifname = opts.get("if").ok_or("--if is required")?;
+    if ifname.is_empty() || ifname.contains('/') {
+        return Err(format!("--if: not an interface name: '{ifname}'"));
+    }
+    let len = usize::try_from(opts.required("bytes")?).map_err(|_| "--bytes is out of range")?;
+    let dst = match opts.get("to") {
+        Some(mac) => {
+            raw::parse_mac(mac).ok_or_else(|| format!("--to: not a MAC address: '{mac}'"))?
+        }
+        None => [0xff; 6],
+    };
+    let result = std::fs::read_to_string(format!("/sys/class/net/{ifname}/address"))
+        .map_err(|e| format!("{ifname}: no MAC address: {e}"))
+        .and_then(|text| {
+            raw::parse_mac(&text)
+                .ok_or_else(|| format!("{ifname}: unreadable MAC address '{}'", text.trim()))
+        })
+        .and_then(|src| raw::build(dst, src, len))
+        .and_then(|frame| {
+            sys::send_raw_frame(ifname, &frame)
+                .map_err(|e| format!("send {len} bytes on {ifname}: {e}"))
+        });
+    match result {
+        Ok(n) => {
+            line(&format!("RVMSPAWN-RAW-FRAME=sent {n}"));
+            Ok(status(n == len))
+        }
+        Err(e) => {
+            line(&format!("RVMSPAWN-RAW-FRAME=fail:{e}"));
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
 fn run(args: &[String]) -> Result<ExitCode, String> {
     let Some((cmd, rest)) = args.split_first() else {
         return Err("no command".into());
@@ -390,14 +454,15 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
         }
         "stream-send" => cmd_stream_send(&Options::parse(
             rest,
-            &["cid", "unix", "port", "bytes", "seed", "timeout"],
+            &["cid", "unix", "tcp", "port", "bytes", "seed", "timeout"],
             &[],
         )?),
         "stream-recv" => cmd_stream_recv(&Options::parse(
             rest,
-            &["port", "unix", "bytes", "timeout"],
+            &["port", "unix", "tcp-listen", "bytes", "timeout"],
             &[],
         )?),
+        "raw-frame" => cmd_raw_frame(&Options::parse(rest, &["if", "bytes", "to"], &[])?),
         "stream-hash" => cmd_stream_hash(&Options::parse(rest, &["bytes", "seed"], &[])?),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
@@ -465,6 +530,80 @@ mod tests {
         }
         assert!(run(&args(&["stream-send", "--port", "1", "--bytes", "1"])).is_err());
         assert!(run(&args(&["stream-recv", "--bytes", "1"])).is_err());
+    }
+
+    #[test]
+    fn tcp_excludes_the_other_addresses() {
+        for (cmd, want) in [
+            (
+                "stream-send --tcp 127.0.0.1:1 --cid 3 --bytes 1",
+                "--tcp and --cid",
+            ),
+            (
+                "stream-send --tcp 127.0.0.1:1 --unix /x --bytes 1",
+                "--tcp and --unix",
+            ),
+            (
+                "stream-send --tcp 127.0.0.1:1 --port 5 --bytes 1",
+                "--tcp and --port",
+            ),
+            (
+                "stream-recv --tcp-listen 0.0.0.0:1 --port 5",
+                "--tcp-listen and --port",
+            ),
+            (
+                "stream-recv --tcp-listen 0.0.0.0:1 --unix /x",
+                "--tcp-listen and --unix",
+            ),
+            (
+                "stream-send --tcp localhost:1 --bytes 1",
+                "--tcp: not an IP address and port",
+            ),
+            (
+                "stream-send --tcp 10.0.2.2 --bytes 1",
+                "--tcp: not an IP address and port",
+            ),
+            (
+                "stream-recv --tcp-listen 0.0.0.0",
+                "--tcp-listen: not an IP address and port",
+            ),
+            ("stream-send --tcp=10.0.2.2:5000", "--bytes is required"),
+        ] {
+            let err = run(&args(&cmd.split(' ').collect::<Vec<_>>()))
+                .err()
+                .unwrap();
+            assert!(err.contains(want), "{cmd}: {err}");
+        }
+    }
+
+    #[test]
+    fn tcp_addresses_parse() {
+        let o = Options::parse(&args(&["--tcp", "[::1]:5201"]), &["tcp"], &[]).unwrap();
+        match Via::parse(&o, "cid", "tcp") {
+            Ok(Via::Tcp(a)) => assert_eq!(a, "[::1]:5201".parse::<SocketAddr>().unwrap()),
+            _ => panic!("not TCP"),
+        }
+    }
+
+    #[test]
+    fn raw_frame_usage_errors() {
+        for (cmd, want) in [
+            ("raw-frame --bytes 100", "--if is required"),
+            (
+                "raw-frame --if ../x --bytes 100",
+                "--if: not an interface name",
+            ),
+            ("raw-frame --if lo", "--bytes is required"),
+            (
+                "raw-frame --if lo --bytes 100 --to 1:2",
+                "--to: not a MAC address",
+            ),
+        ] {
+            let err = run(&args(&cmd.split(' ').collect::<Vec<_>>()))
+                .err()
+                .unwrap();
+            assert!(err.contains(want), "{cmd}: {err}");
+        }
     }
 
     #[test]

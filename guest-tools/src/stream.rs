@@ -1,9 +1,9 @@
-//! Bulk transfers over vsock streams, or over the Unix sockets that are the host side of the
-//! userspace vsock device: a deterministic pseudo-random byte stream, hashed with SHA-256 on
-//! both sides.
+//! Bulk transfers over vsock streams, over the Unix sockets that are the host side of the
+//! userspace vsock device, or over TCP (the network tests): a deterministic pseudo-random byte
+//! stream, hashed with SHA-256 on both sides.
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::Shutdown;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -137,6 +137,16 @@ impl Conn for UnixStream {
     }
 }
 
+impl Conn for TcpStream {
+    fn set_timeouts(&self, timeout: Duration) -> io::Result<()> {
+        sys::set_timeouts(self.as_fd(), timeout)
+    }
+
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+}
+
 /// Result of `send`: bytes, digest, time spent writing.
 pub struct Sent {
     pub bytes: u64,
@@ -167,6 +177,41 @@ pub fn send_unix(
     let sock = connect_unix_retrying(path, port, Instant::now() + timeout)
         .map_err(|e| format!("connect to {} port {port}: {e}", path.display()))?;
     send_on(sock, bytes, seed, timeout)
+}
+
+/// `send` over TCP to `addr`. Connecting is retried until `timeout` while the network is not
+/// there yet or nobody listens (refused, unreachable, timed out), as it may be while a guest's
+/// interface or the host's end of it is still being configured.
+pub fn send_tcp(
+    addr: SocketAddr,
+    bytes: u64,
+    seed: u64,
+    timeout: Duration,
+) -> Result<Sent, String> {
+    let sock = connect_tcp_retrying(addr, Instant::now() + timeout)
+        .map_err(|e| describe(&format!("connect to {addr}"), &e))?;
+    send_on(sock, bytes, seed, timeout)
+}
+
+/// Whether a failed TCP connect may work later: ECONNRESET, ECONNREFUSED, ETIMEDOUT,
+/// ENETUNREACH, EHOSTUNREACH, EADDRNOTAVAIL (no address yet), or std's own connect timeout.
+fn tcp_retryable(e: &io::Error) -> bool {
+    e.kind() == ErrorKind::TimedOut
+        || matches!(e.raw_os_error(), Some(104 | 111 | 110 | 101 | 113 | 99))
+}
+
+fn connect_tcp_retrying(addr: SocketAddr, deadline: Instant) -> io::Result<TcpStream> {
+    loop {
+        // As for vsock: each try may take the time that is left, at least 1 s.
+        let left = deadline.saturating_duration_since(Instant::now());
+        match TcpStream::connect_timeout(&addr, left.max(Duration::from_secs(1))) {
+            Ok(s) => return Ok(s),
+            Err(e) if tcp_retryable(&e) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn send_on(mut sock: impl Conn, bytes: u64, seed: u64, timeout: Duration) -> Result<Sent, String> {
@@ -273,8 +318,9 @@ fn read_reply(sock: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
 
 /// Result of `recv`.
 pub struct Received {
-    /// The peer's CID and port; a Unix peer (the device) has no such address.
-    pub peer: Option<(u32, u32)>,
+    /// The peer's address: `CID:PORT` for vsock, `IP:PORT` for TCP; a Unix peer (the device)
+    /// has none.
+    pub peer: Option<String>,
     pub bytes: u64,
     pub sha256: String,
     pub elapsed: Duration,
@@ -291,7 +337,25 @@ pub fn recv(port: u32, timeout: Duration, listening: impl FnOnce()) -> Result<Re
     listening();
     let (sock, peer_cid, peer_port) = accept(|| listener.accept())?;
     drop(listener);
-    recv_on(sock, Some((peer_cid, peer_port)), timeout)
+    recv_on(sock, Some(format!("{peer_cid}:{peer_port}")), timeout)
+}
+
+/// `recv` over TCP: listen on `addr`, call `listening` with the address actually bound (port 0
+/// picks one), accept one connection and read it to end-of-file.
+pub fn recv_tcp(
+    addr: SocketAddr,
+    timeout: Duration,
+    listening: impl FnOnce(SocketAddr),
+) -> Result<Received, String> {
+    let listen_err = |e: &io::Error| describe(&format!("listen on {addr}"), e);
+    let listener = TcpListener::bind(addr).map_err(|e| listen_err(&e))?;
+    let local = listener.local_addr().map_err(|e| listen_err(&e))?;
+    // SO_RCVTIMEO bounds a TCP accept too.
+    sys::set_timeouts(listener.as_fd(), timeout).map_err(|e| describe("setsockopt", &e))?;
+    listening(local);
+    let (sock, peer) = accept(|| listener.accept())?;
+    drop(listener);
+    recv_on(sock, Some(peer.to_string()), timeout)
 }
 
 /// `recv` on a Unix listener at `path`, where the userspace vsock device connects when the
@@ -345,7 +409,7 @@ fn accept<T>(mut accept_once: impl FnMut() -> io::Result<T>) -> Result<T, String
 
 fn recv_on(
     mut sock: impl Conn,
-    peer: Option<(u32, u32)>,
+    peer: Option<String>,
     timeout: Duration,
 ) -> Result<Received, String> {
     sock.set_timeouts(timeout)
@@ -445,6 +509,57 @@ mod tests {
         assert_eq!(received.peer, None);
         assert!(!guest_port.exists(), "recv_unix removes its socket file");
         std::fs::remove_file(&device).unwrap();
+    }
+
+    #[test]
+    fn tcp_round_trip_on_loopback() {
+        // Neither a multiple of the chunk size nor of the stream's 8-byte words.
+        let (bytes, seed) = ((2 << 20) + 3, 9);
+        let (listening_tx, listening_rx) = mpsc::channel();
+        let receiver = thread::spawn(move || {
+            recv_tcp("127.0.0.1:0".parse().unwrap(), TIMEOUT, |a| {
+                listening_tx.send(a).unwrap()
+            })
+        });
+        let addr = listening_rx.recv().unwrap();
+        assert_ne!(addr.port(), 0, "the port actually bound is reported");
+        let sent = send_tcp(addr, bytes, seed, TIMEOUT).unwrap();
+        let received = receiver.join().unwrap().unwrap();
+        let expected = hash(bytes, seed);
+        assert_eq!((sent.bytes, &sent.sha256), (bytes, &expected));
+        assert_eq!((received.bytes, &received.sha256), (bytes, &expected));
+        let peer = received.peer.expect("a TCP peer has an address");
+        assert!(peer.starts_with("127.0.0.1:"), "{peer}");
+    }
+
+    #[test]
+    fn tcp_connect_is_retried_until_the_deadline() {
+        // A port nobody listens on: every try is refused at once, so only retrying makes the
+        // sender take the whole timeout.
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let timeout = Duration::from_millis(1200);
+        let start = Instant::now();
+        let err = send_tcp(addr, 1024, 1, timeout).err().unwrap();
+        assert!(
+            start.elapsed() >= timeout,
+            "gave up after {:?}",
+            start.elapsed()
+        );
+        assert!(err.starts_with(&format!("connect to {addr}: ")), "{err}");
+        assert!(err.contains("refused"), "{err}");
+    }
+
+    #[test]
+    fn tcp_listen_on_an_address_in_use_fails_naming_it() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = recv_tcp(addr, TIMEOUT, |_| panic!("not listening"))
+            .err()
+            .unwrap();
+        assert!(err.starts_with(&format!("listen on {addr}: ")), "{err}");
     }
 
     #[test]

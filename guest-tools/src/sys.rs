@@ -1,14 +1,17 @@
 //! AF_VSOCK sockets through the C library's socket calls (std has no vsock), declared here so
-//! that the program needs no crates, and the socket timeouts std cannot set (on a listener, or
-//! zero for none). x86_64 Linux values throughout (the only target the guest runs).
+//! that the program needs no crates, the socket timeouts std cannot set (on a listener, or
+//! zero for none), and an AF_PACKET socket that sends one raw Ethernet frame. x86_64 Linux
+//! values throughout (the only target the guest runs).
 
-use std::ffi::{c_int, c_ulong, c_void};
+use std::ffi::{CString, c_char, c_int, c_uint, c_ulong, c_void};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 const AF_VSOCK: c_int = 40;
+const AF_PACKET: c_int = 17;
+const SOCK_RAW: c_int = 3;
 const SOCK_STREAM: c_int = 1;
 const SOCK_SEQPACKET: c_int = 5;
 const SOCK_CLOEXEC: c_int = 0o2_000_000;
@@ -41,6 +44,22 @@ struct SockaddrVm {
 
 const _: () = assert!(size_of::<SockaddrVm>() == 16);
 
+/// `struct sockaddr_ll` from `<linux/if_packet.h>`.
+#[repr(C)]
+#[derive(Default)]
+struct SockaddrLl {
+    sll_family: u16,
+    /// Big-endian.
+    sll_protocol: u16,
+    sll_ifindex: i32,
+    sll_hatype: u16,
+    sll_pkttype: u8,
+    sll_halen: u8,
+    sll_addr: [u8; 8],
+}
+
+const _: () = assert!(size_of::<SockaddrLl>() == 20);
+
 /// `struct timeval` on x86_64.
 #[repr(C)]
 struct Timeval {
@@ -57,6 +76,15 @@ unsafe extern "C" {
     fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: u32) -> c_int;
     fn shutdown(fd: c_int, how: c_int) -> c_int;
     fn ioctl(fd: c_int, request: c_ulong, ...) -> c_int;
+    fn sendto(
+        fd: c_int,
+        buf: *const c_void,
+        len: usize,
+        flags: c_int,
+        addr: *const SockaddrLl,
+        addr_len: u32,
+    ) -> isize;
+    fn if_nametoindex(name: *const c_char) -> c_uint;
 }
 
 /// The socket types a notify address can name.
@@ -229,4 +257,45 @@ pub fn local_cid() -> io::Result<Option<u32>> {
         )
     })?;
     Ok((cid != VMADDR_CID_ANY).then_some(cid))
+}
+
+/// Send `frame` (a whole Ethernet frame: destination, source, type, payload; no checksum) out
+/// of interface `ifname` through an `AF_PACKET`/`SOCK_RAW` socket, as it is. The kernel refuses
+/// one longer than the interface's MTU plus the 14-byte header (plus 4 more when the type is
+/// 802.1Q) with EMSGSIZE. Needs CAP_NET_RAW.
+pub fn send_raw_frame(ifname: &str, frame: &[u8]) -> io::Result<usize> {
+    let name = CString::new(ifname)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in interface name"))?;
+    // SAFETY: `name` is a NUL-terminated string that outlives the call, which only reads it.
+    let index = unsafe { if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Protocol 0: this socket only sends, it receives nothing.
+    // SAFETY: no pointers; the result is checked.
+    let fd = check(unsafe { socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0) })?;
+    // SAFETY: `fd` is a new socket that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let sa = SockaddrLl {
+        sll_family: AF_PACKET as u16,
+        sll_ifindex: i32::try_from(index)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "interface index"))?,
+        ..Default::default()
+    };
+    // SAFETY: `frame` is readable for its length and `sa` is a valid sockaddr_ll of the length
+    // passed; the kernel only reads both.
+    let sent = unsafe {
+        sendto(
+            sock.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            &sa,
+            size_of::<SockaddrLl>() as u32,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(sent as usize)
 }
