@@ -278,6 +278,23 @@ pub fn parse(text: &str) -> BTreeMap<String, BootResult> {
 /// host has vhost-vsock); `tests/tests/vsock.rs` checks it.
 pub const NOTIFY_CREDENTIAL: &[u8] = b"io.systemd.credential.binary:vmm.notify_socket=";
 
+/// SHA-256 of the first 64 MiB of the guest program's stream (`guest-tools/`) with its default
+/// seed, as its report line gives it.
+pub const STREAM_64M: &str =
+    "67108864 aabcff14084e83a052a50e88d22a20ece85a9594c1e171c1564a308c5dc9d45c";
+
+/// 64 MiB each way arrived intact (vsock or TCP): what the host side sent (seed 2, its lines
+/// prefixed `HOST-`) is what the guest received, and the guest's default stream is what the
+/// host side received.
+pub fn assert_streams_intact(r: &BootResult) {
+    let sent = r.value("HOST-RVMSPAWN-STREAM-SENT").expect("host sent");
+    assert!(sent.starts_with("67108864 "), "{}", r.output);
+    assert_eq!(r.value("RVMSPAWN-STREAM-RECV"), Some(sent), "{}", r.output);
+    for key in ["RVMSPAWN-STREAM-SENT", "HOST-RVMSPAWN-STREAM-RECV"] {
+        assert_eq!(r.value(key), Some(STREAM_64M), "{key}\n{}", r.output);
+    }
+}
+
 /// Every string of every SMBIOS type 11 structure the guest printed (its
 /// `RVMSPAWN-SMBIOS11-RAW=` lines, hex), in order, except rvmspawn's notify-socket credential.
 pub fn oem_strings(r: &BootResult) -> Vec<Vec<u8>> {

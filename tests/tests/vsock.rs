@@ -9,11 +9,7 @@
 
 use std::sync::OnceLock;
 
-use rvmspawn_tests::{Batch, BootResult, Results};
-
-/// SHA-256 of the first 64 MiB of the guest program's stream with its default seed.
-const STREAM_64M: &str =
-    "67108864 aabcff14084e83a052a50e88d22a20ece85a9594c1e171c1564a308c5dc9d45c";
+use rvmspawn_tests::{Batch, BootResult, Results, assert_streams_intact};
 
 /// `$NO_VHOST CMD...` runs CMD in a mount namespace whose `/dev` holds only `kvm`, `null`,
 /// `zero` and `urandom`, so rvmspawn finds no vhost-vsock. It execs all the way down, so the
@@ -180,17 +176,6 @@ fn guest_exit_status_is_the_exit_code() {
 fn the_cid_asked_for_is_the_guests() {
     let r = results().step("notify-and-streams");
     assert_eq!(r.value("RVMSPAWN-VSOCK-CID"), Some("1234"), "{}", r.output);
-}
-
-/// 64 MiB each way arrived intact: what the host sent (seed 2) is what the guest received, and
-/// the guest's default stream is what the host received.
-fn assert_streams_intact(r: &BootResult) {
-    let sent = r.value("HOST-RVMSPAWN-STREAM-SENT").expect("host sent");
-    assert!(sent.starts_with("67108864 "), "{}", r.output);
-    assert_eq!(r.value("RVMSPAWN-STREAM-RECV"), Some(sent), "{}", r.output);
-    for key in ["RVMSPAWN-STREAM-SENT", "HOST-RVMSPAWN-STREAM-RECV"] {
-        assert_eq!(r.value(key), Some(STREAM_64M), "{key}\n{}", r.output);
-    }
 }
 
 /// The guest notified on both boots, with the same (real) CID, and SIGTERM then ended the run

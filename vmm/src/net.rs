@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use devices::virtio::net::NetBackend;
 use devices::virtio::net::stream::StreamBackend;
-use devices::virtio::net::tap::TapBackend;
+use devices::virtio::net::tap::{IFNAMSIZ, IfReq, TapBackend};
 
 use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ref};
 
@@ -27,8 +27,6 @@ const SHORTEN_IFNAME_KEY: [u8; 16] = [
 const VM_TAP_KEY: [u8; 16] = [
     0x01, 0xd0, 0xc6, 0x4c, 0x2b, 0xdf, 0x24, 0xfb, 0xc0, 0xf8, 0xb2, 0x09, 0x7d, 0x59, 0xb2, 0x93,
 ];
-/// Size of a Linux interface name buffer, terminating NUL included.
-const IFNAMSIZ: usize = 16;
 /// The URL-safe base64 alphabet (RFC 4648 §5).
 const URLSAFE_BASE64: &[u8; 64] =
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -192,14 +190,6 @@ fn parse_machine_id(text: &str) -> Option<[u8; 16]> {
     (id != [0; 16]).then_some(id)
 }
 
-/// `struct ifreq` as `TUNSETIFF` uses it: the name and the flags (the rest of the union).
-#[repr(C)]
-struct IfReq {
-    name: [u8; IFNAMSIZ],
-    flags: libc::c_short,
-    _pad: [u8; 22],
-}
-
 /// A non-persistent TAP device with one file descriptor per queue pair; it disappears when the
 /// last of them closes.
 #[derive(Debug)]
@@ -248,12 +238,7 @@ impl Tap {
                     Some(libc::EPERM | libc::EACCES) => NetError::NoPrivilege,
                     _ => fail("open /dev/net/tun", e),
                 })?;
-            let mut req = IfReq {
-                name: [0; IFNAMSIZ],
-                flags: flags as libc::c_short,
-                _pad: [0; 22],
-            };
-            req.name[..name.len()].copy_from_slice(name.as_bytes());
+            let mut req = IfReq::new(name.as_bytes(), flags);
             // SAFETY: TUNSETIFF reads and writes one `struct ifreq`; `IfReq` has its layout
             // (40 bytes) and lives for the call.
             let r = unsafe { ioctl_with_mut_ref(&file, libc::TUNSETIFF as _, &mut req) };

@@ -15,15 +15,32 @@ use super::vhost::tap_offload_flags;
 use super::{NetBackend, OFFLOAD_FEATURES};
 
 /// Length of an interface name in `struct ifreq`, terminating NUL included.
-const IFNAMSIZ: usize = 16;
+pub const IFNAMSIZ: usize = 16;
 
-/// `struct ifreq` as `TUNSETQUEUE` reads it: the name (ignored) and the flags, then the rest
-/// of the union (40 bytes in all).
+/// `struct ifreq` as the TUN ioctls (`TUNSETIFF`, `TUNSETQUEUE`) read it: the name and the
+/// flags, then the rest of the union (40 bytes in all).
 #[repr(C)]
-struct IfReq {
-    name: [u8; IFNAMSIZ],
-    flags: libc::c_short,
+pub struct IfReq {
+    /// The interface name, NUL-padded.
+    pub name: [u8; IFNAMSIZ],
+    /// `IFF_*` flags.
+    pub flags: libc::c_short,
     _pad: [u8; 22],
+}
+
+impl IfReq {
+    /// A request for interface `name` (cut to `IFNAMSIZ - 1` bytes; empty for none) with
+    /// `flags`.
+    pub fn new(name: &[u8], flags: libc::c_int) -> IfReq {
+        let mut req = IfReq {
+            name: [0; IFNAMSIZ],
+            flags: flags as libc::c_short,
+            _pad: [0; 22],
+        };
+        let n = name.len().min(IFNAMSIZ - 1);
+        req.name[..n].copy_from_slice(&name[..n]);
+        req
+    }
 }
 
 /// One queue of a TAP device, as the frame back end of one virtio-net queue pair.
@@ -114,11 +131,7 @@ impl NetBackend for TapBackend {
         } else {
             libc::IFF_DETACH_QUEUE
         };
-        let req = IfReq {
-            name: [0; IFNAMSIZ],
-            flags: flags as libc::c_short,
-            _pad: [0; 22],
-        };
+        let req = IfReq::new(b"", flags);
         // SAFETY: TUNSETQUEUE reads one `struct ifreq`; `IfReq` has its layout (40 bytes) and
         // lives for the call.
         let r = unsafe { ioctl_with_ref(&self.fd, libc::TUNSETQUEUE as _, &req) };
@@ -215,12 +228,7 @@ mod tests {
                     return None;
                 }
             };
-            let mut req = IfReq {
-                name: [0; IFNAMSIZ],
-                flags: flags as libc::c_short,
-                _pad: [0; 22],
-            };
-            req.name[..name.len()].copy_from_slice(name.as_bytes());
+            let mut req = IfReq::new(name.as_bytes(), flags);
             // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which lives for the call.
             let r = unsafe {
                 vmm_sys_util::ioctl::ioctl_with_mut_ref(&file, libc::TUNSETIFF as _, &mut req)
