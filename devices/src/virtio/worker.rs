@@ -26,9 +26,7 @@ impl QueueWorker {
     where
         F: FnMut() -> bool + Send + 'static,
     {
-        let kill = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
-        let thread_kill = kill.try_clone()?;
-        let handle = std::thread::Builder::new().name(name).spawn(move || {
+        QueueWorker::spawn_loop(name, move |thread_kill| {
             let mut serving = handler();
             loop {
                 let mut fds = [
@@ -60,7 +58,21 @@ impl QueueWorker {
                     serving = handler();
                 }
             }
-        })?;
+        })
+    }
+
+    /// Start a thread running `body`, which must return once the eventfd it is given becomes
+    /// readable (dropping the worker signals it), for a thread that waits on more than one
+    /// queue notification (virtio-net's receive thread also waits on its back end).
+    pub fn spawn_loop<F>(name: String, body: F) -> io::Result<QueueWorker>
+    where
+        F: FnOnce(EventFd) + Send + 'static,
+    {
+        let kill = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
+        let thread_kill = kill.try_clone()?;
+        let handle = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || body(thread_kill))?;
         Ok(QueueWorker {
             kill,
             handle: Some(handle),

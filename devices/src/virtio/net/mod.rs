@@ -162,7 +162,6 @@ pub struct Net {
     queue_sizes: Vec<u16>,
     stats: Arc<NetStats>,
     workers: Vec<QueueWorker>,
-    rx_threads: Vec<rx::RxThread>,
 }
 
 impl std::fmt::Debug for Net {
@@ -214,7 +213,6 @@ impl Net {
             queue_sizes: vec![QUEUE_SIZE; 2 * pairs + 1],
             stats: Arc::default(),
             workers: Vec::new(),
-            rx_threads: Vec::new(),
         })
     }
 
@@ -312,9 +310,9 @@ impl VirtioDevice for Net {
                         features,
                         self.stats.clone(),
                     );
-                    let t = rx::RxThread::spawn(format!("virtio-net-rx{pair}"), h, q.notify)
+                    let t = rx::spawn_rx_thread(format!("virtio-net-rx{pair}"), h, q.notify)
                         .map_err(VirtioError::Thread)?;
-                    self.rx_threads.push(t);
+                    self.workers.push(t);
                 }
             }
             Ok(())
@@ -328,7 +326,6 @@ impl VirtioDevice for Net {
     fn reset(&mut self) {
         // Dropping a worker stops and joins its thread.
         self.workers.clear();
-        self.rx_threads.clear();
     }
 }
 

@@ -7,7 +7,6 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{Ordering, fence};
-use std::thread::JoinHandle;
 
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -15,6 +14,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{HDR_LEN, NetBackend, NetStats, RX_BUF_LEN, bit};
+use crate::virtio::QueueWorker;
 use crate::virtio::{GuestMemoryMmap, Interrupt};
 
 /// Device-writable descriptors of one receive chain we use; further ones are ignored.
@@ -304,84 +304,67 @@ fn write_descs(mem: &GuestMemoryMmap, descs: &[(u64, u32)], bytes: &[u8]) -> boo
     done == bytes.len()
 }
 
-/// The receive queue's thread; dropping it stops and joins the thread.
-pub(super) struct RxThread {
-    kill: EventFd,
-    handle: Option<JoinHandle<()>>,
-}
-
-impl RxThread {
-    pub(super) fn spawn(name: String, mut h: RxHandler, notify: EventFd) -> io::Result<RxThread> {
-        let kill = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
-        let thread_kill = kill.try_clone()?;
-        let handle = std::thread::Builder::new().name(name).spawn(move || {
-            let mut state = h.burst();
-            let mut backend_error = false;
-            loop {
-                let backend = state == RxState::Idle && !backend_error;
-                let mut fds = [
-                    libc::pollfd {
-                        fd: thread_kill.as_raw_fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
+/// The receive queue's thread: waits on the queue's notification and the back end's
+/// descriptor; dropping the worker stops and joins it.
+pub(super) fn spawn_rx_thread(
+    name: String,
+    mut h: RxHandler,
+    notify: EventFd,
+) -> io::Result<QueueWorker> {
+    QueueWorker::spawn_loop(name, move |thread_kill| {
+        let mut state = h.burst();
+        let mut backend_error = false;
+        loop {
+            let backend = state == RxState::Idle && !backend_error;
+            let mut fds = [
+                libc::pollfd {
+                    fd: thread_kill.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: notify.as_raw_fd(),
+                    events: if state == RxState::Broken {
+                        0
+                    } else {
+                        libc::POLLIN
                     },
-                    libc::pollfd {
-                        fd: notify.as_raw_fd(),
-                        events: if state == RxState::Broken {
-                            0
-                        } else {
-                            libc::POLLIN
-                        },
-                        revents: 0,
-                    },
-                    libc::pollfd {
-                        fd: h.backend.readable_fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    },
-                ];
-                let (n, timeout) = if backend {
-                    (3, -1)
-                } else if backend_error {
-                    (2, BACKEND_RETRY_MS)
-                } else {
-                    (2, -1)
-                };
-                // SAFETY: `fds` is a valid array of at least `n` pollfd structs for the call.
-                let r = unsafe { libc::poll(fds.as_mut_ptr(), n, timeout) };
-                if r < 0 {
-                    if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                        continue;
-                    }
-                    return;
-                }
-                if fds[0].revents != 0 {
-                    return;
-                }
-                if state == RxState::Broken {
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: h.backend.readable_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            let (n, timeout) = if backend {
+                (3, -1)
+            } else if backend_error {
+                (2, BACKEND_RETRY_MS)
+            } else {
+                (2, -1)
+            };
+            // SAFETY: `fds` is a valid array of at least `n` pollfd structs for the call.
+            let r = unsafe { libc::poll(fds.as_mut_ptr(), n, timeout) };
+            if r < 0 {
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                if fds[1].revents & libc::POLLIN != 0 {
-                    let _ = notify.read();
-                }
-                let hung_up = backend
-                    && fds[2].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0;
-                state = h.burst();
-                backend_error = hung_up || state == RxState::BackendFailed;
+                return;
             }
-        })?;
-        Ok(RxThread {
-            kill,
-            handle: Some(handle),
-        })
-    }
-}
-
-impl Drop for RxThread {
-    fn drop(&mut self) {
-        let _ = self.kill.write(1);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
+            if fds[0].revents != 0 {
+                return;
+            }
+            if state == RxState::Broken {
+                continue;
+            }
+            if fds[1].revents & libc::POLLIN != 0 {
+                let _ = notify.read();
+            }
+            let hung_up =
+                backend && fds[2].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0;
+            state = h.burst();
+            backend_error = hung_up || state == RxState::BackendFailed;
         }
-    }
+    })
 }
