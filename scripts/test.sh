@@ -23,6 +23,8 @@ cargo test --workspace --release 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 cargo test --manifest-path guest-tools/Cargo.toml --release 2>&1 | tee -a "$log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
+# Every fuzz target built and run for 30 s on its seeds (nightly; see fuzz/README.md).
+scripts/fuzz-smoke.sh 30 || rc=1
 set -e
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"
