@@ -28,7 +28,13 @@
 //! and the vendor, family and model (the guest's kernel needs them for errata and mitigations,
 //! and the brand says nothing more), and the hypervisor bit is set.
 
-use kvm_bindings::{CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, kvm_cpuid_entry2};
+use kvm_bindings::{
+    CpuId, KVM_CAP_PMU_CAPABILITY, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, KVM_PMU_CAP_DISABLE,
+    kvm_cpuid_entry2, kvm_enable_cap,
+};
+use kvm_ioctls::VmFd;
+
+use crate::Error;
 
 /// Bits needed to number `n` items (at least 0).
 fn bits_for(n: u32) -> u32 {
@@ -239,6 +245,23 @@ fn normalize(entries: &mut [kvm_cpuid_entry2]) {
             _ => {}
         }
     }
+}
+
+/// Turn KVM's virtual PMU off for `vm`, where KVM offers to (`KVM_CAP_PMU_CAPABILITY`; where it
+/// does not, its PMU is off already or older kernels keep it). CPUID hiding alone leaves AMD's
+/// four legacy counters, which need no CPUID bit. Call before the first vCPU is created.
+pub fn disable_pmu(vm: &VmFd) -> Result<(), Error> {
+    let offered = vm.check_extension_raw(KVM_CAP_PMU_CAPABILITY.into());
+    if offered & KVM_PMU_CAP_DISABLE as i32 == 0 {
+        return Ok(());
+    }
+    let cap = kvm_enable_cap {
+        cap: KVM_CAP_PMU_CAPABILITY,
+        args: [KVM_PMU_CAP_DISABLE.into(), 0, 0, 0],
+        ..Default::default()
+    };
+    vm.enable_cap(&cap)
+        .map_err(|e| Error::Kvm("KVM_ENABLE_CAP(KVM_CAP_PMU_CAPABILITY)", e.errno()))
 }
 
 #[cfg(test)]
@@ -462,5 +485,44 @@ mod tests {
         assert_eq!((leaf(&c, 0x8000_001d, 3).eax >> 14) & 0xfff, 3);
         assert_eq!(leaf(&c, 0x8000_001d, 3).eax & 0x3fff, (3 << 5) | 3);
         assert_eq!(regs(&leaf(&c, 0x8000_001e, 0)), [3, 3, 0, 0]);
+    }
+
+    #[test]
+    fn the_pmu_is_off_where_kvm_can_turn_it_off() {
+        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
+            eprintln!("note: no /dev/kvm; the PMU switch is not tested here");
+            return;
+        };
+        // AMD's first legacy counter, which exists whenever KVM's PMU is on for the VM.
+        const K7_PERFCTR0: u32 = 0xc001_0004;
+        let amd = kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .unwrap()
+            .as_slice()
+            .iter()
+            .any(|e| e.function == 0 && e.ecx == u32::from_le_bytes(*b"cAMD"));
+        let counters = |disable: bool| {
+            let vm = kvm.create_vm().unwrap();
+            let offered = vm.check_extension_raw(KVM_CAP_PMU_CAPABILITY.into());
+            if disable {
+                disable_pmu(&vm).unwrap();
+            }
+            let vcpu = vm.create_vcpu(0).unwrap();
+            let mut msrs = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
+                index: K7_PERFCTR0,
+                ..Default::default()
+            }])
+            .unwrap();
+            (offered, vcpu.get_msrs(&mut msrs).unwrap())
+        };
+        let (offered, before) = counters(false);
+        if !amd || offered & KVM_PMU_CAP_DISABLE as i32 == 0 || before != 1 {
+            eprintln!(
+                "note: KVM here has no PMU to turn off (or is not AMD); the PMU switch is not \
+                 tested here"
+            );
+            return;
+        }
+        assert_eq!(counters(true).1, 0, "a PMU counter after disable_pmu");
     }
 }
