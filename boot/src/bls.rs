@@ -124,20 +124,13 @@ const XBOOTLDR: &str = "boot";
 /// The boot loader's name for x86-64, as in the `architecture` key.
 const NATIVE_ARCH: &str = "x64";
 
-// Linux's open flags (asm-generic/fcntl.h, the same on x86-64 and arm64); boot has no libc.
 // O_NOFOLLOW: never open a symbolic link; O_NONBLOCK: a FIFO swapped in cannot hang the open.
-const O_NOFOLLOW: i32 = 0o400_000;
-const O_NONBLOCK: i32 = 0o4_000;
+// The values differ between architectures (O_NOFOLLOW is 0o400000 on x86-64, 0o100000 on
+// arm64), so they come from libc, as do the errno values of the error kinds below.
+use libc::{E2BIG, EAGAIN, EINVAL, EIO, ELOOP, ENOENT, ENOEXEC, ENOTDIR, O_NOFOLLOW, O_NONBLOCK};
 
-// errno values for the error kinds below (Linux, all architectures).
-const ENOENT: i32 = 2;
-const EIO: i32 = 5;
-const E2BIG: i32 = 7;
-const ENOEXEC: i32 = 8;
-const EAGAIN: i32 = 11;
-const ENOTDIR: i32 = 20;
-const EINVAL: i32 = 22;
-const ELOOP: i32 = 40;
+/// The flags every file of the guest's tree is opened with.
+const OPEN_FLAGS: i32 = O_NOFOLLOW | O_NONBLOCK;
 
 /// Errors from looking for the boot entry of a tree.
 #[derive(Debug, thiserror::Error)]
@@ -407,7 +400,7 @@ fn open_beneath(base: &Path, rel: &Path) -> Result<File, Refusal> {
     }
     let file = OpenOptions::new()
         .read(true)
-        .custom_flags(O_NOFOLLOW | O_NONBLOCK)
+        .custom_flags(OPEN_FLAGS)
         .open(base.join(rel))
         .map_err(|e| Refusal::io(&e))?;
     let opened = file.metadata().map_err(|e| Refusal::io(&e))?;
@@ -1056,6 +1049,7 @@ fn bracket(p: &[char], start: usize, c: char) -> Option<(bool, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStringExt;
     use std::os::unix::fs::symlink;
 
     /// A tree in a fresh temporary directory, removed when dropped.
@@ -1360,6 +1354,26 @@ mod tests {
             text.contains("c.conf: the 'linux' path '/k/' names a directory"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_open_flags_refuse_a_link_and_do_not_wait_for_a_fifo_writer() {
+        let t = Tree::new("open-flags");
+        t.write("k", bzimage(""));
+        symlink(t.0.join("k"), t.0.join("link")).unwrap();
+        let open = |name: &str| {
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(OPEN_FLAGS)
+                .open(t.0.join(name))
+        };
+        assert!(open("k").is_ok());
+        assert_eq!(open("link").unwrap_err().raw_os_error(), Some(ELOOP));
+        let fifo = std::ffi::CString::new(t.0.join("fifo").into_os_string().into_vec()).unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        // Without O_NONBLOCK this open would wait for a writer forever.
+        assert!(open("fifo").is_ok());
     }
 
     #[test]

@@ -93,11 +93,11 @@ impl GptError {
     /// The errno that describes this error (the process exit code).
     pub fn errno(&self) -> i32 {
         match self {
-            GptError::Io(e) => e.raw_os_error().unwrap_or(5), // EIO
+            GptError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
             // vmspawn's dissection fails with ENOPKG when it finds no partition table.
-            GptError::NoPartitionTable => 65,         // ENOPKG
-            GptError::NoRootPartition => 2,           // ENOENT
-            GptError::InvalidPartitionTable(_) => 74, // EBADMSG
+            GptError::NoPartitionTable => libc::ENOPKG,
+            GptError::NoRootPartition => libc::ENOENT,
+            GptError::InvalidPartitionTable(_) => libc::EBADMSG,
         }
     }
 }
@@ -798,7 +798,7 @@ mod tests {
     fn invalid_text(result: Result<RootArg, GptError>) -> String {
         match result {
             Err(e @ GptError::InvalidPartitionTable(_)) => {
-                assert_eq!(e.errno(), 74);
+                assert_eq!(e.errno(), libc::EBADMSG);
                 e.to_string()
             }
             other => panic!("expected an invalid table, got {other:?}"),
@@ -951,7 +951,7 @@ mod tests {
                 err.to_string(),
                 "Cannot perform a direct kernel boot without a root or usr partition, refusing"
             );
-            assert_eq!(err.errno(), 2);
+            assert_eq!(err.errno(), libc::ENOENT);
         }
     }
 
@@ -960,7 +960,7 @@ mod tests {
         for img in [&[][..], &[0; 100][..], &[0; 64 << 10][..]] {
             let err = discover(img).unwrap_err();
             assert!(matches!(err, GptError::NoPartitionTable), "{err:?}");
-            assert_eq!(err.errno(), 65);
+            assert_eq!(err.errno(), libc::ENOPKG);
             assert!(err.to_string().contains("no GPT partition table"));
             assert!(err.to_string().contains("root="));
         }
@@ -1106,8 +1106,14 @@ mod tests {
 
     #[test]
     fn io_errors_keep_their_errno() {
-        assert_eq!(GptError::Io(io::Error::from_raw_os_error(13)).errno(), 13);
-        assert_eq!(GptError::Io(io::ErrorKind::UnexpectedEof.into()).errno(), 5);
+        assert_eq!(
+            GptError::Io(io::Error::from_raw_os_error(libc::EACCES)).errno(),
+            libc::EACCES
+        );
+        assert_eq!(
+            GptError::Io(io::ErrorKind::UnexpectedEof.into()).errno(),
+            libc::EIO
+        );
     }
 
     #[test]

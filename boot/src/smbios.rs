@@ -147,10 +147,10 @@ impl SmbiosError {
             SmbiosError::Nul { .. }
             | SmbiosError::EmptyOemString { .. }
             | SmbiosError::InvalidUuid(_)
-            | SmbiosError::NullUuid => 22, // EINVAL
-            SmbiosError::TooManyOemStrings { .. } | SmbiosError::TooLarge { .. } => 7, // E2BIG
-            SmbiosError::Vcpus(_) => 34,                                               // ERANGE
-            SmbiosError::Memory(_) => 14,                                              // EFAULT
+            | SmbiosError::NullUuid => libc::EINVAL,
+            SmbiosError::TooManyOemStrings { .. } | SmbiosError::TooLarge { .. } => libc::E2BIG,
+            SmbiosError::Vcpus(_) => libc::ERANGE,
+            SmbiosError::Memory(_) => libc::EFAULT,
         }
     }
 }
@@ -738,7 +738,7 @@ mod tests {
             let i = SmbiosInfo { vcpus, ..info(&[]) };
             let err = build_table(&i).unwrap_err();
             assert!(matches!(err, SmbiosError::Vcpus(v) if v == vcpus));
-            assert_eq!(err.errno(), 34);
+            assert_eq!(err.errno(), libc::ERANGE);
         }
     }
 
@@ -784,12 +784,12 @@ mod tests {
             err.to_string(),
             "The SMBIOS OEM string 2 contains a NUL byte"
         );
-        assert_eq!(err.errno(), 22);
+        assert_eq!(err.errno(), libc::EINVAL);
 
         let oem = strings(&["ok", "also ok", ""]);
         let err = build_table(&info(&oem)).unwrap_err();
         assert_eq!(err.to_string(), "SMBIOS OEM string 3 is empty");
-        assert_eq!(err.errno(), 22);
+        assert_eq!(err.errno(), libc::EINVAL);
 
         let i = SmbiosInfo {
             system_serial: Some("na\0me"),
@@ -810,7 +810,7 @@ mod tests {
         let room = SMBIOS_TABLE_MAX_SIZE as usize;
         let too_large = vec!["x".repeat(room - base + 2)];
         let err = write_smbios(&mem, &info(&too_large)).unwrap_err();
-        assert_eq!(err.errno(), 7);
+        assert_eq!(err.errno(), libc::E2BIG);
         let SmbiosError::TooLarge {
             size,
             max,
@@ -917,7 +917,10 @@ mod tests {
         assert_eq!(s[4].strings, [b"x=y".to_vec(), credential.into_bytes()]);
         // Refusals are those of the direct path.
         let bad = strings(&["a\0b"]);
-        assert_eq!(smbios_fw_cfg(&info(&bad)).unwrap_err().errno(), 22);
+        assert_eq!(
+            smbios_fw_cfg(&info(&bad)).unwrap_err().errno(),
+            libc::EINVAL
+        );
     }
 
     #[test]
@@ -963,7 +966,7 @@ mod tests {
         ] {
             let err = parse_uuid(s).unwrap_err();
             assert_eq!(err.to_string(), format!("Invalid UUID: {s}"));
-            assert_eq!(err.errno(), 22);
+            assert_eq!(err.errno(), libc::EINVAL);
         }
         for s in [
             "00000000-0000-0000-0000-000000000000",

@@ -129,8 +129,8 @@ impl UkiError {
     /// The errno that describes this error (the process exit code).
     pub fn errno(&self) -> i32 {
         match self {
-            UkiError::Io(e) => e.raw_os_error().unwrap_or(5), // EIO
-            UkiError::NotUki | UkiError::Malformed(_) => 8,   // ENOEXEC
+            UkiError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            UkiError::NotUki | UkiError::Malformed(_) => libc::ENOEXEC,
         }
     }
 }
@@ -604,7 +604,7 @@ mod tests {
     fn malformed_text(img: &[u8]) -> String {
         match parse(img) {
             Err(e @ UkiError::Malformed(_)) => {
-                assert_eq!(e.errno(), 8);
+                assert_eq!(e.errno(), libc::ENOEXEC);
                 e.to_string()
             }
             other => panic!("expected a malformed image, got {other:?}"),
@@ -619,7 +619,7 @@ mod tests {
 
     fn assert_not_uki(img: &[u8]) {
         match parse(img) {
-            Err(e @ UkiError::NotUki) => assert_eq!(e.errno(), 8),
+            Err(e @ UkiError::NotUki) => assert_eq!(e.errno(), libc::ENOEXEC),
             other => panic!("expected NotUki, got {other:?}"),
         }
     }
@@ -1135,7 +1135,7 @@ mod tests {
         }
 
         fn read_exact_at(&self, _: &mut [u8], _: u64) -> io::Result<()> {
-            Err(io::Error::from_raw_os_error(13))
+            Err(io::Error::from_raw_os_error(libc::EACCES))
         }
     }
 
@@ -1143,13 +1143,16 @@ mod tests {
     fn io_errors_keep_their_errno() {
         let err = parse_uki(&Unreadable).unwrap_err();
         assert!(matches!(err, UkiError::Io(_)), "{err:?}");
-        assert_eq!(err.errno(), 13);
+        assert_eq!(err.errno(), libc::EACCES);
         assert!(
             err.to_string()
                 .starts_with("Failed to read the kernel image: ")
         );
         assert!(!is_pe(&Unreadable));
-        assert_eq!(UkiError::Io(io::ErrorKind::UnexpectedEof.into()).errno(), 5);
+        assert_eq!(
+            UkiError::Io(io::ErrorKind::UnexpectedEof.into()).errno(),
+            libc::EIO
+        );
     }
 
     fn temp_path(name: &str) -> std::path::PathBuf {
@@ -1233,7 +1236,7 @@ mod tests {
 
     #[test]
     fn errnos() {
-        assert_eq!(UkiError::NotUki.errno(), 8);
-        assert_eq!(malformed("x").errno(), 8);
+        assert_eq!(UkiError::NotUki.errno(), libc::ENOEXEC);
+        assert_eq!(malformed("x").errno(), libc::ENOEXEC);
     }
 }

@@ -293,6 +293,195 @@ fn a_file_that_is_not_a_kernel_is_refused_clearly() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// An unprivileged user for the run-directory tests: its own UID (no account needed), its
+/// `/tmp/rvmspawn-UID` removed before and after.
+struct TestUser {
+    uid: u32,
+}
+
+impl TestUser {
+    /// The user for `offset` 0, 1 or 2 (3 is left for the other user of a test). `None` (with a
+    /// note) where the test cannot run: it needs root to switch users, setpriv,
+    /// /dev/kvm, and a vhost-vsock the user cannot open (so that rvmspawn's own vsock device,
+    /// which uses the run directory, is the one that runs).
+    fn new(offset: u32) -> Option<TestUser> {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let vhost_for_all = std::fs::metadata("/dev/vhost-vsock")
+            .is_ok_and(|m| std::os::unix::fs::MetadataExt::mode(&m) & 0o006 != 0);
+        if !root
+            || !Path::new("/usr/bin/setpriv").exists()
+            || !Path::new("/dev/kvm").exists()
+            || vhost_for_all
+        {
+            eprintln!(
+                "note: needs root, setpriv, /dev/kvm and no world-usable /dev/vhost-vsock; \
+                 the unprivileged run directory is not tested here"
+            );
+            return None;
+        }
+        let user = TestUser {
+            uid: 3_000_000 + (std::process::id() % 100_000) * 4 + offset,
+        };
+        let _ = std::fs::remove_dir_all(user.base());
+        let _ = std::fs::remove_dir_all(user.victim());
+        Some(user)
+    }
+
+    /// `/tmp/rvmspawn-UID`, where this user's runs keep their directories.
+    fn base(&self) -> PathBuf {
+        PathBuf::from(format!("/tmp/rvmspawn-{}", self.uid))
+    }
+
+    /// A directory of this user's outside the base, for links to point at.
+    fn victim(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("rvmspawn-victim-{}", self.uid))
+    }
+
+    fn chown(&self, p: &Path, uid: u32) {
+        std::os::unix::fs::lchown(p, Some(uid), Some(uid)).unwrap();
+    }
+
+    /// rvmspawn as this user, no supplementary groups, no `$XDG_RUNTIME_DIR`, with /dev/kvm
+    /// opened here and passed as the `kvm` fd; vsock on.
+    fn rvmspawn(&self, kernel: &Path, name: &str) -> Command {
+        let script = "u=$1; shift; LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=kvm \
+                      exec setpriv --reuid=\"$u\" --regid=\"$u\" --clear-groups \"$@\" 3<>/dev/kvm";
+        let mut c = Command::new("/bin/sh");
+        c.args(["-c", script, "sh"])
+            .arg(self.uid.to_string())
+            .arg(env!("CARGO_BIN_EXE_rvmspawn"))
+            .args(["-q", "--qemu-mem=64M", "--qemu-vsock=yes", "-M", name])
+            .arg(format!("--linux={}", kernel.display()))
+            .env_remove("XDG_RUNTIME_DIR")
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_FDNAMES")
+            .stdin(Stdio::null());
+        c
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.base());
+        let _ = std::fs::remove_dir_all(self.victim());
+    }
+}
+
+/// A guest that prints "up" and powers off, or halts with `stay`.
+fn up_guest(name: &str, stay: bool) -> PathBuf {
+    let mut code = print(b"up\n");
+    code.extend(if stay { halt_forever() } else { poweroff() });
+    write_guest(name, &code)
+}
+
+#[test]
+fn an_unprivileged_run_gets_a_private_run_directory_and_removes_it() {
+    let Some(user) = TestUser::new(0) else {
+        return;
+    };
+    let k = up_guest("rundir-ok", true);
+    // Killed if an assertion fails while it runs.
+    struct Running(std::process::Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Running(
+        user.rvmspawn(&k, "rundir-ok")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = child.0.stdout.take().unwrap();
+    read_until(&mut out, b"up\n", 1);
+    let dir = user.base().join("rundir-ok");
+    for p in [user.base(), dir.clone()] {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        assert!(m.is_dir(), "{}", p.display());
+        assert_eq!(
+            (m.uid(), m.mode() & 0o7777),
+            (user.uid, 0o700),
+            "{}",
+            p.display()
+        );
+    }
+    assert!(dir.join("vsock").exists(), "rvmspawn's vsock socket");
+    // SAFETY: sending a signal to our own child process (sh exec'd setpriv exec'd rvmspawn).
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let status = child.0.wait().unwrap();
+    let mut err = String::new();
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(!dir.exists(), "the run directory is removed at the end");
+}
+
+#[test]
+fn an_unprivileged_run_refuses_a_planted_link_and_touches_nothing() {
+    let Some(user) = TestUser::new(1) else {
+        return;
+    };
+    let k = up_guest("rundir-planted", false);
+    let base = user.base();
+    std::fs::create_dir(&base).unwrap();
+    user.chown(&base, user.uid);
+    // The machine's directory is a link to another directory of the user's.
+    let victim = user.victim();
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::write(victim.join("precious"), b"keep").unwrap();
+    user.chown(&victim, user.uid);
+    user.chown(&victim.join("precious"), user.uid);
+    let link = base.join("rundir-planted");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    user.chown(&link, user.uid);
+    let out = user.rvmspawn(&k, "rundir-planted").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(libc::EEXIST), "{err}");
+    assert!(err.contains(&format!("{} ", link.display())), "{err}");
+    assert!(err.contains("is a symbolic link"), "{err}");
+    assert_eq!(std::fs::read(victim.join("precious")).unwrap(), b"keep");
+    assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+}
+
+#[test]
+fn an_unprivileged_run_refuses_a_base_directory_of_another_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(user) = TestUser::new(2) else {
+        return;
+    };
+    let k = up_guest("rundir-foreign", false);
+    let base = user.base();
+    // The base belongs to someone else, who made the machine's directory writable for all and
+    // left something in it.
+    let other = user.uid + 1;
+    std::fs::create_dir(&base).unwrap();
+    user.chown(&base, other);
+    let theirs = base.join("rundir-foreign");
+    std::fs::create_dir(&theirs).unwrap();
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(theirs.join("planted"), b"theirs").unwrap();
+    user.chown(&theirs, other);
+    user.chown(&theirs.join("planted"), other);
+    let out = user.rvmspawn(&k, "rundir-foreign").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(libc::EACCES), "{err}");
+    assert!(err.contains(&format!("{} ", base.display())), "{err}");
+    assert!(err.contains(&format!("owned by UID {other}")), "{err}");
+    assert!(theirs.join("planted").exists());
+    assert!(!theirs.join("vsock").exists());
+}
+
 #[test]
 fn a_terminal_that_stops_reading_cannot_keep_the_vmm_from_stopping() {
     // Print 'x' forever.

@@ -145,6 +145,7 @@ impl Machine {
             .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
         vm.create_irq_chip()
             .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        cpuid::disable_pmu(&vm)?;
         let pit = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()

@@ -12,6 +12,9 @@
 //! - [`Backing::SharedMemfd`], one memfd mapped shared: for when another process must map the
 //!   guest's memory (vhost-user back ends such as virtiofsd). systemd-vmspawn makes the same
 //!   choice: its QEMU gets a memfd memory backend only when virtio-fs is in use.
+//!
+//! Either way guest RAM is advised `MADV_DONTDUMP`: a core dump of rvmspawn holds the VMM's own
+//! state, never the guest's memory (its secrets, and gigabytes of it).
 
 use std::ffi::CString;
 use std::fs::File;
@@ -143,6 +146,12 @@ fn map_aligned(len: usize, file: Option<(&File, u64)>) -> Result<(Mapping, i32),
     // SAFETY: advice on our own mapping. It fails harmlessly where THP is not available; huge
     // pages are only a speed-up.
     unsafe { libc::madvise(p, len, libc::MADV_HUGEPAGE) };
+    // Keep the guest's memory out of core dumps. Unlike the advice above this one matters, so
+    // its failure is an error.
+    // SAFETY: advice on our own mapping, which changes no contents.
+    if unsafe { libc::madvise(p, len, libc::MADV_DONTDUMP) } < 0 {
+        return Err(os_err());
+    }
     Ok((mapping, flags))
 }
 
@@ -230,6 +239,44 @@ mod tests {
                 ram.mem.read_obj::<u32>(GuestAddress(63 << 20)).unwrap(),
                 0xdead_beef
             );
+        }
+    }
+
+    /// The `VmFlags` of the mapping that starts at `addr`, from `/proc/self/smaps`.
+    fn vm_flags(addr: usize) -> Vec<String> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut current = None;
+        for line in smaps.lines() {
+            let first = line.split_whitespace().next().unwrap_or("");
+            if let Some((start, _)) = first.split_once('-')
+                && let Ok(start) = usize::from_str_radix(start, 16)
+            {
+                current = Some(start);
+            } else if let Some(flags) = line.strip_prefix("VmFlags:")
+                && current == Some(addr)
+            {
+                return flags.split_whitespace().map(String::from).collect();
+            }
+        }
+        panic!("no mapping at {addr:#x} in /proc/self/smaps");
+    }
+
+    #[test]
+    fn guest_ram_is_left_out_of_core_dumps() {
+        // Two regions (below and above 4 GiB); nothing touches the pages, so this reserves no RAM.
+        for backing in [Backing::Private, Backing::SharedMemfd] {
+            let layout = MemoryLayout::new(5 << 30);
+            let ram = create(&layout, backing).unwrap();
+            assert_eq!(ram.mem.num_regions(), 2);
+            for region in ram.mem.iter() {
+                let host = ram.mem.get_host_address(region.start_addr()).unwrap() as usize;
+                let flags = vm_flags(host);
+                assert!(
+                    flags.iter().any(|f| f == "dd"),
+                    "{backing:?} at {:#x}: VmFlags {flags:?}",
+                    region.start_addr().0
+                );
+            }
         }
     }
 

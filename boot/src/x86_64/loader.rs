@@ -84,12 +84,12 @@ impl BootError {
     /// The errno that describes this error (the process exit code).
     pub fn errno(&self) -> i32 {
         match self {
-            BootError::Open { source, .. } => source.raw_os_error().unwrap_or(5), // EIO,
-            BootError::NotAKernel(_) | BootError::Load { .. } => 8,               // ENOEXEC
-            BootError::CmdlineTooLong { .. } => 7,                                // E2BIG
-            BootError::CmdlineNul => 22,                                          // EINVAL
-            BootError::InitrdTooLarge { .. } => 27,                               // EFBIG
-            BootError::Memory(_) => 14,                                           // EFAULT
+            BootError::Open { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            BootError::NotAKernel(_) | BootError::Load { .. } => libc::ENOEXEC,
+            BootError::CmdlineTooLong { .. } => libc::E2BIG,
+            BootError::CmdlineNul => libc::EINVAL,
+            BootError::InitrdTooLarge { .. } => libc::EFBIG,
+            BootError::Memory(_) => libc::EFAULT,
             BootError::Uki { source, .. } => source.errno(),
         }
     }
@@ -640,9 +640,9 @@ mod tests {
         let layout = MemoryLayout::new(64 << 20);
         let e = load_kernel(&mem, &layout, &path, &[], "").unwrap_err();
         assert!(matches!(e, BootError::NotAKernel(_)), "{e}");
-        assert_eq!(e.errno(), 8);
+        assert_eq!(e.errno(), libc::ENOEXEC);
         let e = load_kernel(&mem, &layout, &dir.join("missing"), &[], "").unwrap_err();
-        assert_eq!(e.errno(), 2);
+        assert_eq!(e.errno(), libc::ENOENT);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -74,7 +74,7 @@ pub enum TableLoaderError {
 impl TableLoaderError {
     /// The errno that describes this error (the process exit code).
     pub fn errno(&self) -> i32 {
-        22 // EINVAL
+        libc::EINVAL
     }
 }
 

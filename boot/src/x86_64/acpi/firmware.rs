@@ -140,7 +140,7 @@ pub enum FirmwareAcpiError {
 impl FirmwareAcpiError {
     /// The errno that describes this error (the process exit code).
     pub fn errno(&self) -> i32 {
-        22 // EINVAL
+        libc::EINVAL
     }
 }
 
@@ -898,7 +898,7 @@ mod tests {
         for i in bad {
             let err = build_firmware_acpi(&i).unwrap_err();
             assert!(matches!(err, FirmwareAcpiError::Invalid(_)), "{i:?}");
-            assert_eq!(err.errno(), 22);
+            assert_eq!(err.errno(), libc::EINVAL);
         }
         // The limits themselves are fine.
         let edge = FirmwareAcpiInfo {
