@@ -270,6 +270,27 @@ fn discard_and_write_zeroes() {
 }
 
 #[test]
+fn write_zeroes_are_written_where_the_file_cannot_make_them() {
+    // A memfd without discard: no FALLOC_FL_ZERO_RANGE, no hole punching; the device writes.
+    let file = memfd(DISK_SECTORS * SECTOR_SIZE);
+    (&file)
+        .write_all(&[0x5a; (DISK_SECTORS * SECTOR_SIZE) as usize])
+        .unwrap();
+    let disk = Arc::new(DiskImage::from_file(file, Path::new("z.raw"), false, false).unwrap());
+    let mut r = Rig::with_disk(disk);
+    r.header(HDR, VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    r.mem.write_obj(7u64, GuestAddress(DATA)).unwrap();
+    r.mem.write_obj(5u32, GuestAddress(DATA + 8)).unwrap();
+    r.mem.write_obj(0u32, GuestAddress(DATA + 12)).unwrap();
+    r.chain(&[(HDR, 16, 0), (DATA, 16, 0), (STATUS, 1, F_WRITE)]);
+    assert_eq!(r.run(STATUS), (1, S_OK));
+    let disk = r.disk_bytes();
+    assert!(disk[..7 * 512].iter().all(|b| *b == 0x5a));
+    assert!(disk[7 * 512..12 * 512].iter().all(|b| *b == 0));
+    assert!(disk[12 * 512..].iter().all(|b| *b == 0x5a));
+}
+
+#[test]
 fn malformed_requests_fail_cleanly() {
     let mut r = Rig::new(false);
     // Past the end, and a sector number that would overflow.
