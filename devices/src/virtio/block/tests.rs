@@ -598,3 +598,41 @@ fn a_reset_ends_a_long_write_zeroes_fallback_quickly() {
     let used: u16 = mem.read_obj(GuestAddress(USED + 2)).unwrap();
     assert_eq!(used, 1);
 }
+
+/// A 5 MiB write and read from one descriptor each: more than one system call's piece.
+fn large_request_round_trip(file: File) {
+    let mut r = Rig::with_sectors(file, 12288, false);
+    let len = 5u64 << 20;
+    assert!(len > IO_PIECE as u64);
+    let pattern: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+    let buf = 0x10_0000u64;
+    r.mem.write_slice(&pattern, GuestAddress(buf)).unwrap();
+    r.header(HDR, VIRTIO_BLK_T_OUT, 1000);
+    r.chain(&[(HDR, 16, 0), (buf, len as u32, 0), (STATUS, 1, F_WRITE)]);
+    assert_eq!(r.run(STATUS), (1, S_OK));
+    assert!(r.disk_bytes()[1000 * 512..1000 * 512 + len as usize] == pattern[..]);
+    assert!(r.handler.bounce.is_none());
+    r.mem
+        .write_slice(&vec![0u8; len as usize], GuestAddress(buf))
+        .unwrap();
+    r.header(HDR, VIRTIO_BLK_T_IN, 1000);
+    r.chain(&[
+        (HDR, 16, 0),
+        (buf, len as u32, F_WRITE),
+        (STATUS, 1, F_WRITE),
+    ]);
+    assert_eq!(r.run(STATUS), (len as u32 + 1, S_OK));
+    let mut got = vec![0u8; len as usize];
+    r.mem.read_slice(&mut got, GuestAddress(buf)).unwrap();
+    assert!(got == pattern);
+}
+
+#[test]
+fn large_requests_move_in_pieces_buffered() {
+    large_request_round_trip(memfd(0));
+}
+
+#[test]
+fn large_requests_move_in_pieces_direct() {
+    large_request_round_trip(direct_capable_file().0);
+}
