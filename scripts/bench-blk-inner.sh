@@ -7,7 +7,9 @@
 # disk (brd). Not on the test host's tmpfs: Linux 6.1's tmpfs refuses O_DIRECT,
 # which QEMU's cache=none needs; not on the 9p host root: that would measure
 # 9p. brd and ext4 are modules of the test-host kernel, loaded here from the
-# unpacked kernel package in .cache/assets/extract/.
+# unpacked kernel package in .cache/assets/extract/. On this ext4 rvmspawn
+# does the guest's reads and writes with O_DIRECT (devices/src/virtio/block.rs),
+# so qemu-cache-none is its like-for-like comparison.
 #
 # Each round boots the guest once per VMM, interleaved (rvmspawn,
 # qemu-cache-none, qemu-writeback, rvmspawn, ...) so that drifting load hits

@@ -2,15 +2,35 @@
 //!
 //! Each queue has its own thread with its own scratch buffers, so requests never allocate and
 //! queues never contend. Data moves between the file and guest memory with `preadv`/`pwritev`
-//! straight into the guest's buffers; the host page cache is used (like QEMU's default
-//! `cache=writeback`), and a flush request is acknowledged only after `fdatasync` returns.
+//! straight into the guest's buffers, and a flush request is acknowledged only after
+//! `fdatasync` returns.
 //!
-//! Writes whose buffers and offset are sector-aligned (all of them, from a Linux guest) go
-//! through a second descriptor of the same file opened with `O_DIRECT`, where the file system
-//! allows it: the guest has its own page cache, and copying its writes into the host's as well
-//! costs a copy and double the memory (QEMU's `cache=none` reasoning). Reads stay buffered, so
-//! data the host has cached is served from memory. The kernel keeps the two paths coherent
-//! (a direct write drops cached pages of its range; dirty pages are written before it).
+//! One I/O mode per image, for reads and writes alike (open(2) warns against mixing direct and
+//! buffered I/O on one file):
+//!
+//! - **Direct** where the file system supports it for every request the guest may send: the
+//!   kernel reports (statx `STATX_DIOALIGN`, Linux 6.1+) a file-offset alignment no larger than
+//!   the logical block the guest is told (512 bytes for image files) and a memory alignment no
+//!   larger than a page. Every guest read and write then goes through a second descriptor of
+//!   the file opened with `O_DIRECT`, between the guest's pages and the device, as QEMU's
+//!   `cache=none` does: the guest has its own page cache, and caching its I/O again in the
+//!   host's costs a copy and double the memory. A request whose guest buffers are not aligned
+//!   as direct I/O needs is copied through the queue's bounce buffer (1 MiB, page-aligned,
+//!   allocated on first use and reused), piece by piece.
+//! - **Buffered** everywhere else (tmpfs before Linux 6.6, kernels that do not report the
+//!   alignment, 4 KiB-sector storage under an image file): reads and writes both go through
+//!   the host page cache, like QEMU's default `cache=writeback`.
+//!
+//! The descriptor the image was opened with keeps the lock and serves `fstat`, `fallocate`,
+//! `fdatasync` and the host's own read of the partition table before the guest starts. A flush
+//! is `fdatasync` in both modes: a direct write is in the device, but one into a hole (a sparse
+//! image) changes metadata that only `fdatasync` commits, and `fdatasync` also empties the
+//! device's volatile write cache.
+//!
+//! Long requests never hold a worker for long: data moves in pieces of at most 4 MiB, discard
+//! and write-zeroes run in pieces of 16 MiB (1 MiB where zeroes have to be written), and
+//! between pieces the worker checks whether the device is being reset or dropped; if so the
+//! request fails at once and so do the ones still in the ring.
 //!
 //! Every request comes from the guest and is checked before it touches the file: header size,
 //! descriptor directions, data length (a multiple of 512), sector range, segment counts. A bad
@@ -23,6 +43,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use virtio_bindings::virtio_blk::*;
 use virtio_queue::DescriptorChain;
@@ -95,9 +116,13 @@ pub struct DiskOptions {
 /// An open, locked disk image and what it supports.
 #[derive(Debug)]
 pub struct DiskImage {
+    /// The descriptor the image was opened with: lock, metadata, fallocate, fdatasync.
     file: File,
-    /// The same file opened with O_DIRECT, for aligned writes (None where unsupported).
-    direct: Option<File>,
+    /// The descriptor every guest read and write goes through: a second open of the file with
+    /// O_DIRECT in direct mode, a duplicate of `file` in buffered mode.
+    data: File,
+    /// What direct I/O needs, in direct mode; None in buffered mode.
+    direct: Option<DirectAlign>,
     path: PathBuf,
     size: u64,
     read_only: bool,
@@ -209,6 +234,7 @@ impl DiskImage {
             logical_block: SECTOR_SIZE as u32,
             physical_block: SECTOR_SIZE as u32,
             direct: None,
+            data: file.try_clone().map_err(open_err)?,
             file,
         };
         if ft.is_block_device() {
@@ -241,10 +267,38 @@ impl DiskImage {
         } else {
             return Err(DiskError::NotAnImage(path.to_owned()));
         }
-        if !image.read_only {
-            image.direct = reopen_direct(&image.file);
+        let align = match dio_alignment(&image.file) {
+            Dio::Aligned(a) => Some(a),
+            Dio::Unsupported => None,
+            // Kernels before 6.11 do not report it for block devices: their logical block.
+            Dio::Unknown if ft.is_block_device() => Some(DirectAlign {
+                memory: u64::from(image.logical_block),
+                offset: u64::from(image.logical_block),
+            }),
+            Dio::Unknown => None,
+        };
+        // Direct only where every request the guest may send can go direct: file offsets and
+        // lengths are multiples of the logical block it is told, and the bounce buffer is
+        // page-aligned.
+        let fits = |a: &DirectAlign| {
+            a.offset.is_power_of_two()
+                && a.memory.is_power_of_two()
+                && a.offset <= u64::from(image.logical_block)
+                && a.memory <= BOUNCE_ALIGN as u64
+        };
+        if let Some(align) = align.filter(fits)
+            && let Some(direct) = reopen_direct(&image.file, !image.read_only)
+        {
+            image.data = direct;
+            image.direct = Some(align);
         }
         Ok(image)
+    }
+
+    /// Whether the guest's reads and writes bypass the host page cache (O_DIRECT); see the
+    /// module documentation for when they do.
+    pub fn direct(&self) -> bool {
+        self.direct.is_some()
     }
 
     /// Size in bytes.
@@ -267,37 +321,65 @@ impl DiskImage {
         &self.path
     }
 
-    /// The open file.
+    /// The descriptor the image was opened with, buffered: for the host's own reads before
+    /// the guest runs (the guest's I/O goes through another descriptor, see [`Self::direct`]).
     pub fn file(&self) -> &File {
         &self.file
     }
 
-    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
-        if unmap && self.discard {
-            return self.punch(offset, len);
-        }
-        if fallocate(
-            &self.file,
-            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
-            offset,
-            len,
-        )
-        .is_ok()
-        {
-            return Ok(());
-        }
-        if self.discard && self.punch(offset, len).is_ok() {
-            return Ok(());
-        }
-        // Neither works here (e.g. a file system without fallocate modes): write the zeroes.
-        static ZEROES: [u8; 65536] = [0; 65536];
+    /// Zero `len` bytes at `offset` (deallocating them first when `first` is
+    /// [`Zeroing::Deallocate`]), in pieces, giving up with `ECANCELED` once `stop` is set.
+    fn clear(&self, offset: u64, len: u64, first: Zeroing, stop: &AtomicBool) -> io::Result<()> {
+        let mut how = first;
         let mut done = 0u64;
         while done < len {
-            let n = (len - done).min(ZEROES.len() as u64) as usize;
-            std::os::unix::fs::FileExt::write_all_at(&self.file, &ZEROES[..n], offset + done)?;
-            done += n as u64;
+            if stop.load(Ordering::Relaxed) {
+                return Err(cancelled());
+            }
+            let at = offset + done;
+            let n = (len - done).min(match how {
+                Zeroing::Write => ZERO_WRITE_PIECE,
+                _ => FALLOCATE_PIECE,
+            });
+            let result = match how {
+                Zeroing::Deallocate | Zeroing::PunchInstead => self.punch(at, n),
+                Zeroing::ZeroRange => fallocate(
+                    &self.file,
+                    libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+                    at,
+                    n,
+                ),
+                Zeroing::Write => self.write_zero_piece(at, n),
+            };
+            match (result, how) {
+                (Ok(()), _) => done += n,
+                (Err(e), Zeroing::Deallocate | Zeroing::Write) => return Err(e),
+                // Not here (e.g. a file system without these fallocate modes): the next way,
+                // for the same piece and the rest.
+                (Err(_), Zeroing::ZeroRange) if self.discard => how = Zeroing::PunchInstead,
+                (Err(_), Zeroing::ZeroRange | Zeroing::PunchInstead) => how = Zeroing::Write,
+            }
         }
         Ok(())
+    }
+
+    /// Write `len` (at most [`ZERO_WRITE_PIECE`]) zero bytes at `offset`, through the data
+    /// descriptor: one pwritev whose buffers all point at the same aligned zeroes.
+    fn write_zero_piece(&self, offset: u64, len: u64) -> io::Result<()> {
+        let zero = libc::iovec {
+            // The kernel only reads the buffers of a write.
+            iov_base: ZEROES.0.as_ptr().cast_mut().cast(),
+            iov_len: ZEROES.0.len(),
+        };
+        let mut iovs = [zero; (ZERO_WRITE_PIECE / ZEROES_LEN as u64) as usize];
+        let mut n = 0;
+        let mut left = len as usize;
+        while left > 0 {
+            iovs[n].iov_len = left.min(ZEROES_LEN);
+            left -= iovs[n].iov_len;
+            n += 1;
+        }
+        vectored_all(&self.data, &mut iovs[..n], offset, true)
     }
 
     fn punch(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -310,13 +392,100 @@ impl DiskImage {
     }
 }
 
+/// How a range is zeroed; on failure each way falls back to the next, except where noted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Zeroing {
+    /// Punch a hole, because the guest asked to deallocate (discard, or write-zeroes with the
+    /// unmap flag where discard works); its failure is the request's.
+    Deallocate,
+    /// `FALLOC_FL_ZERO_RANGE`: the file system zeroes the range, mostly in its metadata.
+    ZeroRange,
+    /// A hole reads as zeroes too, where discard works.
+    PunchInstead,
+    /// Write the zeroes; its failure is the request's.
+    Write,
+}
+
+/// Bytes one fallocate call of a discard or write-zeroes covers, between two looks at the stop
+/// flag: metadata work for most file systems, but a block device may write the zeroes (16 MiB
+/// is 160 ms at 100 MB/s).
+const FALLOCATE_PIECE: u64 = 16 << 20;
+/// Bytes of zeroes one write covers when they have to be written.
+const ZERO_WRITE_PIECE: u64 = 1 << 20;
+const ZEROES_LEN: usize = 64 << 10;
+
+/// Zeroes to write from, aligned for direct I/O.
+#[repr(C, align(4096))]
+struct Zeroes([u8; ZEROES_LEN]);
+static ZEROES: Zeroes = Zeroes([0; ZEROES_LEN]);
+
+/// What the error of a request cut short by a stop looks like.
+fn cancelled() -> io::Error {
+    io::Error::from_raw_os_error(libc::ECANCELED)
+}
+
+/// The alignment direct I/O on a file needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DirectAlign {
+    /// Of the address and the length of every memory buffer (the kernel checks lengths
+    /// against the logical block size, which is `offset`; see [`DirectAlign::buffer_fits`]).
+    memory: u64,
+    /// Of file offsets and transfer lengths.
+    offset: u64,
+}
+
+impl DirectAlign {
+    /// Whether a buffer can be handed to direct I/O as it is.
+    fn buffer_fits(&self, addr: usize, len: usize) -> bool {
+        (addr as u64).is_multiple_of(self.memory) && (len as u64).is_multiple_of(self.offset)
+    }
+}
+
+/// What the kernel says about direct I/O on a file.
+#[derive(Debug)]
+enum Dio {
+    /// Supported, with these alignments.
+    Aligned(DirectAlign),
+    /// The file system has no direct I/O for it.
+    Unsupported,
+    /// The kernel does not say (before 6.1; block devices before 6.11).
+    Unknown,
+}
+
+/// statx `STATX_DIOALIGN` of `file`.
+fn dio_alignment(file: &File) -> Dio {
+    // SAFETY: statx is plain old data, for which all zeroes is a valid value.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: an empty path with AT_EMPTY_PATH names the descriptor itself; `stx` is a valid,
+    // writable statx for the whole call.
+    let r = unsafe {
+        libc::statx(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            &mut stx,
+        )
+    };
+    if r != 0 || stx.stx_mask & libc::STATX_DIOALIGN == 0 {
+        Dio::Unknown
+    } else if stx.stx_dio_offset_align == 0 || stx.stx_dio_mem_align == 0 {
+        Dio::Unsupported
+    } else {
+        Dio::Aligned(DirectAlign {
+            memory: u64::from(stx.stx_dio_mem_align),
+            offset: u64::from(stx.stx_dio_offset_align),
+        })
+    }
+}
+
 /// A second, independent open of `file` with O_DIRECT, through /proc/self/fd (the path may
 /// have changed since; the descriptor has not). None where the file system refuses O_DIRECT
-/// (tmpfs, for one).
-fn reopen_direct(file: &File) -> Option<File> {
+/// (tmpfs before Linux 6.6, for one).
+fn reopen_direct(file: &File, write: bool) -> Option<File> {
     OpenOptions::new()
         .read(true)
-        .write(true)
+        .write(write)
         .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC | libc::O_NOCTTY)
         .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
         .ok()
@@ -356,6 +525,8 @@ pub struct Block {
     config: [u8; CONFIG_LEN],
     features: u64,
     workers: Vec<QueueWorker>,
+    /// Set before the workers are joined, so that they drop long requests.
+    stop: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Block {
@@ -414,6 +585,7 @@ impl Block {
             config: c,
             features,
             workers: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -442,8 +614,10 @@ impl VirtioDevice for Block {
 
     fn activate(&mut self, a: Activation) -> Result<(), VirtioError> {
         self.reset();
+        self.stop = Arc::new(AtomicBool::new(false));
         for q in a.queues {
-            let mut handler = RequestHandler::new(self.disk.clone(), self.serial, a.features);
+            let mut handler = RequestHandler::new(self.disk.clone(), self.serial, a.features)
+                .stopped_by(self.stop.clone());
             let mem = a.mem.clone();
             let interrupt = a.interrupt.clone();
             let mut queue = q.queue;
@@ -460,8 +634,16 @@ impl VirtioDevice for Block {
     }
 
     fn reset(&mut self) {
-        // Dropping a worker stops and joins its thread.
+        // A worker in a long request sees this between two pieces and fails the request;
+        // then dropping the worker stops and joins its thread.
+        self.stop.store(true, Ordering::Relaxed);
         self.workers.clear();
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        self.reset();
     }
 }
 
@@ -481,6 +663,11 @@ pub struct RequestHandler {
     write_zeroes: bool,
     descs: Vec<Desc>,
     data: Vec<Desc>,
+    /// For requests direct I/O cannot take from guest memory as they are; allocated on the
+    /// first such request.
+    bounce: Option<Bounce>,
+    /// Set when the device is reset or dropped: requests in hand and in the ring then fail.
+    stop: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for RequestHandler {
@@ -507,7 +694,16 @@ impl RequestHandler {
             serial,
             descs: Vec::with_capacity(QUEUE_SIZE as usize),
             data: Vec::with_capacity(QUEUE_SIZE as usize),
+            bounce: None,
+            stop: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Give up on requests once `stop` is set: the one in hand fails at its next piece, the
+    /// ones after it fail without touching the disk.
+    pub fn stopped_by(mut self, stop: Arc<AtomicBool>) -> Self {
+        self.stop = stop;
+        self
     }
 
     /// Serve one request; returns the number of bytes written into the chain's
@@ -542,7 +738,7 @@ impl RequestHandler {
             return 0;
         };
         let status_addr = GuestAddress(last.addr.wrapping_add(u64::from(last.len) - 1));
-        let (status, written) = if too_long {
+        let (status, written) = if too_long || self.stop.load(Ordering::Relaxed) {
             (S_IOERR, 0)
         } else {
             self.execute(mem)
@@ -605,12 +801,18 @@ impl RequestHandler {
         let sector = u64::from_le_bytes(sector);
         match kind {
             VIRTIO_BLK_T_IN => match self.collect(true, 0) {
-                Some(len) => self.transfer(mem, sector, len, false),
+                Some(len) => match self.transfer(mem, sector, len, false) {
+                    Ok(()) => (S_OK, u32::try_from(len).unwrap_or(u32::MAX)),
+                    Err(_) => (S_IOERR, 0),
+                },
                 None => (S_IOERR, 0),
             },
             VIRTIO_BLK_T_OUT => match self.collect(false, HEADER_LEN) {
                 Some(_) if self.disk.read_only => (S_IOERR, 0),
-                Some(len) => self.transfer(mem, sector, len, true),
+                Some(len) => match self.transfer(mem, sector, len, true) {
+                    Ok(()) => (S_OK, 0),
+                    Err(_) => (S_IOERR, 0),
+                },
                 None => (S_IOERR, 0),
             },
             VIRTIO_BLK_T_FLUSH => {
@@ -625,9 +827,9 @@ impl RequestHandler {
                     return (S_IOERR, 0);
                 };
                 let n = len.min(ID_BYTES as u64) as usize;
-                match self.scatter(mem, &self.serial[..n]) {
+                match self.scatter(mem, 0, &self.serial[..n]) {
                     Ok(()) => (S_OK, n as u32),
-                    Err(()) => (S_IOERR, 0),
+                    Err(_) => (S_IOERR, 0),
                 }
             }
             VIRTIO_BLK_T_DISCARD if self.discard => self.ranges(mem, false),
@@ -637,7 +839,7 @@ impl RequestHandler {
     }
 
     /// Copy `out.len()` bytes starting `offset` bytes into `self.data` out of guest memory.
-    fn gather(&self, mem: &GuestMemoryMmap, offset: u64, out: &mut [u8]) -> Result<(), ()> {
+    fn gather(&self, mem: &GuestMemoryMmap, offset: u64, out: &mut [u8]) -> io::Result<()> {
         let mut skip = offset;
         let mut done = 0usize;
         for d in &self.data {
@@ -651,26 +853,41 @@ impl RequestHandler {
             }
             let n = ((len - skip) as usize).min(out.len() - done);
             mem.read_slice(&mut out[done..done + n], GuestAddress(d.addr + skip))
-                .map_err(|_| ())?;
+                .map_err(|_| efault())?;
             done += n;
             skip = 0;
         }
-        (done == out.len()).then_some(()).ok_or(())
+        if done == out.len() {
+            Ok(())
+        } else {
+            Err(efault())
+        }
     }
 
-    /// Copy `bytes` into the start of `self.data`.
-    fn scatter(&self, mem: &GuestMemoryMmap, bytes: &[u8]) -> Result<(), ()> {
+    /// Copy `bytes` into `self.data`, starting `offset` bytes into it.
+    fn scatter(&self, mem: &GuestMemoryMmap, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let mut skip = offset;
         let mut done = 0usize;
         for d in &self.data {
             if done == bytes.len() {
                 break;
             }
-            let n = (d.len as usize).min(bytes.len() - done);
-            mem.write_slice(&bytes[done..done + n], GuestAddress(d.addr))
-                .map_err(|_| ())?;
+            let len = u64::from(d.len);
+            if skip >= len {
+                skip -= len;
+                continue;
+            }
+            let n = ((len - skip) as usize).min(bytes.len() - done);
+            mem.write_slice(&bytes[done..done + n], GuestAddress(d.addr + skip))
+                .map_err(|_| efault())?;
             done += n;
+            skip = 0;
         }
-        Ok(())
+        if done == bytes.len() {
+            Ok(())
+        } else {
+            Err(efault())
+        }
     }
 
     /// Whether `len` bytes at `sector` lie inside the disk, and the byte offset if so.
@@ -679,44 +896,75 @@ impl RequestHandler {
         (end <= self.sectors).then(|| sector * SECTOR_SIZE)
     }
 
-    fn transfer(&mut self, mem: &GuestMemoryMmap, sector: u64, len: u64, write: bool) -> Outcome {
+    /// Move `len` bytes (those of `self.data`) between guest memory and the disk at `sector`.
+    fn transfer(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        sector: u64,
+        len: u64,
+        write: bool,
+    ) -> io::Result<()> {
+        let einval = || io::Error::from_raw_os_error(libc::EINVAL);
         if !len.is_multiple_of(SECTOR_SIZE) {
-            return (S_IOERR, 0);
+            return Err(einval());
         }
-        let Some(offset) = self.range(sector, len) else {
-            return (S_IOERR, 0);
+        let offset = self.range(sector, len).ok_or_else(einval)?;
+        let Some(align) = self.disk.direct else {
+            return move_data(&self.disk.data, mem, &self.data, offset, write, &self.stop);
         };
-        let aligned = |d: &Desc| {
-            d.addr.is_multiple_of(DIRECT_ALIGN) && u64::from(d.len).is_multiple_of(DIRECT_ALIGN)
-        };
-        let direct = match &self.disk.direct {
-            Some(f)
-                if write
-                    && offset.is_multiple_of(DIRECT_ALIGN)
-                    && self.data.iter().all(aligned) =>
-            {
-                Some(f)
+        // Only a guest that ignores the logical block size it was told gets here (a block
+        // device of larger sectors than 512 bytes): like such a disk, fail.
+        if !offset.is_multiple_of(align.offset) || !len.is_multiple_of(align.offset) {
+            return Err(einval());
+        }
+        if buffers_fit(mem, &self.data, align) {
+            match move_data(&self.disk.data, mem, &self.data, offset, write, &self.stop) {
+                // The file system wants more than it said: the bounce buffer meets any need
+                // up to a page.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                r => return r,
             }
-            _ => None,
-        };
-        let mut result = match direct {
-            Some(f) => move_data(f, mem, &self.data, offset, true),
-            None => move_data(&self.disk.file, mem, &self.data, offset, write),
-        };
-        // A device with stricter alignment than a sector refuses the direct write; the page
-        // cache takes it instead.
-        if direct.is_some()
-            && result
-                .as_ref()
-                .is_err_and(|e| e.raw_os_error() == Some(libc::EINVAL))
-        {
-            result = move_data(&self.disk.file, mem, &self.data, offset, true);
         }
-        match result {
-            Ok(()) if write => (S_OK, 0),
-            Ok(()) => (S_OK, u32::try_from(len).unwrap_or(u32::MAX)),
-            Err(_) => (S_IOERR, 0),
-        }
+        self.bounced(mem, offset, len, write)
+    }
+
+    /// [`Self::transfer`] through the bounce buffer, a piece at a time.
+    fn bounced(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        offset: u64,
+        len: u64,
+        write: bool,
+    ) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut bounce = self.bounce.take().unwrap_or_else(Bounce::new);
+        let buf = bounce.bytes();
+        let mut done = 0u64;
+        let result = loop {
+            if done == len {
+                break Ok(());
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                break Err(cancelled());
+            }
+            let n = (len - done).min(BOUNCE_LEN as u64);
+            let piece = &mut buf[..n as usize];
+            let r = if write {
+                self.gather(mem, done, piece)
+                    .and_then(|()| self.disk.data.write_all_at(piece, offset + done))
+            } else {
+                self.disk
+                    .data
+                    .read_exact_at(piece, offset + done)
+                    .and_then(|()| self.scatter(mem, done, piece))
+            };
+            if let Err(e) = r {
+                break Err(e);
+            }
+            done += n;
+        };
+        self.bounce = Some(bounce);
+        result
     }
 
     fn ranges(&mut self, mem: &GuestMemoryMmap, zeroes: bool) -> Outcome {
@@ -750,11 +998,12 @@ impl RequestHandler {
             let Some(offset) = self.range(sector, bytes) else {
                 return (S_IOERR, 0);
             };
-            let r = if zeroes {
-                self.disk.write_zeroes(offset, bytes, unmap)
+            let first = if !zeroes || (unmap && self.disk.discard) {
+                Zeroing::Deallocate
             } else {
-                self.disk.punch(offset, bytes)
+                Zeroing::ZeroRange
             };
+            let r = self.disk.clear(offset, bytes, first, &self.stop);
             if bytes > 0 && r.is_err() {
                 return (S_IOERR, 0);
             }
@@ -763,23 +1012,64 @@ impl RequestHandler {
     }
 }
 
-/// Alignment of guest buffers and offsets for the O_DIRECT path. Guest RAM regions start 2 MiB
-/// aligned in guest and host address space alike, so a guest address aligned to this is a host
-/// address aligned to it.
-const DIRECT_ALIGN: u64 = 512;
-
 /// How many buffers one preadv/pwritev call takes from us: more than [`SEG_MAX`], so a request
 /// within the limits we advertise is one system call (and one direct I/O, not several).
 const IOV_BATCH: usize = 256;
 
+/// Most bytes one preadv/pwritev call moves, between two looks at the stop flag. Larger than
+/// the requests Linux sends (1280 KiB by default), so those stay one call; a page multiple, so
+/// pieces of an aligned buffer stay aligned.
+const IO_PIECE: usize = 4 << 20;
+
+/// Size of a queue's bounce buffer: the piece of an unaligned request moved per system call.
+const BOUNCE_LEN: usize = 1 << 20;
+/// Alignment of the bounce buffer, the most direct I/O may ask of memory for us to use it.
+const BOUNCE_ALIGN: usize = 4096;
+
+/// A page of the bounce buffer.
+#[derive(Clone, Copy)]
+#[repr(C, align(4096))]
+struct Page([u8; BOUNCE_ALIGN]);
+
+/// A buffer aligned for direct I/O.
+struct Bounce(Vec<Page>);
+
+impl Bounce {
+    fn new() -> Bounce {
+        Bounce(vec![Page([0; BOUNCE_ALIGN]); BOUNCE_LEN / BOUNCE_ALIGN])
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        let len = self.0.len() * size_of::<Page>();
+        // SAFETY: the pages lie back to back (a Vec of a type whose size is a multiple of its
+        // alignment has no gaps), are initialised, and stay mutably borrowed as long as the
+        // slice lives.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast::<u8>(), len) }
+    }
+}
+
+fn efault() -> io::Error {
+    io::Error::from_raw_os_error(libc::EFAULT)
+}
+
+/// Whether every host buffer behind `segments` can go to direct I/O as it is.
+fn buffers_fit(mem: &GuestMemoryMmap, segments: &[Desc], align: DirectAlign) -> bool {
+    segments.iter().all(|seg| {
+        GuestMemoryBackend::get_slices(mem, GuestAddress(seg.addr), seg.len as usize)
+            .all(|s| s.is_ok_and(|s| align.buffer_fits(s.ptr_guard().as_ptr() as usize, s.len())))
+    })
+}
+
 /// Move the bytes of `segments` between guest memory and the file at `offset`, with vectored
-/// I/O straight on guest pages.
+/// I/O straight on guest pages, [`IO_PIECE`] bytes at most per call; gives up with
+/// `ECANCELED` between calls once `stop` is set.
 fn move_data(
     file: &File,
     mem: &GuestMemoryMmap,
     segments: &[Desc],
     mut offset: u64,
     write: bool,
+    stop: &AtomicBool,
 ) -> io::Result<()> {
     let empty = libc::iovec {
         iov_base: std::ptr::null_mut(),
@@ -787,20 +1077,30 @@ fn move_data(
     };
     let mut iovs = [empty; IOV_BATCH];
     let mut n = 0usize;
-    let mut pending = 0u64;
+    let mut pending = 0usize;
     for seg in segments {
         for slice in GuestMemoryBackend::get_slices(mem, GuestAddress(seg.addr), seg.len as usize) {
-            let slice = slice.map_err(|_| io::Error::from_raw_os_error(libc::EFAULT))?;
-            iovs[n] = libc::iovec {
-                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
-                iov_len: slice.len(),
-            };
-            pending += slice.len() as u64;
-            n += 1;
-            if n == IOV_BATCH {
-                vectored_all(file, &mut iovs[..n], offset, write)?;
-                offset += pending;
-                (n, pending) = (0, 0);
+            let slice = slice.map_err(|_| efault())?;
+            let mut ptr = slice.ptr_guard_mut().as_ptr();
+            let mut left = slice.len();
+            while left > 0 {
+                let take = left.min(IO_PIECE - pending);
+                iovs[n] = libc::iovec {
+                    iov_base: ptr.cast(),
+                    iov_len: take,
+                };
+                ptr = ptr.wrapping_add(take);
+                left -= take;
+                pending += take;
+                n += 1;
+                if n == IOV_BATCH || pending == IO_PIECE {
+                    vectored_all(file, &mut iovs[..n], offset, write)?;
+                    offset += pending as u64;
+                    (n, pending) = (0, 0);
+                    if stop.load(Ordering::Relaxed) {
+                        return Err(cancelled());
+                    }
+                }
             }
         }
     }
@@ -821,9 +1121,9 @@ fn vectored_all(
         let off = libc::off_t::try_from(offset)
             .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         // SAFETY: every iovec points into guest memory that `mem` (borrowed by our caller for
-        // the whole call) keeps mapped, with a length inside its region; the kernel reads or
-        // writes only those bytes. The guest may race on them, which can only garble its own
-        // data.
+        // the whole call) keeps mapped, with a length inside its region, or (for a write) into
+        // the static `ZEROES`; the kernel reads or writes only those bytes. The guest may race
+        // on its bytes, which can only garble its own data.
         let r = unsafe {
             if write {
                 libc::pwritev(file.as_raw_fd(), iovs.as_ptr(), iovs.len() as i32, off)

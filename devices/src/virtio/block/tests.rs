@@ -1,11 +1,12 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::FromRawFd;
+use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::*;
-use crate::virtio::{GuestMemoryMmap, Interrupt};
+use crate::virtio::{ActiveQueue, GuestMemoryMmap, Interrupt};
 
 const DESC_TABLE: u64 = 0x1000;
 const AVAIL: u64 = 0x2000;
@@ -49,15 +50,24 @@ impl Rig {
     }
 
     fn with_file(file: File, read_only: bool) -> Rig {
-        file.set_len(DISK_SECTORS * SECTOR_SIZE).unwrap();
+        Rig::with_sectors(file, DISK_SECTORS, read_only)
+    }
+
+    /// A disk of `sectors` sectors, sector N filled with the byte N % 256.
+    fn with_sectors(file: File, sectors: u64, read_only: bool) -> Rig {
+        file.set_len(sectors * SECTOR_SIZE).unwrap();
         let mut pattern = Vec::new();
-        for s in 0..DISK_SECTORS {
+        for s in 0..sectors {
             pattern.extend(std::iter::repeat_n(s as u8, SECTOR_SIZE as usize));
         }
         (&file).write_all(&pattern).unwrap();
         let disk =
             Arc::new(DiskImage::from_file(file, Path::new("test.raw"), read_only, true).unwrap());
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        Rig::with_disk(disk)
+    }
+
+    fn with_disk(disk: Arc<DiskImage>) -> Rig {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RIG_MEM)]).unwrap();
         let mut queue = Queue::new(QSIZE).unwrap();
         queue.set_desc_table_address(Some(DESC_TABLE as u32), Some(0));
         queue.set_avail_ring_address(Some(AVAIL as u32), Some(0));
@@ -144,6 +154,8 @@ impl Rig {
     }
 }
 
+/// Guest memory of the rig.
+const RIG_MEM: usize = 8 << 20;
 const HDR: u64 = 0x10000;
 const DATA: u64 = 0x20000;
 const STATUS: u64 = 0x30000;
@@ -255,6 +267,27 @@ fn discard_and_write_zeroes() {
     assert_eq!(r.run(STATUS), (1, S_IOERR));
     r.chain(&[(HDR, 16, 0), (DATA, 16 * 33, 0), (STATUS, 1, F_WRITE)]);
     assert_eq!(r.run(STATUS), (1, S_IOERR));
+}
+
+#[test]
+fn write_zeroes_are_written_where_the_file_cannot_make_them() {
+    // A memfd without discard: no FALLOC_FL_ZERO_RANGE, no hole punching; the device writes.
+    let file = memfd(DISK_SECTORS * SECTOR_SIZE);
+    (&file)
+        .write_all(&[0x5a; (DISK_SECTORS * SECTOR_SIZE) as usize])
+        .unwrap();
+    let disk = Arc::new(DiskImage::from_file(file, Path::new("z.raw"), false, false).unwrap());
+    let mut r = Rig::with_disk(disk);
+    r.header(HDR, VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    r.mem.write_obj(7u64, GuestAddress(DATA)).unwrap();
+    r.mem.write_obj(5u32, GuestAddress(DATA + 8)).unwrap();
+    r.mem.write_obj(0u32, GuestAddress(DATA + 12)).unwrap();
+    r.chain(&[(HDR, 16, 0), (DATA, 16, 0), (STATUS, 1, F_WRITE)]);
+    assert_eq!(r.run(STATUS), (1, S_OK));
+    let disk = r.disk_bytes();
+    assert!(disk[..7 * 512].iter().all(|b| *b == 0x5a));
+    assert!(disk[7 * 512..12 * 512].iter().all(|b| *b == 0));
+    assert!(disk[12 * 512..].iter().all(|b| *b == 0x5a));
 }
 
 #[test]
@@ -370,51 +403,236 @@ fn serial_is_the_name_or_a_hash() {
     assert_eq!(&long, b"0123456789abcdef0123");
 }
 
-#[test]
-fn direct_and_buffered_writes_agree() {
-    let path = std::env::temp_dir().join(format!("rvmspawn-direct-{}.raw", std::process::id()));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
-    let mut r = Rig::with_file(file, false);
-    let _ = std::fs::remove_file(&path);
-    if r.disk.direct.is_none() {
-        eprintln!(
-            "O_DIRECT is not supported for {}; only the buffered path ran",
-            path.display()
-        );
+/// A file for a disk image on a file system that takes O_DIRECT for 512-byte sectors: in the
+/// temporary directory, /var/tmp or the build's target directory, the first that does. Panics
+/// when none does: the direct path's tests must not quietly run the buffered one.
+fn direct_capable_file() -> (File, PathBuf) {
+    let candidates = [
+        std::env::temp_dir(),
+        PathBuf::from("/var/tmp"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+    ];
+    let mut tried = Vec::new();
+    for dir in candidates {
+        let path = dir.join(format!("rvmspawn-direct-{}.raw", std::process::id()));
+        let Ok(file) = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+        else {
+            tried.push(format!("{}: cannot create a file", dir.display()));
+            continue;
+        };
+        let _ = std::fs::remove_file(&path);
+        match dio_alignment(&file) {
+            Dio::Aligned(a) if a.offset <= SECTOR_SIZE && reopen_direct(&file, true).is_some() => {
+                return (file, path);
+            }
+            other => tried.push(format!("{}: {other:?}", dir.display())),
+        }
     }
-    // Aligned (the direct path where there is one), then unaligned buffers (the page cache),
-    // then a read of both: each sees the other's data.
+    panic!(
+        "no file system here takes O_DIRECT for 512-byte sectors, so the direct path cannot be tested: {tried:?}"
+    );
+}
+
+/// F_GETFL of a descriptor.
+fn status_flags(file: &File) -> libc::c_int {
+    // SAFETY: F_GETFL only reads the descriptor's flags.
+    unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) }
+}
+
+#[test]
+fn direct_reads_and_writes_with_bounce_buffers_where_unaligned() {
+    let (file, path) = direct_capable_file();
+    // 4 MiB: room for a request of several bounce-buffer pieces.
+    let sectors = 8192;
+    let mut r = Rig::with_sectors(file, sectors, false);
+    assert!(r.disk.direct(), "{} takes O_DIRECT", path.display());
+    assert_ne!(status_flags(&r.disk.data) & libc::O_DIRECT, 0);
+    assert_eq!(status_flags(r.disk.file()) & libc::O_DIRECT, 0);
+    // Aligned buffers go straight to the file: no bounce buffer is made.
     r.header(HDR, VIRTIO_BLK_T_OUT, 4);
     r.mem
         .write_slice(&[0x11; 1024], GuestAddress(DATA))
         .unwrap();
     r.chain(&[(HDR, 16, 0), (DATA, 1024, 0), (STATUS, 1, F_WRITE)]);
     assert_eq!(r.run(STATUS), (1, S_OK));
-    r.header(HDR, VIRTIO_BLK_T_OUT, 5);
+    assert!(r.handler.bounce.is_none(), "an aligned write went direct");
+    // An odd address: through the bounce buffer.
+    r.header(HDR, VIRTIO_BLK_T_OUT, 6);
     r.mem
         .write_slice(&[0x22; 512], GuestAddress(DATA + 3))
         .unwrap();
     r.chain(&[(HDR, 16, 0), (DATA + 3, 512, 0), (STATUS, 1, F_WRITE)]);
     assert_eq!(r.run(STATUS), (1, S_OK));
-    r.header(HDR, VIRTIO_BLK_T_IN, 3);
+    assert!(r.handler.bounce.is_some(), "an unaligned write bounced");
+    let disk = r.disk_bytes();
+    assert!(disk[4 * 512..6 * 512].iter().all(|b| *b == 0x11));
+    assert!(disk[6 * 512..7 * 512].iter().all(|b| *b == 0x22));
+    assert!(disk[7 * 512..8 * 512].iter().all(|b| *b == 7));
+    // Reads, aligned and not, into scattered buffers, each see both writes.
+    for (base, odd) in [(DATA + 0x1000, 0), (DATA + 0x4000, 0x201)] {
+        r.header(HDR, VIRTIO_BLK_T_IN, 3);
+        r.chain(&[
+            (HDR, 16, 0),
+            (base + odd, 1536, F_WRITE),
+            (base + 0x1000 + odd, 1024, F_WRITE),
+            (STATUS, 1, F_WRITE),
+        ]);
+        assert_eq!(r.run(STATUS), (2561, S_OK));
+        let mut got = vec![0u8; 2560];
+        r.mem
+            .read_slice(&mut got[..1536], GuestAddress(base + odd))
+            .unwrap();
+        r.mem
+            .read_slice(&mut got[1536..], GuestAddress(base + 0x1000 + odd))
+            .unwrap();
+        let want: Vec<u8> = [3, 0x11, 0x11, 0x22, 7]
+            .iter()
+            .flat_map(|b| [*b; 512])
+            .collect();
+        assert_eq!(got, want, "read into buffers at +{odd:#x}");
+    }
+    // A request larger than the bounce buffer, from an odd address, then read back direct.
+    let len = 0x18_0000u64;
+    let pattern: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    let (src, dst) = (0x10_0001u64, 0x40_0000u64);
+    r.mem.write_slice(&pattern, GuestAddress(src)).unwrap();
+    r.header(HDR, VIRTIO_BLK_T_OUT, 1000);
+    r.chain(&[(HDR, 16, 0), (src, len as u32, 0), (STATUS, 1, F_WRITE)]);
+    assert_eq!(r.run(STATUS), (1, S_OK));
+    r.header(HDR, VIRTIO_BLK_T_IN, 1000);
     r.chain(&[
         (HDR, 16, 0),
-        (DATA + 0x1000, 2048, F_WRITE),
+        (dst, len as u32, F_WRITE),
         (STATUS, 1, F_WRITE),
     ]);
-    assert_eq!(r.run(STATUS), (2049, S_OK));
-    let mut got = vec![0u8; 2048];
-    r.mem
-        .read_slice(&mut got, GuestAddress(DATA + 0x1000))
+    assert_eq!(r.run(STATUS), (len as u32 + 1, S_OK));
+    let mut got = vec![0u8; len as usize];
+    r.mem.read_slice(&mut got, GuestAddress(dst)).unwrap();
+    assert!(got == pattern, "a multi-piece bounced write reads back");
+    let disk = r.disk_bytes();
+    assert!(disk[1000 * 512..1000 * 512 + len as usize] == pattern[..]);
+    r.header(HDR, VIRTIO_BLK_T_FLUSH, 0);
+    r.chain(&[(HDR, 16, 0), (STATUS, 1, F_WRITE)]);
+    assert_eq!(r.run(STATUS), (1, S_OK));
+}
+
+#[test]
+fn tmpfs_like_files_are_buffered_both_ways() {
+    // A memfd is tmpfs: it either refuses O_DIRECT or does not report its alignment.
+    let r = Rig::new(false);
+    assert!(!r.disk.direct());
+    assert_eq!(status_flags(&r.disk.data) & libc::O_DIRECT, 0);
+}
+
+#[test]
+fn a_reset_ends_a_long_write_zeroes_fallback_quickly() {
+    // 1 GiB, sparse. memfds have no FALLOC_FL_ZERO_RANGE, and without discard nothing else
+    // makes zeroes: the device writes them.
+    let size = 1u64 << 30;
+    let file = memfd(size);
+    assert!(
+        fallocate(
+            &file,
+            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+            0,
+            4096
+        )
+        .is_err(),
+        "the test needs a file that makes the device write its zeroes"
+    );
+    let disk = Arc::new(DiskImage::from_file(file, Path::new("big.raw"), false, false).unwrap());
+    let mut r = Rig::with_disk(disk.clone());
+    // 32 ranges of the whole disk: 32 GiB of zeroes to write, many seconds of work.
+    r.header(HDR, VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    for i in 0..u64::from(MAX_RANGES) {
+        let at = DATA + i * RANGE_LEN;
+        r.mem.write_obj(0u64, GuestAddress(at)).unwrap();
+        r.mem
+            .write_obj((size / SECTOR_SIZE) as u32, GuestAddress(at + 8))
+            .unwrap();
+        r.mem.write_obj(0u32, GuestAddress(at + 12)).unwrap();
+    }
+    r.chain(&[
+        (HDR, 16, 0),
+        (DATA, MAX_RANGES * RANGE_LEN as u32, 0),
+        (STATUS, 1, F_WRITE),
+    ]);
+    r.mem.write_obj(0xeeu8, GuestAddress(STATUS)).unwrap();
+    let Rig { mem, queue, .. } = r;
+    let mut block = Block::new(disk.clone(), *b"serial-of-the-disk!!", 1);
+    let features = block.features();
+    block
+        .activate(Activation {
+            mem: mem.clone(),
+            features,
+            queues: vec![ActiveQueue {
+                index: 0,
+                queue,
+                notify: vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            }],
+            interrupt: Arc::new(NoInterrupt),
+        })
         .unwrap();
-    assert!(got[..512].iter().all(|b| *b == 3));
-    assert!(got[512..1024].iter().all(|b| *b == 0x11));
-    assert!(got[1024..1536].iter().all(|b| *b == 0x22));
-    assert!(got[1536..].iter().all(|b| *b == 6));
+    // The worker serves the queue when it starts; wait until zeroes reach the file.
+    let started = Instant::now();
+    while disk.file().metadata().unwrap().blocks() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the write-zeroes never started"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let t = Instant::now();
+    block.reset();
+    let took = t.elapsed();
+    eprintln!("reset during a 32 GiB write-zeroes fallback took {took:?}");
+    assert!(took < Duration::from_secs(1), "reset took {took:?}");
+    // The request was failed, not reported done, and the worker wrote nothing more.
+    let status: u8 = mem.read_obj(GuestAddress(STATUS)).unwrap();
+    assert_eq!(status, S_IOERR);
+    let used: u16 = mem.read_obj(GuestAddress(USED + 2)).unwrap();
+    assert_eq!(used, 1);
+}
+
+/// A 5 MiB write and read from one descriptor each: more than one system call's piece.
+fn large_request_round_trip(file: File) {
+    let mut r = Rig::with_sectors(file, 12288, false);
+    let len = 5u64 << 20;
+    assert!(len > IO_PIECE as u64);
+    let pattern: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+    let buf = 0x10_0000u64;
+    r.mem.write_slice(&pattern, GuestAddress(buf)).unwrap();
+    r.header(HDR, VIRTIO_BLK_T_OUT, 1000);
+    r.chain(&[(HDR, 16, 0), (buf, len as u32, 0), (STATUS, 1, F_WRITE)]);
+    assert_eq!(r.run(STATUS), (1, S_OK));
+    assert!(r.disk_bytes()[1000 * 512..1000 * 512 + len as usize] == pattern[..]);
+    assert!(r.handler.bounce.is_none());
+    r.mem
+        .write_slice(&vec![0u8; len as usize], GuestAddress(buf))
+        .unwrap();
+    r.header(HDR, VIRTIO_BLK_T_IN, 1000);
+    r.chain(&[
+        (HDR, 16, 0),
+        (buf, len as u32, F_WRITE),
+        (STATUS, 1, F_WRITE),
+    ]);
+    assert_eq!(r.run(STATUS), (len as u32 + 1, S_OK));
+    let mut got = vec![0u8; len as usize];
+    r.mem.read_slice(&mut got, GuestAddress(buf)).unwrap();
+    assert!(got == pattern);
+}
+
+#[test]
+fn large_requests_move_in_pieces_buffered() {
+    large_request_round_trip(memfd(0));
+}
+
+#[test]
+fn large_requests_move_in_pieces_direct() {
+    large_request_round_trip(direct_capable_file().0);
 }
