@@ -21,6 +21,8 @@ use crate::Error;
 pub struct RuntimeDir {
     path: PathBuf,
     _lock: File,
+    /// Removes the directory if rvmspawn ends without dropping this (a panic, a second signal).
+    _cleanup: crate::cleanup::Registration,
 }
 
 /// Where runs keep their directories.
@@ -108,7 +110,15 @@ impl RuntimeDir {
             };
             removed.map_err(|e| err(format!("Failed to remove stale {}", p.display()), &e))?;
         }
-        Ok(Some(RuntimeDir { path, _lock: lock }))
+        let gone = path.clone();
+        let _cleanup = crate::cleanup::register(move || {
+            let _ = std::fs::remove_dir_all(&gone);
+        });
+        Ok(Some(RuntimeDir {
+            path,
+            _lock: lock,
+            _cleanup,
+        }))
     }
 
     /// The directory.

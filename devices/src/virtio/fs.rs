@@ -18,7 +18,7 @@
 
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -281,6 +281,8 @@ impl Link {
 
 /// The connection to the back end, shared by every handle.
 struct Connection {
+    /// Set by [`VhostUserFs::disconnect`]: nothing more is asked of the back end.
+    closed: AtomicBool,
     link: Mutex<Link>,
     watchdog: Watchdog,
     /// The deadline of an activation or a reset.
@@ -398,6 +400,7 @@ impl VhostUserFs {
         let watchdog = Watchdog::spawn(stream.try_clone().map_err(FsError::Socket)?)
             .map_err(FsError::Thread)?;
         let conn = Arc::new(Connection {
+            closed: AtomicBool::new(false),
             // Two queues (high priority + one request queue) until GET_QUEUE_NUM says more.
             link: Mutex::new(Link {
                 frontend: Frontend::from_stream(stream, 2),
@@ -466,6 +469,15 @@ impl VhostUserFs {
             queue_sizes: self.queue_sizes.clone(),
             features: self.features,
         }
+    }
+
+    /// End the connection now, for every handle, without asking the back end anything: the
+    /// run is over, and a back end that stopped answering must not hold the stop up. A request
+    /// in progress (on a vCPU thread) fails at once; later resets return at once; the back end
+    /// sees the socket close and exits (virtiofsd does).
+    pub fn disconnect(&self) {
+        self.conn.closed.store(true, Ordering::SeqCst);
+        self.conn.watchdog.cut();
     }
 
     /// The number of request queues the guest is offered.
@@ -605,6 +617,10 @@ impl VirtioDevice for VhostUserFs {
     }
 
     fn reset(&mut self) {
+        if self.conn.closed.load(Ordering::SeqCst) {
+            // Disconnected: the back end has nothing of ours left to stop.
+            return;
+        }
         let owner = self.id;
         {
             let link = lock(&self.conn.link);

@@ -768,3 +768,49 @@ fn a_silent_back_end_during_activation_times_out() {
     );
     assert!(fake.join());
 }
+
+#[test]
+fn disconnecting_ends_a_wait_for_a_stalled_back_end_and_later_resets_ask_nothing() {
+    // A back end that stops answering in the middle of an activation, with the real deadline.
+    let (sock, mut fake) = Fake::start(Script {
+        fault: Some((GET_VRING_BASE, Fault::Silent)),
+        ..Script::default()
+    });
+    let dev =
+        VhostUserFs::with_timeouts(sock, "root", 16, HANDSHAKE_TIMEOUT, OPERATION_TIMEOUT).unwrap();
+    let (mem, _f) = shared_mem();
+    let mut first = dev.share();
+    let (a, _e) = activation(&mem, F_VERSION_1, 3);
+    first.activate(a).unwrap();
+    fake.take();
+    // A second machine's activation stops the first one's rings: GET_VRING_BASE, unanswered.
+    let mut second = dev.share();
+    let (a, _e) = activation(&mem, F_VERSION_1, 3);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let vcpu = std::thread::spawn(move || {
+        let r = second.activate(a);
+        let _ = tx.send(());
+        (r.is_err(), second)
+    });
+    // Until the back end has the unanswered request.
+    let t0 = Instant::now();
+    while !fake.codes().contains(&GET_VRING_BASE) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no GET_VRING_BASE");
+        std::thread::yield_now();
+    }
+    let start = Instant::now();
+    dev.disconnect();
+    rx.recv_timeout(Duration::from_secs(3))
+        .expect("the activation ended");
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    let (failed, mut second) = vcpu.join().unwrap();
+    assert!(failed);
+    // Resets after the disconnect return at once and send nothing.
+    let start = Instant::now();
+    second.reset();
+    first.reset();
+    assert!(start.elapsed() < Duration::from_millis(100));
+    assert!(fake.join());
+    assert!(fake.codes().is_empty());
+}
