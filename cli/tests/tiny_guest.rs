@@ -411,6 +411,42 @@ fn a_second_sigterm_while_stopping_ends_the_run_at_once_with_143() {
 }
 
 #[test]
+fn status_lines_on_a_raw_terminal_end_in_cr_lf() {
+    // The userspace vsock device's notice is printed once the terminal is raw; it needs a host
+    // without vhost-vsock.
+    if Path::new("/dev/vhost-vsock").exists() {
+        eprintln!("note: /dev/vhost-vsock exists; no status line in raw mode to check here");
+        return;
+    }
+    let mut code = print(b"up\n");
+    code.extend(poweroff());
+    let k = write_guest("rawstatus", &code);
+    let (_controller, terminal) = pty();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rvmspawn"));
+    c.arg("--qemu-mem=64M")
+        .arg(format!("--linux={}", k.display()))
+        .args(["-M", &format!("rawstatus{}", std::process::id() % 100_000)]);
+    let out = c
+        .stdin(Stdio::from(terminal.try_clone().unwrap()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let at = stderr
+        .find("No /dev/vhost-vsock")
+        .unwrap_or_else(|| panic!("no vsock notice: {stderr:?}"));
+    // From the raw switch on, every line ends in \r\n (no staircase).
+    let raw_part = &stderr[at..];
+    assert!(raw_part.ends_with("\r\n"), "{raw_part:?}");
+    assert!(
+        !raw_part.replace("\r\n", "").contains('\n'),
+        "a bare \\n on a raw terminal: {raw_part:?}"
+    );
+    // Before it, in cooked mode, lines end in \n alone.
+    assert!(!stderr[..at].contains('\r'), "{stderr:?}");
+}
+
+#[test]
 fn a_file_that_is_not_a_kernel_is_refused_clearly() {
     let dir = std::env::temp_dir().join(format!("rvmspawn-notkernel-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -170,6 +170,26 @@ impl Helper {
         Ok(())
     }
 
+    /// Pass what the helper writes on its standard error (spawned with `Stdio::piped()`) on to
+    /// ours, line by line through rvmspawn's status writer, so that its lines end right on a
+    /// terminal in raw mode. The thread ends at EOF, when the helper is gone.
+    pub fn relay_stderr(&mut self) -> Result<(), Error> {
+        use std::io::BufRead;
+        let Some(stderr) = self.child.stderr.take() else {
+            return Ok(());
+        };
+        std::thread::Builder::new()
+            .name("helper-stderr".into())
+            .spawn(move || {
+                for line in std::io::BufReader::new(stderr).split(b'\n') {
+                    let Ok(line) = line else { break };
+                    crate::log::line(&String::from_utf8_lossy(&line));
+                }
+            })
+            .map_err(|e| Error::Thread(e.raw_os_error().unwrap_or(libc::EAGAIN)))?;
+        Ok(())
+    }
+
     /// Readable once the process has exited.
     pub fn pidfd(&self) -> RawFd {
         self.pidfd.as_raw_fd()
