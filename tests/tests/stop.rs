@@ -19,11 +19,20 @@ const HELPERS: &str = r#"D=$(mktemp -d)
 tree() {
     mkdir -p "$D/root/bin" "$D/root/sbin" "$D/root/proc" "$D/root/dev" "$D/root/sys"
     cp /bin/busybox "$D/root/bin/busybox"
-    for a in sh mount sleep; do ln -s busybox "$D/root/bin/$a"; done
+    for a in sh mount sleep cat; do ln -s busybox "$D/root/bin/$a"; done
     cat >"$D/root/sbin/init" <<'INIT'
 #!/bin/sh
 export PATH=/bin
+mount -t proc proc /proc
 echo "RVMSPAWN-TREE-HANG"
+case " $(cat /proc/cmdline) " in
+    *" rvmspawn.tree=reboot-later "*)
+        # The host stops virtiofsd meanwhile: from here on nothing may touch the share (no
+        # program started, no file looked up), only shell built-ins, /dev and /proc.
+        read -t 5 x </dev/console
+        echo "RVMSPAWN-TREE-REBOOTING"
+        echo b >/proc/sysrq-trigger ;;
+esac
 while :; do sleep 3600; done
 INIT
     chmod 755 "$D/root/sbin/init"
@@ -77,6 +86,33 @@ cat "$D/vm"
 left=0
 for p in $fsd; do [ -e /proc/"$p" ] && left=$((left+1)); done
 echo "HOST-VIRTIOFSD-LEFT=$left"
+kill -CONT $fsd 2>/dev/null
+kill -KILL $fsd 2>/dev/null
+rm -rf "$D"
+exit $rc"#,
+            )
+            .step(
+                // The guest reboots while virtiofsd is stopped; SIGTERM right then.
+                "reboot-virtiofsd-stalled",
+                HELPERS.to_owned()
+                    + r#"tree
+"$RVMSPAWN" -q --qemu-mem=512M --linux="$KERNEL" --initrd="$INITRD" -D "$D/root" \
+    rvmspawn.tree=reboot-later >"$D/vm" 2>&1 &
+vm=$!
+wait_for RVMSPAWN-TREE-HANG "$D/vm"
+fsd=""
+for c in $(cat /proc/$vm/task/*/children); do
+    [ "$(cat /proc/"$c"/comm)" = virtiofsd ] && fsd="$fsd $c $(descendants "$c")"
+done
+kill -STOP $fsd
+echo "HOST-VIRTIOFSD-STOPPED-AT=$(ms)"
+wait_for RVMSPAWN-TREE-REBOOTING "$D/vm"
+t0=$(ms)
+kill -TERM $vm
+wait $vm
+rc=$?
+echo "HOST-STOP-MS=$(($(ms) - t0))"
+cat "$D/vm"
 kill -CONT $fsd 2>/dev/null
 kill -KILL $fsd 2>/dev/null
 rm -rf "$D"
@@ -144,6 +180,20 @@ fn a_stalled_virtiofsd_does_not_hold_up_the_stop() {
         "{}",
         r.output
     );
+    let ms = stop_ms(r);
+    assert_eq!(r.rc, Some(0), "{}", r.output);
+    assert!(ms < BOUND_MS, "stopped after {ms} ms\n{}", r.output);
+}
+
+#[test]
+fn a_guest_reboot_while_virtiofsd_is_stalled_does_not_hold_up_the_stop() {
+    let r = results().step("reboot-virtiofsd-stalled");
+    assert!(
+        r.value("HOST-VIRTIOFSD-STOPPED-AT").is_some(),
+        "{}",
+        r.output
+    );
+    assert_eq!(r.count_lines("RVMSPAWN-TREE-REBOOTING"), 1, "{}", r.output);
     let ms = stop_ms(r);
     assert_eq!(r.rc, Some(0), "{}", r.output);
     assert!(ms < BOUND_MS, "stopped after {ms} ms\n{}", r.output);
