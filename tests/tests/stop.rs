@@ -24,14 +24,15 @@ tree() {
 #!/bin/sh
 export PATH=/bin
 mount -t proc proc /proc
+# Opened now: once virtiofsd is stopped, even a path walk through the shared root (to /dev or
+# /proc) waits for it, so from then on only these descriptors and shell built-ins are used.
+exec 3>/proc/sysrq-trigger 4</dev/console
 echo "RVMSPAWN-TREE-HANG"
 case " $(cat /proc/cmdline) " in
     *" rvmspawn.tree=reboot-later "*)
-        # The host stops virtiofsd meanwhile: from here on nothing may touch the share (no
-        # program started, no file looked up), only shell built-ins, /dev and /proc.
-        read -t 5 x </dev/console
+        read -t 5 x <&4
         echo "RVMSPAWN-TREE-REBOOTING"
-        echo b >/proc/sysrq-trigger ;;
+        echo b >&3 ;;
 esac
 while :; do sleep 3600; done
 INIT
