@@ -97,8 +97,8 @@ exit $rc"#,
                 "reboot-virtiofsd-stalled",
                 HELPERS.to_owned()
                     + r#"tree
-"$RVMSPAWN" -q --qemu-mem=512M --linux="$KERNEL" --initrd="$INITRD" -D "$D/root" \
-    rvmspawn.tree=reboot-later >"$D/vm" 2>&1 &
+SYSTEMD_LOG_LEVEL=debug "$RVMSPAWN" -q --qemu-mem=512M --linux="$KERNEL" --initrd="$INITRD" \
+    -D "$D/root" rvmspawn.tree=reboot-later >"$D/vm" 2>&1 &
 vm=$!
 wait_for RVMSPAWN-TREE-HANG "$D/vm"
 fsd=""
@@ -122,7 +122,7 @@ kill -TERM $vm
 wait $vm
 rc=$?
 echo "HOST-STOP-MS=$(($(ms) - t0))"
-cat "$D/vm"
+grep -v 'unclaimed' "$D/vm"
 kill -CONT $fsd 2>/dev/null
 kill -KILL $fsd 2>/dev/null
 rm -rf "$D"
@@ -204,16 +204,24 @@ fn a_guest_reboot_while_virtiofsd_is_stalled_does_not_hold_up_the_stop() {
         r.output
     );
     assert_eq!(r.count_lines("RVMSPAWN-TREE-REBOOTING"), 1, "{}", r.output);
-    // The guest rebooted, and the new machine started without waiting for virtiofsd (the
-    // old machine's device reset is left to the connection's own thread).
+    // The guest rebooted, and the old machine was taken down without waiting for virtiofsd
+    // (its device's reset is left to the connection's own thread): rvmspawn's own figure
+    // (debug level), for the reboot and then for the final stop.
     assert_eq!(r.value("HOST-BOOTS"), Some("2"), "{}", r.output);
-    let reboot_ms: u64 = r.value("HOST-REBOOT-MS").unwrap().parse().unwrap();
-    eprintln!("reboot with a stalled virtiofsd: {reboot_ms} ms");
-    assert!(
-        reboot_ms < BOUND_MS,
-        "rebooted after {reboot_ms} ms\n{}",
-        r.output
+    let teardowns: Vec<u64> = r
+        .output
+        .lines()
+        .filter_map(|l| l.trim_end().strip_prefix("Machine stopped in "))
+        .filter_map(|l| l.strip_suffix(" ms.")?.parse().ok())
+        .collect();
+    eprintln!(
+        "reboot with a stalled virtiofsd: {} ms to the second boot's first line; machine \
+         teardowns {teardowns:?} ms",
+        r.value("HOST-REBOOT-MS").unwrap_or("?")
     );
+    assert_eq!(teardowns.len(), 2, "{}", r.output);
+    // The old wait for the back end was at least its 5 s deadline.
+    assert!(teardowns[0] < 2000, "{teardowns:?}\n{}", r.output);
     let ms = stop_ms(r);
     assert_eq!(r.rc, Some(0), "{}", r.output);
     assert!(ms < BOUND_MS, "stopped after {ms} ms\n{}", r.output);

@@ -533,7 +533,9 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
             }
         }
         output.set_abandon(true);
+        let stopping = std::time::Instant::now();
         let stopped = machine.stop();
+        debug!("Machine stopped in {} ms.", stopping.elapsed().as_millis());
         output.set_abandon(false);
         match outcome? {
             event_loop::Outcome::Reset if !stopped => {

@@ -345,7 +345,7 @@ impl VirtioDevice for VsockUser {
         self.worker = Some(DeviceThread {
             kill,
             handle: Some(handle),
-            done,
+            done: std::sync::Mutex::new(done),
         });
         Ok(())
     }
@@ -360,8 +360,8 @@ impl VirtioDevice for VsockUser {
 struct DeviceThread {
     kill: EventFd,
     handle: Option<JoinHandle<()>>,
-    /// Disconnected when the thread has ended.
-    done: std::sync::mpsc::Receiver<()>,
+    /// Disconnected when the thread has ended (in a mutex only so the device stays `Sync`).
+    done: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
 }
 
 impl Drop for DeviceThread {
@@ -370,7 +370,8 @@ impl Drop for DeviceThread {
         let Some(h) = self.handle.take() else {
             return;
         };
-        match self.done.recv_timeout(super::worker::STOP_TIMEOUT) {
+        let done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        match done.recv_timeout(super::worker::STOP_TIMEOUT) {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => crate::report(&format!(
                 "vsock-user did not stop within {:?}; leaving it to finish on its own.",
                 super::worker::STOP_TIMEOUT
