@@ -272,6 +272,180 @@ fn guest_reset_restarts_the_machine_and_sigterm_ends_it() {
     assert_eq!(status.code(), Some(0), "SIGTERM is a clean stop");
 }
 
+/// Wait (at most `bound`) for `child` to exit; its status and how long that took.
+fn wait_bounded(child: &mut std::process::Child, bound: Duration) -> (Option<i32>, Duration) {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return (s.code(), start.elapsed());
+        }
+        if start.elapsed() > bound {
+            let _ = child.kill();
+            panic!("rvmspawn did not exit within {bound:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The names of `pid`'s threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+                .map(|c| c.trim().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_guest_spinning_with_interrupts_disabled_stops_on_sigterm_at_once() {
+    // Both vCPUs busy in the guest: the boot CPU spins with interrupts off, the other waits
+    // for a SIPI that never comes (inside KVM_RUN too).
+    let mut code = print(b"spinning\n");
+    code.extend([0xfa, 0xeb, 0xfe]); // cli; jmp $
+    let k = write_guest("spin", &code);
+    let mut child = rvmspawn(&k, &["--qemu-smp=2"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    read_until(&mut stdout, b"spinning\n", 1);
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    // Generous against a loaded or emulated host; the figure itself is printed.
+    let (rc, took) = wait_bounded(&mut child, Duration::from_secs(10));
+    eprintln!("stop time, spinning guest with interrupts disabled: {took:?}");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(rc, Some(0), "{stderr}");
+    // Every vCPU came out of the guest: none was left behind after the bounded wait.
+    assert!(!stderr.contains("did not stop"), "{stderr}");
+}
+
+/// A new pseudo-terminal: (controller, terminal), both owned.
+fn pty() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: plain calls on descriptors we own; ptsname's result is copied at once.
+    unsafe {
+        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        assert!(m >= 0);
+        let m = OwnedFd::from_raw_fd(m);
+        assert_eq!(libc::grantpt(m.as_raw_fd()), 0);
+        assert_eq!(libc::unlockpt(m.as_raw_fd()), 0);
+        let name = std::ffi::CStr::from_ptr(libc::ptsname(m.as_raw_fd())).to_owned();
+        let s = libc::open(
+            name.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        assert!(s >= 0);
+        (m, OwnedFd::from_raw_fd(s))
+    }
+}
+
+fn local_modes(fd: &std::os::fd::OwnedFd) -> libc::tcflag_t {
+    use std::os::fd::AsRawFd;
+    // SAFETY: termios is plain data, filled by tcgetattr.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and a valid termios to write into.
+    assert_eq!(unsafe { libc::tcgetattr(fd.as_raw_fd(), &mut t) }, 0);
+    t.c_lflag
+}
+
+#[test]
+fn a_second_sigterm_while_stopping_ends_the_run_at_once_with_143() {
+    // The stop is held up: the guest floods the console and nobody reads it, so the stop
+    // waits (boundedly, 5 s) for the console's output to drain.
+    let mut code = mov_dx(0x3f8);
+    code.extend([0xb0, b'x', 0xee, 0xeb, 0xfb]); // 4: mov al,'x'; out dx,al; jmp 4
+    let k = write_guest("flood2", &code);
+    let (_controller, terminal) = pty();
+    let cooked = local_modes(&terminal);
+    assert_ne!(cooked & libc::ICANON, 0);
+    let mut child = rvmspawn(&k, &[])
+        .stdin(Stdio::from(terminal.try_clone().unwrap()))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    read_until(&mut stdout, b"x", 1);
+    assert_eq!(
+        local_modes(&terminal) & libc::ICANON,
+        0,
+        "raw while it runs"
+    );
+    let pid = child.id();
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    // The first signal was taken and the stop began once the thread that watches for a
+    // second one exists.
+    let t0 = Instant::now();
+    while !thread_names(pid).iter().any(|n| n == "stop-signals") {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "rvmspawn ended before a second signal could be sent"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the stop never began"
+        );
+        std::thread::yield_now();
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let (rc, took) = wait_bounded(&mut child, Duration::from_secs(10));
+    eprintln!("exit after a second SIGTERM: {took:?}");
+    drop(stdout);
+    assert_eq!(rc, Some(128 + libc::SIGTERM), "as a shell reports SIGTERM");
+    // Well under the 5 s the held-up stop would take.
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    assert_eq!(local_modes(&terminal), cooked, "the terminal is restored");
+}
+
+#[test]
+fn status_lines_on_a_raw_terminal_end_in_cr_lf() {
+    // The userspace vsock device's notice is printed once the terminal is raw; it needs a host
+    // without vhost-vsock.
+    if Path::new("/dev/vhost-vsock").exists() {
+        eprintln!("note: /dev/vhost-vsock exists; no status line in raw mode to check here");
+        return;
+    }
+    let mut code = print(b"up\n");
+    code.extend(poweroff());
+    let k = write_guest("rawstatus", &code);
+    let (_controller, terminal) = pty();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rvmspawn"));
+    c.arg("--qemu-mem=64M")
+        .arg(format!("--linux={}", k.display()))
+        .args(["-M", &format!("rawstatus{}", std::process::id() % 100_000)]);
+    let out = c
+        .stdin(Stdio::from(terminal.try_clone().unwrap()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let at = stderr
+        .find("No /dev/vhost-vsock")
+        .unwrap_or_else(|| panic!("no vsock notice: {stderr:?}"));
+    // From the raw switch on, every line ends in \r\n (no staircase).
+    let raw_part = &stderr[at..];
+    assert!(raw_part.ends_with("\r\n"), "{raw_part:?}");
+    assert!(
+        !raw_part.replace("\r\n", "").contains('\n'),
+        "a bare \\n on a raw terminal: {raw_part:?}"
+    );
+    // Before it, in cooked mode, lines end in \n alone.
+    assert!(!stderr[..at].contains('\r'), "{stderr:?}");
+}
+
 #[test]
 fn a_file_that_is_not_a_kernel_is_refused_clearly() {
     let dir = std::env::temp_dir().join(format!("rvmspawn-notkernel-{}", std::process::id()));

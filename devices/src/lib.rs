@@ -25,3 +25,21 @@ pub enum GuestRequest {
 
 /// How a device tells the VMM about a [`GuestRequest`].
 pub type RequestSink = std::sync::Arc<dyn Fn(GuestRequest) + Send + Sync>;
+
+/// Where devices report what the user must know and no caller can be told (a queue thread
+/// that did not stop in time). The VMM installs its status writer, which knows the terminal's
+/// mode; until then a report is a line on standard error.
+static REPORTER: std::sync::OnceLock<fn(&str)> = std::sync::OnceLock::new();
+
+/// Send every [`report`] to `writer` (the first call wins).
+pub fn set_reporter(writer: fn(&str)) {
+    let _ = REPORTER.set(writer);
+}
+
+/// Report `line` to the user.
+pub fn report(line: &str) {
+    match REPORTER.get() {
+        Some(writer) => writer(line),
+        None => eprintln!("{line}"),
+    }
+}

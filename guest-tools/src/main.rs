@@ -14,6 +14,7 @@
 //!                            [--timeout SECS]
 //! rvmspawn-guest stream-hash --bytes N [--seed S]
 //! rvmspawn-guest raw-frame --if IFACE --bytes N [--to MAC]
+//! rvmspawn-guest zero-out --device DEV --bytes N
 //! ```
 //!
 //! It runs on the host side too (it only needs AF_VSOCK), e.g. as the peer of the guest's
@@ -51,6 +52,7 @@ const USAGE: &str = "usage:
                              [--timeout SECS]
   rvmspawn-guest stream-hash --bytes N [--seed S]
   rvmspawn-guest raw-frame --if IFACE --bytes N [--to MAC]
+  rvmspawn-guest zero-out --device DEV --bytes N
 (N may end in K, M or G: powers of 1024. --unix, for the userspace vsock device: its
 socket for stream-send, <its socket>_<host port> for stream-recv. IPv6: [ADDR]:PORT)";
 
@@ -463,6 +465,7 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
             &[],
         )?),
         "raw-frame" => cmd_raw_frame(&Options::parse(rest, &["if", "bytes", "to"], &[])?),
+        "zero-out" => cmd_zero_out(&Options::parse(rest, &["device", "bytes"], &[])?),
         "stream-hash" => cmd_stream_hash(&Options::parse(rest, &["bytes", "seed"], &[])?),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
@@ -470,6 +473,25 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
         }
         other => Err(format!("unknown command '{other}'")),
     }
+}
+
+/// `zero-out`: zero the first N bytes of a block device with BLKZEROOUT (WRITE_ZEROES requests
+/// to a virtio disk), printing `RVMSPAWN-ZERO-OUT-START` before and `RVMSPAWN-ZERO-OUT=ok` or
+/// `=fail:REASON` after (the stop tests stop rvmspawn in between).
+fn cmd_zero_out(opts: &Options) -> Result<ExitCode, String> {
+    let device = opts.get("device").ok_or("--device is required")?;
+    let bytes = opts.required("bytes")?;
+    let dev = std::fs::OpenOptions::new()
+        .write(true)
+        .open(device)
+        .map_err(|e| format!("{device}: {e}"))?;
+    line("RVMSPAWN-ZERO-OUT-START");
+    let r = sys::zero_out(&dev, 0, bytes);
+    match &r {
+        Ok(()) => line("RVMSPAWN-ZERO-OUT=ok"),
+        Err(e) => line(&format!("RVMSPAWN-ZERO-OUT=fail:{e}")),
+    }
+    Ok(status(r.is_ok()))
 }
 
 fn main() -> ExitCode {

@@ -259,6 +259,19 @@ pub fn local_cid() -> io::Result<Option<u32>> {
     Ok((cid != VMADDR_CID_ANY).then_some(cid))
 }
 
+/// `BLKZEROOUT` (`_IO(0x12, 127)`): zero a byte range of a block device (a range of u64 start
+/// and length, both multiples of 512); the kernel sends the device WRITE_ZEROES requests when it
+/// has them.
+const BLKZEROOUT: c_ulong = 0x127f;
+
+/// Zero `len` bytes of block device `dev` from `start` with `BLKZEROOUT`; returns when the
+/// device has done it.
+pub fn zero_out(dev: &File, start: u64, len: u64) -> io::Result<()> {
+    let range = [start, len];
+    // SAFETY: this ioctl reads two u64s through the pointer, which points at `range`.
+    check(unsafe { ioctl(dev.as_raw_fd(), BLKZEROOUT, range.as_ptr()) }).map(|_| ())
+}
+
 /// Send `frame` (a whole Ethernet frame: destination, source, type, payload; no checksum) out
 /// of interface `ifname` through an `AF_PACKET`/`SOCK_RAW` socket, as it is. The kernel refuses
 /// one longer than the interface's MTU plus the 14-byte header (plus 4 more when the type is

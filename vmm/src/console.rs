@@ -36,6 +36,8 @@ impl Terminal {
         if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw) } != 0 {
             return Terminal { saved: None };
         }
+        // A panic or a second signal restores it from there (and lines end in \r\n now).
+        crate::cleanup::set_saved_terminal(Some(saved));
         Terminal { saved: Some(saved) }
     }
 }
@@ -45,6 +47,7 @@ impl Drop for Terminal {
         if let Some(saved) = &self.saved {
             // SAFETY: `saved` is the termios read from this fd at start.
             unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, saved) };
+            crate::cleanup::set_saved_terminal(None);
         }
     }
 }

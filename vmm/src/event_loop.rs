@@ -78,6 +78,16 @@ impl Drop for SignalMask {
     }
 }
 
+/// One termination signal from the (non-blocking) signalfd `fd`, if one is pending.
+fn read_signal(fd: RawFd) -> Option<i32> {
+    // SAFETY: signalfd_siginfo is plain data; all-zero is valid.
+    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::signalfd_siginfo>();
+    // SAFETY: `info` is a writable buffer of exactly `size` bytes.
+    let n = unsafe { libc::read(fd, (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
+    (n == size as isize).then_some(info.ssi_signo as i32)
+}
+
 /// The user's side of the VM: terminal, typed input and signals. Lives across guest resets.
 pub struct Console {
     epoll: Epoll,
@@ -86,6 +96,8 @@ pub struct Console {
     stdin_watched: bool,
     pending: VecDeque<u8>,
     escape: EscapeDetector,
+    /// The run is stopping and a thread ends the process on the next signal ([`Console::stopping`]).
+    watching_signals: bool,
     // Dropped last among the fields that matter: the terminal is restored after the loop ends.
     _terminal: Terminal,
     _mask: SignalMask,
@@ -138,6 +150,7 @@ impl Console {
             stdin_watched: stdin_open,
             pending: VecDeque::new(),
             escape: EscapeDetector::default(),
+            watching_signals: false,
             _terminal: Terminal::raw_if_tty(),
             _mask: mask,
         })
@@ -235,18 +248,45 @@ impl Console {
     }
 
     fn read_signal(&self) -> Option<i32> {
-        // SAFETY: signalfd_siginfo is plain data; all-zero is valid.
-        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-        let size = std::mem::size_of::<libc::signalfd_siginfo>();
-        // SAFETY: `info` is a writable buffer of exactly `size` bytes.
-        let n = unsafe {
-            libc::read(
-                self.signalfd.as_raw_fd(),
-                (&mut info as *mut libc::signalfd_siginfo).cast(),
-                size,
-            )
+        read_signal(self.signalfd.as_raw_fd())
+    }
+
+    /// The run is ending: from now on a termination signal (the user's second Ctrl-C or
+    /// SIGTERM, or a first one during a stop that began otherwise) ends the process at once,
+    /// with exit status 128 + the signal's number as a shell reports a process the signal
+    /// killed (130 for SIGINT, 143 for SIGTERM), after restoring the terminal and removing the
+    /// run directory. Whatever is holding the stop up (a device back end, a terminal that
+    /// does not read) is then left to the process's exit. Called once per run; the thread
+    /// lives until the process ends.
+    pub fn stopping(&mut self) {
+        if self.watching_signals {
+            return;
+        }
+        // The watcher gets its own descriptor: this one closes when the console is dropped.
+        let Ok(fd) = self.signalfd.try_clone() else {
+            return;
         };
-        (n == size as isize).then_some(info.ssi_signo as i32)
+        let watcher = std::thread::Builder::new()
+            .name("stop-signals".into())
+            .spawn(move || {
+                loop {
+                    let mut p = libc::pollfd {
+                        fd: fd.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd for the duration of the call.
+                    if unsafe { libc::poll(&mut p, 1, -1) } < 0
+                        && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+                    {
+                        return;
+                    }
+                    if let Some(signo) = read_signal(fd.as_raw_fd()) {
+                        crate::cleanup::exit_now(128 + signo);
+                    }
+                }
+            });
+        self.watching_signals = watcher.is_ok();
     }
 
     /// Read what the user typed; true if it completed the escape sequence.

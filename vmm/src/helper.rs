@@ -4,7 +4,8 @@
 //! A helper is forked with a parent-death signal (SIGTERM), so it goes when rvmspawn goes, even
 //! by SIGKILL; its exit is watched through a pidfd in the event loop, and a helper that dies
 //! while the VM runs ends the run with an error (EPROTO, as vmspawn reports a helper killed by a
-//! signal). When the run ends, every helper gets SIGTERM, then SIGKILL if it has not gone within
+//! signal). When the run ends, every helper gets SIGTERM and SIGCONT (so a helper stopped by
+//! SIGSTOP gets its SIGTERM too, as systemd does it), then SIGKILL if it has not gone within
 //! [`STOP_GRACE`], and is reaped.
 
 use std::io;
@@ -16,8 +17,10 @@ use std::time::Duration;
 
 use crate::Error;
 
-/// How long a helper may take to exit on SIGTERM before it is killed.
-pub const STOP_GRACE: Duration = Duration::from_secs(3);
+/// How long a helper may take to exit on SIGTERM before it is killed. Short: the helpers keep
+/// no state worth a wait (virtiofsd's writes are already the host's), and the whole stop of a
+/// run should take well under two seconds.
+pub const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// Find helper program `name` as vmspawn does: in `$PATH`, then at the `fallbacks` paths.
 pub fn find_binary(name: &str, fallbacks: &[&str]) -> Option<PathBuf> {
@@ -167,6 +170,26 @@ impl Helper {
         Ok(())
     }
 
+    /// Pass what the helper writes on its standard error (spawned with `Stdio::piped()`) on to
+    /// ours, line by line through rvmspawn's status writer, so that its lines end right on a
+    /// terminal in raw mode. The thread ends at EOF, when the helper is gone.
+    pub fn relay_stderr(&mut self) -> Result<(), Error> {
+        use std::io::BufRead;
+        let Some(stderr) = self.child.stderr.take() else {
+            return Ok(());
+        };
+        std::thread::Builder::new()
+            .name("helper-stderr".into())
+            .spawn(move || {
+                for line in std::io::BufReader::new(stderr).split(b'\n') {
+                    let Ok(line) = line else { break };
+                    crate::log::line(&String::from_utf8_lossy(&line));
+                }
+            })
+            .map_err(|e| Error::Thread(e.raw_os_error().unwrap_or(libc::EAGAIN)))?;
+        Ok(())
+    }
+
     /// Readable once the process has exited.
     pub fn pidfd(&self) -> RawFd {
         self.pidfd.as_raw_fd()
@@ -226,16 +249,19 @@ impl Drop for Helper {
             return;
         }
         // pidfd_send_signal: signals exactly this process, never a PID reused after it.
-        // SAFETY: a valid pidfd, a valid signal, no siginfo.
-        unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd.as_raw_fd(),
-                libc::SIGTERM,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        };
+        // SIGCONT after SIGTERM: a stopped process acts on its SIGTERM only once continued.
+        for signal in [libc::SIGTERM, libc::SIGCONT] {
+            // SAFETY: a valid pidfd, a valid signal, no siginfo.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    self.pidfd.as_raw_fd(),
+                    signal,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
+        }
         if !self.exited_within(STOP_GRACE) {
             let _ = self.child.kill();
         }
@@ -312,6 +338,33 @@ mod tests {
         // Reaped: the PID is gone.
         // SAFETY: signal 0 only checks for existence.
         assert_eq!(unsafe { libc::kill(pid, 0) }, -1);
+    }
+
+    #[test]
+    fn a_stopped_one_gets_its_sigterm_at_once() {
+        let h = Helper::spawn("stopped".into(), sh("exec sleep 60"), None).unwrap();
+        // SAFETY: our own child, not reaped yet.
+        assert_eq!(unsafe { libc::kill(h.child.id() as i32, libc::SIGSTOP) }, 0);
+        // Until the kernel says it is stopped (state T in /proc/PID/stat).
+        let stat = format!("/proc/{}/stat", h.child.id());
+        let stopped = || {
+            std::fs::read_to_string(&stat)
+                .ok()
+                .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.starts_with('T')))
+                .unwrap_or(false)
+        };
+        let t0 = Instant::now();
+        while !stopped() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "never stopped");
+            std::thread::yield_now();
+        }
+        let start = Instant::now();
+        drop(h);
+        let took = start.elapsed();
+        assert!(
+            took < STOP_GRACE,
+            "SIGTERM + SIGCONT, not the SIGKILL: {took:?}"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 #[macro_use]
 mod log;
+mod cleanup;
 mod config;
 mod console;
 mod direct;
@@ -294,7 +295,7 @@ fn setup_user_vsock(
         std::sync::Arc::new(vsock::NotifyPort::new(notifier.clone())),
     );
     if !quiet {
-        eprintln!(
+        status!(
             "No {VHOST_VSOCK} ({why}); vsock is served by rvmspawn: guest CID {cid}, host \
              sockets {} and {}_PORT.",
             path.display(),
@@ -317,6 +318,10 @@ pub(crate) fn random_u64() -> u64 {
 
 /// Build the VM described by `config` and run it until it ends.
 pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
+    // A VMM bug must not leave the terminal raw or the run directory behind (the release
+    // build aborts on a panic, so no destructor runs).
+    cleanup::install_panic_hook();
+    devices::set_reporter(log::line);
     let kvm = kvm::open(config.kvm)?;
     let max = MAX_VCPUS.min(u32::try_from(kvm.get_max_vcpus()).unwrap_or(MAX_VCPUS));
     if config.vcpus == 0 || config.vcpus > max {
@@ -517,10 +522,28 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
             });
         }
         let outcome = console.run(&machine);
+        let ending = !matches!(outcome, Ok(event_loop::Outcome::Reset));
+        if ending {
+            // A signal from now on ends the process at once, whatever holds the stop up.
+            console.stopping();
+            // The run is over: the virtiofsd connections close now (each virtiofsd exits on
+            // that), so the devices' resets do not wait for a back end that may have stalled.
+            for f in &spec.fs {
+                f.disconnect();
+            }
+        }
         output.set_abandon(true);
-        machine.stop();
+        let stopping = std::time::Instant::now();
+        let stopped = machine.stop();
+        debug!("Machine stopped in {} ms.", stopping.elapsed().as_millis());
         output.set_abandon(false);
         match outcome? {
+            event_loop::Outcome::Reset if !stopped => {
+                // Its vCPU may still run: a new machine must not start beside it.
+                return Err(Error::Guest(
+                    "the guest reset, but a vCPU of the old machine did not stop".into(),
+                ));
+            }
             event_loop::Outcome::Reset => continue,
             event_loop::Outcome::HelperExited(i) => {
                 return Err(match helpers.get_mut(i) {

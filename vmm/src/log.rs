@@ -1,9 +1,19 @@
-//! Debug messages, shown when `$SYSTEMD_LOG_LEVEL` is `debug` (or `7`), as in systemd's tools.
+//! The one writer for rvmspawn's own lines on standard error (status, warnings, debug), and
+//! debug messages, shown when `$SYSTEMD_LOG_LEVEL` is `debug` (or `7`), as in systemd's tools.
 //!
-//! Only for what a user debugging a guest wants to see and a normal run must not print: guest
-//! messages that were dropped, best-effort steps that failed. Errors go through `Error`.
+//! While the user's terminal is in raw mode a line must end in `\r\n`, or the next one starts
+//! where this one ended (staircase output); in cooked mode, or into a file or pipe, it ends in
+//! `\n` as usual. [`crate::console::Terminal`] says which through [`set_raw`], and every line
+//! rvmspawn prints while a VM runs goes through [`line`] (the [`status!`] and [`debug!`] macros,
+//! and device reports, see `devices::report`).
+//!
+//! Debug messages are for what a user debugging a guest wants to see and a normal run must not
+//! print: guest messages that were dropped, best-effort steps that failed. Errors go through
+//! `Error`.
 
+use std::io::Write;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Whether debug messages are shown; read once.
 pub fn debug_enabled() -> bool {
@@ -11,11 +21,70 @@ pub fn debug_enabled() -> bool {
     *ON.get_or_init(|| std::env::var("SYSTEMD_LOG_LEVEL").is_ok_and(|v| v == "debug" || v == "7"))
 }
 
-/// Print a debug line on stderr. `\r\n`, because the terminal may be in raw mode.
+/// Whether the terminal is in raw mode now.
+static RAW: AtomicBool = AtomicBool::new(false);
+
+/// Say whether the terminal is in raw mode (set by the code that switches it).
+pub fn set_raw(raw: bool) {
+    RAW.store(raw, Ordering::SeqCst);
+}
+
+/// The end of a line for the terminal's current mode.
+fn line_end() -> &'static str {
+    if RAW.load(Ordering::SeqCst) {
+        "\r\n"
+    } else {
+        "\n"
+    }
+}
+
+/// Format one line, without its end: every `\n` inside it becomes the mode's line end too.
+fn format_line(text: &str, end: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    for (i, part) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.push_str(end);
+        }
+        out.push_str(part.strip_suffix('\r').unwrap_or(part));
+    }
+    out.push_str(end);
+    out
+}
+
+/// Write `text` as one line (or several, split at its `\n`s) on standard error, with the line
+/// ends the terminal's mode needs, in one write.
+pub fn line(text: &str) {
+    let out = format_line(text, line_end());
+    let _ = std::io::stderr().lock().write_all(out.as_bytes());
+}
+
+/// Print a status line on stderr through [`line`].
+macro_rules! status {
+    ($($arg:tt)*) => {
+        $crate::log::line(&format!($($arg)*))
+    };
+}
+
+/// Print a debug line on stderr through [`line`].
 macro_rules! debug {
     ($($arg:tt)*) => {
         if $crate::log::debug_enabled() {
-            eprint!("{}\r\n", format_args!($($arg)*));
+            $crate::log::line(&format!($($arg)*));
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_lines_end_in_cr_lf_everywhere() {
+        assert_eq!(format_line("one", "\r\n"), "one\r\n");
+        assert_eq!(format_line("one\ntwo", "\r\n"), "one\r\ntwo\r\n");
+        // A line already written for a raw terminal does not get a second \r.
+        assert_eq!(format_line("one\r\ntwo", "\r\n"), "one\r\ntwo\r\n");
+        assert_eq!(format_line("one\r\ntwo", "\n"), "one\ntwo\n");
+        assert_eq!(format_line("one", "\n"), "one\n");
+    }
 }

@@ -92,7 +92,8 @@ pub struct Machine {
     _platform: Box<dyn std::any::Any + Send>,
     // Kept alive for as long as the vCPUs run: the VM owns the memory slots and irqfds.
     _vm: Arc<VmFd>,
-    _ram: memory::GuestRam,
+    /// Leaked instead of dropped when a vCPU could not be stopped: it may still run the guest.
+    _ram: Option<memory::GuestRam>,
     /// COM1, for queuing the user's input.
     pub serial: Arc<Mutex<SerialConsole>>,
     /// Signalled when the guest has drained COM1's receive FIFO.
@@ -295,7 +296,9 @@ impl Machine {
             match vcpu::spawn(id as u32, fd, buses.clone(), stop.clone(), events.clone()) {
                 Ok(t) => threads.push(t),
                 Err(e) => {
-                    vcpu::stop_all(threads, &stop);
+                    if !vcpu::stop_all(threads, &stop) {
+                        std::mem::forget(ram);
+                    }
                     return Err(e);
                 }
             }
@@ -304,7 +307,7 @@ impl Machine {
             _pci: platform.pci,
             _platform: platform.resources,
             _vm: vm,
-            _ram: ram,
+            _ram: Some(ram),
             serial,
             input_drained,
             events,
@@ -313,15 +316,28 @@ impl Machine {
         })
     }
 
-    /// Stop every vCPU and release the machine.
-    pub fn stop(self) {
-        drop(self);
+    /// Stop every vCPU and release the machine; whether every vCPU stopped (a vCPU that did
+    /// not is left to the process's exit, and the guest's memory with it).
+    pub fn stop(mut self) -> bool {
+        self.stop_vcpus()
+    }
+
+    fn stop_vcpus(&mut self) -> bool {
+        if self.threads.is_empty() {
+            return true;
+        }
+        let all = vcpu::stop_all(std::mem::take(&mut self.threads), &self.stop);
+        if !all {
+            // The vCPU left running may still enter the guest: its memory must stay mapped.
+            std::mem::forget(self._ram.take());
+        }
+        all
     }
 }
 
 impl Drop for Machine {
     fn drop(&mut self) {
         // vCPUs first: they may be inside a device; then the fields drop in order.
-        vcpu::stop_all(std::mem::take(&mut self.threads), &self.stop);
+        self.stop_vcpus();
     }
 }

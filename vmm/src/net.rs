@@ -341,7 +341,7 @@ pub fn setup_tap(
 ) -> Result<NetSetup, crate::Error> {
     let (tap_name, warning) = tap_name(name);
     if let Some(w) = warning {
-        eprintln!("{w}");
+        status!("{w}");
     }
     let mac = match mac {
         Some(m) => m,
@@ -364,7 +364,7 @@ pub fn setup_tap(
         Ok(vhost) => {
             let tap = Tap::create(&tap_name, 1).map_err(tap_error)?;
             if !quiet {
-                eprintln!(
+                status!(
                     "Guest network: TAP {tap_name}, guest MAC {}, served by vhost-net.",
                     format_mac(&mac)
                 );
@@ -393,7 +393,7 @@ pub fn setup_tap(
                     })
                 })?;
             if !quiet {
-                eprintln!(
+                status!(
                     "Guest network: TAP {tap_name}, guest MAC {}, served by rvmspawn with {pairs} \
                      queue pair{} (no {VHOST_NET}: {why}).",
                     format_mac(&mac),
@@ -420,7 +420,7 @@ pub fn setup_user_mode(quiet: bool) -> Result<(NetSetup, crate::helper::Helper),
         )
     })?;
     if !quiet {
-        eprintln!(
+        status!(
             "Guest network: user mode through passt (guest {}/{}, gateway {}, DNS {}).",
             crate::passt::GUEST_ADDRESS,
             crate::passt::PREFIX_LEN,

@@ -37,6 +37,8 @@ pub struct RuntimeDir {
     name: CString,
     /// The run's directory, opened without following links; its `flock` marks the run as live.
     dir: OwnedFd,
+    /// Removes the directory if rvmspawn ends without dropping this (a panic, a second signal).
+    _cleanup: crate::cleanup::Registration,
 }
 
 /// Where runs keep their directories.
@@ -321,11 +323,23 @@ impl RuntimeDir {
         let base = base_fd
             .try_clone()
             .map_err(|e| err(format!("Failed to open {}", base.display()), &e))?;
+        // The same removal as the drop's, through descriptors of its own, for an abrupt end.
+        let clone_err = |e: io::Error| err(format!("Failed to open {}", path.display()), &e);
+        let (d, b) = (
+            dir.try_clone().map_err(clone_err)?,
+            base.try_clone().map_err(clone_err)?,
+        );
+        let (n, p) = (name.clone(), path.clone());
+        let _cleanup = crate::cleanup::register(move || {
+            let _ = empty(&d, &p);
+            let _ = unlinkat(&b, &n, libc::AT_REMOVEDIR);
+        });
         Ok(Some(RuntimeDir {
             path,
             base,
             name,
             dir,
+            _cleanup,
         }))
     }
 

@@ -88,7 +88,10 @@ pub fn start(binary: &Path, share: &FsShare) -> Result<(Helper, UnixStream), Err
     };
     let mut cmd = Command::new(binary);
     cmd.args(arguments(share));
-    let helper = Helper::spawn(name, cmd, Some((listener, SOCKET_FD)))?;
+    // Its messages reach the user through rvmspawn's writer: the terminal may be raw.
+    cmd.stderr(std::process::Stdio::piped());
+    let mut helper = Helper::spawn(name, cmd, Some((listener, SOCKET_FD)))?;
+    helper.relay_stderr()?;
     Ok((helper, stream))
 }
 

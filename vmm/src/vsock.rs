@@ -123,7 +123,8 @@ impl Notifier {
         };
         if applied.became_ready {
             if !self.quiet {
-                eprint!("\r\nVM reported READY=1.\r\n");
+                // On a line of its own, whatever the guest was printing.
+                status!("\nVM reported READY=1.");
             }
             if self.forward_ready {
                 notify_supervisor("READY=1");

@@ -18,7 +18,7 @@
 
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -279,13 +279,121 @@ impl Link {
     }
 }
 
-/// The connection to the back end, shared by every handle.
+/// The connection to the back end, shared by every handle and by its operations thread.
 struct Connection {
+    /// Set by [`VhostUserFs::disconnect`] (or when the last handle goes): nothing more is asked
+    /// of the back end.
+    closed: AtomicBool,
     link: Mutex<Link>,
     watchdog: Watchdog,
     /// The deadline of an activation or a reset.
     timeout: Duration,
     next_id: AtomicU64,
+    /// Activations and resets waiting for the operations thread.
+    ops: Mutex<Ops>,
+    ops_changed: Condvar,
+}
+
+/// What the operations thread has to do, and is doing.
+#[derive(Default)]
+struct Ops {
+    queue: std::collections::VecDeque<Op>,
+    /// The handle whose operation runs now.
+    running: Option<u64>,
+    /// The last failed operation's handle and error, for [`VhostUserFs::settle`].
+    failed: Option<(u64, String)>,
+    /// The last handle is gone: finish (quickly: the connection is cut) and end.
+    stop: bool,
+}
+
+/// One exchange with the back end, run by the operations thread so that no vCPU waits for
+/// the back end: a driver's status write only queues it.
+enum Op {
+    /// Start the rings of handle `owner`'s activation.
+    Activate {
+        owner: u64,
+        features: u64,
+        /// Kept so the memory the region descriptors name stays mapped and open.
+        _mem: GuestMemoryMmap,
+        regions: Vec<VhostUserMemoryRegionInfo>,
+        rings: Vec<RingPlan>,
+        interrupt: Arc<dyn Interrupt>,
+    },
+    /// Stop handle `owner`'s rings, if they run.
+    Reset { owner: u64 },
+}
+
+impl Op {
+    fn owner(&self) -> u64 {
+        match self {
+            Op::Activate { owner, .. } | Op::Reset { owner } => *owner,
+        }
+    }
+}
+
+impl Connection {
+    fn queue(&self, op: Op) {
+        lock(&self.ops).queue.push_back(op);
+        self.ops_changed.notify_all();
+    }
+
+    /// Whether an operation of handle `owner` is queued or running.
+    fn pending(&self, owner: u64) -> bool {
+        let ops = lock(&self.ops);
+        ops.running == Some(owner) || ops.queue.iter().any(|op| op.owner() == owner)
+    }
+
+    /// The operations thread: runs queued operations in order until told to stop.
+    fn serve(&self) {
+        loop {
+            let op = {
+                let mut ops = lock(&self.ops);
+                loop {
+                    if let Some(op) = ops.queue.pop_front() {
+                        ops.running = Some(op.owner());
+                        break op;
+                    }
+                    if ops.stop {
+                        return;
+                    }
+                    ops = self
+                        .ops_changed
+                        .wait(ops)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+            };
+            let owner = op.owner();
+            let failed = if self.closed.load(Ordering::SeqCst) {
+                // Disconnected: nothing is asked of the back end any more.
+                None
+            } else {
+                match op {
+                    Op::Activate {
+                        owner,
+                        features,
+                        regions,
+                        rings,
+                        interrupt,
+                        ..
+                    } => self
+                        .start_rings(owner, features, &regions, rings)
+                        .err()
+                        .map(|e| {
+                            // The guest's device fails, never the VMM.
+                            interrupt.needs_reset();
+                            e.to_string()
+                        }),
+                    Op::Reset { owner } => self.stop_rings_of(owner).err().map(|e| e.to_string()),
+                }
+            };
+            let mut ops = lock(&self.ops);
+            ops.running = None;
+            if let Some(e) = failed {
+                ops.failed = Some((owner, e));
+            }
+            self.ops_changed.notify_all();
+        }
+    }
 }
 
 impl Connection {
@@ -331,9 +439,27 @@ fn host_range(mem: &GuestMemoryMmap, addr: u64, len: u64) -> Option<u64> {
     region.get_host_address(off).ok().map(|p| p as u64)
 }
 
+/// Ends the connection's operations thread when the last handle goes: the connection is cut
+/// (the back end sees it close, as it would when the socket is dropped), so what is queued
+/// finishes at once, and the thread is not waited for.
+struct OpsThread {
+    conn: Arc<Connection>,
+}
+
+impl Drop for OpsThread {
+    fn drop(&mut self) {
+        self.conn.closed.store(true, Ordering::SeqCst);
+        self.conn.watchdog.cut();
+        lock(&self.conn.ops).stop = true;
+        self.conn.ops_changed.notify_all();
+    }
+}
+
 /// A virtio-fs device whose requests a vhost-user back end (virtiofsd) serves.
 pub struct VhostUserFs {
     conn: Arc<Connection>,
+    /// Shared by every handle; dropped with the last one.
+    ops_thread: Arc<OpsThread>,
     id: u64,
     config: [u8; TAG_LEN + 4],
     queue_sizes: Vec<u16>,
@@ -398,6 +524,7 @@ impl VhostUserFs {
         let watchdog = Watchdog::spawn(stream.try_clone().map_err(FsError::Socket)?)
             .map_err(FsError::Thread)?;
         let conn = Arc::new(Connection {
+            closed: AtomicBool::new(false),
             // Two queues (high priority + one request queue) until GET_QUEUE_NUM says more.
             link: Mutex::new(Link {
                 frontend: Frontend::from_stream(stream, 2),
@@ -408,6 +535,8 @@ impl VhostUserFs {
             watchdog,
             timeout: operation,
             next_id: AtomicU64::new(1),
+            ops: Mutex::new(Ops::default()),
+            ops_changed: Condvar::new(),
         });
         let (features, queues) = conn.with_deadline(handshake, |l, wd| {
             l.call(wd, "SET_OWNER", |f| f.set_owner())?;
@@ -447,8 +576,14 @@ impl VhostUserFs {
         let mut config = [0u8; TAG_LEN + 4];
         config[..tag.len()].copy_from_slice(tag.as_bytes());
         config[TAG_LEN..].copy_from_slice(&u32::from(requests).to_le_bytes());
+        let serving = conn.clone();
+        std::thread::Builder::new()
+            .name("virtio-fs-ops".into())
+            .spawn(move || serving.serve())
+            .map_err(FsError::Thread)?;
         Ok(VhostUserFs {
             id: 0,
+            ops_thread: Arc::new(OpsThread { conn: conn.clone() }),
             conn,
             config,
             queue_sizes: vec![QUEUE_SIZE; usize::from(requests) + 1],
@@ -461,10 +596,54 @@ impl VhostUserFs {
     pub fn share(&self) -> VhostUserFs {
         VhostUserFs {
             conn: self.conn.clone(),
+            ops_thread: self.ops_thread.clone(),
             id: self.conn.next_id.fetch_add(1, Ordering::Relaxed),
             config: self.config,
             queue_sizes: self.queue_sizes.clone(),
             features: self.features,
+        }
+    }
+
+    /// End the connection now, for every handle, without asking the back end anything: the
+    /// run is over, and a back end that stopped answering must not hold the stop up. A request
+    /// in progress (on a vCPU thread) fails at once; later resets return at once; the back end
+    /// sees the socket close and exits (virtiofsd does).
+    pub fn disconnect(&self) {
+        self.conn.closed.store(true, Ordering::SeqCst);
+        self.conn.watchdog.cut();
+    }
+
+    /// Why the connection was given up, if it was (without waiting for an operation).
+    fn broken(&self) -> Option<String> {
+        if self.conn.closed.load(Ordering::SeqCst) {
+            return Some("the connection is closed".into());
+        }
+        let ops = lock(&self.conn.ops);
+        ops.failed
+            .as_ref()
+            .map(|(_, e)| format!("the connection was closed after an earlier failure ({e})"))
+    }
+
+    /// Wait until this handle's queued activations and resets are done, at most `timeout`;
+    /// the error of the last one that failed, if it was this handle's. For tests and for a
+    /// caller that has time to wait (never a vCPU).
+    pub fn settle(&self, timeout: Duration) -> Result<(), FsError> {
+        let deadline = Instant::now() + timeout;
+        let mut ops = lock(&self.conn.ops);
+        while ops.running == Some(self.id) || ops.queue.iter().any(|op| op.owner() == self.id) {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return Err(FsError::Timeout("the queued operations", timeout));
+            };
+            ops = self
+                .conn
+                .ops_changed
+                .wait_timeout(ops, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        match &ops.failed {
+            Some((owner, e)) if *owner == self.id => Err(FsError::Backend("operation", e.clone())),
+            _ => Ok(()),
         }
     }
 
@@ -541,8 +720,11 @@ impl VirtioDevice for VhostUserFs {
         super::read_config_bytes(&self.config, offset, data);
     }
 
+    /// Checks what the driver set up and queues the activation for the operations thread:
+    /// the vCPU that wrote DRIVER_OK does not wait for the back end. If the back end refuses
+    /// or does not answer in time, the device asks the driver for a reset
+    /// ([`Interrupt::needs_reset`]).
     fn activate(&mut self, a: Activation) -> Result<(), VirtioError> {
-        self.reset();
         // The transport lets the driver accept only what it offered; the back end must still
         // never be sent a bit it did not offer.
         if a.features & !self.features != 0 {
@@ -550,6 +732,9 @@ impl VirtioDevice for VhostUserFs {
                 "the driver accepted features {:#x} the back end lacks",
                 a.features & !self.features
             )));
+        }
+        if let Some(why) = self.broken() {
+            return Err(VirtioError::Backend(why));
         }
         let Activation {
             mem,
@@ -559,68 +744,104 @@ impl VirtioDevice for VhostUserFs {
         } = a;
         let (regions, rings) = plan(&mem, queues, interrupt.as_ref(), self.queue_sizes.len())
             .map_err(VirtioError::Backend)?;
-        let owner = self.id;
-        self.conn
-            .with_deadline(self.conn.timeout, |l, wd| {
-                // A previous machine's rings, if its device was not reset first.
-                l.stop_rings(wd)?;
-                let acked = features | if l.protocol { F_PROTOCOL_FEATURES } else { 0 };
-                l.call(wd, "SET_FEATURES", |f| f.set_features(acked))?;
-                l.call(wd, "SET_MEM_TABLE", |f| {
-                    f.set_mem_table(&regions).map(|_| ())
-                })?;
-                l.active = Some(Active {
-                    owner,
-                    queues: Vec::with_capacity(rings.len()),
-                    _fds: Vec::with_capacity(2 * rings.len()),
-                });
-                for r in rings {
-                    let i = r.index;
-                    let config = VringConfigData {
-                        queue_max_size: QUEUE_SIZE,
-                        queue_size: r.size,
-                        flags: 0,
-                        desc_table_addr: r.desc,
-                        used_ring_addr: r.used,
-                        avail_ring_addr: r.avail,
-                        log_addr: None,
-                    };
-                    l.call(wd, "SET_VRING_NUM", |f| f.set_vring_num(i, r.size))?;
-                    l.call(wd, "SET_VRING_ADDR", |f| f.set_vring_addr(i, &config))?;
-                    l.call(wd, "SET_VRING_BASE", |f| f.set_vring_base(i, 0))?;
-                    l.call(wd, "SET_VRING_CALL", |f| f.set_vring_call(i, &r.call))?;
-                    l.call(wd, "SET_VRING_KICK", |f| f.set_vring_kick(i, &r.kick))?;
-                    if let Some(a) = &mut l.active {
-                        a.queues.push(i);
-                        a._fds.push(r.call);
-                        a._fds.push(r.kick);
-                    }
-                    if l.protocol {
-                        l.call(wd, "SET_VRING_ENABLE", |f| f.set_vring_enable(i, true))?;
-                    }
-                }
-                Ok(())
-            })
-            .map_err(|e| VirtioError::Backend(e.to_string()))
+        self.conn.queue(Op::Activate {
+            owner: self.id,
+            features,
+            _mem: mem,
+            regions,
+            rings,
+            interrupt,
+        });
+        Ok(())
     }
 
+    /// Queues the stop of this handle's rings; [`VirtioDevice::reset_pending`] says when it is
+    /// done (the back end stops using the rings then).
     fn reset(&mut self) {
-        let owner = self.id;
+        if self.conn.closed.load(Ordering::SeqCst) {
+            // Disconnected: the back end has nothing of ours left to stop.
+            return;
+        }
+        self.conn.queue(Op::Reset { owner: self.id });
+    }
+
+    fn reset_pending(&self) -> bool {
+        self.conn.pending(self.id)
+    }
+}
+
+impl Connection {
+    /// Start the rings of an activation (the operations thread's part of `activate`).
+    fn start_rings(
+        &self,
+        owner: u64,
+        features: u64,
+        regions: &[VhostUserMemoryRegionInfo],
+        rings: Vec<RingPlan>,
+    ) -> Result<(), FsError> {
+        self.with_deadline(self.timeout, |l, wd| {
+            // A previous machine's or activation's rings, if they were not stopped first.
+            l.stop_rings(wd)?;
+            let acked = features | if l.protocol { F_PROTOCOL_FEATURES } else { 0 };
+            l.call(wd, "SET_FEATURES", |f| f.set_features(acked))?;
+            l.call(wd, "SET_MEM_TABLE", |f| {
+                f.set_mem_table(regions).map(|_| ())
+            })?;
+            l.active = Some(Active {
+                owner,
+                queues: Vec::with_capacity(rings.len()),
+                _fds: Vec::with_capacity(2 * rings.len()),
+            });
+            for r in rings {
+                let i = r.index;
+                let config = VringConfigData {
+                    queue_max_size: QUEUE_SIZE,
+                    queue_size: r.size,
+                    flags: 0,
+                    desc_table_addr: r.desc,
+                    used_ring_addr: r.used,
+                    avail_ring_addr: r.avail,
+                    log_addr: None,
+                };
+                l.call(wd, "SET_VRING_NUM", |f| f.set_vring_num(i, r.size))?;
+                l.call(wd, "SET_VRING_ADDR", |f| f.set_vring_addr(i, &config))?;
+                l.call(wd, "SET_VRING_BASE", |f| f.set_vring_base(i, 0))?;
+                l.call(wd, "SET_VRING_CALL", |f| f.set_vring_call(i, &r.call))?;
+                l.call(wd, "SET_VRING_KICK", |f| f.set_vring_kick(i, &r.kick))?;
+                if l.protocol {
+                    l.call(wd, "SET_VRING_ENABLE", |f| f.set_vring_enable(i, true))?;
+                }
+                // The driver may have notified the queue before the ring was enabled (it does
+                // not wait for the activation), and a back end drops a kick for a disabled
+                // ring: one more makes it look at the ring now. A spare kick costs nothing.
+                let _ = r.kick.write(1);
+                if let Some(a) = &mut l.active {
+                    a.queues.push(i);
+                    a._fds.push(r.call);
+                    a._fds.push(r.kick);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Stop handle `owner`'s rings if they are the running ones. On failure the connection is
+    /// already shut down: the back end exits and unmaps the memory, which is all a reset has
+    /// to achieve.
+    fn stop_rings_of(&self, owner: u64) -> Result<(), FsError> {
         {
-            let link = lock(&self.conn.link);
+            let link = lock(&self.link);
             if link.active.as_ref().is_none_or(|a| a.owner != owner) {
-                return;
+                return Ok(());
             }
         }
-        // On failure the connection is already shut down: the back end exits and unmaps the
-        // memory, which is all a reset has to achieve.
-        let _ = self.conn.with_deadline(self.conn.timeout, |l, wd| {
+        self.with_deadline(self.timeout, |l, wd| {
             if l.active.as_ref().is_some_and(|a| a.owner == owner) {
                 l.stop_rings(wd)
             } else {
                 Ok(())
             }
-        });
+        })
     }
 }
 

@@ -100,8 +100,17 @@ pub trait VirtioDevice: Send {
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     /// Start processing the queues.
     fn activate(&mut self, activation: Activation) -> Result<(), VirtioError>;
-    /// Stop processing and forget the queues; returns once no thread touches guest memory.
+    /// Stop processing and forget the queues; returns once no thread of ours touches guest
+    /// memory. A device whose back end is another process may return before the back end has
+    /// stopped (it must not keep a vCPU waiting for it): it then says so in
+    /// [`VirtioDevice::reset_pending`].
     fn reset(&mut self);
+    /// Whether a reset is still being carried out by the back end. Meanwhile the transport
+    /// shows the driver a non-zero device status: the virtio specification has the driver
+    /// wait for a status of 0 after writing 0 (Linux polls it).
+    fn reset_pending(&self) -> bool {
+        false
+    }
 }
 
 /// Copy `data.len()` bytes of `config` at `offset`, zero past its end: the common way to serve

@@ -183,6 +183,9 @@ pub struct VirtioPci {
     isr: Arc<AtomicU8>,
     needs_reset: Arc<AtomicBool>,
     active: bool,
+    /// The status before the driver's last reset, shown to the driver until the device says
+    /// the reset is done ([`VirtioDevice::reset_pending`]).
+    resetting_from: u8,
 }
 
 impl std::fmt::Debug for VirtioPci {
@@ -302,6 +305,7 @@ impl VirtioPci {
             isr: Arc::new(AtomicU8::new(0)),
             needs_reset: Arc::new(AtomicBool::new(false)),
             active: false,
+            resetting_from: 0,
         };
         dev.update_ioevents()?;
         Ok(dev)
@@ -335,6 +339,7 @@ impl VirtioPci {
 
     fn reset(&mut self) {
         self.device.reset();
+        self.resetting_from = self.status;
         self.active = false;
         self.status = 0;
         self.device_feature_select = 0;
@@ -458,7 +463,13 @@ impl VirtioPci {
             1 => (self.driver_features >> 32) as u32,
             _ => 0,
         };
-        let status = self.status
+        // Until the device has finished its reset the driver must not start again.
+        let shown = if self.status == 0 && self.device.reset_pending() {
+            self.resetting_from
+        } else {
+            self.status
+        };
+        let status = shown
             | if self.needs_reset.load(Ordering::SeqCst) {
                 STATUS_NEEDS_RESET
             } else {

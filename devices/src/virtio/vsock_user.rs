@@ -333,13 +333,19 @@ impl VirtioDevice for VsockUser {
         engine
             .register_thread_fds(&kill, notifies)
             .map_err(VirtioError::Thread)?;
+        let (done_tx, done) = std::sync::mpsc::channel::<()>();
         let handle = std::thread::Builder::new()
             .name("vsock-user".into())
-            .spawn(move || engine.run())
+            .spawn(move || {
+                // Dropped last, once the engine is gone.
+                let _done = done_tx;
+                engine.run()
+            })
             .map_err(VirtioError::Thread)?;
         self.worker = Some(DeviceThread {
             kill,
             handle: Some(handle),
+            done: std::sync::Mutex::new(done),
         });
         Ok(())
     }
@@ -349,17 +355,30 @@ impl VirtioDevice for VsockUser {
     }
 }
 
-/// The running device thread; dropping it stops and joins the thread.
+/// The running device thread; dropping it stops the thread and joins it, waiting at most as
+/// long as for a queue thread (a reset runs on a vCPU thread).
 struct DeviceThread {
     kill: EventFd,
     handle: Option<JoinHandle<()>>,
+    /// Disconnected when the thread has ended (in a mutex only so the device stays `Sync`).
+    done: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
 }
 
 impl Drop for DeviceThread {
     fn drop(&mut self) {
         let _ = self.kill.write(1);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
+        let Some(h) = self.handle.take() else {
+            return;
+        };
+        let done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        match done.recv_timeout(super::worker::STOP_TIMEOUT) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => crate::report(&format!(
+                "vsock-user did not stop within {:?}; leaving it to finish on its own.",
+                super::worker::STOP_TIMEOUT
+            )),
+            _ => {
+                let _ = h.join();
+            }
         }
     }
 }

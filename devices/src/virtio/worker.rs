@@ -1,21 +1,36 @@
 //! A thread that serves one queue: it sleeps until the driver notifies the queue (KVM signals
 //! the ioeventfd without leaving the guest), runs the device's handler, and exits when the
 //! device is reset or dropped.
+//!
+//! Stopping a worker is bounded: a device reset runs on a vCPU thread (the driver's status
+//! write) and a machine's teardown on the main thread, and neither may wait for a thread that
+//! is inside a long host I/O. The worker is told to stop and waited for at most
+//! [`STOP_TIMEOUT`]; a worker still busy then is reported and detached. It keeps what it
+//! uses alive (guest memory and the back end are reference-counted), finishes the request it
+//! is in, and ends at its next look at the stop signal, or with the process.
 
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{GuestMemoryMmap, Interrupt};
 
-/// A running queue thread; dropping it stops and joins the thread.
+/// How long dropping a [`QueueWorker`] waits for its thread.
+pub const STOP_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// A running queue thread; dropping it stops the thread and joins it, waiting at most
+/// [`STOP_TIMEOUT`].
 #[derive(Debug)]
 pub struct QueueWorker {
     kill: EventFd,
     handle: Option<JoinHandle<()>>,
+    /// Disconnected when the thread's body has returned (its sender is dropped).
+    done: Receiver<()>,
 }
 
 impl QueueWorker {
@@ -70,12 +85,16 @@ impl QueueWorker {
     {
         let kill = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
         let thread_kill = kill.try_clone()?;
-        let handle = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || body(thread_kill))?;
+        let (done_tx, done) = std::sync::mpsc::channel::<()>();
+        let handle = std::thread::Builder::new().name(name).spawn(move || {
+            // Dropped last, once `body` and everything it captured are gone.
+            let _done: Sender<()> = done_tx;
+            body(thread_kill)
+        })?;
         Ok(QueueWorker {
             kill,
             handle: Some(handle),
+            done,
         })
     }
 }
@@ -83,8 +102,22 @@ impl QueueWorker {
 impl Drop for QueueWorker {
     fn drop(&mut self) {
         let _ = self.kill.write(1);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
+        let Some(h) = self.handle.take() else {
+            return;
+        };
+        match self.done.recv_timeout(STOP_TIMEOUT) {
+            Err(RecvTimeoutError::Timeout) => {
+                let name = h.thread().name().unwrap_or("a queue thread").to_owned();
+                crate::report(&format!(
+                    "{name} did not stop within {STOP_TIMEOUT:?} (inside a long host I/O?); \
+                     leaving it to finish on its own."
+                ));
+                // Dropping the handle detaches the thread.
+            }
+            // Nothing is ever sent: the body has returned.
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
+                let _ = h.join();
+            }
         }
     }
 }
@@ -159,5 +192,27 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         drop(w);
+    }
+
+    #[test]
+    fn a_worker_inside_a_long_operation_is_left_after_the_timeout() {
+        let notify = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let release = Arc::new(std::sync::Barrier::new(2));
+        let r = release.clone();
+        let w = QueueWorker::spawn("test-long".into(), notify, move || {
+            let _ = started_tx.send(());
+            // A host I/O that outlasts the stop: it ends only when the test says so.
+            r.wait();
+            true
+        })
+        .unwrap();
+        started.recv().unwrap();
+        let t0 = Instant::now();
+        drop(w);
+        let took = t0.elapsed();
+        assert!(took >= STOP_TIMEOUT, "{took:?}");
+        assert!(took < STOP_TIMEOUT + Duration::from_secs(2), "{took:?}");
+        release.wait();
     }
 }

@@ -15,6 +15,8 @@ type QueueSeen = (u16, u64, u64, u64, u16);
 struct Log {
     activations: Vec<(u64, Vec<QueueSeen>)>,
     resets: usize,
+    /// The device's back end is still carrying out a reset.
+    reset_pending: bool,
 }
 
 struct Dummy(Arc<Mutex<Log>>);
@@ -58,6 +60,9 @@ impl VirtioDevice for Dummy {
     }
     fn reset(&mut self) {
         self.0.lock().unwrap().resets += 1;
+    }
+    fn reset_pending(&self) -> bool {
+        self.0.lock().unwrap().reset_pending
     }
 }
 
@@ -319,4 +324,17 @@ fn hostile_bar_accesses_are_harmless() {
     d.read_bar(1, 0, &mut [0u8; 4]);
     // ISR reads clear it.
     assert_eq!(r(&mut d, 0x1000, 1), 0);
+}
+
+#[test]
+fn the_driver_sees_a_reset_in_progress_until_the_device_has_done_it() {
+    let (mut d, log, _) = device();
+    w(&mut d, 20, 1 | 2, 1);
+    // The back end takes its time: the reset returns at once, the status stays non-zero.
+    log.lock().unwrap().reset_pending = true;
+    w(&mut d, 20, 0, 1);
+    assert_eq!(log.lock().unwrap().resets, 1);
+    assert_eq!(r(&mut d, 20, 1), 1 | 2);
+    log.lock().unwrap().reset_pending = false;
+    assert_eq!(r(&mut d, 20, 1), 0, "done");
 }
