@@ -114,7 +114,9 @@ impl Notifier {
     }
 
     /// The same, telling the supervisor at `socket` (a path, or `@NAME` in the abstract
-    /// namespace) instead of `$NOTIFY_SOCKET`'s, or none.
+    /// namespace) instead of `$NOTIFY_SOCKET`'s, or none (for tests, which must not change
+    /// the process's environment).
+    #[cfg(test)]
     pub fn with_supervisor(mut self, socket: Option<std::ffi::OsString>) -> Notifier {
         self.supervisor = socket;
         self
