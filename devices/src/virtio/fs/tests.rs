@@ -596,9 +596,8 @@ fn a_new_machine_reprograms_the_same_connection() {
     second.reset();
     drop(second);
     assert!(fake.take().is_empty());
-    // The connection lives as long as one handle does.
-    std::thread::sleep(Duration::from_millis(50));
-    assert!(!fake.thread.as_ref().unwrap().is_finished());
+    // The connection lives as long as one handle does: the last one's reset still reaches
+    // the back end (the messages below), and only then does the connection end.
     drop(third);
     assert!(fake.join());
     let codes: Vec<u32> = fake.take().iter().map(|m| m.code).collect();
