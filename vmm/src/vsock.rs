@@ -410,7 +410,7 @@ pub fn notify_supervisor_at(socket: Option<&std::ffi::OsStr>, message: &str) {
         std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
             .and_then(|a| sock.send_to_addr(message.as_bytes(), &a))
     } else {
-        sock.send_to(message.as_bytes(), &path)
+        sock.send_to(message.as_bytes(), path)
     };
     if let Err(e) = sent {
         debug!("Failed to notify {}: {e}", path.display());
