@@ -279,6 +279,14 @@ mod tests {
 
     #[test]
     fn definition_is_consistent() {
+        // clap's own consistency checks panic on a bad definition.
         Args::command().debug_assert();
+        // And the command is the one the man page describes.
+        let c = Args::command();
+        assert!(
+            c.get_arguments()
+                .any(|a| a.get_long() == Some("linux") && a.get_short().is_none())
+        );
+        assert!(c.get_arguments().any(|a| a.get_long() == Some("quiet")));
     }
 }

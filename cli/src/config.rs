@@ -1809,24 +1809,42 @@ mod tests {
 
     #[test]
     fn detect_modes_are_accepted() {
-        for argv in [
-            [
-                "--qemu-kvm=auto",
-                "--qemu-vsock=no",
-                "--tpm=auto",
-                "--secure-boot=auto",
-            ],
-            ["--qemu-kvm=", "--qemu-vsock=", "--tpm=", "--secure-boot="],
-            [
-                "--qemu-kvm=1",
-                "--qemu-vsock=0",
-                "--tpm=off",
-                "--vsock-cid=",
-            ],
+        // (arguments, then the kvm, vsock and tpm settings they give: None is "detect")
+        for (argv, kvm, vsock, tpm) in [
+            (
+                [
+                    "--qemu-kvm=auto",
+                    "--qemu-vsock=no",
+                    "--tpm=auto",
+                    "--secure-boot=auto",
+                ],
+                None,
+                Some(false),
+                None,
+            ),
+            (
+                ["--qemu-kvm=", "--qemu-vsock=", "--tpm=", "--secure-boot="],
+                None,
+                None,
+                None,
+            ),
+            (
+                [
+                    "--qemu-kvm=1",
+                    "--qemu-vsock=0",
+                    "--tpm=off",
+                    "--vsock-cid=",
+                ],
+                Some(true),
+                Some(false),
+                Some(false),
+            ),
         ] {
             let mut argv = argv.to_vec();
             argv.push("--linux=/k");
-            checked(&argv).unwrap();
+            let s = checked(&argv).unwrap();
+            assert_eq!((s.kvm, s.vsock, s.tpm), (kvm, vsock, tpm), "{argv:?}");
+            assert_eq!(s.vsock_cid, None, "{argv:?}");
         }
     }
 

@@ -133,6 +133,15 @@ fn every_option_of_the_man_page_is_accepted() {
         let out = run(&[&format!("--{option}"), "x"]);
         let err = stderr(&out);
         assert!(!err.contains("unexpected argument"), "--{option}: {err}");
+        // The parser took it: what follows is rvmspawn's own verdict on the run (nothing to
+        // boot, a bad value, a missing file: one `rvmspawn: ` line), or the help or version.
+        if matches!(option, "help" | "version") {
+            assert_eq!(out.status.code(), Some(0), "--{option}: {err}");
+            assert!(!stdout(&out).is_empty(), "--{option}");
+        } else {
+            assert!(err.starts_with("rvmspawn: "), "--{option}: {err}");
+            assert_ne!(out.status.code(), Some(0), "--{option}: {err}");
+        }
     }
 }
 
@@ -396,11 +405,22 @@ fn status_lines_unless_quiet() {
     assert!(err.contains(&first), "{err}");
     assert!(err.contains("Press Ctrl-] three times within 1s to kill VM."));
 
+    let not_a_kernel = format!(
+        "rvmspawn: '{}' is not a Linux kernel (neither a bzImage nor an ELF vmlinux)",
+        kernel.path().display()
+    );
+    assert!(err.contains(&not_a_kernel), "{err}");
+
     let mut quiet = common.to_vec();
     quiet.insert(0, "-q");
-    let err = stderr(&run(&quiet));
+    let out_quiet = run(&quiet);
+    let err = stderr(&out_quiet);
     assert!(!err.contains("Spawning VM"), "{err}");
     assert!(!err.contains("Press Ctrl-]"), "{err}");
+    // Quiet, not idle: the run got as far as loading the kernel, and says so as before.
+    assert!(err.contains(&not_a_kernel), "{err}");
+    assert_eq!(out.status.code(), Some(libc::ENOEXEC));
+    assert_eq!(out_quiet.status.code(), Some(libc::ENOEXEC));
 }
 
 /// Runs rvmspawn through sh so that $LISTEN_PID can be the pid rvmspawn will have

@@ -256,9 +256,17 @@ fn debug_level_names_every_skipped_descriptor() {
         assert!(line.contains(why), "{line}");
     }
     assert!(err.contains("Selected firmware definition"), "{err}");
-    // Not without debug.
-    let err = stderr(&f.run(&["--firmware=describe"]));
+    // Not without debug; the same descriptor is chosen and described all the same.
+    let plain = f.run(&["--firmware=describe"]);
+    let err = stderr(&plain);
     assert!(!err.contains("Skipping"), "{err}");
+    assert_eq!(plain.status.code(), Some(0), "{err}");
+    assert_eq!(stdout(&plain), stdout(&out));
+    assert!(
+        stdout(&plain).contains("\"description\""),
+        "{}",
+        stdout(&plain)
+    );
 }
 
 #[test]
@@ -367,6 +375,14 @@ fn empty_search_path_lists_nothing() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert!(out.stdout.is_empty());
+    // The same command on the fixture's directories does list them.
+    let listed = f.run(&["--firmware=list"]);
+    assert_eq!(listed.status.code(), Some(0));
+    assert!(
+        stdout(&listed).contains("60-edk2-x86_64.json\n"),
+        "{}",
+        stdout(&listed)
+    );
 }
 
 #[test]
@@ -387,11 +403,17 @@ fn nvram_options_on_a_direct_boot_are_not_silently_ignored() {
         "{}",
         stderr(&out)
     );
-    // Without them, no such notice.
+    // Without them, no such notice, and the run goes on as far as the kernel.
     let out = f.run(&[&linux, "--qemu-vsock=no"]);
     assert!(
         !stderr(&out).contains("apply to firmware boots only"),
         "{}",
         stderr(&out)
     );
+    assert!(
+        stderr(&out).contains("is not a Linux kernel"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(out.status.code(), Some(libc::ENOEXEC), "{}", stderr(&out));
 }

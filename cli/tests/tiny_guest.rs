@@ -195,23 +195,29 @@ fn typed_input_reaches_the_guest_in_full_and_in_order() {
 
 #[test]
 fn ctrl_bracket_three_times_ends_the_vm() {
+    // Print "waiting", then echo every byte received on COM1 (as in the typed-input test).
     let mut code = print(b"waiting\n");
-    code.extend(halt_forever());
+    code.extend(mov_dx(0x3fd)); // 0: mov dx, LSR
+    code.extend([0xec, 0xa8, 0x01, 0x74, 0xfb]); // 4: in al,dx; test al,1; jz 4
+    code.extend(mov_dx(0x3f8)); // 9: mov dx, RBR
+    code.extend([0xec, 0xee, 0xeb, 0xef]); // in al,dx; out dx,al; jmp 0
     let k = write_guest("hang", &code);
     let mut child = rvmspawn(&k, &[])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    read_until(&mut child.stdout.take().unwrap(), b"waiting\n", 1);
+    let mut stdout = child.stdout.take().unwrap();
+    read_until(&mut stdout, b"waiting\n", 1);
     let mut stdin = child.stdin.take().unwrap();
-    // Two escapes and a key do not end it; three escapes in a row do.
+    // Two escapes and a key do not end it: the key reaches the guest, which echoes it...
     stdin.write_all(b"\x1d\x1dx").unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    read_until(&mut stdout, b"x", 1);
     assert!(
         child.try_wait().unwrap().is_none(),
         "an interrupted escape ended the VM"
     );
+    // ...three escapes in a row end it.
     stdin.write_all(b"\x1d\x1d\x1d").unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
@@ -667,10 +673,11 @@ fn a_terminal_that_stops_reading_cannot_keep_the_vmm_from_stopping() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    // Read a little, then stop reading: the pipe and rvmspawn's buffer fill up.
+    // Read a little, then stop reading until the pipe is full (rvmspawn's console writer is
+    // then stuck in write(2), and its buffer fills behind it).
     let mut stdout = child.stdout.take().unwrap();
     read_until(&mut stdout, b"x", 1);
-    std::thread::sleep(Duration::from_secs(2));
+    wait_until_full(&stdout);
     // SAFETY: sending a signal to our own child process.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -686,6 +693,31 @@ fn a_terminal_that_stops_reading_cannot_keep_the_vmm_from_stopping() {
     };
     drop(stdout);
     assert_eq!(status.code(), Some(0));
+}
+
+/// Wait (at most 30 s) until the pipe `stdout` reads from is nearly full: three quarters of its
+/// capacity queued (it counts in page-sized slots that small writes leave partly empty, so
+/// "full" is a little less than its size); rvmspawn's writes then block.
+fn wait_until_full(stdout: &std::process::ChildStdout) {
+    use std::os::fd::AsRawFd;
+    let fd = stdout.as_raw_fd();
+    // SAFETY: F_GETPIPE_SZ on our own pipe descriptor.
+    let size = unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) };
+    assert!(size > 0, "F_GETPIPE_SZ");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int, into `queued`.
+        assert_eq!(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued) }, 0);
+        if queued >= size / 4 * 3 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pipe never filled: {queued} of {size}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Start a tiny guest that prints "up" and halts, with `extra` options and `-M name`; returns

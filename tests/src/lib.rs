@@ -326,9 +326,124 @@ pub fn oem_strings(r: &BootResult) -> Vec<Vec<u8>> {
     out
 }
 
+/// SipHash-2-4 of `data` under `key`, written here from the algorithm's definition (Aumasson
+/// and Bernstein, 2012) so that the tests check rvmspawn's derivations against a computation
+/// of their own, not against rvmspawn's code.
+pub fn siphash24(key: &[u8; 16], data: &[u8]) -> u64 {
+    fn round(v: &mut [u64; 4]) {
+        v[0] = v[0].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(13) ^ v[0];
+        v[0] = v[0].rotate_left(32);
+        v[2] = v[2].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(16) ^ v[2];
+        v[0] = v[0].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(21) ^ v[0];
+        v[2] = v[2].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(17) ^ v[2];
+        v[2] = v[2].rotate_left(32);
+    }
+    let word = |b: &[u8]| {
+        let mut w = [0u8; 8];
+        w[..b.len()].copy_from_slice(b);
+        u64::from_le_bytes(w)
+    };
+    let (k0, k1) = (word(&key[..8]), word(&key[8..]));
+    let mut v = [
+        k0 ^ 0x736f_6d65_7073_6575,
+        k1 ^ 0x646f_7261_6e64_6f6d,
+        k0 ^ 0x6c79_6765_6e65_7261,
+        k1 ^ 0x7465_6462_7974_6573,
+    ];
+    let mut compress = |m: u64| {
+        v[3] ^= m;
+        round(&mut v);
+        round(&mut v);
+        v[0] ^= m;
+    };
+    let mut blocks = data.chunks_exact(8);
+    for b in &mut blocks {
+        compress(word(b));
+    }
+    // The last block: the remaining bytes, and the length's low byte on top.
+    compress(word(blocks.remainder()) | ((data.len() as u64) << 56));
+    v[2] ^= 0xff;
+    for _ in 0..4 {
+        round(&mut v);
+    }
+    v[0] ^ v[1] ^ v[2] ^ v[3]
+}
+
+/// The CID systemd-vmspawn gives machine `name` when that CID is free (its first try):
+/// 3 + SipHash-2-4(the name's bytes followed by the try number 0 as a little-endian u32) modulo
+/// `UINT_MAX - 4`, keyed with `03adf0a4592c7711da390cbaf54c8052`
+/// (/work/shared/reference/vmspawn-behaviour.md, `--vsock-cid`).
+pub fn vmspawn_cid(name: &str) -> u64 {
+    const KEY: [u8; 16] = [
+        0x03, 0xad, 0xf0, 0xa4, 0x59, 0x2c, 0x77, 0x11, 0xda, 0x39, 0x0c, 0xba, 0xf5, 0x4c, 0x80,
+        0x52,
+    ];
+    let mut data = name.as_bytes().to_vec();
+    data.extend_from_slice(&0u32.to_le_bytes());
+    3 + siphash24(&KEY, &data) % (u64::from(u32::MAX) - 4)
+}
+
+/// The system UUID rvmspawn documents for machine `name` without `--uuid=`
+/// (docs/architecture.md): the first 16 bytes of SHA-256 over rvmspawn's namespace UUID
+/// b68e2bd7-3f49-420e-aef6-fd99bb603b75 followed by the name, with the version nibble set to 8
+/// and the variant bits to 0b10; in its lowercase text form.
+pub fn rvmspawn_name_uuid(name: &str) -> String {
+    use sha2::{Digest, Sha256};
+    const NAMESPACE: [u8; 16] = [
+        0xb6, 0x8e, 0x2b, 0xd7, 0x3f, 0x49, 0x42, 0x0e, 0xae, 0xf6, 0xfd, 0x99, 0xbb, 0x60, 0x3b,
+        0x75,
+    ];
+    let mut h = Sha256::new();
+    h.update(NAMESPACE);
+    h.update(name.as_bytes());
+    let digest = h.finalize();
+    let mut u = [0u8; 16];
+    u.copy_from_slice(&digest[..16]);
+    u[6] = (u[6] & 0x0f) | 0x80;
+    u[8] = (u[8] & 0x3f) | 0x80;
+    let hex: String = u.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn siphash_matches_the_papers_vectors() {
+        // Key 00..0f; messages 00..(n-1): the reference implementation's vectors for n = 0,
+        // 7, 8 and 15 (one block short, one exactly, one partial second block).
+        let key: [u8; 16] = std::array::from_fn(|i| i as u8);
+        let msg: Vec<u8> = (0..64).collect();
+        assert_eq!(siphash24(&key, &msg[..0]), 0x726f_db47_dd0e_0e31);
+        assert_eq!(siphash24(&key, &msg[..7]), 0xab02_00f5_8b01_d137);
+        assert_eq!(siphash24(&key, &msg[..8]), 0x93f5_f579_9a93_2462);
+        assert_eq!(siphash24(&key, &msg[..15]), 0xa129_ca61_49be_45e5);
+    }
+
+    #[test]
+    fn name_uuid_is_marked_version_8_variant_1() {
+        // The value the boot crate's own test pins for "image".
+        assert_eq!(
+            rvmspawn_name_uuid("image"),
+            "7fdf72d2-bcff-8f32-bccf-a846878051c5"
+        );
+        let u = rvmspawn_name_uuid("x");
+        assert_eq!(u.len(), 36, "{u}");
+        assert_eq!(&u[14..15], "8", "{u}");
+        assert!(matches!(&u[19..20], "8" | "9" | "a" | "b"), "{u}");
+    }
 
     #[test]
     fn parses_framed_steps() {

@@ -148,9 +148,11 @@ exit $rc"#
                 "locked",
                 format!(
                     r#"{PREPARE}
-"$RVMSPAWN" -q --linux="$KERNEL" --initrd="$INITRD" -i "$D/disk.raw" root=/dev/vda rvmspawn.action=hang >/dev/null 2>&1 &
+"$RVMSPAWN" -q --linux="$KERNEL" --initrd="$INITRD" -i "$D/disk.raw" root=/dev/vda rvmspawn.action=hang >"$D/first" 2>&1 &
 first=$!
-sleep 2
+i=0
+until grep -q '^RVMSPAWN-GUEST-INIT' "$D/first" || [ $i -ge 1200 ] || ! kill -0 $first 2>/dev/null; do sleep 0.1; i=$((i+1)); done
+echo "HOST-FIRST-BOOTED=$(grep -c '^RVMSPAWN-GUEST-INIT' "$D/first")"
 {T} "$RVMSPAWN" -q --linux="$KERNEL" --initrd="$INITRD" -i "$D/disk.raw" root=/dev/vda
 echo "HOST-SECOND-RC=$?"
 kill -TERM $first
@@ -264,6 +266,8 @@ fn read_only_image_refuses_guest_writes() {
 #[test]
 fn an_image_in_use_is_refused() {
     let r = results().step("locked");
+    // The first VM was running (its guest reached /init) when the second one started.
+    expect(r, "HOST-FIRST-BOOTED", "1");
     // EBUSY, with a message naming the image.
     expect(r, "HOST-SECOND-RC", "16");
     assert!(

@@ -11,8 +11,13 @@ use rvmspawn_tests::{Batch, BootResult, Results};
 
 /// Shell functions for the steps. `tree UID` builds a busybox tree in `$D/root`, owned by UID,
 /// whose `/sbin/init` reports `RVMSPAWN-ROOT-*`, `RVMSPAWN-MOUNT=TAG WHERE RW` and
-/// `RVMSPAWN-BIND-*` lines, then powers off, or hangs with `rvmspawn.tree=hang`. `left`
-/// prints how many virtiofsd processes and virtiofs sockets of rvmspawn exist.
+/// `RVMSPAWN-BIND-*` lines, then powers off, or hangs with `rvmspawn.tree=hang`.
+/// `virtiofsd_below PID` lists the virtiofsd processes below PID (its children and theirs,
+/// from `/proc/PID/task/*/children`). `ours` counts the processes that have this step's own
+/// directory `$D` on their command line (its virtiofsd instances: `--shared-dir $D/...`), so
+/// no other test's or user's processes count; `wait_ours_gone` waits up to 5 s for none to be
+/// left (a killed process is gone once reaped); `left` prints how many of those and of
+/// rvmspawn's virtiofs sockets exist.
 const TREE: &str = r#"D=$(mktemp -d)
 tree() {
     mkdir -p "$D/root/bin" "$D/root/sbin" "$D/root/proc" "$D/root/dev" "$D/root/sys"
@@ -66,8 +71,24 @@ INIT
     chmod 755 "$D/root/sbin/init"
     chown -R "$1:$1" "$D/root"
 }
+virtiofsd_below() {
+    local c
+    for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+        [ "$(cat /proc/"$c"/comm 2>/dev/null)" = virtiofsd ] && echo "$c"
+        virtiofsd_below "$c"
+    done
+}
+ours() {
+    # "[/]" so that grep's own command line, also in /proc, does not match.
+    grep -ls "[/]${D#/}/" /proc/[0-9]*/cmdline | wc -l
+}
+wait_ours_gone() {
+    local i=0
+    until [ "$(ours)" = 0 ] || [ $i -ge 50 ]; do sleep 0.1; i=$((i+1)); done
+}
 left() {
-    echo "HOST-VIRTIOFSD-LEFT=$(pgrep -c -x virtiofsd)"
+    wait_ours_gone
+    echo "HOST-VIRTIOFSD-LEFT=$(ours)"
     echo "HOST-SOCKETS-LEFT=$(grep -c rvmspawn-virtiofs /proc/net/unix)"
 }
 wait_for() { # PATTERN FILE
@@ -77,12 +98,15 @@ wait_for() { # PATTERN FILE
 "#;
 
 /// Start rvmspawn on the tree with a guest that hangs; `vm` is its PID, once the tree's init
-/// runs.
+/// runs, and `vfsd` the PIDs of its virtiofsd processes (`HOST-VIRTIOFSD-RUNNING=` says how
+/// many).
 const START_HANGING: &str = r#"tree 0
 "$RVMSPAWN" -q --linux="$KERNEL" --initrd="$INITRD" -D "$D/root" \
     rvmspawn.tree=hang >"$D/vm" 2>&1 &
 vm=$!
 wait_for RVMSPAWN-TREE-HANG "$D/vm"
+vfsd=$(virtiofsd_below $vm)
+echo "HOST-VIRTIOFSD-RUNNING=$(echo $vfsd | wc -w)"
 "#;
 
 fn results() -> &'static Results {
@@ -140,11 +164,10 @@ exit $rc"#,
                 "virtiofsd-killed",
                 TREE.to_owned()
                     + START_HANGING
-                    + r#"pkill -KILL -x virtiofsd
+                    + r#"kill -KILL $vfsd
 wait $vm
 rc=$?
 cat "$D/vm"
-sleep 0.5
 left
 rm -rf "$D"
 exit $rc"#,
@@ -154,12 +177,9 @@ exit $rc"#,
                 "rvmspawn-killed",
                 TREE.to_owned()
                     + START_HANGING
-                    + r#"echo "HOST-VIRTIOFSD-RUNNING=$(pgrep -c -x virtiofsd)"
-kill -KILL $vm
+                    + r#"kill -KILL $vm
 wait $vm
 rc=$?
-i=0
-while pgrep -x virtiofsd >/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
 cat "$D/vm"
 left
 rm -rf "$D"
@@ -180,6 +200,19 @@ exit $rc"#,
             )
             .run()
     })
+}
+
+/// The tree's init ran (so the guest booted from the directory) and rvmspawn had started
+/// virtiofsd for it.
+fn assert_booted_from_the_tree(r: &BootResult) {
+    assert_eq!(r.value("RVMSPAWN-ROOT-INIT"), Some("ok"), "{}", r.output);
+    assert_eq!(r.count_lines("RVMSPAWN-TREE-HANG"), 1, "{}", r.output);
+    // virtiofsd's namespace sandbox runs it as two processes.
+    let running: u32 = r
+        .value("HOST-VIRTIOFSD-RUNNING")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(running >= 1, "{}", r.output);
 }
 
 fn assert_nothing_left(r: &BootResult) {
@@ -298,6 +331,7 @@ fn private_users_maps_guest_root_to_the_shift() {
 #[test]
 fn virtiofsd_dying_ends_the_run_with_an_error() {
     let r = results().step("virtiofsd-killed");
+    assert_booted_from_the_tree(r);
     assert_eq!(r.rc, Some(71), "EPROTO\n{}", r.output);
     assert!(
         r.output.contains("was killed by signal 9; stopping the VM"),
@@ -310,12 +344,7 @@ fn virtiofsd_dying_ends_the_run_with_an_error() {
 #[test]
 fn killing_rvmspawn_takes_virtiofsd_with_it() {
     let r = results().step("rvmspawn-killed");
-    // virtiofsd's namespace sandbox runs it as two processes.
-    let running: u32 = r
-        .value("HOST-VIRTIOFSD-RUNNING")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    assert!(running >= 1, "{}", r.output);
+    assert_booted_from_the_tree(r);
     assert_eq!(r.rc, Some(137), "{}", r.output);
     assert_nothing_left(r);
 }
@@ -323,6 +352,7 @@ fn killing_rvmspawn_takes_virtiofsd_with_it() {
 #[test]
 fn sigterm_stops_virtiofsd_too() {
     let r = results().step("sigterm");
+    assert_booted_from_the_tree(r);
     assert_eq!(r.rc, Some(0), "{}", r.output);
     assert_nothing_left(r);
 }

@@ -9,7 +9,7 @@
 
 use std::sync::OnceLock;
 
-use rvmspawn_tests::{Batch, BootResult, Results, assert_streams_intact};
+use rvmspawn_tests::{Batch, BootResult, Results, assert_streams_intact, vmspawn_cid};
 
 /// `$NO_VHOST CMD...` runs CMD in a mount namespace whose `/dev` holds only `kvm`, `null`,
 /// `zero` and `urandom`, so rvmspawn finds no vhost-vsock. It execs all the way down, so the
@@ -38,14 +38,20 @@ rc=$?
 "#;
 
 /// A supervisor for rvmspawn: receives on `$D/notify` what rvmspawn sends its
-/// `$NOTIFY_SOCKET` and writes each line as `SUPERVISOR: LINE` to `$D/sup`; `$sup` is its PID.
+/// `$NOTIFY_SOCKET` and writes `SUPERVISOR-MESSAGE=N` (counting from 1), then each of the
+/// message's lines as `SUPERVISOR: LINE`, to `$D/sup`; `$sup` is its PID. Returns once it is
+/// bound (at most 10 s).
 const SUPERVISOR: &str = r#"python3 -c '
 import socket, sys
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 s.bind(sys.argv[1])
 open(sys.argv[1] + ".bound", "w").close()
+n = 0
 while True:
-    for line in s.recv(4096).decode().split("\n"):
+    data = s.recv(4096).decode()
+    n += 1
+    print("SUPERVISOR-MESSAGE=%d" % n, flush=True)
+    for line in data.split("\n"):
         print("SUPERVISOR: " + line, flush=True)
 ' "$D/notify" >"$D/sup" 2>&1 &
 sup=$!
@@ -211,8 +217,24 @@ fn default_cid_and_ready() {
         .value("RVMSPAWN-VSOCK-CID")
         .and_then(|v| v.parse().ok())
         .expect("a numeric CID");
-    assert!((3..=0xffff_fffd).contains(&cid), "{cid}");
+    // vmspawn's derivation from the name (computed here), as the CID was free.
+    assert_eq!(cid, vmspawn_cid("vsockname"), "{}", r.output);
     assert!(r.output.contains("VM reported READY=1."), "{}", r.output);
+}
+
+/// The number of the supervisor message (`SUPERVISOR-MESSAGE=N`, from 1) that carried `line`
+/// first, or `None` if it never came.
+fn supervisor_message_with(r: &BootResult, line: &str) -> Option<u32> {
+    let want = format!("SUPERVISOR: {line}");
+    let mut message = 0;
+    for l in r.output.lines().map(str::trim_end) {
+        if let Some(n) = l.strip_prefix("SUPERVISOR-MESSAGE=") {
+            message = n.parse().expect("a message number");
+        } else if l == want {
+            return Some(message);
+        }
+    }
+    None
 }
 
 #[test]
@@ -252,6 +274,10 @@ fn supervisor_hears_started_and_the_guests_ready() {
         r.output
     );
     assert_eq!(r.count_lines("SUPERVISOR: READY=1"), 1, "{}", r.output);
+    // The guest's READY=1, forwarded, comes after rvmspawn's start message.
+    let ready = supervisor_message_with(r, "READY=1").expect("READY=1");
+    let started = supervisor_message_with(r, "STATUS=VM started.").expect("STATUS=VM started.");
+    assert!(started >= 1 && ready > started, "{}", r.output);
 }
 
 #[test]
@@ -275,12 +301,11 @@ fn userspace_vsock_exit_status_cid_and_streams() {
 fn userspace_vsock_survives_a_reboot_and_notify_ready_no() {
     let r = results().step("user-reboot-notify-ready-no");
     assert_rebooted_with_same_cid(r);
-    // READY=1 once, from rvmspawn at start, although the guest sent it on both boots.
+    // READY=1 once, from rvmspawn at start, although the guest sent it on both boots...
     assert_eq!(r.count_lines("SUPERVISOR: READY=1"), 1, "{}", r.output);
-    assert!(
-        r.output.contains("SUPERVISOR: STATUS=VM started."),
-        "{}",
-        r.output
-    );
+    // ...at start: in the same message as STATUS=VM started. or an earlier one, never after.
+    let ready = supervisor_message_with(r, "READY=1").expect("READY=1");
+    let started = supervisor_message_with(r, "STATUS=VM started.").expect("STATUS=VM started.");
+    assert!(ready >= 1 && ready <= started, "{}", r.output);
     assert_eq!(r.value("RUN-DIR-ENTRIES"), Some("0"), "{}", r.output);
 }

@@ -40,6 +40,20 @@ pub fn build(
 ) -> Result<Platform, Error> {
     let mem = ctx.mem;
     let loaded = boot::load_kernel(mem, ctx.layout, &boot.kernel, &boot.initrds, &boot.cmdline)?;
+    // Which entry the kernel gets, for debugging (and for the test that a vmlinux with a PVH
+    // note really boots through PVH, tests/tests/boot.rs).
+    match loaded.entry {
+        boot::BootEntry::Pvh { rip, .. } => {
+            debug!(
+                "Booting {} through its PVH entry at {rip:#x}",
+                boot.kernel.display()
+            )
+        }
+        boot::BootEntry::Linux64 { rip, .. } => debug!(
+            "Booting {} through its 64-bit Linux entry at {rip:#x}",
+            boot.kernel.display()
+        ),
+    }
     boot::x86_64::loader::write_boot_cpu_tables(mem)?;
     boot::x86_64::loader::write_reset_vector(mem)?;
     boot::build_acpi_tables(

@@ -24,8 +24,18 @@ pub const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// Find helper program `name` as vmspawn does: in `$PATH`, then at the `fallbacks` paths.
 pub fn find_binary(name: &str, fallbacks: &[&str]) -> Option<PathBuf> {
-    let in_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+    find_binary_in(std::env::var_os("PATH").as_deref(), name, fallbacks)
+}
+
+/// [`find_binary`] with `path` (a `$PATH`-style list of directories, or none) instead of
+/// `$PATH`.
+pub fn find_binary_in(
+    path: Option<&std::ffi::OsStr>,
+    name: &str,
+    fallbacks: &[&str],
+) -> Option<PathBuf> {
+    let in_path = path
+        .map(|p| std::env::split_paths(p).collect::<Vec<_>>())
         .unwrap_or_default()
         .into_iter()
         .map(|d| d.join(name));
@@ -375,7 +385,22 @@ mod tests {
             None,
         )
         .unwrap();
-        std::thread::sleep(Duration::from_millis(300));
+        // Wait (boundedly) until the shell ignores SIGTERM: its SigIgn mask in /proc says so.
+        let status = format!("/proc/{}/status", h.child.id());
+        let term_bit = 1u64 << (libc::SIGTERM - 1);
+        let ignores_term = || {
+            std::fs::read_to_string(&status).is_ok_and(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("SigIgn:"))
+                    .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+                    .is_some_and(|m| m & term_bit != 0)
+            })
+        };
+        let waiting = Instant::now();
+        while !ignores_term() {
+            assert!(waiting.elapsed() < Duration::from_secs(10), "no trap");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let start = Instant::now();
         drop(h);
         let took = start.elapsed();

@@ -23,7 +23,12 @@ const SOCKET_FD: i32 = 3;
 
 /// Find virtiofsd: `$PATH`, then the distributions' libexec locations.
 pub fn find_virtiofsd() -> Result<PathBuf, Error> {
-    crate::helper::find_binary("virtiofsd", &FALLBACK_PATHS).ok_or_else(|| {
+    find_virtiofsd_in(std::env::var_os("PATH").as_deref())
+}
+
+/// [`find_virtiofsd`] with `path` (a `$PATH`-style list, or none) instead of `$PATH`.
+pub fn find_virtiofsd_in(path: Option<&std::ffi::OsStr>) -> Result<PathBuf, Error> {
+    crate::helper::find_binary_in(path, "virtiofsd", &FALLBACK_PATHS).ok_or_else(|| {
         Error::Helper(
             format!(
                 "Failed to find virtiofsd binary (looked in $PATH, {}); it is needed for \
@@ -143,25 +148,34 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_virtiofsd_is_named() {
-        // Only meaningful where it is not installed in the fallback places either.
+    fn virtiofsd_is_looked_up_in_the_path_given() {
+        // A directory in the path given with an executable virtiofsd in it is where it is
+        // found, before the fallbacks.
+        let dir = std::env::temp_dir().join(format!("rvmspawn-find-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let fake = dir.join("virtiofsd");
+        std::fs::write(&fake, "#!/bin/sh\n").unwrap();
+        let path = std::env::join_paths(["/nonexistent".as_ref(), dir.as_path()]).unwrap();
+        // Not executable: skipped.
+        let not_here = find_virtiofsd_in(Some(&path));
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let found = find_virtiofsd_in(Some(&path));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(found.unwrap(), fake);
+        assert_ne!(not_here.ok(), Some(fake));
+
+        // Nowhere in the path: named in the error, unless a fallback has it.
         if FALLBACK_PATHS.iter().any(|p| Path::new(p).exists()) {
             return;
         }
-        let saved = std::env::var_os("PATH");
-        // SAFETY: no other test in this crate reads PATH.
-        unsafe { std::env::set_var("PATH", "/nonexistent") };
-        let r = find_virtiofsd();
-        // SAFETY: as above.
-        unsafe {
-            match saved {
-                Some(p) => std::env::set_var("PATH", p),
-                None => std::env::remove_var("PATH"),
-            }
-        }
-        let e = r.unwrap_err();
+        let e = find_virtiofsd_in(Some("/nonexistent".as_ref())).unwrap_err();
         assert_eq!(e.errno(), libc::ENOENT);
         assert!(e.to_string().contains("virtiofsd"), "{e}");
+        assert!(find_virtiofsd_in(None).is_err());
     }
 
     #[test]

@@ -98,16 +98,28 @@ pub struct Notifier {
     /// Forward the guest's READY=1 to `$NOTIFY_SOCKET` (`--notify-ready=yes`); with `no`,
     /// rvmspawn reported ready itself when the VM started.
     forward_ready: bool,
+    /// Our supervisor's socket (`$NOTIFY_SOCKET` when the notifier was made).
+    supervisor: Option<std::ffi::OsString>,
 }
 
 impl Notifier {
-    /// A notifier with nothing received yet.
+    /// A notifier with nothing received yet, telling the supervisor in `$NOTIFY_SOCKET`.
     pub fn new(quiet: bool, forward_ready: bool) -> Notifier {
         Notifier {
             state: Mutex::new(NotifyState::default()),
             quiet,
             forward_ready,
+            supervisor: std::env::var_os("NOTIFY_SOCKET"),
         }
+    }
+
+    /// The same, telling the supervisor at `socket` (a path, or `@NAME` in the abstract
+    /// namespace) instead of `$NOTIFY_SOCKET`'s, or none (for tests, which must not change
+    /// the process's environment).
+    #[cfg(test)]
+    pub fn with_supervisor(mut self, socket: Option<std::ffi::OsString>) -> Notifier {
+        self.supervisor = socket;
+        self
     }
 
     /// Handle one whole message (one connection's bytes, read to its end). A message longer
@@ -127,11 +139,14 @@ impl Notifier {
                 status!("\nVM reported READY=1.");
             }
             if self.forward_ready {
-                notify_supervisor("READY=1");
+                notify_supervisor_at(self.supervisor.as_deref(), "READY=1");
             }
         }
         if let Some(status) = applied.status {
-            notify_supervisor(&format!("STATUS=VM running: {status}"));
+            notify_supervisor_at(
+                self.supervisor.as_deref(),
+                &format!("STATUS=VM running: {status}"),
+            );
         }
         if let Some(n) = applied.exit_status.filter(|n| *n != 0) {
             debug!("Non-zero exit code received: {n}");
@@ -376,10 +391,16 @@ impl Drop for NotifyListener {
 /// Send `message` to our own supervisor (`$NOTIFY_SOCKET`, when set), as vmspawn forwards the
 /// guest's notifications. Best effort: a supervisor that went away is not our failure.
 pub fn notify_supervisor(message: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+    notify_supervisor_at(std::env::var_os("NOTIFY_SOCKET").as_deref(), message);
+}
+
+/// Send `message` to the supervisor listening at `socket` (a path, or `@NAME` in the abstract
+/// namespace), if any; best effort, as [`notify_supervisor`].
+pub fn notify_supervisor_at(socket: Option<&std::ffi::OsStr>, message: &str) {
+    let Some(path) = socket else {
         return;
     };
-    let path = std::path::PathBuf::from(path);
+    let path = std::path::Path::new(path);
     let sock = match std::os::unix::net::UnixDatagram::unbound() {
         Ok(s) => s,
         Err(_) => return,
@@ -390,7 +411,7 @@ pub fn notify_supervisor(message: &str) {
         std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
             .and_then(|a| sock.send_to_addr(message.as_bytes(), &a))
     } else {
-        sock.send_to(message.as_bytes(), &path)
+        sock.send_to(message.as_bytes(), path)
     };
     if let Err(e) = sent {
         debug!("Failed to notify {}: {e}", path.display());
@@ -475,35 +496,38 @@ mod tests {
 
     #[test]
     fn the_supervisor_gets_ready_and_status() {
-        // $NOTIFY_SOCKET is process-wide: this is the only test that sets it.
         let dir = std::env::temp_dir().join(format!("rvmspawn-notify-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir(&dir).unwrap();
         let path = dir.join("notify");
         let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        // SAFETY: no other test in this binary reads or writes NOTIFY_SOCKET.
-        unsafe { std::env::set_var("NOTIFY_SOCKET", &path) };
         let recv = || {
             let mut b = [0u8; 256];
             let n = sock.recv(&mut b).unwrap();
             String::from_utf8_lossy(&b[..n]).into_owned()
         };
-        let forwarding = Notifier::new(true, true);
+        let supervisor = Some(path.clone().into_os_string());
+        let forwarding = Notifier::new(true, true).with_supervisor(supervisor.clone());
         forwarding.message(b"STATUS=up\nREADY=1\n");
         assert_eq!(recv(), "READY=1");
         assert_eq!(recv(), "STATUS=VM running: up");
         // With --notify-ready=no rvmspawn said READY=1 itself at start: not again.
-        let not_forwarding = Notifier::new(true, false);
+        let not_forwarding = Notifier::new(true, false).with_supervisor(supervisor);
         not_forwarding.message(b"READY=1\nSTATUS=x");
         assert_eq!(recv(), "STATUS=VM running: x");
-        // SAFETY: as above.
-        unsafe { std::env::remove_var("NOTIFY_SOCKET") };
+        // And the function underneath, given the socket.
+        notify_supervisor_at(Some(path.as_os_str()), "STATUS=direct");
+        assert_eq!(recv(), "STATUS=direct");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn cids_from_names_are_stable_and_in_range() {
+        // vmspawn's values, from the independent SipHash-2-4 of tests/src/lib.rs
+        // (`vmspawn_cid`), which checks itself against the algorithm's published vectors.
+        assert_eq!(cid_from_name("machine", 0), 111_532_667);
+        assert_eq!(cid_from_name("vsockname", 0), 3_381_205_280);
         let a = cid_from_name("machine", 0);
         assert_eq!(a, cid_from_name("machine", 0));
         assert_ne!(a, cid_from_name("machine", 1));
