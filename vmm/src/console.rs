@@ -36,6 +36,7 @@ impl Terminal {
         if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw) } != 0 {
             return Terminal { saved: None };
         }
+        crate::seccomp::remember_terminal(&saved);
         Terminal { saved: Some(saved) }
     }
 }
@@ -137,6 +138,7 @@ impl ConsoleOutput {
         std::thread::Builder::new()
             .name("console-out".into())
             .spawn(move || {
+                crate::seccomp::enter(crate::seccomp::Kind::ConsoleOutput);
                 let mut chunk = Vec::new();
                 loop {
                     let mut st = s.lock();

@@ -148,6 +148,7 @@ impl Helper {
         std::thread::Builder::new()
             .name("helper-stderr".into())
             .spawn(move || {
+                crate::seccomp::enter(crate::seccomp::Kind::HelperStderr);
                 let mut buf = [0u8; 512];
                 // Ends at EOF: when the helper (and every copy of its stderr) is gone.
                 while let Ok(n) = stderr.read(&mut buf) {

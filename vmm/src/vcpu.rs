@@ -102,6 +102,7 @@ pub fn spawn(
     let handle = std::thread::Builder::new()
         .name(format!("vcpu{id}"))
         .spawn(move || {
+            crate::seccomp::enter(crate::seccomp::Kind::Vcpu);
             while !stop.load(Ordering::Acquire) {
                 if let Some(event) = run_once(id, &mut vcpu, &buses) {
                     events.report(event);

@@ -151,7 +151,10 @@ impl Watchdog {
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("virtio-fs-watchdog".into())
-            .spawn(move || watch(&s))?;
+            .spawn(move || {
+                crate::thread::started(crate::thread::ThreadKind::FsWatchdog);
+                watch(&s)
+            })?;
         Ok(Watchdog {
             shared,
             thread: Some(thread),

@@ -335,7 +335,10 @@ impl VirtioDevice for VsockUser {
             .map_err(VirtioError::Thread)?;
         let handle = std::thread::Builder::new()
             .name("vsock-user".into())
-            .spawn(move || engine.run())
+            .spawn(move || {
+                crate::thread::started(crate::thread::ThreadKind::VsockUser);
+                engine.run()
+            })
             .map_err(VirtioError::Thread)?;
         self.worker = Some(DeviceThread {
             kill,

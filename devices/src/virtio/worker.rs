@@ -70,9 +70,10 @@ impl QueueWorker {
     {
         let kill = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
         let thread_kill = kill.try_clone()?;
-        let handle = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || body(thread_kill))?;
+        let handle = std::thread::Builder::new().name(name).spawn(move || {
+            crate::thread::started(crate::thread::ThreadKind::QueueWorker);
+            body(thread_kill)
+        })?;
         Ok(QueueWorker {
             kill,
             handle: Some(handle),
