@@ -458,16 +458,17 @@ fn threads_seccomp(pid: u32) -> Vec<(u32, String, String, u32)> {
     threads
 }
 
-/// Whether a thread has the seccomp filters of its kind: the main thread its own and the one
-/// that answers clone3 with ENOSYS; a vCPU thread (started by the main thread after those) its
-/// own on top; the threads started before the main thread's filter only their own. KVM's
-/// worker threads (`kvm-nx-lpage-recovery`, and vhost's on kernels from 6.4) belong to the
-/// process but run only kernel code.
+/// Whether a thread has the seccomp filters of its kind: the main thread its list and the one
+/// that answers clone3 with ENOSYS; every other thread its list and the one that answers
+/// openat with EACCES, on top of those of the thread that started it (a vCPU thread: the main
+/// thread's two); the threads started before the main thread's filters have only their own
+/// two. KVM's worker threads (`kvm-nx-lpage-recovery`, and vhost's on kernels from 6.4)
+/// belong to the process but run only kernel code.
 fn has_its_filters(pid: u32, tid: u32, name: &str, filters: u32) -> bool {
     match name {
         _ if tid == pid => filters == 2,
-        n if n.starts_with("vcpu") => filters == 3,
-        "console-out" | "helper-stderr" | "vsock-notify" => filters == 1,
+        n if n.starts_with("vcpu") => filters == 4,
+        "console-out" | "helper-stderr" | "vsock-notify" => filters == 2,
         n => n.starts_with("kvm-") || n.starts_with("vhost-"),
     }
 }
