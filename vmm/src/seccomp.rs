@@ -915,33 +915,15 @@ syscall_names! {
     SYS_set_mempolicy_home_node, SYS_fchmodat2, SYS_mseal,
 }
 
-/// The lists as a Markdown table per kind (SECCOMP-LISTS.md is this text).
+/// The lists as Markdown tables (SECCOMP-LISTS.md is this text).
 #[cfg(test)]
 fn lists_markdown() -> String {
-    let mut out = String::from(
-        "# Seccomp allow-lists, per thread kind\n\n\
-         Generated from `vmm/src/seccomp.rs` (the unit test `lists_doc_is_current` keeps this \
-         file in step). Every kind's list is the runtime's entries, its own, and the lists of \
-         the kinds whose threads it starts (filters stack, so a thread's filter must allow what \
-         the threads it starts need). A call not listed traps: the process dies by SIGSYS after \
-         one line naming the thread and the call; `RVMSPAWN_SECCOMP=log` logs it instead.\n",
-    );
-    for kind in Kind::ALL {
-        out += &format!("\n## {} ({:?})\n\n", kind.name(), kind);
-        if !kind.starts().is_empty() {
-            let names: Vec<_> = kind.starts().iter().map(|k| k.name()).collect();
-            out += &format!("Also every entry of: {}.\n\n", names.join(", "));
-        }
-        out += "| system call | arguments | why |\n|---|---|---|\n";
-        let mut entries = runtime();
-        if kind != Kind::Main {
-            entries.extend(not_main());
-        }
-        entries.extend(own(kind));
+    fn table(entries: Vec<Allow>) -> String {
+        let mut out = String::from("| system call | arguments | why |\n|---|---|---|\n");
         for a in entries {
             let args = match a.args {
                 Args::Any => "any".to_string(),
-                Args::OneOf(n, v) => format!("arg{n} one of {v:?}"),
+                Args::OneOf(n, v) => format!("arg{n} in {v:?}"),
                 Args::Ioctl { requests, types } => {
                     let mut parts: Vec<String> =
                         requests.iter().map(|r| format!("{r:#x}")).collect();
@@ -949,11 +931,33 @@ fn lists_markdown() -> String {
                     parts.join(", ")
                 }
                 Args::HasBits(n, b) => format!("arg{n} has {b:#x}"),
-                Args::OwnPid(n) => format!("arg{n} = own pid"),
+                Args::OwnPid(n) => format!("arg{n} = own PID"),
             };
             let name = a.name.strip_prefix("SYS_").unwrap_or(a.name);
             out += &format!("| {name} | {args} | {} |\n", a.why);
         }
+        out
+    }
+    let mut out = String::from(
+        "# Seccomp allow-lists, per thread kind\n\n\
+         Generated from `vmm/src/seccomp.rs` (the unit test `lists_doc_is_current` keeps this \
+         file in step). A thread's list is the runtime's entries (every thread), its kind's \
+         own, and the lists of the kinds whose threads it starts: filters stack, so a thread's \
+         filter must allow what the threads it starts need. A call not listed traps: the \
+         process dies by SIGSYS after one line naming the thread and the call; \
+         `RVMSPAWN_SECCOMP=log` lets it through and the kernel logs it (audit type 1326).\n\n\
+         ## Every thread\n\n",
+    );
+    out += &table(runtime());
+    out += "\n## Every thread but the main one\n\n";
+    out += &table(not_main());
+    for kind in Kind::ALL {
+        out += &format!("\n## {} ({:?})\n\n", kind.name(), kind);
+        if !kind.starts().is_empty() {
+            let names: Vec<_> = kind.starts().iter().map(|k| k.name()).collect();
+            out += &format!("Also every entry of: {}.\n\n", names.join(", "));
+        }
+        out += &table(own(kind));
     }
     out
 }
