@@ -232,7 +232,7 @@ fn runtime() -> Vec<Allow> {
         ),
         allow!(
             SYS_rt_sigprocmask,
-            "glibc at a thread's end and in abort() (panic = \"abort\")"
+            "signal masks: glibc around a thread's start and end and in abort() (panic = \"abort\"); the main thread's signalfd"
         ),
         allow!(SYS_rt_sigreturn, "return from a signal handler"),
         allow!(SYS_exit, "a thread ends"),
@@ -299,6 +299,19 @@ fn own(kind: Kind) -> Vec<Allow> {
             allow!(SYS_statx, "std's file metadata when reading a whole file"),
             allow!(SYS_lseek, "reading boot files"),
             allow!(SYS_pread64, "reading boot files"),
+            allow!(
+                SYS_eventfd2,
+                "a machine build's eventfds (irqfds, ioeventfds, the stop signal), at every boot"
+            ),
+            allow!(
+                SYS_clone,
+                Args::HasBits(0, libc::CLONE_THREAD as u64),
+                "threads only (CLONE_THREAD): the vCPU threads, at every boot"
+            ),
+            allow!(
+                SYS_clone3,
+                "answered ENOSYS by a second filter (its flags are in memory a filter cannot read), so glibc falls back to clone"
+            ),
             allow!(SYS_memfd_create, "guest RAM (shared memfd) at every boot"),
             allow!(SYS_ftruncate, "sizing the guest RAM memfd"),
             allow!(SYS_epoll_create1, "the event loop's epoll, at every boot"),
@@ -319,7 +332,6 @@ fn own(kind: Kind) -> Vec<Allow> {
                 "removing the run directory's sockets at the end"
             ),
             allow!(SYS_unlinkat, "removing the run directory at the end"),
-            allow!(SYS_rmdir, "removing the run directory at the end"),
             allow!(SYS_getdents64, "listing the run directory when removing it"),
             allow!(
                 SYS_rt_sigaction,
