@@ -628,3 +628,34 @@ fn a_bad_seccomp_mode_is_refused_naming_the_variable() {
         );
     }
 }
+
+#[test]
+fn a_forbidden_system_call_leaves_the_terminal_as_it_was() {
+    // script(1) gives rvmspawn a terminal, which it makes raw; the shell then shows whether the
+    // SIGSYS handler put canonical mode and echo back.
+    if !Path::new("/usr/bin/script").exists() {
+        eprintln!("note: no /usr/bin/script (bsdutils); terminal restore not tested here");
+        return;
+    }
+    let mut code = print(b"up\n");
+    code.extend(poweroff());
+    let k = write_guest("seccomp-tty", &code);
+    let cmd = format!(
+        "ulimit -c 0; RVMSPAWN_TEST_SECCOMP_VIOLATION=vcpu '{}' -q --qemu-mem=64M --qemu-vsock=no --linux='{}'; echo rc=$?; stty -a",
+        test_hooks_binary().display(),
+        k.display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("made the forbidden system call"), "{text}");
+    assert!(text.contains(&format!("rc={}", 128 + libc::SIGSYS)), "{text}");
+    let flags: Vec<&str> = text.split_whitespace().collect();
+    assert!(
+        flags.contains(&"icanon") && flags.contains(&"echo"),
+        "the terminal stayed raw: {text}"
+    );
+}
