@@ -652,7 +652,10 @@ fn a_forbidden_system_call_leaves_the_terminal_as_it_was() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("made the forbidden system call"), "{text}");
-    assert!(text.contains(&format!("rc={}", 128 + libc::SIGSYS)), "{text}");
+    assert!(
+        text.contains(&format!("rc={}", 128 + libc::SIGSYS)),
+        "{text}"
+    );
     let flags: Vec<&str> = text.split_whitespace().collect();
     assert!(
         flags.contains(&"icanon") && flags.contains(&"echo"),
