@@ -182,5 +182,9 @@ fn a_queue_worker_s_forbidden_system_call_ends_the_run_by_sigsys_with_one_clear_
     );
     assert!(r.output.contains(&line), "{}", r.output);
     // It happened while the guest ran: its kernel had started /init (which loads virtio-rng).
-    assert!(r.output.contains("Run /init as init process"), "{}", r.output);
+    assert!(
+        r.output.contains("Run /init as init process"),
+        "{}",
+        r.output
+    );
 }
