@@ -434,10 +434,10 @@ fn own(kind: Kind) -> Vec<Allow> {
             allow!(
                 SYS_ioctl,
                 Args::Ioctl {
-                    requests: &[libc::TUNSETOFFLOAD as u64],
+                    requests: &[libc::TUNSETOFFLOAD as u64, libc::TUNSETQUEUE as u64],
                     types: &[]
                 },
-                "TUNSETOFFLOAD only: the guest's offload settings (virtio-net control queue)"
+                "TUNSETOFFLOAD and TUNSETQUEUE only: the guest's offload settings and the queue pairs it enables (virtio-net control queue)"
             ),
         ],
         Kind::VsockUser => vec![
