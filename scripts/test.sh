@@ -12,6 +12,9 @@ cargo clippy --workspace --all-targets --release -- -D warnings
 cargo fmt --manifest-path guest-tools/Cargo.toml --all -- --check
 cargo clippy --manifest-path guest-tools/Cargo.toml --all-targets --release -- -D warnings
 cargo build --release
+# The same binary with its test hooks (cli/tests/tiny_guest.rs runs it to prove a forbidden
+# system call ends the run by SIGSYS); in target/test-hooks/, never the release binary.
+cargo build --profile test-hooks -p rvmspawn --features test-hooks
 scripts/assets.sh
 # The outer QEMU of the nested test host, patched so that UEFI firmware cannot abort it
 # (scripts/testhost-qemu/build.sh; cached outside the clone, built once).

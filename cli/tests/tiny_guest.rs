@@ -827,3 +827,233 @@ fn passt_runs_with_the_vm_and_goes_when_rvmspawn_is_killed() {
     }
     assert!(!alive(passt), "passt {passt} outlived rvmspawn");
 }
+
+/// Every thread of process `pid`: (thread ID, name, `Seccomp:` mode, `Seccomp_filters:` count).
+/// A thread that ends while being read is left out.
+fn threads_seccomp(pid: u32) -> Vec<(u32, String, String, u32)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut threads = Vec::new();
+    for entry in dir.flatten() {
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        let tid = entry.file_name().to_string_lossy().parse().unwrap_or(0);
+        let filters = field("Seccomp_filters:").parse().unwrap_or(0);
+        threads.push((tid, field("Name:"), field("Seccomp:"), filters));
+    }
+    threads
+}
+
+/// Whether a thread has the seccomp filters of its kind: the main thread its list and the one
+/// that answers clone3 with ENOSYS; every other thread its list and the one that answers
+/// openat with EACCES, on top of those of the thread that started it (a vCPU thread: the main
+/// thread's two); the threads started before the main thread's filters have only their own
+/// two. KVM's worker threads (`kvm-nx-lpage-recovery`, and vhost's on kernels from 6.4)
+/// belong to the process but run only kernel code.
+fn has_its_filters(pid: u32, tid: u32, name: &str, filters: u32) -> bool {
+    match name {
+        _ if tid == pid => filters == 2,
+        n if n.starts_with("vcpu") => filters == 4,
+        "console-out" | "helper-stderr" | "vsock-notify" => filters == 2,
+        n => n.starts_with("kvm-") || n.starts_with("vhost-"),
+    }
+}
+
+/// Check the threads of `pid` until one look finds each with the filters of its kind and every
+/// name in `want`; every look must find every thread confined (`Seccomp: 2`).
+fn assert_threads_confined(pid: u32, want: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let threads = threads_seccomp(pid);
+        for (tid, name, mode, _) in &threads {
+            assert_eq!(
+                mode, "2",
+                "thread {tid} ({name}) runs without seccomp: {threads:?}"
+            );
+        }
+        // A thread just started has its parent's filters until its first action adds its own
+        // (and its parent's name until it names itself): look again.
+        let settled = threads
+            .iter()
+            .all(|(tid, name, _, n)| has_its_filters(pid, *tid, name, *n));
+        let complete = want
+            .iter()
+            .all(|w| threads.iter().any(|(_, name, _, _)| name == w));
+        if settled && complete {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "threads without the filters of their kind, or {want:?} missing: {threads:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A child killed (and reaped) when dropped, so a failing assertion leaves no VM running.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn every_thread_runs_under_its_seccomp_filter_also_after_a_reboot() {
+    // Each boot prints, waits for a byte on COM1, then resets: the second machine is built anew,
+    // with new vCPU threads, by the main thread under its filter.
+    let mut code = print(b"boot\n");
+    code.extend(mov_dx(0x3fd)); // mov dx, LSR
+    code.extend([0xec, 0xa8, 0x01, 0x74, 0xfb]); // in al,dx; test al,1; jz back to in
+    code.extend(mov_dx(0x64));
+    code.extend([0xb0, 0xfe, 0xee]); // i8042: pulse the reset line
+    code.extend(halt_forever());
+    let k = write_guest("seccomp-reboot", &code);
+    let mut child = KillOnDrop(
+        rvmspawn(&k, &["--qemu-smp=2"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = child.0.id();
+    let mut out = child.0.stdout.take().unwrap();
+    let mut input = child.0.stdin.take().unwrap();
+    read_until(&mut out, b"boot\n", 1);
+    assert_threads_confined(pid, &["vcpu0", "vcpu1", "console-out"]);
+    input.write_all(b"r").unwrap();
+    read_until(&mut out, b"boot\n", 1);
+    assert_threads_confined(pid, &["vcpu0", "vcpu1", "console-out"]);
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    assert_eq!(child.0.wait().unwrap().code(), Some(0));
+    // A helper's stderr thread, started before the main thread's filter.
+    if Path::new("/usr/bin/passt").exists() {
+        let name = format!("sc{}", std::process::id() % 100_000);
+        let child = KillOnDrop(running_guest(&name, &["--network-user-mode"]));
+        assert_threads_confined(child.0.id(), &["vcpu0", "console-out", "helper-stderr"]);
+    }
+}
+
+/// The build with test hooks (`--features test-hooks`), beside the release binary.
+fn test_hooks_binary() -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_rvmspawn"))
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("test-hooks/rvmspawn");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build --profile test-hooks -p rvmspawn --features test-hooks` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Run `bin` on a guest that prints and powers off, without core dumps, with `env`.
+fn run_hooked(bin: &Path, k: &Path, env: &[(&str, &str)]) -> std::process::Output {
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg("ulimit -c 0; exec \"$@\"")
+        .arg("sh")
+        .arg(bin)
+        .args(["-q", "--qemu-mem=64M", "--qemu-vsock=no"])
+        .arg(format!("--linux={}", k.display()))
+        .envs(env.iter().copied())
+        .stdin(Stdio::null());
+    c.output().unwrap()
+}
+
+#[test]
+fn a_forbidden_system_call_ends_the_run_by_sigsys_with_one_clear_line() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut code = print(b"up\n");
+    code.extend(poweroff());
+    let k = write_guest("seccomp-violation", &code);
+    let hooked = test_hooks_binary();
+    let violate = [("RVMSPAWN_TEST_SECCOMP_VIOLATION", "vcpu")];
+    let out = run_hooked(&hooked, &k, &violate);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGSYS),
+        "{:?}: {stderr}",
+        out.status
+    );
+    let line = format!(
+        "rvmspawn: seccomp: thread vcpu0 (vcpu) made the forbidden system call {} (mount); ending by SIGSYS",
+        libc::SYS_mount
+    );
+    assert!(stderr.contains(&line), "{stderr}");
+    // In log mode the call is let through (and logged by the kernel): the guest powers off.
+    let log = [violate[0], ("RVMSPAWN_SECCOMP", "log")];
+    let out = run_hooked(&hooked, &k, &log);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(contains(&out.stdout, b"up\n"));
+    // The release binary has no such hook.
+    let out = run_hooked(Path::new(env!("CARGO_BIN_EXE_rvmspawn")), &k, &violate);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
+#[test]
+fn a_bad_seccomp_mode_is_refused_naming_the_variable() {
+    let k = write_guest("seccomp-mode", &poweroff());
+    for bad in ["off", "trap"] {
+        let out = rvmspawn(&k, &[])
+            .env("RVMSPAWN_SECCOMP", bad)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(libc::EINVAL), "{stderr}");
+        assert!(
+            stderr.contains(&format!("RVMSPAWN_SECCOMP={bad}:")),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_forbidden_system_call_leaves_the_terminal_as_it_was() {
+    // script(1) gives rvmspawn a terminal, which it makes raw; the shell then shows whether the
+    // SIGSYS handler put canonical mode and echo back.
+    if !Path::new("/usr/bin/script").exists() {
+        eprintln!("note: no /usr/bin/script (bsdutils); terminal restore not tested here");
+        return;
+    }
+    let mut code = print(b"up\n");
+    code.extend(poweroff());
+    let k = write_guest("seccomp-tty", &code);
+    let cmd = format!(
+        "ulimit -c 0; RVMSPAWN_TEST_SECCOMP_VIOLATION=vcpu '{}' -q --qemu-mem=64M --qemu-vsock=no --linux='{}'; echo rc=$?; stty -a",
+        test_hooks_binary().display(),
+        k.display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("made the forbidden system call"), "{text}");
+    assert!(
+        text.contains(&format!("rc={}", 128 + libc::SIGSYS)),
+        "{text}"
+    );
+    let flags: Vec<&str> = text.split_whitespace().collect();
+    assert!(
+        flags.contains(&"icanon") && flags.contains(&"echo"),
+        "the terminal stayed raw: {text}"
+    );
+}

@@ -54,8 +54,28 @@ rc=$?
 cat "${TMPDIR:-/tmp}/rvmspawn-reboot-$$.out"
 exit $rc"#,
             )
+            .step(
+                // The test build's hook makes the first queue worker (virtio-rng's, as the
+                // guest reads /dev/hwrng) call mount(2), which no seccomp list allows.
+                "seccomp-worker",
+                format!(
+                    r#"ulimit -c 0; RVMSPAWN_TEST_SECCOMP_VIOLATION=worker {T} '{}' -q --qemu-vsock=no --linux="$KERNEL" --initrd="$INITRD" rvmspawn.rng=1"#,
+                    test_hooks_bin().display()
+                ),
+            )
             .run()
     })
+}
+
+/// The build with test hooks (`--features test-hooks`); scripts/test.sh builds it.
+fn test_hooks_bin() -> std::path::PathBuf {
+    let bin = rvmspawn_tests::repo_root().join("target/test-hooks/rvmspawn");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build --profile test-hooks -p rvmspawn --features test-hooks` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
 }
 
 fn assert_booted(r: &BootResult) {
@@ -171,4 +191,22 @@ fn guest_reboot_restarts_the_vm_and_sigterm_stops_it() {
 /// first, before the user's arguments.
 fn vmm_default_cmdline() -> &'static str {
     "console=ttyS0"
+}
+
+#[test]
+fn a_queue_worker_s_forbidden_system_call_ends_the_run_by_sigsys_with_one_clear_line() {
+    let r = results().step("seccomp-worker");
+    // The shell reports a death by signal N as 128 + N.
+    assert_eq!(r.rc, Some(128 + libc::SIGSYS), "{}", r.output);
+    let line = format!(
+        "rvmspawn: seccomp: thread virtio-rng (worker) made the forbidden system call {} (mount); ending by SIGSYS",
+        libc::SYS_mount
+    );
+    assert!(r.output.contains(&line), "{}", r.output);
+    // It happened while the guest ran: its kernel had started /init (which loads virtio-rng).
+    assert!(
+        r.output.contains("Run /init as init process"),
+        "{}",
+        r.output
+    );
 }

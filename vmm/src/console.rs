@@ -38,6 +38,7 @@ impl Terminal {
         }
         // A panic or a second signal restores it from there (and lines end in \r\n now).
         crate::cleanup::set_saved_terminal(Some(saved));
+        crate::seccomp::remember_terminal(&saved);
         Terminal { saved: Some(saved) }
     }
 }
@@ -140,6 +141,7 @@ impl ConsoleOutput {
         std::thread::Builder::new()
             .name("console-out".into())
             .spawn(move || {
+                crate::seccomp::enter(crate::seccomp::Kind::ConsoleOutput);
                 let mut chunk = Vec::new();
                 loop {
                     let mut st = s.lock();

@@ -161,6 +161,7 @@ impl Helper {
         std::thread::Builder::new()
             .name("helper-stderr".into())
             .spawn(move || {
+                crate::seccomp::enter(crate::seccomp::Kind::HelperStderr);
                 let mut buf = [0u8; 512];
                 // Ends at EOF: when the helper (and every copy of its stderr) is gone.
                 while let Ok(n) = stderr.read(&mut buf) {
@@ -191,6 +192,7 @@ impl Helper {
         std::thread::Builder::new()
             .name("helper-stderr".into())
             .spawn(move || {
+                crate::seccomp::enter(crate::seccomp::Kind::HelperStderr);
                 for line in std::io::BufReader::new(stderr).split(b'\n') {
                     let Ok(line) = line else { break };
                     crate::log::line(&String::from_utf8_lossy(&line));

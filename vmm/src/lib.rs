@@ -21,6 +21,7 @@ mod pci;
 mod platform;
 mod q35;
 mod runtime;
+mod seccomp;
 mod vcpu;
 mod virtiofs;
 mod vsock;
@@ -101,6 +102,9 @@ pub enum Error {
     /// The firmware, its variable store or a kernel for it cannot be used.
     #[error("{0}")]
     Firmware(String, i32),
+    /// The seccomp filters could not be set up (or `RVMSPAWN_SECCOMP` is invalid).
+    #[error("{0}")]
+    Seccomp(String, i32),
     /// A vCPU failed (KVM internal error, failed entry, unexpected exit).
     #[error("{0}")]
     Guest(String),
@@ -127,7 +131,8 @@ impl Error {
             | Error::Network(_, errno)
             | Error::Runtime(_, errno)
             | Error::Helper(_, errno)
-            | Error::Firmware(_, errno) => *errno,
+            | Error::Firmware(_, errno)
+            | Error::Seccomp(_, errno) => *errno,
             // vmspawn reports a VMM that died abnormally as EPROTO.
             Error::Guest(_) => libc::EPROTO,
         }
@@ -322,6 +327,8 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
     // build aborts on a panic, so no destructor runs).
     cleanup::install_panic_hook();
     devices::set_reporter(log::line);
+    // The filters are compiled before any thread starts (each thread installs its own).
+    seccomp::prepare()?;
     let kvm = kvm::open(config.kvm)?;
     let max = MAX_VCPUS.min(u32::try_from(kvm.get_max_vcpus()).unwrap_or(MAX_VCPUS));
     if config.vcpus == 0 || config.vcpus > max {
@@ -507,6 +514,9 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
     // Declared after `console`, so dropped (and drained) before the terminal is restored.
     let output = console::ConsoleOutput::start(Box::new(std::io::stdout()))
         .map_err(|e| Error::Host("console output thread", e))?;
+    // Every helper is started (a helper would inherit the filter of the thread that forks
+    // it): confine the main thread before the first machine is built.
+    seccomp::install_main()?;
     let mut started = false;
     loop {
         let machine = machine::Machine::build(&kvm, &spec, output.sink())?;

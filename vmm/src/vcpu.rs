@@ -191,6 +191,7 @@ pub fn spawn(
     let handle = std::thread::Builder::new()
         .name(format!("vcpu{id}"))
         .spawn(move || {
+            crate::seccomp::enter(crate::seccomp::Kind::Vcpu);
             let _finish = finish;
             let mut vcpu = vcpu;
             // Dropped before `vcpu`: the handler never sees a pointer into an unmapped run.

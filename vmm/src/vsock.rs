@@ -266,7 +266,10 @@ impl NotifyListener {
             let stop = stop.try_clone().map_err(|e| Error::Host("eventfd", e))?;
             std::thread::Builder::new()
                 .name("vsock-notify".into())
-                .spawn(move || serve(&socket, &stop, &notifier))
+                .spawn(move || {
+                    crate::seccomp::enter(crate::seccomp::Kind::VsockNotify);
+                    serve(&socket, &stop, &notifier)
+                })
                 .map_err(|e| Error::Host("vsock notify thread", e))?
         };
         Ok(NotifyListener {

@@ -151,7 +151,10 @@ impl Watchdog {
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("virtio-fs-watchdog".into())
-            .spawn(move || watch(&s))?;
+            .spawn(move || {
+                crate::thread::started(crate::thread::ThreadKind::FsWatchdog);
+                watch(&s)
+            })?;
         Ok(Watchdog {
             shared,
             thread: Some(thread),
@@ -579,7 +582,10 @@ impl VhostUserFs {
         let serving = conn.clone();
         std::thread::Builder::new()
             .name("virtio-fs-ops".into())
-            .spawn(move || serving.serve())
+            .spawn(move || {
+                crate::thread::started(crate::thread::ThreadKind::FsOps);
+                serving.serve()
+            })
             .map_err(FsError::Thread)?;
         Ok(VhostUserFs {
             id: 0,

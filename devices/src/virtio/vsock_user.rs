@@ -339,6 +339,7 @@ impl VirtioDevice for VsockUser {
             .spawn(move || {
                 // Dropped last, once the engine is gone.
                 let _done = done_tx;
+                crate::thread::started(crate::thread::ThreadKind::VsockUser);
                 engine.run()
             })
             .map_err(VirtioError::Thread)?;

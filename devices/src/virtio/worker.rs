@@ -89,6 +89,7 @@ impl QueueWorker {
         let handle = std::thread::Builder::new().name(name).spawn(move || {
             // Dropped last, once `body` and everything it captured are gone.
             let _done: Sender<()> = done_tx;
+            crate::thread::started(crate::thread::ThreadKind::QueueWorker);
             body(thread_kill)
         })?;
         Ok(QueueWorker {
