@@ -496,6 +496,10 @@ fn own(kind: Kind) -> Vec<Allow> {
             allow!(SYS_recvfrom, "virtiofsd's vhost-user replies"),
             allow!(SYS_sendto, "vhost-user requests"),
             allow!(SYS_read, "virtiofsd's vhost-user replies"),
+            allow!(
+                SYS_shutdown,
+                "cutting the connection when virtiofsd misses a deadline or the run ends"
+            ),
         ],
         Kind::VsockNotify => vec![
             allow!(SYS_poll, "waiting for a connection or the stop eventfd"),
