@@ -76,7 +76,7 @@ pub struct Args {
           action = ArgAction::Append, allow_hyphen_values = true)]
     pub qemu_vsock: Vec<String>,
 
-    /// Fixed vsock CID for the guest, 3 to 4294967294 [default: random]
+    /// Fixed vsock CID for the guest, 3 to 4294967294 [default: derived from the machine name, as vmspawn does]
     #[arg(long, value_name = "CID", help_heading = HOST,
           action = ArgAction::Append, allow_hyphen_values = true)]
     pub vsock_cid: Vec<String>,
