@@ -335,8 +335,17 @@ impl Op {
 }
 
 impl Connection {
+    /// Queue `op`. A reset supersedes what its handle has queued and not started (an
+    /// activation that would be stopped at once, an earlier reset), so a guest that resets its
+    /// device over and over while virtiofsd does not answer queues one operation, not one per
+    /// status write: a handle never has more than a reset and an activation waiting.
     fn queue(&self, op: Op) {
-        lock(&self.ops).queue.push_back(op);
+        let mut ops = lock(&self.ops);
+        if let Op::Reset { owner } = op {
+            ops.queue.retain(|queued| queued.owner() != owner);
+        }
+        ops.queue.push_back(op);
+        drop(ops);
         self.ops_changed.notify_all();
     }
 

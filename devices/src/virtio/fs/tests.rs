@@ -862,3 +862,41 @@ fn a_stalled_back_end_holds_no_caller_and_disconnecting_ends_its_wait() {
     assert!(fake.join());
     assert!(fake.codes().is_empty());
 }
+
+#[test]
+fn resets_while_the_back_end_stalls_queue_one_operation_not_one_per_write() {
+    // A hostile guest writes its device status over and over (activate, reset, ...) while
+    // virtiofsd does not answer: what waits for the operations thread stays bounded.
+    let (sock, mut fake) = Fake::start(Script {
+        fault: Some((GET_VRING_BASE, Fault::Silent)),
+        ..Script::default()
+    });
+    let dev =
+        VhostUserFs::with_timeouts(sock, "root", 16, HANDSHAKE_TIMEOUT, OPERATION_TIMEOUT).unwrap();
+    let (mem, _f) = shared_mem();
+    let mut guest = dev.share();
+    let (a, _e) = activation(&mem, F_VERSION_1, 3);
+    guest.activate(a).unwrap();
+    guest.settle(WAIT).unwrap();
+    // This reset's GET_VRING_BASE goes unanswered: the operations thread is stuck in it.
+    guest.reset();
+    let t0 = Instant::now();
+    while !fake.codes().contains(&GET_VRING_BASE) {
+        assert!(t0.elapsed() < WAIT, "no GET_VRING_BASE");
+        std::thread::yield_now();
+    }
+    for _ in 0..1000 {
+        let (a, _e) = activation(&mem, F_VERSION_1, 3);
+        guest.activate(a).unwrap();
+        guest.reset();
+    }
+    let waiting = lock(&dev.conn.ops).queue.len();
+    assert!(waiting <= 2, "{waiting} operations queued");
+    assert!(guest.reset_pending());
+    dev.disconnect();
+    let _ = guest.settle(Duration::from_secs(1));
+    assert!(!guest.reset_pending());
+    drop(guest);
+    drop(dev);
+    assert!(fake.join());
+}
