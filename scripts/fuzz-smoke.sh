@@ -54,6 +54,8 @@ for t in "${targets[@]}"; do
         summary+=("fuzz-smoke: $t: $runs, $seeds seeds, no crash")
     else
         failed=1
+        # What libFuzzer or the sanitizer said (the panic, the leak, the timeout), then the end.
+        grep -E -A12 "==ERROR|panicked at|deadly signal|Timeout|out-of-memory|SUMMARY" "$log" | head -n 80 >&2 || true
         tail -n 40 "$log" >&2
         summary+=("fuzz-smoke: $t: FAILED (crash input under fuzz/artifacts/$t/)")
     fi

@@ -22,7 +22,7 @@ scripts/testhost-qemu/build.sh >/dev/null
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --workspace --release 2>&1 | tee "$log"
+cargo test --workspace --release --no-fail-fast 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 cargo test --manifest-path guest-tools/Cargo.toml --release 2>&1 | tee -a "$log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
