@@ -160,6 +160,9 @@ impl ConsoleOutput {
                     // A terminal that went away (EPIPE) just loses the output, as a serial
                     // line with nobody listening would.
                     let _ = out.write_all(&chunk).and_then(|()| out.flush());
+                    if let Some(&last) = chunk.last() {
+                        crate::log::guest_wrote(last);
+                    }
                 }
             })?;
         Ok(ConsoleOutput { shared })

@@ -329,6 +329,7 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
     devices::set_reporter(log::line);
     // The filters are compiled before any thread starts (each thread installs its own).
     seccomp::prepare()?;
+    log::prepare();
     let kvm = kvm::open(config.kvm)?;
     let max = MAX_VCPUS.min(u32::try_from(kvm.get_max_vcpus()).unwrap_or(MAX_VCPUS));
     if config.vcpus == 0 || config.vcpus > max {

@@ -51,10 +51,47 @@ fn format_line(text: &str, end: &str) -> String {
     out
 }
 
+/// Whether the guest's console output, last time it was written, stopped in the middle of a
+/// line, on the file standard error also goes to.
+static GUEST_MID_LINE: AtomicBool = AtomicBool::new(false);
+
+/// Whether standard output and standard error are the same file (a terminal, or `>f 2>&1`):
+/// only then do the guest's lines and ours share lines. Read once.
+fn shared_with_stdout() -> bool {
+    static SAME: OnceLock<bool> = OnceLock::new();
+    *SAME.get_or_init(|| {
+        let stat = |fd| {
+            // SAFETY: an all-zero stat is a valid value of this plain C struct.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: fstat fills in `st`, a valid stat, for a descriptor number.
+            (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
+        };
+        matches!((stat(libc::STDOUT_FILENO), stat(libc::STDERR_FILENO)), (Some(a), Some(b)) if a == b)
+    })
+}
+
+/// Read what [`line`] needs once, on the main thread before any filter is installed: other
+/// threads may not make the system calls it takes (see `seccomp`).
+pub fn prepare() {
+    let _ = shared_with_stdout();
+    let _ = debug_enabled();
+}
+
+/// Record the last byte of guest output written to standard output (by the console thread).
+pub fn guest_wrote(last: u8) {
+    GUEST_MID_LINE.store(last != b'\n', Ordering::SeqCst);
+}
+
 /// Write `text` as one line (or several, split at its `\n`s) on standard error, with the line
-/// ends the terminal's mode needs, in one write.
+/// ends the terminal's mode needs, in one write. If the guest's output stopped mid-line on the
+/// same file, ours starts on a line of its own.
 pub fn line(text: &str) {
-    let out = format_line(text, line_end());
+    let end = line_end();
+    let mut out = String::new();
+    if GUEST_MID_LINE.swap(false, Ordering::SeqCst) && shared_with_stdout() {
+        out.push_str(end);
+    }
+    out.push_str(&format_line(text, end));
     let _ = std::io::stderr().lock().write_all(out.as_bytes());
 }
 
