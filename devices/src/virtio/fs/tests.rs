@@ -813,32 +813,40 @@ fn a_silent_back_end_during_activation_times_out() {
     assert!(fake.join());
 }
 
-#[test]
-fn a_stalled_back_end_holds_no_caller_and_disconnecting_ends_its_wait() {
-    // A back end that stops answering when its rings are stopped, with the real deadline.
-    let (sock, mut fake) = Fake::start(Script {
+/// A device whose back end stops answering when its rings are stopped (with the real
+/// deadline), a handle of it activated on `mem` (its queues' other ends in the last field), and
+/// that handle's reset sent: the operations thread now waits for GET_VRING_BASE. The reset
+/// returns at once and shows as pending.
+fn stalled_in_a_reset(mem: &GuestMemoryMmap) -> (VhostUserFs, VhostUserFs, Fake, Ends) {
+    let (sock, fake) = Fake::start(Script {
         fault: Some((GET_VRING_BASE, Fault::Silent)),
         ..Script::default()
     });
     let dev =
         VhostUserFs::with_timeouts(sock, "root", 16, HANDSHAKE_TIMEOUT, OPERATION_TIMEOUT).unwrap();
-    let (mem, _f) = shared_mem();
-    let mut first = dev.share();
-    let (a, _e) = activation(&mem, F_VERSION_1, 3);
-    first.activate(a).unwrap();
-    first.settle(WAIT).unwrap();
+    let mut handle = dev.share();
+    let (a, ends) = activation(mem, F_VERSION_1, 3);
+    handle.activate(a).unwrap();
+    handle.settle(WAIT).unwrap();
     fake.take();
-    // The driver resets the device (a vCPU's status write): GET_VRING_BASE goes unanswered,
-    // and the vCPU does not wait for it; the driver sees the reset as not done yet.
     let start = Instant::now();
-    first.reset();
+    handle.reset();
     assert!(start.elapsed() < Duration::from_millis(200));
     let t0 = Instant::now();
     while !fake.codes().contains(&GET_VRING_BASE) {
         assert!(t0.elapsed() < WAIT, "no GET_VRING_BASE");
         std::thread::yield_now();
     }
-    assert!(first.reset_pending());
+    assert!(handle.reset_pending());
+    (dev, handle, fake, ends)
+}
+
+#[test]
+fn a_stalled_back_end_holds_no_caller_and_disconnecting_ends_its_wait() {
+    let (mem, _f) = shared_mem();
+    // The driver resets the device (a vCPU's status write): GET_VRING_BASE goes unanswered,
+    // and the vCPU does not wait for it; the driver sees the reset as not done yet.
+    let (dev, first, mut fake, _e) = stalled_in_a_reset(&mem);
     // Nor does a new activation (a guest reboot's), queued behind it.
     let mut second = dev.share();
     let (a, _e) = activation(&mem, F_VERSION_1, 3);
@@ -867,24 +875,8 @@ fn a_stalled_back_end_holds_no_caller_and_disconnecting_ends_its_wait() {
 fn resets_while_the_back_end_stalls_queue_one_operation_not_one_per_write() {
     // A hostile guest writes its device status over and over (activate, reset, ...) while
     // virtiofsd does not answer: what waits for the operations thread stays bounded.
-    let (sock, mut fake) = Fake::start(Script {
-        fault: Some((GET_VRING_BASE, Fault::Silent)),
-        ..Script::default()
-    });
-    let dev =
-        VhostUserFs::with_timeouts(sock, "root", 16, HANDSHAKE_TIMEOUT, OPERATION_TIMEOUT).unwrap();
     let (mem, _f) = shared_mem();
-    let mut guest = dev.share();
-    let (a, _e) = activation(&mem, F_VERSION_1, 3);
-    guest.activate(a).unwrap();
-    guest.settle(WAIT).unwrap();
-    // This reset's GET_VRING_BASE goes unanswered: the operations thread is stuck in it.
-    guest.reset();
-    let t0 = Instant::now();
-    while !fake.codes().contains(&GET_VRING_BASE) {
-        assert!(t0.elapsed() < WAIT, "no GET_VRING_BASE");
-        std::thread::yield_now();
-    }
+    let (dev, mut guest, mut fake, _e) = stalled_in_a_reset(&mem);
     for _ in 0..1000 {
         let (a, _e) = activation(&mem, F_VERSION_1, 3);
         guest.activate(a).unwrap();
