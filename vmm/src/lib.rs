@@ -30,7 +30,8 @@ mod x86_64;
 pub use boot::bls;
 pub use boot::{SmbiosError, parse_uuid};
 pub use config::{
-    DiskConfig, FirmwareBoot, FsShare, IdMap, KvmSource, Network, VmConfig, VsockConfig, VsockMode,
+    DiskConfig, FirmwareBoot, FsShare, IdMap, KvmSource, Network, TpmConfig, TpmMode, TpmState,
+    VmConfig, VsockConfig, VsockMode,
 };
 pub use net::{format_mac, guest_mac, parse_mac, tap_name};
 
