@@ -22,6 +22,7 @@ mod platform;
 mod q35;
 mod runtime;
 mod seccomp;
+mod swtpm;
 mod vcpu;
 mod virtiofs;
 mod vsock;
