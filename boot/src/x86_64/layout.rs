@@ -205,10 +205,16 @@ mod tests {
     fn the_tpm_page_is_reserved_and_no_ram() {
         for mem in [512 << 20, 4 << 30] {
             let e820 = MemoryLayout::new(mem).e820();
-            assert!(e820.contains(&(TPM_CRB_START, TPM_CRB_SIZE, 2)), "{e820:x?}");
+            assert!(
+                e820.contains(&(TPM_CRB_START, TPM_CRB_SIZE, 2)),
+                "{e820:x?}"
+            );
             let tpm = TPM_CRB_START..TPM_CRB_START + TPM_CRB_SIZE;
             for (start, size, ty) in e820.into_iter().filter(|e| e.2 == 1) {
-                assert!(start + size <= tpm.start || start >= tpm.end, "{start:#x} {ty}");
+                assert!(
+                    start + size <= tpm.start || start >= tpm.end,
+                    "{start:#x} {ty}"
+                );
             }
         }
         // Inside the MMIO hole, clear of the IOAPIC's and the local APICs' pages.
