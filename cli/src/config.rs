@@ -1159,7 +1159,11 @@ mod tests {
     #[test]
     fn value_errors_name_option_and_value() {
         let cases: [(&[&str], i32, &str); 19] = [
-            (&["--tpm-state=vm.tpm"], EINVAL, "--tpm-state= value 'vm.tpm'"),
+            (
+                &["--tpm-state=vm.tpm"],
+                EINVAL,
+                "--tpm-state= value 'vm.tpm'",
+            ),
             (&["--tpm-state=maybe"], EINVAL, "--tpm-state= value 'maybe'"),
             (&["--qemu-mem=banana"], EINVAL, "--qemu-mem= value 'banana'"),
             (&["--qemu-smp=0"], ERANGE, "--qemu-smp= value '0'"),

@@ -84,8 +84,8 @@ pub fn abstract_pair(
     use std::os::linux::net::SocketAddrExt;
     let addr = std::os::unix::net::SocketAddr::from_abstract_name(address.as_bytes())
         .map_err(|e| fail("address", e))?;
-    let stream = std::os::unix::net::UnixStream::connect_addr(&addr)
-        .map_err(|e| fail("connect", e))?;
+    let stream =
+        std::os::unix::net::UnixStream::connect_addr(&addr).map_err(|e| fail("connect", e))?;
     Ok((listener, stream))
 }
 

@@ -17,8 +17,14 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::Error;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use devices::tpm::{Swtpm, Tpm, command};
+
 use crate::helper::Helper;
+use crate::runtime::RuntimeDir;
+use crate::{Error, TpmMode, TpmState};
 
 /// The marker vmspawn leaves in a state directory once `swtpm_setup` has run in it.
 pub const MANUFACTURED: &str = ".manufactured";
@@ -161,7 +167,10 @@ pub fn create_state_dir(dir: &Path) -> Result<(), Error> {
         .create(dir)
         .map_err(|e| {
             Error::Helper(
-                format!("Failed to create TPM state directory {}: {e}", dir.display()),
+                format!(
+                    "Failed to create TPM state directory {}: {e}",
+                    dir.display()
+                ),
                 e.raw_os_error().unwrap_or(libc::EIO),
             )
         })
@@ -224,6 +233,174 @@ pub fn start(swtpm: &Path, dir: &Path) -> Result<(Helper, UnixStream), Error> {
     Ok((helper, stream))
 }
 
+/// The run's TPM, and the swtpm behind it (to be watched and, at the end, stopped).
+pub struct RunTpm {
+    /// swtpm.
+    pub helper: Helper,
+    /// The device's back end and thread.
+    pub tpm: Arc<Tpm>,
+}
+
+/// Set up the run's TPM as `config` says: `None` for `--tpm=no`, and in auto mode when swtpm
+/// is missing (silently) or fails to start (with one status line). The state directory of
+/// `--tpm-state=off` is made in the run's directory (`run_dir`, created if need be).
+pub fn setup(
+    config: &crate::TpmConfig,
+    run_dir: &mut Option<RuntimeDir>,
+    name: &str,
+    quiet: bool,
+) -> Result<Option<RunTpm>, Error> {
+    let auto = match config.mode {
+        TpmMode::No => return Ok(None),
+        TpmMode::Auto => true,
+        TpmMode::Yes => false,
+    };
+    let Some(binaries) = find() else {
+        return if auto { Ok(None) } else { Err(not_found()) };
+    };
+    let started =
+        state_dir(&config.state, run_dir, name).and_then(|dir| start_tpm(&binaries, &dir));
+    match started {
+        Ok(run) => Ok(Some(run)),
+        Err(e) if auto => {
+            if !quiet {
+                status!("Failed to start the TPM, continuing without it: {e}");
+            }
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The state directory for `state`, created (mode 0700) if missing.
+fn state_dir(
+    state: &TpmState,
+    run_dir: &mut Option<RuntimeDir>,
+    name: &str,
+) -> Result<PathBuf, Error> {
+    let dir = match state {
+        TpmState::Path(path) => path.clone(),
+        // The front end resolves auto; unresolved, it is as good as off.
+        TpmState::Off | TpmState::Auto => {
+            RuntimeDir::get_or_create(run_dir, || RuntimeDir::create(name))?
+                .path()
+                .join(EPHEMERAL_DIR)
+        }
+    };
+    create_state_dir(&dir)?;
+    Ok(dir)
+}
+
+/// Manufacture `dir` if need be, start swtpm on it and connect the TPM to it.
+fn start_tpm(binaries: &Binaries, dir: &Path) -> Result<RunTpm, Error> {
+    let t0 = Instant::now();
+    if manufacture(&binaries.setup, dir)? {
+        debug!(
+            "TPM: manufactured {} in {} ms.",
+            dir.display(),
+            t0.elapsed().as_millis()
+        );
+    }
+    let t1 = Instant::now();
+    let (mut helper, ctrl) = start(&binaries.swtpm, dir)?;
+    let tpm = match Swtpm::connect(ctrl).and_then(Tpm::new) {
+        Ok(tpm) => tpm,
+        Err(e) => {
+            // swtpm may have said why it could not serve.
+            let said = if helper.exited_within(Duration::from_millis(100)) {
+                format!(" ({})", helper.died())
+            } else {
+                String::new()
+            };
+            return Err(Error::Tpm(
+                format!("Failed to connect to swtpm: {e}{said}"),
+                e.errno(),
+            ));
+        }
+    };
+    debug!("TPM: swtpm ready in {} ms.", t1.elapsed().as_millis());
+    Ok(RunTpm { helper, tpm })
+}
+
+/// Check a response to a command of ours: its response code must be one of `accepted`.
+fn check_response(what: &str, response: &[u8], accepted: &[u32]) -> Result<(), Error> {
+    match command::response_code(response) {
+        Some(rc) if accepted.contains(&rc) => Ok(()),
+        Some(rc) => Err(Error::Tpm(
+            format!("{what} failed: TPM response code {rc:#x}"),
+            libc::EIO,
+        )),
+        None => Err(Error::Tpm(
+            format!("{what} failed: a response of {} bytes", response.len()),
+            libc::EIO,
+        )),
+    }
+}
+
+/// What a measured direct boot of a UKI extends, computed once per run.
+#[derive(Debug, Clone, Default)]
+pub struct Measurements {
+    /// PCR 11: the UKI's sections.
+    pub uki: Vec<boot::measure::Digest256>,
+    /// PCR 12: the extra command line, if any.
+    pub cmdline_extra: Option<boot::measure::Digest256>,
+}
+
+impl Measurements {
+    /// The measurements of UKI `kernel` booted with extra command line `extra`.
+    pub fn of(kernel: &Path, extra: &str) -> Result<Measurements, Error> {
+        let file = std::fs::File::open(kernel).map_err(|e| {
+            Error::Tpm(
+                format!("Failed to open {} to measure it: {e}", kernel.display()),
+                e.raw_os_error().unwrap_or(libc::EIO),
+            )
+        })?;
+        let uki = boot::measure::uki_events(&file)
+            .map_err(|e| Error::Tpm(format!("Failed to measure the UKI: {e}"), e.errno()))?;
+        Ok(Measurements {
+            uki,
+            cmdline_extra: boot::measure::cmdline_extra_event(extra),
+        })
+    }
+
+    /// Start the TPM up (as firmware would) and extend the PCRs, before the vCPUs run.
+    pub fn apply(&self, tpm: &Tpm) -> Result<(), Error> {
+        let run = |what: &str, cmd: Vec<u8>, accepted: &[u32]| {
+            let response = tpm
+                .execute(&cmd)
+                .map_err(|e| Error::Tpm(format!("{what} failed: {e}"), e.errno()))?;
+            check_response(what, &response, accepted)
+        };
+        run(
+            "TPM2_Startup",
+            command::startup_clear(),
+            &[command::TPM_RC_SUCCESS, command::TPM_RC_INITIALIZE],
+        )?;
+        let events = self.uki.iter().map(|d| (boot::measure::UKI_PCR, d)).chain(
+            self.cmdline_extra
+                .iter()
+                .map(|d| (boot::measure::CMDLINE_EXTRA_PCR, d)),
+        );
+        for (pcr, digest) in events {
+            run(
+                &format!("TPM2_PCR_Extend of PCR {pcr}"),
+                command::pcr_extend_sha256(pcr, digest),
+                &[command::TPM_RC_SUCCESS],
+            )?;
+        }
+        debug!(
+            "TPM: measured the UKI into PCR 11 ({} events){}.",
+            self.uki.len(),
+            if self.cmdline_extra.is_some() {
+                " and the command line extras into PCR 12"
+            } else {
+                ""
+            }
+        );
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,9 +448,10 @@ mod tests {
              --create-ek-cert --create-platform-cert --not-overwrite --config \
              /srv/os.raw.tpmstate/swtpm_setup.conf"
         );
-        assert!(line(&setup_arguments(dir, Some("default-v2"))).ends_with(
-            "/srv/os.raw.tpmstate/swtpm_setup.conf --profile-name=default-v2"
-        ));
+        assert!(
+            line(&setup_arguments(dir, Some("default-v2")))
+                .ends_with("/srv/os.raw.tpmstate/swtpm_setup.conf --profile-name=default-v2")
+        );
         assert_eq!(
             line(&arguments(dir)),
             "socket --tpm2 --tpmstate dir=/srv/os.raw.tpmstate --ctrl type=unixio,fd=3"
@@ -284,8 +462,14 @@ mod tests {
     fn the_newest_default_profile_is_chosen() {
         let listing = r#"{"AvailableProfiles":[{"Name":"default-v1","Algorithms":"x"},
             {"Name":"default-v2"},{"Name":"custom"},{"Name":"default-v10x"}]}"#;
-        assert_eq!(best_default_profile(listing).as_deref(), Some("default-v10"));
-        assert_eq!(best_default_profile("swtpm_setup: unrecognized option"), None);
+        assert_eq!(
+            best_default_profile(listing).as_deref(),
+            Some("default-v10")
+        );
+        assert_eq!(
+            best_default_profile("swtpm_setup: unrecognized option"),
+            None
+        );
     }
 
     #[test]
@@ -309,7 +493,8 @@ mod tests {
             })
         );
         // Not in the path: /usr/bin's, if this host has them.
-        let host = Path::new("/usr/bin/swtpm").exists() && Path::new("/usr/bin/swtpm_setup").exists();
+        let host =
+            Path::new("/usr/bin/swtpm").exists() && Path::new("/usr/bin/swtpm_setup").exists();
         assert_eq!(find_in(Some("/nonexistent".as_ref())).is_some(), host);
         assert_eq!(not_found().to_string(), "Failed to find swtpm binary");
         assert_eq!(not_found().errno(), libc::ENOENT);
@@ -337,9 +522,62 @@ mod tests {
         let again = manufacture(setup, &state);
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(made.unwrap(), "manufactured");
-        assert!(marker && permall, "marker {marker}, tpm2-00.permall {permall}");
+        assert!(
+            marker && permall,
+            "marker {marker}, tpm2-00.permall {permall}"
+        );
         assert_eq!(mode, 0o700);
         assert!(!again.unwrap());
+    }
+
+    /// TPM2_PCR_Read of SHA-256 PCR `pcr` (below 24); the value from its response.
+    fn read_pcr(tpm: &Tpm, pcr: u32) -> [u8; 32] {
+        let mut select = [0u8; 3];
+        select[(pcr / 8) as usize] = 1 << (pcr % 8);
+        let mut cmd = Vec::new();
+        cmd.extend(command::TPM_ST_NO_SESSIONS.to_be_bytes());
+        cmd.extend(20u32.to_be_bytes());
+        cmd.extend(0x0000_017eu32.to_be_bytes()); // TPM_CC_PCR_Read
+        cmd.extend(1u32.to_be_bytes()); // one selection
+        cmd.extend(0x000bu16.to_be_bytes()); // TPM_ALG_SHA256
+        cmd.push(3);
+        cmd.extend(select);
+        let r = tpm.execute(&cmd).unwrap();
+        assert_eq!(command::response_code(&r), Some(command::TPM_RC_SUCCESS));
+        // Header, update counter, the selection echoed (10 bytes), digest count, digest size.
+        let at = 10 + 4 + 10 + 4;
+        assert_eq!(&r[at..at + 2], &32u16.to_be_bytes());
+        r[at + 2..at + 34].try_into().unwrap()
+    }
+
+    #[test]
+    fn a_real_swtpm_starts_takes_the_measurements_and_resets() {
+        let b = find_in(Some("/usr/bin".as_ref()))
+            .expect("this test needs swtpm and swtpm_setup: install swtpm and swtpm-tools");
+        let dir = std::env::temp_dir().join(format!("rvmspawn-swtpm-run-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        create_state_dir(&dir).unwrap();
+        let run = start_tpm(&b, &dir).unwrap();
+        let m = Measurements {
+            uki: vec![[1; 32], [2; 32]],
+            cmdline_extra: Some([3; 32]),
+        };
+        m.apply(&run.tpm).unwrap();
+        let pcr11 = read_pcr(&run.tpm, 11);
+        let pcr12 = read_pcr(&run.tpm, 12);
+        // A platform reset: PCRs back to zero, and the measurements taken again (Startup
+        // answers SUCCESS again, not INITIALIZE: the TPM was reset).
+        run.tpm.reset().unwrap();
+        m.apply(&run.tpm).unwrap();
+        let again = read_pcr(&run.tpm, 11);
+        run.tpm.shutdown().unwrap();
+        drop(run);
+        let permall = dir.join("tpm2-00.permall").exists();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(pcr11, boot::measure::pcr_value(&m.uki));
+        assert_eq!(pcr12, boot::measure::pcr_value(&[[3; 32]]));
+        assert_eq!(again, pcr11);
+        assert!(permall);
     }
 
     #[test]

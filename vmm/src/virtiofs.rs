@@ -10,9 +10,9 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::Error;
 use crate::config::FsShare;
 use crate::helper::Helper;
-use crate::Error;
 
 /// Where vmspawn looks for virtiofsd after `$PATH`.
 const FALLBACK_PATHS: [&str; 2] = ["/usr/libexec/virtiofsd", "/usr/lib/virtiofsd"];
