@@ -234,6 +234,7 @@ pub fn start(swtpm: &Path, dir: &Path) -> Result<(Helper, UnixStream), Error> {
 }
 
 /// The run's TPM, and the swtpm behind it (to be watched and, at the end, stopped).
+#[derive(Debug)]
 pub struct RunTpm {
     /// swtpm.
     pub helper: Helper,
@@ -578,6 +579,32 @@ mod tests {
         assert_eq!(pcr12, boot::measure::pcr_value(&[[3; 32]]));
         assert_eq!(again, pcr11);
         assert!(permall);
+    }
+
+    #[test]
+    fn auto_goes_on_without_a_tpm_that_fails_to_start_yes_does_not() {
+        // A state directory that cannot be made (no swtpm: auto has no TPM either way).
+        let state = TpmState::Path("/proc/rvmspawn-no-such/tpm".into());
+        let config = |mode| crate::TpmConfig {
+            mode,
+            state: state.clone(),
+        };
+        let mut run_dir = None;
+        let auto = setup(&config(TpmMode::Auto), &mut run_dir, "vm", true);
+        assert!(matches!(auto, Ok(None)), "{auto:?}");
+        let no = setup(&config(TpmMode::No), &mut run_dir, "vm", true);
+        assert!(matches!(no, Ok(None)), "{no:?}");
+        if find().is_some() {
+            let e = setup(&config(TpmMode::Yes), &mut run_dir, "vm", true).unwrap_err();
+            assert!(
+                e.to_string()
+                    .starts_with("Failed to create TPM state directory /proc/rvmspawn-no-such/tpm"),
+                "{e}"
+            );
+            assert_ne!(e.errno(), 0);
+        }
+        // Nothing needed the run's directory.
+        assert!(run_dir.is_none());
     }
 
     #[test]
