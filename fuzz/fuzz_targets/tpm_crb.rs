@@ -79,7 +79,8 @@ fuzz_target!(|data: &[u8]| {
     let q = queue.clone();
     let tpm = Tpm::with_responder(Box::new(move |_cmd| {
         q.lock().unwrap().pop_front().unwrap_or_default()
-    }));
+    }))
+    .expect("a synchronous TPM");
     let mut crb = tpm.crb();
     let mut input = data;
     let mut take = |n: usize| -> Option<Vec<u8>> {

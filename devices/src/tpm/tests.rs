@@ -128,7 +128,8 @@ fn sync_tpm(f: impl Fn(&[u8]) -> Vec<u8> + Send + 'static) -> (Arc<Tpm>, Arc<Ato
     let tpm = Tpm::with_responder(Box::new(move |cmd| {
         c.fetch_add(1, Ordering::SeqCst);
         f(cmd)
-    }));
+    }))
+    .unwrap();
     (tpm, calls)
 }
 
