@@ -71,7 +71,11 @@ fn invariants(crb: &mut TpmCrb) {
     assert_eq!(rd(crb, 0x5c), 0xfed4_0080);
     assert_eq!(rd(crb, 0x64), 3968);
     assert_eq!(rd(crb, 0x68), 0xfed4_0080);
-    assert_eq!(rd(crb, 0x44) & 1, 0, "a synchronous back end never fails for good");
+    assert_eq!(
+        rd(crb, 0x44) & 1,
+        0,
+        "a synchronous back end never fails for good"
+    );
 }
 
 fuzz_target!(|data: &[u8]| {
