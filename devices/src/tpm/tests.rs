@@ -809,6 +809,13 @@ fn end_to_end_with_the_real_swtpm() {
         expected
     );
 
+    // resetEstablishmentBit: the thread sends CMD_RESET_TPMESTABLISHED for locality 0 (swtpm
+    // decides whether locality 0 may) and reads the flag back, before the next command.
+    wr(&mut crb, 0x08, 1 << 3);
+    let r = run_command(&mut crb, &get_random(4));
+    assert_eq!(command::response_code(&r), Some(0));
+    assert_eq!(rd(&mut crb, 0x44) & 1, 0, "no tpmSts");
+
     // A platform reset: PCRs back to zero once the guest starts the TPM again.
     tpm.reset().unwrap();
     let mut crb = tpm.crb();
