@@ -110,6 +110,21 @@ impl BootResult {
             .collect()
     }
 
+    /// The lines a step marked as one part of it (one run of several in a step) by starting
+    /// them with `PREFIX: `, without that prefix.
+    pub fn part(&self, prefix: &str) -> BootResult {
+        let prefix = format!("{prefix}: ");
+        BootResult {
+            output: self
+                .output
+                .lines()
+                .filter_map(|l| l.strip_prefix(prefix.as_str()))
+                .map(|l| format!("{}\n", l.trim_end_matches('\r')))
+                .collect(),
+            rc: None,
+        }
+    }
+
     /// How many lines are exactly `line`.
     pub fn count_lines(&self, line: &str) -> usize {
         self.output

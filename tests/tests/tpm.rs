@@ -160,6 +160,10 @@ fn fixture() -> &'static Fixture {
             "GUEST_TOOL='{}'\nNV_INDEX={NV_INDEX}\n",
             guest_tool.display()
         );
+        // kill -9 of PIDS (swtpm's or rvmspawn's) in a running VM.
+        let kill = |pids: &str| {
+            format!("{vars}{HELPERS}{START_HANGING}kill -KILL {pids}\nwait $vm\nrc=$?\n{REPORT_LEFT}")
+        };
         let results = Batch::new()
             .with_tpm()
             .timeout_secs(1800)
@@ -246,24 +250,8 @@ exit $rc"#
                 "auto-without-swtpm",
                 format!("{WITHOUT_SWTPM} rvmspawn.tpm=1"),
             )
-            .step(
-                "swtpm-killed",
-                format!(
-                    r#"{vars}{HELPERS}{START_HANGING}kill -KILL $sw
-wait $vm
-rc=$?
-{REPORT_LEFT}"#
-                ),
-            )
-            .step(
-                "rvmspawn-killed",
-                format!(
-                    r#"{vars}{HELPERS}{START_HANGING}kill -KILL $vm
-wait $vm
-rc=$?
-{REPORT_LEFT}"#
-                ),
-            )
+            .step("swtpm-killed", kill("$sw"))
+            .step("rvmspawn-killed", kill("$vm"))
             .step(
                 // Measured direct boot of a UKI: PCR 11 and 12 as systemd-stub would leave them.
                 "measured-uki",
@@ -450,20 +438,6 @@ fn unhex(s: &str) -> [u8; 32] {
     std::array::from_fn(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex"))
 }
 
-/// The lines of one boot inside a step, from the `BOOTn: ` prefix the step put on them.
-fn part(r: &BootResult, boot: &str) -> BootResult {
-    let prefix = format!("{boot}: ");
-    BootResult {
-        output: r
-            .output
-            .lines()
-            .filter_map(|l| l.strip_prefix(prefix.as_str()))
-            .map(|l| format!("{}\n", l.trim_end_matches('\r')))
-            .collect(),
-        rc: None,
-    }
-}
-
 /// The number in a debug line `TPM: WHAT ... in N ms.`.
 fn millis(r: &BootResult, what: &str) -> Option<u64> {
     r.output.lines().find_map(|l| {
@@ -544,7 +518,7 @@ fn the_guest_has_a_crb_tpm_with_random_numbers_and_pcrs() {
 #[test]
 fn an_nv_index_survives_a_restart_in_the_state_beside_the_tree() {
     let r = results().step("state-auto");
-    let (boot1, boot2) = (part(r, "BOOT1"), part(r, "BOOT2"));
+    let (boot1, boot2) = (r.part("BOOT1"), r.part("BOOT2"));
     assert_eq!(r.value("HOST-BOOT1-RC"), Some("0"), "{}", r.output);
     assert_eq!(r.value("HOST-BOOT2-RC"), Some("0"), "{}", r.output);
     assert_eq!(
@@ -775,7 +749,7 @@ fn through_uefi_ovmf_finds_the_tpm_and_measures_the_boot() {
 #[test]
 fn tpm_start_up_times_are_reported() {
     let r = results().step("state-auto");
-    let (boot1, boot2) = (part(r, "BOOT1"), part(r, "BOOT2"));
+    let (boot1, boot2) = (r.part("BOOT1"), r.part("BOOT2"));
     let first = (
         millis(&boot1, "manufactured"),
         millis(&boot1, "swtpm ready"),
