@@ -456,6 +456,11 @@ fn rvmspawn_lines(r: &BootResult) -> Vec<&str> {
         .collect()
 }
 
+/// The guest printed `KEY=want`.
+fn expect(r: &BootResult, key: &str, want: &str) {
+    expect(r, key, want);
+}
+
 const ZERO_PCR: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// PCR 16 after one extend with `EXTEND`, from zero.
@@ -467,18 +472,8 @@ fn pcr16_extended() -> String {
 fn the_guest_has_a_crb_tpm_with_random_numbers_and_pcrs() {
     let r = results().step("default");
     assert_eq!(r.rc, Some(0), "{}", r.output);
-    assert_eq!(
-        r.value("RVMSPAWN-TPM-DEV"),
-        Some("tpm0 tpmrm0"),
-        "{}",
-        r.output
-    );
-    assert_eq!(
-        r.value("RVMSPAWN-TPM-IOMEM"),
-        Some("fed40000-fed40fff : MSFT0101:00"),
-        "{}",
-        r.output
-    );
+    expect(r, "RVMSPAWN-TPM-DEV", "tpm0 tpmrm0");
+    expect(r, "RVMSPAWN-TPM-IOMEM", "fed40000-fed40fff : MSFT0101:00");
     let one = r.value("RVMSPAWN-TPM-RANDOM-1").expect("random bytes");
     let two = r.value("RVMSPAWN-TPM-RANDOM-2").expect("random bytes");
     for random in [one, two] {
@@ -492,67 +487,27 @@ fn the_guest_has_a_crb_tpm_with_random_numbers_and_pcrs() {
     }
     assert_ne!(one, two, "{}", r.output);
     // The guest's extend of PCR 16, read back by a TPM command and by the kernel.
-    assert_eq!(r.value("RVMSPAWN-TPM-EXTEND"), Some("ok"), "{}", r.output);
+    expect(r, "RVMSPAWN-TPM-EXTEND", "ok");
     let want = pcr16_extended();
-    assert_eq!(
-        r.value("RVMSPAWN-TPM-PCR-16"),
-        Some(want.as_str()),
-        "{}",
-        r.output
-    );
-    assert_eq!(
-        r.value("RVMSPAWN-TPM-SYSFS-PCR-16"),
-        Some(want.as_str()),
-        "{}",
-        r.output
-    );
+    expect(r, "RVMSPAWN-TPM-PCR-16", want.as_str());
+    expect(r, "RVMSPAWN-TPM-SYSFS-PCR-16", want.as_str());
     // No firmware, no event log.
-    assert_eq!(
-        r.value("RVMSPAWN-TPM-EVENT-LOG"),
-        Some("none"),
-        "{}",
-        r.output
-    );
+    expect(r, "RVMSPAWN-TPM-EVENT-LOG", "none");
 }
 
 #[test]
 fn an_nv_index_survives_a_restart_in_the_state_beside_the_tree() {
     let r = results().step("state-auto");
     let (boot1, boot2) = (r.part("BOOT1"), r.part("BOOT2"));
-    assert_eq!(r.value("HOST-BOOT1-RC"), Some("0"), "{}", r.output);
-    assert_eq!(r.value("HOST-BOOT2-RC"), Some("0"), "{}", r.output);
-    assert_eq!(
-        boot1.value("RVMSPAWN-ROOT-INIT"),
-        Some("ok"),
-        "{}",
-        r.output
-    );
-    assert_eq!(
-        boot1.value("RVMSPAWN-TREE-NV-WRITE"),
-        Some("ok"),
-        "{}",
-        r.output
-    );
-    assert_eq!(
-        boot1.value("RVMSPAWN-TREE-NV"),
-        Some("kept-in-the-state"),
-        "{}",
-        r.output
-    );
-    assert_eq!(r.value("HOST-MANUFACTURED"), Some("yes"), "{}", r.output);
+    expect(r, "HOST-BOOT1-RC", "0");
+    expect(r, "HOST-BOOT2-RC", "0");
+    expect(&boot1, "RVMSPAWN-ROOT-INIT", "ok");
+    expect(&boot1, "RVMSPAWN-TREE-NV-WRITE", "ok");
+    expect(&boot1, "RVMSPAWN-TREE-NV", "kept-in-the-state");
+    expect(r, "HOST-MANUFACTURED", "yes");
     // The second run finds the index the first one wrote, in the same state.
-    assert_eq!(
-        boot2.value("RVMSPAWN-ROOT-INIT"),
-        Some("ok"),
-        "{}",
-        r.output
-    );
-    assert_eq!(
-        boot2.value("RVMSPAWN-TREE-NV"),
-        Some("kept-in-the-state"),
-        "{}",
-        r.output
-    );
+    expect(&boot2, "RVMSPAWN-ROOT-INIT", "ok");
+    expect(&boot2, "RVMSPAWN-TREE-NV", "kept-in-the-state");
     assert!(millis(&boot1, "manufactured").is_some(), "{}", r.output);
     assert_eq!(
         millis(&boot2, "manufactured"),
@@ -565,37 +520,22 @@ fn an_nv_index_survives_a_restart_in_the_state_beside_the_tree() {
 #[test]
 fn tpm_state_off_lives_in_the_run_directory_and_goes_with_it() {
     let r = results().step("state-off");
-    assert_eq!(r.value("RVMSPAWN-ROOT-INIT"), Some("ok"), "{}", r.output);
-    assert_eq!(
-        r.value("RVMSPAWN-TREE-NV"),
-        Some("only-for-this-run"),
-        "{}",
-        r.output
-    );
-    assert_eq!(r.value("HOST-RUNDIR-TPM-STATE"), Some("1"), "{}", r.output);
+    expect(r, "RVMSPAWN-ROOT-INIT", "ok");
+    expect(r, "RVMSPAWN-TREE-NV", "only-for-this-run");
+    expect(r, "HOST-RUNDIR-TPM-STATE", "1");
     assert_eq!(r.rc, Some(0), "SIGTERM ends the run normally\n{}", r.output);
-    assert_eq!(r.value("HOST-RUNDIR-LEFT"), Some("no"), "{}", r.output);
+    expect(r, "HOST-RUNDIR-LEFT", "no");
     // Nothing beside the tree: no root.tpmstate.
-    assert_eq!(r.value("HOST-FILES"), Some("root "), "{}", r.output);
+    expect(r, "HOST-FILES", "root ");
 }
 
 #[test]
 fn a_relative_tpm_state_path_is_taken_from_the_working_directory() {
     let r = results().step("state-relative");
     assert_eq!(r.rc, Some(0), "{}", r.output);
-    assert_eq!(
-        r.value("RVMSPAWN-TREE-NV"),
-        Some("relative"),
-        "{}",
-        r.output
-    );
-    assert_eq!(
-        r.value("HOST-REL-MANUFACTURED"),
-        Some("yes"),
-        "{}",
-        r.output
-    );
-    assert_eq!(r.value("HOST-FILES"), Some("rel root "), "{}", r.output);
+    expect(r, "RVMSPAWN-TREE-NV", "relative");
+    expect(r, "HOST-REL-MANUFACTURED", "yes");
+    expect(r, "HOST-FILES", "rel root ");
 }
 
 #[test]
@@ -626,7 +566,7 @@ fn a_guest_reboot_resets_the_pcrs_and_keeps_nv() {
 #[test]
 fn tpm_yes_without_swtpm_fails_naming_it() {
     let r = results().step("yes-without-swtpm");
-    assert_eq!(r.value("HOST-SWTPM-EXECUTABLE"), Some("no"), "{}", r.output);
+    expect(r, "HOST-SWTPM-EXECUTABLE", "no");
     assert_eq!(r.rc, Some(2), "ENOENT\n{}", r.output);
     assert!(
         r.output.contains("Failed to find swtpm binary"),
@@ -639,11 +579,11 @@ fn tpm_yes_without_swtpm_fails_naming_it() {
 #[test]
 fn tpm_auto_without_swtpm_boots_without_a_tpm_and_says_nothing() {
     let r = results().step("auto-without-swtpm");
-    assert_eq!(r.value("HOST-SWTPM-EXECUTABLE"), Some("no"), "{}", r.output);
+    expect(r, "HOST-SWTPM-EXECUTABLE", "no");
     assert_eq!(r.rc, Some(0), "{}", r.output);
     assert_eq!(r.count_lines("RVMSPAWN-GUEST-INIT"), 1, "{}", r.output);
-    assert_eq!(r.value("RVMSPAWN-TPM-DEV"), Some(""), "{}", r.output);
-    assert_eq!(r.value("RVMSPAWN-TPM-IOMEM"), Some("none"), "{}", r.output);
+    expect(r, "RVMSPAWN-TPM-DEV", "");
+    expect(r, "RVMSPAWN-TPM-IOMEM", "none");
     let said: Vec<&str> = rvmspawn_lines(r)
         .into_iter()
         .filter(|l| l.to_lowercase().contains("swtpm") || l.contains("TPM"))
@@ -654,13 +594,8 @@ fn tpm_auto_without_swtpm_boots_without_a_tpm_and_says_nothing() {
 #[test]
 fn swtpm_dying_ends_the_run_with_an_error_naming_it() {
     let r = results().step("swtpm-killed");
-    assert_eq!(
-        r.value("RVMSPAWN-TPM-DEV"),
-        Some("tpm0 tpmrm0"),
-        "{}",
-        r.output
-    );
-    assert_eq!(r.value("HOST-SWTPM-RUNNING"), Some("1"), "{}", r.output);
+    expect(r, "RVMSPAWN-TPM-DEV", "tpm0 tpmrm0");
+    expect(r, "HOST-SWTPM-RUNNING", "1");
     assert_eq!(r.rc, Some(71), "EPROTO\n{}", r.output);
     assert!(
         rvmspawn_lines(r)
@@ -669,21 +604,16 @@ fn swtpm_dying_ends_the_run_with_an_error_naming_it() {
         "{}",
         r.output
     );
-    assert_eq!(r.value("HOST-SWTPM-LEFT"), Some("0"), "{}", r.output);
+    expect(r, "HOST-SWTPM-LEFT", "0");
 }
 
 #[test]
 fn killing_rvmspawn_takes_swtpm_with_it() {
     let r = results().step("rvmspawn-killed");
-    assert_eq!(
-        r.value("RVMSPAWN-TPM-DEV"),
-        Some("tpm0 tpmrm0"),
-        "{}",
-        r.output
-    );
-    assert_eq!(r.value("HOST-SWTPM-RUNNING"), Some("1"), "{}", r.output);
+    expect(r, "RVMSPAWN-TPM-DEV", "tpm0 tpmrm0");
+    expect(r, "HOST-SWTPM-RUNNING", "1");
     assert_eq!(r.rc, Some(137), "{}", r.output);
-    assert_eq!(r.value("HOST-SWTPM-LEFT"), Some("0"), "{}", r.output);
+    expect(r, "HOST-SWTPM-LEFT", "0");
 }
 
 #[test]
@@ -699,12 +629,7 @@ fn a_measured_uki_direct_boot_leaves_pcr_11_and_12_as_systemd_stub_would() {
         "{cmdline}"
     );
     for key in ["RVMSPAWN-TPM-PCR-11", "RVMSPAWN-TPM-SYSFS-PCR-11"] {
-        assert_eq!(
-            r.value(key),
-            Some(f.pcr11_direct.as_str()),
-            "{key}\n{}",
-            r.output
-        );
+        expect(r, key, f.pcr11_direct.as_str());
     }
     // PCR 12: the command-line extras as UTF-16LE with its NUL, as systemd-stub measures the
     // options it was given.
@@ -715,7 +640,7 @@ fn a_measured_uki_direct_boot_leaves_pcr_11_and_12_as_systemd_stub_would() {
         .collect();
     let want = hex(&extend([0; 32], &sha256(&[&utf16])));
     for key in ["RVMSPAWN-TPM-PCR-12", "RVMSPAWN-TPM-SYSFS-PCR-12"] {
-        assert_eq!(r.value(key), Some(want.as_str()), "{key}\n{}", r.output);
+        expect(r, key, want.as_str());
     }
 }
 
@@ -724,25 +649,15 @@ fn through_uefi_ovmf_finds_the_tpm_and_measures_the_boot() {
     let f = fixture();
     let r = f.results.step("firmware");
     assert_eq!(r.rc, Some(0), "{}", r.output);
-    assert_eq!(r.value("RVMSPAWN-EFI"), Some("yes"), "{}", r.output);
-    assert_eq!(
-        r.value("RVMSPAWN-TPM-DEV"),
-        Some("tpm0 tpmrm0"),
-        "{}",
-        r.output
-    );
+    expect(r, "RVMSPAWN-EFI", "yes");
+    expect(r, "RVMSPAWN-TPM-DEV", "tpm0 tpmrm0");
     let log: u64 = r
         .value("RVMSPAWN-TPM-EVENT-LOG")
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(log > 0, "the firmware's event log\n{}", r.output);
     // systemd-stub 252 itself measured the UKI's sections, as its systemd-measure predicts.
-    assert_eq!(
-        r.value("RVMSPAWN-TPM-PCR-11"),
-        Some(f.pcr11_firmware.as_str()),
-        "{}",
-        r.output
-    );
+    expect(r, "RVMSPAWN-TPM-PCR-11", f.pcr11_firmware.as_str());
 }
 
 /// Not a check: the TPM's start-up cost from rvmspawn's debug lines, for the notes.
