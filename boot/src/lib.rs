@@ -7,6 +7,7 @@
 
 pub mod bls;
 pub mod gpt;
+pub mod measure;
 pub mod smbios;
 pub mod uki;
 pub mod x86_64;

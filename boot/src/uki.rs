@@ -267,11 +267,11 @@ fn pe_header_offset<R: ReadAt + ?Sized>(image: &R, size: u64) -> io::Result<Opti
 
 /// A section table entry, the fields used.
 #[derive(Clone, Copy)]
-struct SectionHeader {
+pub(crate) struct SectionHeader {
     name: [u8; 8],
-    virtual_size: u32,
-    raw_size: u32,
-    raw_offset: u32,
+    pub(crate) virtual_size: u32,
+    pub(crate) raw_size: u32,
+    pub(crate) raw_offset: u32,
 }
 
 impl SectionHeader {
@@ -305,71 +305,10 @@ impl SectionHeader {
 /// profile and checks them (see the module documentation for every rule). Returns
 /// [`UkiError::NotUki`] for anything that is not a PE with a `.linux` section.
 pub fn parse_uki<R: ReadAt + ?Sized>(image: &R) -> Result<Uki, UkiError> {
-    let size = image.size_bytes()?;
-    let Some(pe) = pe_header_offset(image, size)? else {
-        return Err(UkiError::NotUki);
-    };
-    if pe < DOS_HEADER_LEN as u64 {
-        return Err(malformed(format!(
-            "the PE header (e_lfanew {pe:#x}) is inside the {DOS_HEADER_LEN}-byte DOS header"
-        )));
-    }
-    // pe < 2³², so no sum below overflows.
-    if pe + PE_HEADER_LEN as u64 > size {
-        return Err(malformed(format!(
-            "the PE headers at {pe:#x} are cut off by the end of the file ({size:#x} bytes)"
-        )));
-    }
-    let mut header = [0; PE_HEADER_LEN];
-    image.read_exact_at(&mut header, pe)?;
-    let machine = le_u16(&header, 4);
-    let count = usize::from(le_u16(&header, 6));
-    let optional_len = le_u16(&header, 20);
-    let magic = le_u16(&header, 24);
-    if count == 0 {
-        return Err(malformed("the PE file has no sections"));
-    }
-    if count > MAX_SECTIONS {
-        return Err(malformed(format!(
-            "the PE file claims {count} sections, more than the {MAX_SECTIONS} allowed"
-        )));
-    }
-    if optional_len < 2 || !matches!(magic, PE32_MAGIC | PE32_PLUS_MAGIC) {
-        return Err(malformed(format!(
-            "the optional header ({optional_len} bytes, magic {magic:#06x}) is neither PE32 \
-             ({PE32_MAGIC:#x}) nor PE32+ ({PE32_PLUS_MAGIC:#x})"
-        )));
-    }
-    let table_at = pe + 24 + u64::from(optional_len);
-    let headers_end = table_at + (count * SECTION_HEADER_LEN) as u64;
-    if headers_end > size {
-        return Err(malformed(format!(
-            "the section table ({count} entries at {table_at:#x}) extends past the end of the \
-             file ({size:#x} bytes)"
-        )));
-    }
-    let mut table = [0; MAX_SECTIONS * SECTION_HEADER_LEN];
-    let table = &mut table[..count * SECTION_HEADER_LEN];
-    image.read_exact_at(table, table_at)?;
-    let sections: Vec<SectionHeader> = table
-        .chunks_exact(SECTION_HEADER_LEN)
-        .map(SectionHeader::parse)
-        .collect();
-
-    // The base: everything before the first .profile; profile 0: from there to the next one.
-    let first_profile = sections.iter().position(|s| s.is(PROFILE));
-    let base = &sections[..first_profile.unwrap_or(count)];
-    let profile0 = first_profile.map_or(&[][..], |start| {
-        let end = sections[start + 1..]
-            .iter()
-            .position(|s| s.is(PROFILE))
-            .map_or(count, |n| start + 1 + n);
-        &sections[start..end]
-    });
-    let pick = |name: &str| {
-        let first = |group: &[SectionHeader]| group.iter().find(|s| s.is(name)).copied();
-        first(profile0).or_else(|| first(base))
-    };
+    let table = read_section_table(image)?;
+    let (size, headers_end, machine) = (table.size, table.headers_end, table.machine);
+    let sections = &table.sections;
+    let pick = |name: &str| table.pick(name);
 
     let Some(linux) = pick(".linux") else {
         if sections.iter().any(|s| s.is(".linux")) {
@@ -425,6 +364,109 @@ pub fn parse_uki<R: ReadAt + ?Sized>(image: &R) -> Result<Uki, UkiError> {
         uki.cmdline_text = stub_cmdline(&text);
     }
     Ok(uki)
+}
+
+/// A PE file's section table, with the default profile's sections marked.
+pub(crate) struct SectionTable {
+    /// The file's size.
+    pub(crate) size: u64,
+    /// Where the headers (and the section table) end.
+    headers_end: u64,
+    /// The COFF machine type.
+    machine: u16,
+    sections: Vec<SectionHeader>,
+    /// The base sections (before the first `.profile`), as indices into `sections`.
+    base: Range<usize>,
+    /// Profile 0's sections (from the first `.profile` to the next).
+    profile0: Range<usize>,
+}
+
+impl SectionTable {
+    /// The section named `name` that systemd-stub uses for the default profile: the first in
+    /// profile 0, else the first in the base.
+    pub(crate) fn pick(&self, name: &str) -> Option<SectionHeader> {
+        let first = |group: &Range<usize>| {
+            self.sections
+                .get(group.clone())?
+                .iter()
+                .find(|s| s.is(name))
+                .copied()
+        };
+        first(&self.profile0).or_else(|| first(&self.base))
+    }
+}
+
+/// Reads the section table of PE file `image` and checks the headers (see the module
+/// documentation); [`UkiError::NotUki`] if it is not a PE.
+pub(crate) fn read_section_table<R: ReadAt + ?Sized>(image: &R) -> Result<SectionTable, UkiError> {
+    let size = image.size_bytes()?;
+    let Some(pe) = pe_header_offset(image, size)? else {
+        return Err(UkiError::NotUki);
+    };
+    if pe < DOS_HEADER_LEN as u64 {
+        return Err(malformed(format!(
+            "the PE header (e_lfanew {pe:#x}) is inside the {DOS_HEADER_LEN}-byte DOS header"
+        )));
+    }
+    // pe < 2³², so no sum below overflows.
+    if pe + PE_HEADER_LEN as u64 > size {
+        return Err(malformed(format!(
+            "the PE headers at {pe:#x} are cut off by the end of the file ({size:#x} bytes)"
+        )));
+    }
+    let mut header = [0; PE_HEADER_LEN];
+    image.read_exact_at(&mut header, pe)?;
+    let machine = le_u16(&header, 4);
+    let count = usize::from(le_u16(&header, 6));
+    let optional_len = le_u16(&header, 20);
+    let magic = le_u16(&header, 24);
+    if count == 0 {
+        return Err(malformed("the PE file has no sections"));
+    }
+    if count > MAX_SECTIONS {
+        return Err(malformed(format!(
+            "the PE file claims {count} sections, more than the {MAX_SECTIONS} allowed"
+        )));
+    }
+    if optional_len < 2 || !matches!(magic, PE32_MAGIC | PE32_PLUS_MAGIC) {
+        return Err(malformed(format!(
+            "the optional header ({optional_len} bytes, magic {magic:#06x}) is neither PE32 \
+             ({PE32_MAGIC:#x}) nor PE32+ ({PE32_PLUS_MAGIC:#x})"
+        )));
+    }
+    let table_at = pe + 24 + u64::from(optional_len);
+    let headers_end = table_at + (count * SECTION_HEADER_LEN) as u64;
+    if headers_end > size {
+        return Err(malformed(format!(
+            "the section table ({count} entries at {table_at:#x}) extends past the end of the \
+             file ({size:#x} bytes)"
+        )));
+    }
+    let mut table = [0; MAX_SECTIONS * SECTION_HEADER_LEN];
+    let table = &mut table[..count * SECTION_HEADER_LEN];
+    image.read_exact_at(table, table_at)?;
+    let sections: Vec<SectionHeader> = table
+        .chunks_exact(SECTION_HEADER_LEN)
+        .map(SectionHeader::parse)
+        .collect();
+    // The base: everything before the first .profile; profile 0: from there to the next one.
+    let first_profile = sections.iter().position(|s| s.is(PROFILE));
+    let base = 0..first_profile.unwrap_or(count);
+    let profile0 = first_profile.map_or(0..0, |start| {
+        let end = sections[start + 1..]
+            .iter()
+            .position(|s| s.is(PROFILE))
+            .map_or(count, |n| start + 1 + n);
+        start..end
+    });
+    Ok(SectionTable {
+        size,
+        headers_end,
+        machine,
+        sections,
+        base,
+        profile0,
+    })
 }
 
 /// Reads a text section (such as [`Uki::osrel`] or [`Uki::uname`]): its bytes up to the first

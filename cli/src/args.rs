@@ -87,10 +87,17 @@ pub struct Args {
           action = ArgAction::Append, allow_hyphen_values = true)]
     pub notify_ready: Vec<String>,
 
-    /// Whether to give the guest a software TPM (swtpm) [default: auto]
+    /// Whether to give the guest a software TPM (swtpm): when swtpm is found (auto), always
+    /// (yes) or never (no) [default: auto]
     #[arg(long, value_name = "BOOL", help_heading = HOST,
           action = ArgAction::Append, allow_hyphen_values = true)]
     pub tpm: Vec<String>,
+
+    /// Where to keep the TPM's state: beside the image or directory (auto), nowhere (off) or
+    /// in directory PATH [default: auto]
+    #[arg(long, value_name = "PATH|auto|off", help_heading = HOST,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub tpm_state: Vec<OsString>,
 
     /// Kernel image to boot directly
     #[arg(long, value_name = "PATH", help_heading = HOST,

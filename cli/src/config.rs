@@ -133,6 +133,8 @@ pub struct Settings {
     /// `--notify-ready=`.
     pub notify_ready: bool,
     pub tpm: Option<bool>,
+    /// `--tpm-state=`, as given (`auto` is resolved by [`Settings::tpm`]).
+    pub tpm_state: vmm::TpmState,
     pub linux: Option<PathBuf>,
     pub initrds: Vec<PathBuf>,
     pub gui: bool,
@@ -241,6 +243,10 @@ impl Settings {
         })?
         .unwrap_or(true);
         let tpm = last_value("tpm", &args.tpm, tristate)?.flatten();
+        let tpm_state = last_value("tpm-state", &args.tpm_state, |v| {
+            parse::parse_tpm_state(v, cwd)
+        })?
+        .unwrap_or_default();
         let linux = last_value("linux", &args.linux, path)?.flatten();
         let initrds = args
             .initrd
@@ -346,6 +352,7 @@ impl Settings {
             vsock_cid,
             notify_ready,
             tpm,
+            tpm_state,
             linux,
             initrds,
             gui: args.qemu_gui,
@@ -417,17 +424,10 @@ impl Settings {
         if self.private_users.is_some() && self.directory.is_none() {
             return einval("--private-users= requires --directory=.");
         }
-        let refusals = [
-            // are both honoured; yes cannot be.
-            // Likewise auto means "use swtpm if found", and the TPM device does not
-            // exist yet, which counts as swtpm unavailable.
-            (self.tpm == Some(true), "--tpm=yes"),
-            (self.gui, "--qemu-gui"),
-        ];
-        match refusals.iter().find(|(given, _)| *given) {
-            Some((_, what)) => Err(Failure::unsupported(what)),
-            None => Ok(()),
+        if self.gui {
+            return Err(Failure::unsupported("--qemu-gui"));
         }
+        Ok(())
     }
 
     /// How the guest boots. An image without `--linux=` boots through UEFI firmware (as in
@@ -742,6 +742,7 @@ impl Settings {
         firmware: Option<vmm::FirmwareBoot>,
     ) -> vmm::VmConfig {
         let shares = self.shares();
+        let tpm_state = self.tpm_state();
         let (kernel, initrds) = match (self.linux, self.boot_entry.into_inner()) {
             (Some(kernel), _) => (kernel, self.initrds),
             // As vmspawn, the entry's kernel and initrds but not its options: a Type #1 entry's
@@ -801,7 +802,42 @@ impl Settings {
             notify_ready: self.notify_ready,
             firmware,
             network: self.network,
+            tpm: tpm_config(self.tpm, tpm_state),
         }
+    }
+
+    /// `--tpm-state=` with `auto` resolved: `<image-or-dir>.tpmstate` beside the `-i` image or
+    /// the `-D` directory (a trailing slash does not count), `off` with neither (`--linux=`
+    /// alone), as vmspawn does. `-D /` has no name to put the state beside: `off` too.
+    pub fn tpm_state(&self) -> vmm::TpmState {
+        if self.tpm_state != vmm::TpmState::Auto {
+            return self.tpm_state.clone();
+        }
+        let beside = self.image.as_deref().or(self.directory.as_deref());
+        // Path::file_name skips a trailing slash.
+        match beside.and_then(|b| Some((b, b.file_name()?))) {
+            Some((beside, name)) => {
+                let mut name = name.to_owned();
+                name.push(TPM_STATE_SUFFIX);
+                vmm::TpmState::Path(beside.with_file_name(name))
+            }
+            None => vmm::TpmState::Off,
+        }
+    }
+}
+
+/// What `--tpm-state=auto` appends to the image's or directory's name.
+pub const TPM_STATE_SUFFIX: &str = ".tpmstate";
+
+/// `--tpm=` (`None`: auto) and the resolved state as the VMM takes them.
+fn tpm_config(tpm: Option<bool>, state: vmm::TpmState) -> vmm::TpmConfig {
+    vmm::TpmConfig {
+        mode: match tpm {
+            None => vmm::TpmMode::Auto,
+            Some(true) => vmm::TpmMode::Yes,
+            Some(false) => vmm::TpmMode::No,
+        },
+        state,
     }
 }
 
@@ -1122,7 +1158,13 @@ mod tests {
 
     #[test]
     fn value_errors_name_option_and_value() {
-        let cases: [(&[&str], i32, &str); 17] = [
+        let cases: [(&[&str], i32, &str); 19] = [
+            (
+                &["--tpm-state=vm.tpm"],
+                EINVAL,
+                "--tpm-state= value 'vm.tpm'",
+            ),
+            (&["--tpm-state=maybe"], EINVAL, "--tpm-state= value 'maybe'"),
             (&["--qemu-mem=banana"], EINVAL, "--qemu-mem= value 'banana'"),
             (&["--qemu-smp=0"], ERANGE, "--qemu-smp= value '0'"),
             (&["--qemu-smp=2,sockets=2"], EINVAL, "--qemu-smp= value"),
@@ -1679,11 +1721,41 @@ mod tests {
     }
 
     #[test]
+    fn tpm_options_and_the_state_beside_the_image_or_directory() {
+        let tpm = |argv: &[&str]| vm_config(argv).tpm;
+        let path = |p: &str| vmm::TpmState::Path(p.into());
+        // The default: auto, its state beside the image or directory (trailing slash or not).
+        let c = tpm(&["-i", "/srv/os.raw"]);
+        assert_eq!(c.mode, vmm::TpmMode::Auto);
+        assert_eq!(c.state, path("/srv/os.raw.tpmstate"));
+        assert_eq!(tpm(&["-D", "/srv/tree/"]).state, path("/srv/tree.tpmstate"));
+        assert_eq!(tpm(&["-D", "tree"]).state, path("/home/u/tree.tpmstate"));
+        // With only a kernel, auto is off.
+        assert_eq!(tpm(&["--linux=/k"]).state, vmm::TpmState::Off);
+        // The modes, and the last value wins.
+        assert_eq!(tpm(&["--linux=/k", "--tpm=yes"]).mode, vmm::TpmMode::Yes);
+        assert_eq!(tpm(&["--linux=/k", "--tpm=no"]).mode, vmm::TpmMode::No);
+        assert_eq!(
+            tpm(&["--linux=/k", "--tpm=no", "--tpm=auto"]).mode,
+            vmm::TpmMode::Auto
+        );
+        // The spellings of the state: a path absolute or ./relative, off (or empty, or a false
+        // boolean), auto (or a true boolean).
+        let state = |v: &str| tpm(&["-i", "/os.raw", &format!("--tpm-state={v}")]).state;
+        assert_eq!(state("/var/tpm"), path("/var/tpm"));
+        assert_eq!(state("./tpm"), path("/home/u/tpm"));
+        assert_eq!(state("off"), vmm::TpmState::Off);
+        assert_eq!(state(""), vmm::TpmState::Off);
+        assert_eq!(state("no"), vmm::TpmState::Off);
+        assert_eq!(state("yes"), path("/os.raw.tpmstate"));
+        assert_eq!(state("auto"), path("/os.raw.tpmstate"));
+        // The root directory has no name to put the state beside.
+        assert_eq!(tpm(&["-D", "/"]).state, vmm::TpmState::Off);
+    }
+
+    #[test]
     fn unimplemented_options_are_refused() {
-        let cases: [(&[&str], &str); 2] = [
-            (&["--tpm=yes"], "--tpm=yes"),
-            (&["--qemu-gui"], "--qemu-gui"),
-        ];
+        let cases: [(&[&str], &str); 1] = [(&["--qemu-gui"], "--qemu-gui")];
         for (argv, option) in cases {
             let mut argv = argv.to_vec();
             argv.push("--linux=/k");

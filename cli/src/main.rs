@@ -227,6 +227,7 @@ mod tests {
             notify_ready: true,
             firmware: None,
             network: vmm::Network::None,
+            tpm: vmm::TpmConfig::default(),
         }
     }
 

@@ -713,6 +713,17 @@ pub fn parse_efi_nvram_state(s: &OsStr, cwd: &Path) -> Result<NvramState, Invali
     Ok(NvramState::Path(absolute(Path::new(s), cwd)))
 }
 
+/// `--tpm-state=`, spelled as `--efi-nvram-state=` (vmspawn parses both alike): `auto` or a
+/// true boolean keeps it beside the image, empty or a false boolean is `off`, anything else
+/// must be an absolute path or start with `./`.
+pub fn parse_tpm_state(s: &OsStr, cwd: &Path) -> Result<vmm::TpmState, Invalid> {
+    Ok(match parse_efi_nvram_state(s, cwd)? {
+        NvramState::Auto => vmm::TpmState::Auto,
+        NvramState::Off => vmm::TpmState::Off,
+        NvramState::Path(path) => vmm::TpmState::Path(path),
+    })
+}
+
 /// A path option (`--directory`, `--image`, `--linux`): `None` (from an empty value)
 /// means "unset", as systemd's `parse_path_argument()` has it.
 pub fn parse_path(s: &OsStr, cwd: &Path) -> Option<PathBuf> {

@@ -10,6 +10,7 @@ pub mod fw_cfg;
 pub mod legacy;
 pub mod pci;
 pub mod thread;
+pub mod tpm;
 pub mod virtio;
 
 pub use acpi::{AcpiDevice, Contributions};

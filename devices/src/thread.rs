@@ -15,6 +15,9 @@ pub enum ThreadKind {
     FsWatchdog,
     /// The vhost-user-fs operations thread (activations and resets, which talk to virtiofsd).
     FsOps,
+    /// The TPM's thread, which runs the guest's TPM commands against swtpm
+    /// ([`crate::tpm::Tpm`]).
+    Tpm,
 }
 
 static START_HOOK: OnceLock<fn(ThreadKind)> = OnceLock::new();

@@ -59,6 +59,44 @@ pub struct VmConfig {
     pub firmware: Option<FirmwareBoot>,
     /// The guest's network (`--network-tap`, `--network-user-mode`).
     pub network: Network,
+    /// The guest's TPM (`--tpm=`, `--tpm-state=`).
+    pub tpm: TpmConfig,
+}
+
+/// Whether the guest gets a TPM (`--tpm=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TpmMode {
+    /// When swtpm and swtpm_setup are found; a TPM that fails to start is left out with a
+    /// notice.
+    #[default]
+    Auto,
+    /// Always: a missing swtpm or a failing start is an error.
+    Yes,
+    /// Never.
+    No,
+}
+
+/// Where the TPM keeps its state (`--tpm-state=`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum TpmState {
+    /// Beside the image or directory as `<image-or-dir>.tpmstate`; the front end resolves it
+    /// to [`TpmState::Path`] (or [`TpmState::Off`] without either); the VMM takes an
+    /// unresolved `Auto` as `Off`.
+    #[default]
+    Auto,
+    /// A directory in the run's directory, removed when the run ends.
+    Off,
+    /// This directory, created (mode 0700) and manufactured when needed, kept.
+    Path(PathBuf),
+}
+
+/// The guest's TPM settings.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TpmConfig {
+    /// `--tpm=`.
+    pub mode: TpmMode,
+    /// `--tpm-state=`.
+    pub state: TpmState,
 }
 
 /// The guest's network interface.

@@ -49,6 +49,46 @@ fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
+/// A listening Unix stream socket bound to abstract `name`, close-on-exec.
+pub fn listen_abstract(name: &str) -> io::Result<OwnedFd> {
+    // std's UnixListener::bind_addr would do, but it listens with a backlog we cannot see and
+    // returns a type we would only convert back; this keeps the one descriptor explicit.
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+    let listener = std::os::unix::net::UnixListener::bind_addr(&addr)?;
+    // SAFETY: into_raw_fd hands over sole ownership of the listening socket.
+    Ok(unsafe { OwnedFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(listener)) })
+}
+
+/// A helper's socket: a listener in the abstract namespace under a random name
+/// (`rvmspawn-KIND-PID-…`, 128 random bits), to be passed to the helper, and our connection to
+/// it, which waits in the backlog until the helper accepts it. Nothing is created in the file
+/// system. `helper` names the helper in errors.
+pub fn abstract_pair(
+    kind: &str,
+    helper: &str,
+) -> Result<(OwnedFd, std::os::unix::net::UnixStream), Error> {
+    let fail = |what: &str, e: io::Error| {
+        Error::Helper(
+            format!("Failed to set up the socket for {helper}: {what}: {e}"),
+            e.raw_os_error().unwrap_or(libc::EIO),
+        )
+    };
+    let address = format!(
+        "rvmspawn-{kind}-{}-{:016x}{:016x}",
+        std::process::id(),
+        crate::random_u64(),
+        crate::random_u64()
+    );
+    let listener = listen_abstract(&address).map_err(|e| fail("listen", e))?;
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(address.as_bytes())
+        .map_err(|e| fail("address", e))?;
+    let stream =
+        std::os::unix::net::UnixStream::connect_addr(&addr).map_err(|e| fail("connect", e))?;
+    Ok((listener, stream))
+}
+
 /// A running helper process.
 #[derive(Debug)]
 pub struct Helper {

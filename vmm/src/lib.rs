@@ -22,6 +22,7 @@ mod platform;
 mod q35;
 mod runtime;
 mod seccomp;
+mod swtpm;
 mod vcpu;
 mod virtiofs;
 mod vsock;
@@ -30,7 +31,8 @@ mod x86_64;
 pub use boot::bls;
 pub use boot::{SmbiosError, parse_uuid};
 pub use config::{
-    DiskConfig, FirmwareBoot, FsShare, IdMap, KvmSource, Network, VmConfig, VsockConfig, VsockMode,
+    DiskConfig, FirmwareBoot, FsShare, IdMap, KvmSource, Network, TpmConfig, TpmMode, TpmState,
+    VmConfig, VsockConfig, VsockMode,
 };
 pub use net::{format_mac, guest_mac, parse_mac, tap_name};
 
@@ -99,6 +101,9 @@ pub enum Error {
     /// The SMBIOS tables cannot be built (e.g. too much credential data).
     #[error(transparent)]
     Smbios(#[from] boot::SmbiosError),
+    /// The TPM could not be started, or a command of ours to it failed.
+    #[error("{0}")]
+    Tpm(String, i32),
     /// The firmware, its variable store or a kernel for it cannot be used.
     #[error("{0}")]
     Firmware(String, i32),
@@ -131,6 +136,7 @@ impl Error {
             | Error::Network(_, errno)
             | Error::Runtime(_, errno)
             | Error::Helper(_, errno)
+            | Error::Tpm(_, errno)
             | Error::Firmware(_, errno)
             | Error::Seccomp(_, errno) => *errno,
             // vmspawn reports a VMM that died abnormally as EPROTO.
@@ -171,7 +177,6 @@ enum VsockSetup {
     User {
         device: std::sync::Arc<devices::virtio::vsock_user::VsockUser>,
         notify_port: u32,
-        _dir: runtime::RuntimeDir,
     },
 }
 
@@ -203,6 +208,7 @@ fn setup_vsock(
     name: &str,
     notifier: &std::sync::Arc<vsock::Notifier>,
     quiet: bool,
+    run_dir: &mut Option<runtime::RuntimeDir>,
 ) -> Result<Option<VsockSetup>, Error> {
     use std::os::unix::fs::OpenOptionsExt;
     if v.mode == VsockMode::No {
@@ -218,7 +224,12 @@ fn setup_vsock(
         {
             Ok(f) => f,
             // vmspawn's QEMU would have no vsock at all; ours works without the module.
-            Err(e) => return setup_user_vsock(v, name, notifier, quiet, &e).map(Some),
+            Err(e) => {
+                let dir = runtime::RuntimeDir::get_or_create(run_dir, || {
+                    runtime::RuntimeDir::create(name)
+                })?;
+                return setup_user_vsock(v, name, notifier, quiet, &e, dir).map(Some);
+            }
         },
     };
     let set_cid = |cid: u64| devices::virtio::vsock::set_guest_cid(&file, cid);
@@ -279,12 +290,12 @@ fn setup_user_vsock(
     notifier: &std::sync::Arc<vsock::Notifier>,
     quiet: bool,
     why: &std::io::Error,
+    dir: &runtime::RuntimeDir,
 ) -> Result<VsockSetup, Error> {
     use devices::virtio::vsock_user::VsockUser;
     let cid = v
         .cid
         .map_or_else(|| vsock::cid_from_name(name, 0), u64::from);
-    let dir = runtime::RuntimeDir::create(name)?;
     let path = dir.path().join("vsock");
     let mut device = VsockUser::new(cid, Some(path.clone())).map_err(|e| {
         Error::Vsock(
@@ -310,7 +321,6 @@ fn setup_user_vsock(
     Ok(VsockSetup::User {
         device: std::sync::Arc::new(device),
         notify_port,
-        _dir: dir,
     })
 }
 
@@ -364,7 +374,17 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
         .iter()
         .any(|s| s.starts_with("io.systemd.credential.binary:vmm.notify_socket="));
     let notifier = std::sync::Arc::new(vsock::Notifier::new(config.quiet, config.notify_ready));
-    let vsock = setup_vsock(&mut config.vsock, &config.name, &notifier, config.quiet)?;
+    // The run's directory, made when something needs it (the userspace vsock device's sockets,
+    // an ephemeral TPM state), once per run; dropped (removed, with all in it) after the
+    // helpers that may write in it are stopped.
+    let mut run_dir: Option<runtime::RuntimeDir> = None;
+    let vsock = setup_vsock(
+        &mut config.vsock,
+        &config.name,
+        &notifier,
+        config.quiet,
+        &mut run_dir,
+    )?;
     if let Some(v) = vsock.as_ref().filter(|_| !user_notify) {
         // The notify address, as the credential vmspawn passes (binary form, base64).
         use base64::Engine;
@@ -440,7 +460,24 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
             Some(setup)
         }
     };
+    // The TPM, for the whole run: a reboot keeps swtpm and its state (the platform reset is a
+    // CMD_INIT), and swtpm is watched like virtiofsd. Started before the main thread's filter.
+    let tpm = match swtpm::setup(&config.tpm, &mut run_dir, &config.name, config.quiet)? {
+        Some(t) => {
+            console.watch_helper(t.helper.pidfd(), helpers.len())?;
+            helpers.push(t.helper);
+            Some(t.tpm)
+        }
+        None => None,
+    };
     let is_uki = uki.is_some();
+    // A UKI booted directly is measured as systemd-stub would have measured it, before every
+    // boot; through the firmware, the stub does it itself.
+    let measurements = if tpm.is_some() && is_uki && firmware.is_none() {
+        Some(swtpm::Measurements::of(&config.kernel, &extra)?)
+    } else {
+        None
+    };
     let cmdline = std::iter::once(DEFAULT_CMDLINE.to_string())
         .chain(uki.map(|u| u.cmdline))
         .chain(root_arg)
@@ -506,6 +543,7 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
         name: config.name,
         fs,
         net,
+        tpm: tpm.clone(),
         memory: if config.shared_memory || !config.shares.is_empty() {
             memory::Backing::SharedMemfd
         } else {
@@ -518,61 +556,81 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
     // Every helper is started (a helper would inherit the filter of the thread that forks
     // it): confine the main thread before the first machine is built.
     seccomp::install_main()?;
-    let mut started = false;
-    loop {
-        let machine = machine::Machine::build(&kvm, &spec, output.sink())?;
-        if !started {
-            started = true;
-            // As vmspawn once its VMM runs; with --notify-ready=no that is also when we are
-            // ready, else the guest's READY=1 is.
-            let pid = std::process::id();
-            vsock::notify_supervisor(&if config.notify_ready {
-                format!("STATUS=VM started.\nX_VMSPAWN_LEADER_PID={pid}")
-            } else {
-                format!("READY=1\nSTATUS=VM started.\nX_VMSPAWN_LEADER_PID={pid}")
-            });
-        }
-        let outcome = console.run(&machine);
-        let ending = !matches!(outcome, Ok(event_loop::Outcome::Reset));
-        if ending {
-            // A signal from now on ends the process at once, whatever holds the stop up.
-            console.stopping();
-            // The run is over: the virtiofsd connections close now (each virtiofsd exits on
-            // that), so the devices' resets do not wait for a back end that may have stalled.
-            for f in &spec.fs {
-                f.disconnect();
-            }
-        }
-        output.set_abandon(true);
-        let stopping = std::time::Instant::now();
-        let stopped = machine.stop();
-        debug!("Machine stopped in {} ms.", stopping.elapsed().as_millis());
-        output.set_abandon(false);
-        match outcome? {
-            event_loop::Outcome::Reset if !stopped => {
-                // Its vCPU may still run: a new machine must not start beside it.
-                return Err(Error::Guest(
-                    "the guest reset, but a vCPU of the old machine did not stop".into(),
-                ));
-            }
-            event_loop::Outcome::Reset => continue,
-            event_loop::Outcome::HelperExited(i) => {
-                return Err(match helpers.get_mut(i) {
-                    Some(h) => h.died(),
-                    None => Error::Helper("a helper process ended".into(), libc::EPROTO),
-                });
-            }
-            event_loop::Outcome::Exit(exit) => {
-                if let Some(v) = vsock {
-                    v.finish();
+    let result = (|| {
+        let mut started = false;
+        loop {
+            if let Some(tpm) = &spec.tpm {
+                // A reboot is a platform reset for the TPM too: PCRs back to their reset values.
+                if started {
+                    tpm.reset().map_err(|e| {
+                        Error::Tpm(format!("Failed to reset the TPM: {e}"), e.errno())
+                    })?;
                 }
-                return Ok(RunOutcome {
-                    exit,
-                    guest_exit_status: notifier.state().exit_status,
+                if let Some(m) = &measurements {
+                    m.apply(tpm)?;
+                }
+            }
+            let machine = machine::Machine::build(&kvm, &spec, output.sink())?;
+            if !started {
+                started = true;
+                // As vmspawn once its VMM runs; with --notify-ready=no that is also when we are
+                // ready, else the guest's READY=1 is.
+                let pid = std::process::id();
+                vsock::notify_supervisor(&if config.notify_ready {
+                    format!("STATUS=VM started.\nX_VMSPAWN_LEADER_PID={pid}")
+                } else {
+                    format!("READY=1\nSTATUS=VM started.\nX_VMSPAWN_LEADER_PID={pid}")
                 });
             }
+            let outcome = console.run(&machine);
+            let ending = !matches!(outcome, Ok(event_loop::Outcome::Reset));
+            if ending {
+                // A signal from now on ends the process at once, whatever holds the stop up.
+                console.stopping();
+                // The run is over: the virtiofsd connections close now (each virtiofsd exits on
+                // that), so the devices' resets do not wait for a back end that may have stalled.
+                for f in &spec.fs {
+                    f.disconnect();
+                }
+            }
+            output.set_abandon(true);
+            let stopping = std::time::Instant::now();
+            let stopped = machine.stop();
+            debug!("Machine stopped in {} ms.", stopping.elapsed().as_millis());
+            output.set_abandon(false);
+            match outcome? {
+                event_loop::Outcome::Reset if !stopped => {
+                    // Its vCPU may still run: a new machine must not start beside it.
+                    return Err(Error::Guest(
+                        "the guest reset, but a vCPU of the old machine did not stop".into(),
+                    ));
+                }
+                event_loop::Outcome::Reset => continue,
+                event_loop::Outcome::HelperExited(i) => {
+                    return Err(match helpers.get_mut(i) {
+                        Some(h) => h.died(),
+                        None => Error::Helper("a helper process ended".into(), libc::EPROTO),
+                    });
+                }
+                event_loop::Outcome::Exit(exit) => {
+                    if let Some(v) = vsock {
+                        v.finish();
+                    }
+                    return Ok(RunOutcome {
+                        exit,
+                        guest_exit_status: notifier.state().exit_status,
+                    });
+                }
+            }
         }
+    })();
+    // Every way the run ends comes here: swtpm saves its state before the helpers are stopped.
+    if let Some(tpm) = &tpm
+        && let Err(e) = tpm.shutdown()
+    {
+        debug!("TPM: shutting swtpm down failed: {e}");
     }
+    result
 }
 
 /// A kernel or initrd handed to the firmware, read once for the whole run.

@@ -53,6 +53,8 @@ pub struct MachineSpec {
     pub fs: Vec<Arc<VhostUserFs>>,
     /// The guest's NIC, its host side set up for the whole run.
     pub net: Option<crate::net::NetSetup>,
+    /// The run's TPM; each boot gets a fresh CRB register file in front of it.
+    pub tpm: Option<Arc<devices::tpm::Tpm>>,
 }
 
 /// The two boot paths, each with its own platform.
@@ -196,7 +198,12 @@ impl Machine {
         let rtc = Cmos::new();
         // The registration list: every device that describes itself in the ACPI tables or
         // fw_cfg (`devices::AcpiDevice`), in DSDT order. A new device is one entry here.
-        let contributions = Contributions::collect(&[&serial, &rtc]);
+        let crb = spec.tpm.as_ref().map(|t| t.crb());
+        let mut acpi: Vec<&dyn devices::AcpiDevice> = vec![&serial, &rtc];
+        if let Some(crb) = &crb {
+            acpi.push(crb);
+        }
+        let contributions = Contributions::collect(&acpi);
         let serial = Arc::new(Mutex::new(serial));
 
         let mut io = Bus::new();
@@ -209,6 +216,23 @@ impl Machine {
             CMOS_PORTS,
             Arc::new(Mutex::new(rtc)),
         )?;
+        if let Some(crb) = crb {
+            use devices::tpm::{CRB_BASE, CRB_SIZE};
+            // The page the direct boot's e820 map reserves.
+            const {
+                assert!(
+                    CRB_BASE == boot::x86_64::layout::TPM_CRB_START
+                        && CRB_SIZE == boot::x86_64::layout::TPM_CRB_SIZE
+                )
+            };
+            attach(
+                &mut mmio,
+                "tpm",
+                CRB_BASE,
+                CRB_SIZE,
+                Arc::new(Mutex::new(crb)),
+            )?;
+        }
         let queues = spec.vcpus as usize;
         let mut virtio: Vec<Box<dyn VirtioDevice>> = spec
             .disks

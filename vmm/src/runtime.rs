@@ -343,6 +343,18 @@ impl RuntimeDir {
         }))
     }
 
+    /// The run's directory in `slot`, made there by `create` (such as [`RuntimeDir::create`])
+    /// the first time, so that a run has one however many users it has.
+    pub fn get_or_create(
+        slot: &mut Option<RuntimeDir>,
+        create: impl FnOnce() -> Result<RuntimeDir, Error>,
+    ) -> Result<&RuntimeDir, Error> {
+        match slot {
+            Some(dir) => Ok(dir),
+            None => Ok(slot.insert(create()?)),
+        }
+    }
+
     /// The directory. It is ours and mode 0700, so the sockets below it can be made by path.
     pub fn path(&self) -> &Path {
         &self.path
@@ -410,6 +422,28 @@ mod tests {
         );
         drop(d);
         drop(again);
+        assert_eq!(std::fs::read_dir(&b).unwrap().count(), 0);
+        std::fs::remove_dir_all(&b).unwrap();
+    }
+
+    #[test]
+    fn one_directory_per_run_removed_with_what_a_helper_left_in_it() {
+        let b = base();
+        let mut slot = None;
+        let first = RuntimeDir::get_or_create(&mut slot, || RuntimeDir::create_in(&b, "vm"))
+            .unwrap()
+            .path()
+            .to_owned();
+        // A second user gets the same directory, not a `vm-PID` beside it.
+        let second = RuntimeDir::get_or_create(&mut slot, || RuntimeDir::create_in(&b, "vm"))
+            .unwrap()
+            .path()
+            .to_owned();
+        assert_eq!(first, second);
+        // What swtpm leaves in an ephemeral state directory goes with the run's directory.
+        std::fs::create_dir(first.join("tpm")).unwrap();
+        std::fs::write(first.join("tpm/tpm2-00.permall"), b"state").unwrap();
+        drop(slot);
         assert_eq!(std::fs::read_dir(&b).unwrap().count(), 0);
         std::fs::remove_dir_all(&b).unwrap();
     }

@@ -55,11 +55,13 @@ pub enum Kind {
     ConsoleOutput,
     /// A helper's stderr capture thread.
     HelperStderr,
+    /// The TPM thread: the guest's TPM commands, sent to swtpm and answered one at a time.
+    Tpm,
 }
 
 impl Kind {
     /// Every kind, in the order of the documentation.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Main,
         Kind::Vcpu,
         Kind::QueueWorker,
@@ -69,6 +71,7 @@ impl Kind {
         Kind::VsockNotify,
         Kind::ConsoleOutput,
         Kind::HelperStderr,
+        Kind::Tpm,
     ];
 
     /// The kind's short name (in messages, and for the test hook's variable).
@@ -83,6 +86,7 @@ impl Kind {
             Kind::VsockNotify => "vsock-notify",
             Kind::ConsoleOutput => "console",
             Kind::HelperStderr => "helper-stderr",
+            Kind::Tpm => "tpm",
         }
     }
 
@@ -112,6 +116,7 @@ impl From<devices::thread::ThreadKind> for Kind {
             devices::thread::ThreadKind::VsockUser => Kind::VsockUser,
             devices::thread::ThreadKind::FsWatchdog => Kind::FsWatchdog,
             devices::thread::ThreadKind::FsOps => Kind::FsOps,
+            devices::thread::ThreadKind::Tpm => Kind::Tpm,
         }
     }
 }
@@ -519,6 +524,18 @@ fn own(kind: Kind) -> Vec<Allow> {
         ],
         Kind::ConsoleOutput => vec![allow!(SYS_writev, "guest output to the terminal")],
         Kind::HelperStderr => vec![allow!(SYS_read, "the helper's stderr pipe")],
+        Kind::Tpm => vec![
+            allow!(
+                SYS_poll,
+                "waiting for swtpm's response, the wake-up eventfd or a control reply"
+            ),
+            allow!(
+                SYS_sendto,
+                "a TPM command to swtpm; control commands (cancel)"
+            ),
+            allow!(SYS_recvfrom, "swtpm's responses and control replies"),
+            allow!(SYS_read, "the wake-up eventfd"),
+        ],
     }
 }
 

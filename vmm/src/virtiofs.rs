@@ -6,14 +6,13 @@
 //! as vmspawn does. Nothing is created in the file system, so nothing is left behind however
 //! rvmspawn ends, and no other process can get at the socket without guessing 128 random bits.
 
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::Error;
 use crate::config::FsShare;
 use crate::helper::Helper;
-use crate::{Error, random_u64};
 
 /// Where vmspawn looks for virtiofsd after `$PATH`.
 const FALLBACK_PATHS: [&str; 2] = ["/usr/libexec/virtiofsd", "/usr/lib/virtiofsd"];
@@ -72,25 +71,7 @@ pub fn arguments(share: &FsShare) -> Vec<std::ffi::OsString> {
 /// Start virtiofsd for `share` and return it with our end of its vhost-user connection.
 pub fn start(binary: &Path, share: &FsShare) -> Result<(Helper, UnixStream), Error> {
     let name = format!("virtiofsd for {}", share.source.display());
-    let fail = |what: &str, e: std::io::Error| {
-        Error::Helper(
-            format!("Failed to set up the socket for {name}: {what}: {e}"),
-            e.raw_os_error().unwrap_or(libc::EIO),
-        )
-    };
-    let address = format!(
-        "rvmspawn-virtiofs-{}-{:016x}{:016x}",
-        std::process::id(),
-        random_u64(),
-        random_u64()
-    );
-    let listener = listen_abstract(&address).map_err(|e| fail("listen", e))?;
-    let stream = {
-        use std::os::linux::net::SocketAddrExt;
-        let addr = std::os::unix::net::SocketAddr::from_abstract_name(address.as_bytes())
-            .map_err(|e| fail("address", e))?;
-        UnixStream::connect_addr(&addr).map_err(|e| fail("connect", e))?
-    };
+    let (listener, stream) = crate::helper::abstract_pair("virtiofs", &name)?;
     let mut cmd = Command::new(binary);
     cmd.args(arguments(share));
     // Its messages reach the user through rvmspawn's writer: the terminal may be raw.
@@ -98,17 +79,6 @@ pub fn start(binary: &Path, share: &FsShare) -> Result<(Helper, UnixStream), Err
     let mut helper = Helper::spawn(name, cmd, Some((listener, SOCKET_FD)))?;
     helper.relay_stderr()?;
     Ok((helper, stream))
-}
-
-/// A listening Unix stream socket bound to abstract `name`, close-on-exec.
-fn listen_abstract(name: &str) -> std::io::Result<OwnedFd> {
-    // std's UnixListener::bind_addr would do, but it listens with a backlog we cannot see and
-    // returns a type we would only convert back; this keeps the one descriptor explicit.
-    use std::os::linux::net::SocketAddrExt;
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-    let listener = std::os::unix::net::UnixListener::bind_addr(&addr)?;
-    // SAFETY: into_raw_fd hands over sole ownership of the listening socket.
-    Ok(unsafe { OwnedFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(listener)) })
 }
 
 #[cfg(test)]
@@ -183,8 +153,8 @@ mod tests {
         // A stand-in for virtiofsd: accepts on fd 3 and echoes one line.
         let script = "exec python3 -c 'import socket; s = socket.socket(fileno=3); \
                       c, _ = s.accept(); c.sendall(c.recv(64))'";
-        let address = format!("rvmspawn-test-{:016x}", random_u64());
-        let listener = listen_abstract(&address).unwrap();
+        let address = format!("rvmspawn-test-{:016x}", crate::random_u64());
+        let listener = crate::helper::listen_abstract(&address).unwrap();
         use std::os::linux::net::SocketAddrExt;
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(address.as_bytes()).unwrap();
         let mut ours = UnixStream::connect_addr(&addr).unwrap();

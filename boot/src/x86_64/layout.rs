@@ -64,6 +64,10 @@ pub const PCI_MMIO_SIZE: u64 = 0x2000_0000;
 pub const PCI_ECAM_START: u64 = PCI_MMIO_START + PCI_MMIO_SIZE;
 /// ECAM size for bus 0 alone: 32 devices x 8 functions x 4 KiB.
 pub const PCI_ECAM_SIZE: u64 = 1 << 20;
+/// The TPM's CRB register file (locality 0), where the TCG PC Client platform profile puts it.
+pub const TPM_CRB_START: u64 = 0xfed4_0000;
+/// Size of the TPM's CRB register file: one 4 KiB page.
+pub const TPM_CRB_SIZE: u64 = 0x1000;
 /// The local APICs' MMIO base.
 pub const APIC_START: u64 = 0xfee0_0000;
 /// KVM's three-page TSS region (needed on Intel), below the 16 MiB under 4 GiB that firmware
@@ -145,7 +149,8 @@ impl MemoryLayout {
     /// The e820 map: (start, size, type) with type 1 = RAM, 2 = reserved.
     ///
     /// The BIOS area holding the ACPI and SMBIOS tables is reserved so the kernel never reuses
-    /// it.
+    /// it, and so is the TPM's register page (a guest without a TPM finds nothing there), as a
+    /// PC's firmware reserves it.
     pub fn e820(&self) -> Vec<(u64, u64, u32)> {
         const RAM: u32 = 1;
         const RESERVED: u32 = 2;
@@ -162,6 +167,7 @@ impl MemoryLayout {
         }
         // Linux uses ECAM only where the firmware's memory map reserves it.
         map.push((PCI_ECAM_START, PCI_ECAM_SIZE, RESERVED));
+        map.push((TPM_CRB_START, TPM_CRB_SIZE, RESERVED));
         for r in &self.ram[1..] {
             map.push((r.start.0, r.size, RAM));
         }
@@ -193,6 +199,31 @@ mod tests {
         assert_eq!(big.ram[1].start, GuestAddress(HIGH_RAM_START));
         assert_eq!(big.ram[1].size, (3 << 30) - Q35_LOW_RAM_SPLIT);
         const { assert!(KVM_TSS_START + 3 * 4096 <= FLASH_REGION_START) };
+    }
+
+    #[test]
+    fn the_tpm_page_is_reserved_and_no_ram() {
+        for mem in [512 << 20, 4 << 30] {
+            let e820 = MemoryLayout::new(mem).e820();
+            assert!(
+                e820.contains(&(TPM_CRB_START, TPM_CRB_SIZE, 2)),
+                "{e820:x?}"
+            );
+            let tpm = TPM_CRB_START..TPM_CRB_START + TPM_CRB_SIZE;
+            for (start, size, ty) in e820.into_iter().filter(|e| e.2 == 1) {
+                assert!(
+                    start + size <= tpm.start || start >= tpm.end,
+                    "{start:#x} {ty}"
+                );
+            }
+        }
+        // Inside the MMIO hole, clear of the IOAPIC's and the local APICs' pages.
+        const {
+            assert!(
+                TPM_CRB_START >= IOAPIC_START + 0x1000
+                    && TPM_CRB_START + TPM_CRB_SIZE <= APIC_START
+            )
+        };
     }
 
     #[test]
