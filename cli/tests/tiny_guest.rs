@@ -869,14 +869,14 @@ fn threads_seccomp(pid: u32) -> Vec<(u32, String, String, u32)> {
 /// Whether a thread has the seccomp filters of its kind: the main thread its list and the one
 /// that answers clone3 with ENOSYS; every other thread its list and the one that answers
 /// openat with EACCES, on top of those of the thread that started it (a vCPU thread: the main
-/// thread's two); the threads started before the main thread's filters have only their own
-/// two. KVM's worker threads (`kvm-nx-lpage-recovery`, and vhost's on kernels from 6.4)
+/// thread's two); the threads started before the main thread's filters (the TPM's thread among
+/// them) have only their own two. KVM's worker threads (`kvm-nx-lpage-recovery`, and vhost's on kernels from 6.4)
 /// belong to the process but run only kernel code.
 fn has_its_filters(pid: u32, tid: u32, name: &str, filters: u32) -> bool {
     match name {
         _ if tid == pid => filters == 2,
         n if n.starts_with("vcpu") => filters == 4,
-        "console-out" | "helper-stderr" | "vsock-notify" => filters == 2,
+        "console-out" | "helper-stderr" | "vsock-notify" | "tpm" => filters == 2,
         n => n.starts_with("kvm-") || n.starts_with("vhost-"),
     }
 }
@@ -933,8 +933,11 @@ fn every_thread_runs_under_its_seccomp_filter_also_after_a_reboot() {
     code.extend([0xb0, 0xfe, 0xee]); // i8042: pulse the reset line
     code.extend(halt_forever());
     let k = write_guest("seccomp-reboot", &code);
+    // With a TPM: its thread is confined too, and the main thread resets the TPM at the reboot
+    // and shuts it down at the end under its own filter (a forbidden call would end the run by
+    // SIGSYS, not with 0).
     let mut child = KillOnDrop(
-        rvmspawn(&k, &["--qemu-smp=2"])
+        rvmspawn(&k, &["--qemu-smp=2", "--tpm=yes"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -944,10 +947,10 @@ fn every_thread_runs_under_its_seccomp_filter_also_after_a_reboot() {
     let mut out = child.0.stdout.take().unwrap();
     let mut input = child.0.stdin.take().unwrap();
     read_until(&mut out, b"boot\n", 1);
-    assert_threads_confined(pid, &["vcpu0", "vcpu1", "console-out"]);
+    assert_threads_confined(pid, &["vcpu0", "vcpu1", "console-out", "tpm"]);
     input.write_all(b"r").unwrap();
     read_until(&mut out, b"boot\n", 1);
-    assert_threads_confined(pid, &["vcpu0", "vcpu1", "console-out"]);
+    assert_threads_confined(pid, &["vcpu0", "vcpu1", "console-out", "tpm"]);
     // SAFETY: sending a signal to our own child process.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     assert_eq!(child.0.wait().unwrap().code(), Some(0));

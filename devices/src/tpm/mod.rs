@@ -168,6 +168,21 @@ pub(crate) struct Shared {
     max_command: usize,
 }
 
+impl State {
+    /// The outcome of `ticket`, if it finished (or will never finish).
+    fn outcome(&mut self, ticket: u64) -> Option<Outcome> {
+        if self.done.as_ref().is_some_and(|(t, _)| *t == ticket) {
+            return self.done.take().map(|(_, o)| o);
+        }
+        let queued = self.queued.as_ref().is_some_and(|j| j.ticket == ticket);
+        if queued || self.running == Some(ticket) {
+            return None;
+        }
+        // Abandoned by a reset or the end of the run: nothing will answer it.
+        Some(Err("the command was abandoned".into()))
+    }
+}
+
 impl Shared {
     /// Queue `command`; returns its ticket. A back end that failed answers at once.
     pub(crate) fn submit(&self, command: Vec<u8>) -> u64 {
@@ -195,16 +210,7 @@ impl Shared {
 
     /// The outcome of `ticket`, if it finished (or will never finish).
     pub(crate) fn outcome(&self, ticket: u64) -> Option<Outcome> {
-        let mut s = lock(&self.state);
-        if s.done.as_ref().is_some_and(|(t, _)| *t == ticket) {
-            return s.done.take().map(|(_, o)| o);
-        }
-        let queued = s.queued.as_ref().is_some_and(|j| j.ticket == ticket);
-        if queued || s.running == Some(ticket) {
-            return None;
-        }
-        // Abandoned by a reset or the end of the run: nothing will answer it.
-        Some(Err("the command was abandoned".into()))
+        lock(&self.state).outcome(ticket)
     }
 
     /// Ask for `ticket` to be cancelled. A command still queued ends at once with
@@ -293,14 +299,14 @@ impl Tpm {
     /// A TPM whose commands `responder` answers synchronously, on the vCPU's own call (the fuzz
     /// target's back end). No thread, no swtpm: reset and shutdown do nothing.
     #[doc(hidden)]
-    pub fn with_responder(responder: Responder) -> Arc<Tpm> {
-        let (a, _) = UnixStream::pair().expect("socketpair");
-        Arc::new(Tpm {
+    pub fn with_responder(responder: Responder) -> Result<Arc<Tpm>, TpmError> {
+        let (a, _) = UnixStream::pair().map_err(|e| TpmError::Io("socketpair", e))?;
+        Ok(Arc::new(Tpm {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
                 finished: Condvar::new(),
                 work: Condvar::new(),
-                wake: EventFd::new(EFD_NONBLOCK).expect("eventfd"),
+                wake: EventFd::new(EFD_NONBLOCK).map_err(TpmError::Thread)?,
                 responder: Some(Mutex::new(responder)),
                 max_command: BUFFER_SIZE,
             }),
@@ -310,7 +316,7 @@ impl Tpm {
                 owed: 0,
             })),
             thread: Mutex::new(None),
-        })
+        }))
     }
 
     /// The CRB register file for one machine (registers in their reset state). Implements
@@ -374,25 +380,19 @@ impl Tpm {
         let deadline = Instant::now() + COMMAND_TIMEOUT + RESPONSE_REST_TIMEOUT;
         let mut s = lock(&self.shared.state);
         loop {
-            drop(s);
-            if let Some(outcome) = self.shared.outcome(ticket) {
+            if let Some(outcome) = s.outcome(ticket) {
                 return outcome.map_err(|why| TpmError::Protocol("a TPM command", why));
             }
-            s = lock(&self.shared.state);
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(TpmError::Timeout("a TPM command", COMMAND_TIMEOUT));
             }
-            let running =
-                s.running == Some(ticket) || s.queued.as_ref().is_some_and(|j| j.ticket == ticket);
-            if running {
-                s = self
-                    .shared
-                    .finished
-                    .wait_timeout(s, left)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
-            }
+            s = self
+                .shared
+                .finished
+                .wait_timeout(s, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 

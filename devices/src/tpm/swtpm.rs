@@ -140,6 +140,34 @@ pub(crate) fn wait(
     }
 }
 
+/// One receive that does not wait: Some(bytes received), None if nothing is there now,
+/// Err(Closed) if the peer has gone.
+fn recv_now(sock: &UnixStream, buf: &mut [u8]) -> Result<Option<usize>, IoFail> {
+    loop {
+        // SAFETY: `buf` is valid writable memory of `buf.len()` bytes.
+        let n = unsafe {
+            libc::recv(
+                sock.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n > 0 {
+            return Ok(Some(n as usize));
+        }
+        if n == 0 {
+            return Err(IoFail::Closed);
+        }
+        let e = std::io::Error::last_os_error();
+        match e.kind() {
+            std::io::ErrorKind::WouldBlock => return Ok(None),
+            std::io::ErrorKind::Interrupted => {}
+            _ => return Err(IoFail::Os(e)),
+        }
+    }
+}
+
 /// Read exactly `buf.len()` bytes from `sock` by `deadline`.
 pub(crate) fn read_exact(
     sock: &UnixStream,
@@ -150,29 +178,7 @@ pub(crate) fn read_exact(
     let mut done = 0;
     while done < buf.len() {
         wait(sock.as_raw_fd(), libc::POLLIN, wake, deadline)?;
-        let rest = &mut buf[done..];
-        // SAFETY: `rest` is valid writable memory of `rest.len()` bytes.
-        let n = unsafe {
-            libc::recv(
-                sock.as_raw_fd(),
-                rest.as_mut_ptr().cast(),
-                rest.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        match n {
-            0 => return Err(IoFail::Closed),
-            n if n > 0 => done += n as usize,
-            _ => {
-                let e = std::io::Error::last_os_error();
-                if !matches!(
-                    e.kind(),
-                    std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
-                ) {
-                    return Err(IoFail::Os(e));
-                }
-            }
-        }
+        done += recv_now(sock, &mut buf[done..])?.unwrap_or(0);
     }
     Ok(())
 }
@@ -211,29 +217,10 @@ pub(crate) fn write_all(sock: &UnixStream, buf: &[u8], deadline: Instant) -> Res
 pub(crate) fn drain(sock: &UnixStream) -> Result<usize, IoFail> {
     let mut buf = [0u8; 512];
     let mut total = 0;
-    loop {
-        // SAFETY: `buf` is valid writable memory of its length.
-        let n = unsafe {
-            libc::recv(
-                sock.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        match n {
-            0 => return Err(IoFail::Closed),
-            n if n > 0 => total += n as usize,
-            _ => {
-                let e = std::io::Error::last_os_error();
-                return match e.kind() {
-                    std::io::ErrorKind::WouldBlock => Ok(total),
-                    std::io::ErrorKind::Interrupted => continue,
-                    _ => Err(IoFail::Os(e)),
-                };
-            }
-        }
+    while let Some(n) = recv_now(sock, &mut buf)? {
+        total += n;
     }
+    Ok(total)
 }
 
 /// The control channel.

@@ -50,29 +50,28 @@ fn ready(crb: &mut TpmCrb) {
     assert_eq!(rd(crb, 0x44) & 2, 0, "no longer idle");
 }
 
-/// Write `bytes` at `offset` in accesses of 8, then 4, 2 and 1 bytes, as memcpy_toio does.
-fn write_bytes(crb: &mut TpmCrb, offset: u64, bytes: &[u8]) {
+/// The accesses (offset, width) that cover `len` bytes from `offset`: 8, then 4, 2 and 1
+/// bytes, as memcpy_toio and memcpy_fromio make them.
+fn pieces(offset: u64, len: usize) -> Vec<(u64, std::ops::Range<usize>)> {
+    let mut v = Vec::new();
     let mut at = 0;
-    while at < bytes.len() {
-        let n = [8, 4, 2, 1]
-            .into_iter()
-            .find(|n| at + n <= bytes.len())
-            .unwrap();
-        crb.write(offset + at as u64, &bytes[at..at + n]);
+    while at < len {
+        let n = [8, 4, 2, 1].into_iter().find(|n| at + n <= len).unwrap();
+        v.push((offset + at as u64, at..at + n));
         at += n;
+    }
+    v
+}
+
+fn write_bytes(crb: &mut TpmCrb, offset: u64, bytes: &[u8]) {
+    for (o, r) in pieces(offset, bytes.len()) {
+        crb.write(o, &bytes[r]);
     }
 }
 
-/// Read `buf.len()` bytes at `offset` in accesses of up to 8 bytes.
 fn read_bytes(crb: &mut TpmCrb, offset: u64, buf: &mut [u8]) {
-    let mut at = 0;
-    while at < buf.len() {
-        let n = [8, 4, 2, 1]
-            .into_iter()
-            .find(|n| at + n <= buf.len())
-            .unwrap();
-        crb.read(offset + at as u64, &mut buf[at..at + n]);
-        at += n;
+    for (o, r) in pieces(offset, buf.len()) {
+        crb.read(o, &mut buf[r]);
     }
 }
 
@@ -128,7 +127,8 @@ fn sync_tpm(f: impl Fn(&[u8]) -> Vec<u8> + Send + 'static) -> (Arc<Tpm>, Arc<Ato
     let tpm = Tpm::with_responder(Box::new(move |cmd| {
         c.fetch_add(1, Ordering::SeqCst);
         f(cmd)
-    }));
+    }))
+    .unwrap();
     (tpm, calls)
 }
 
@@ -808,6 +808,13 @@ fn end_to_end_with_the_real_swtpm() {
         pcr_value(&run_command(&mut crb, &pcr_read_sha256(16))),
         expected
     );
+
+    // resetEstablishmentBit: the thread sends CMD_RESET_TPMESTABLISHED for locality 0 (swtpm
+    // decides whether locality 0 may) and reads the flag back, before the next command.
+    wr(&mut crb, 0x08, 1 << 3);
+    let r = run_command(&mut crb, &get_random(4));
+    assert_eq!(command::response_code(&r), Some(0));
+    assert_eq!(rd(&mut crb, 0x44) & 1, 0, "no tpmSts");
 
     // A platform reset: PCRs back to zero once the guest starts the TPM again.
     tpm.reset().unwrap();
