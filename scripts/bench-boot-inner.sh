@@ -43,7 +43,7 @@ measure=$scripts/bench-boot-measure.py
 [ -c /dev/kvm ] || { echo "bench-boot: no /dev/kvm" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "bench-boot: GNU time (/usr/bin/time) is missing" >&2; exit 1; }
 
-cmd_rvmspawn=("$rvmspawn" -q --qemu-mem=512M --qemu-smp=1 "--linux=$kernel" "--initrd=$initrd" quiet)
+cmd_rvmspawn=("$rvmspawn" -q --tpm=no --qemu-mem=512M --qemu-smp=1 "--linux=$kernel" "--initrd=$initrd" quiet)
 # microvm needs its legacy PIT/PIC/RTC switched on explicitly: with the
 # defaults Debian's kernel spends ~6 s more in timer calibration. ACPI (on by
 # default) is what lets the guest power the machine off.
@@ -64,7 +64,7 @@ if [ "$directory" = 1 ]; then
     printf '#!/bin/sh\necho RVMSPAWN-GUEST-INIT\nexec poweroff -f\n' >"$tree/sbin/init"
     chmod 755 "$tree/sbin/init"
     virtiofsd=$(command -v virtiofsd) || { echo "bench-boot: virtiofsd is missing" >&2; exit 1; }
-    cmd_rvmspawn=("$rvmspawn" -q --qemu-mem=512M --qemu-smp=1 "--linux=$kernel" "--initrd=$initrd"
+    cmd_rvmspawn=("$rvmspawn" -q --tpm=no --qemu-mem=512M --qemu-smp=1 "--linux=$kernel" "--initrd=$initrd"
         -D "$tree" quiet)
     # vmspawn's virtiofsd arguments, on a socket path instead of an inherited fd.
     cat >"$out/qemu-dir.sh" <<EOF
@@ -102,7 +102,7 @@ print(m["executable"]["filename"], m["nvram-template"]["filename"])' "$descripto
     echo "bench-boot: OVMF $ovmf_code + $ovmf_vars; $(qemu-system-x86_64 --version | head -n 1)"
     # A firmware boot takes 25-40 s under TCG; give each more than the default.
     export RVMSPAWN_BENCH_BOOT_TIMEOUT=${RVMSPAWN_BENCH_BOOT_TIMEOUT:-300}
-    cmd_rvmspawn=("$rvmspawn" -q --qemu-mem=512M --qemu-smp=1 "--firmware=$descriptor"
+    cmd_rvmspawn=("$rvmspawn" -q --tpm=no --qemu-mem=512M --qemu-smp=1 "--firmware=$descriptor"
         --efi-nvram-state=off --qemu-vsock=no -i "$out/rvmspawn.raw")
     # shellcheck disable=SC2054 # the commas belong to QEMU's -drive values
     cmd_q35=(qemu-system-x86_64 -enable-kvm -cpu host -M q35 -m 512 -smp 1 -nodefaults -nographic

@@ -110,7 +110,7 @@ setup() { # LABEL
     else
         args=$(guest_args dhcp 10.0.2.2)
     fi
-    local rvm=("$rvmspawn" -q --qemu-mem=512M --qemu-smp=1 --qemu-vsock=no
+    local rvm=("$rvmspawn" -q --tpm=no --qemu-mem=512M --qemu-smp=1 --qemu-vsock=no
         "--linux=$kernel" "--initrd=$initrd")
     local qemu=(qemu-system-x86_64 -M pc -enable-kvm -cpu host -m 512 -smp 1 -nodefaults
         -nographic -no-reboot -serial stdio -kernel "$kernel" -initrd "$initrd"

@@ -95,10 +95,15 @@ fn write_guest(name: &str, code: &[u8]) -> PathBuf {
     path
 }
 
+/// Every tiny guest runs without a TPM: with swtpm installed, rvmspawn's default would start
+/// one and manufacture its state for every run, which these guests never use.
+const NO_TPM: &str = "--tpm=no";
+
 fn rvmspawn(kernel: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_rvmspawn"));
     c.arg("-q")
         .arg("--qemu-mem=64M")
+        .arg(NO_TPM)
         .arg(format!("--linux={}", kernel.display()))
         .args(extra);
     c
@@ -430,6 +435,7 @@ fn status_lines_on_a_raw_terminal_end_in_cr_lf() {
     let (_controller, terminal) = pty();
     let mut c = Command::new(env!("CARGO_BIN_EXE_rvmspawn"));
     c.arg("--qemu-mem=64M")
+        .arg(NO_TPM)
         .arg(format!("--linux={}", k.display()))
         .args(["-M", &format!("rawstatus{}", std::process::id() % 100_000)]);
     let out = c
@@ -531,7 +537,14 @@ impl TestUser {
         c.args(["-c", script, "sh"])
             .arg(self.uid.to_string())
             .arg(env!("CARGO_BIN_EXE_rvmspawn"))
-            .args(["-q", "--qemu-mem=64M", "--qemu-vsock=yes", "-M", name])
+            .args([
+                "-q",
+                "--qemu-mem=64M",
+                "--qemu-vsock=yes",
+                NO_TPM,
+                "-M",
+                name,
+            ])
             .arg(format!("--linux={}", kernel.display()))
             .env_remove("XDG_RUNTIME_DIR")
             .env_remove("LISTEN_PID")
@@ -971,7 +984,7 @@ fn run_hooked(bin: &Path, k: &Path, env: &[(&str, &str)]) -> std::process::Outpu
         .arg("ulimit -c 0; exec \"$@\"")
         .arg("sh")
         .arg(bin)
-        .args(["-q", "--qemu-mem=64M", "--qemu-vsock=no"])
+        .args(["-q", "--qemu-mem=64M", "--qemu-vsock=no", NO_TPM])
         .arg(format!("--linux={}", k.display()))
         .envs(env.iter().copied())
         .stdin(Stdio::null());
@@ -1039,7 +1052,7 @@ fn a_forbidden_system_call_leaves_the_terminal_as_it_was() {
     code.extend(poweroff());
     let k = write_guest("seccomp-tty", &code);
     let cmd = format!(
-        "ulimit -c 0; RVMSPAWN_TEST_SECCOMP_VIOLATION=vcpu '{}' -q --qemu-mem=64M --qemu-vsock=no --linux='{}'; echo rc=$?; stty -a",
+        "ulimit -c 0; RVMSPAWN_TEST_SECCOMP_VIOLATION=vcpu '{}' -q --qemu-mem=64M --qemu-vsock=no {NO_TPM} --linux='{}'; echo rc=$?; stty -a",
         test_hooks_binary().display(),
         k.display()
     );

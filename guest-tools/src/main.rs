@@ -15,6 +15,11 @@
 //! rvmspawn-guest stream-hash --bytes N [--seed S]
 //! rvmspawn-guest raw-frame --if IFACE --bytes N [--to MAC]
 //! rvmspawn-guest zero-out --device DEV --bytes N
+//! rvmspawn-guest get-random N [--device DEV]
+//! rvmspawn-guest pcr-extend PCR HEXDIGEST [--device DEV]
+//! rvmspawn-guest pcr-read PCR [--device DEV]
+//! rvmspawn-guest nv-write INDEX TEXT [--device DEV]
+//! rvmspawn-guest nv-read INDEX [--device DEV]
 //! ```
 //!
 //! It runs on the host side too (it only needs AF_VSOCK), e.g. as the peer of the guest's
@@ -26,12 +31,20 @@
 //! same stream goes over TCP (the network tests), in the guest and on the host alike.
 //! `raw-frame` sends one Ethernet frame of N bytes through a packet socket (the oversized-frame
 //! check of the network tests).
+//!
+//! The TPM commands speak raw TPM 2.0 to DEV (default `/dev/tpmrm0`; see `tpm.rs`) and print
+//! only their result on stdout (hex for random bytes and PCR values, the text for `nv-read`,
+//! nothing for `pcr-extend` and `nv-write`), so that `/init` can put it in a line of its own;
+//! a failure is one line on stderr and exit status 1. PCRs are the SHA-256 bank's; `nv-write`
+//! defines the index (owner hierarchy, empty password, the text's size) when it is not
+//! defined yet.
 
 mod notify;
 mod raw;
 mod sha256;
 mod stream;
 mod sys;
+mod tpm;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -53,7 +66,12 @@ const USAGE: &str = "usage:
   rvmspawn-guest stream-hash --bytes N [--seed S]
   rvmspawn-guest raw-frame --if IFACE --bytes N [--to MAC]
   rvmspawn-guest zero-out --device DEV --bytes N
-(N may end in K, M or G: powers of 1024. --unix, for the userspace vsock device: its
+  rvmspawn-guest get-random N [--device DEV]
+  rvmspawn-guest pcr-extend PCR HEXDIGEST [--device DEV]
+  rvmspawn-guest pcr-read PCR [--device DEV]
+  rvmspawn-guest nv-write INDEX TEXT [--device DEV]
+  rvmspawn-guest nv-read INDEX [--device DEV]
+(TPM commands: DEV defaults to /dev/tpmrm0; PCR and INDEX decimal or 0x-hex. N may end in K, M or G: powers of 1024. --unix, for the userspace vsock device: its
 socket for stream-send, <its socket>_<host port> for stream-recv. IPv6: [ADDR]:PORT)";
 
 /// Default for `--timeout`: how long to wait for a peer, and for each read or write.
@@ -466,6 +484,7 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
         )?),
         "raw-frame" => cmd_raw_frame(&Options::parse(rest, &["if", "bytes", "to"], &[])?),
         "zero-out" => cmd_zero_out(&Options::parse(rest, &["device", "bytes"], &[])?),
+        "get-random" | "pcr-extend" | "pcr-read" | "nv-write" | "nv-read" => cmd_tpm(cmd, rest),
         "stream-hash" => cmd_stream_hash(&Options::parse(rest, &["bytes", "seed"], &[])?),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
@@ -492,6 +511,76 @@ fn cmd_zero_out(opts: &Options) -> Result<ExitCode, String> {
         Err(e) => line(&format!("RVMSPAWN-ZERO-OUT=fail:{e}")),
     }
     Ok(status(r.is_ok()))
+}
+
+/// The TPM commands: `ARGS... [--device DEV]`.
+fn cmd_tpm(cmd: &str, args: &[String]) -> Result<ExitCode, String> {
+    let positional = match cmd {
+        "pcr-extend" | "nv-write" => 2,
+        _ => 1,
+    };
+    if args.len() < positional {
+        return Err(format!("{cmd}: {positional} argument(s) needed"));
+    }
+    let (args, rest) = args.split_at(positional);
+    let opts = Options::parse(rest, &["device"], &[])?;
+    let number = |what: &str, text: &str| {
+        tpm::parse_number(text).ok_or_else(|| format!("{cmd}: {what}: not a number: '{text}'"))
+    };
+    // Arguments first, so that a usage error is one before the device is opened.
+    let request = match cmd {
+        "get-random" => {
+            let n = parse_size(&args[0])
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|n| (1..=65536).contains(n))
+                .ok_or_else(|| format!("get-random: 1 to 65536 bytes, not '{}'", args[0]))?;
+            TpmRequest::Random(n)
+        }
+        "pcr-extend" => {
+            let digest = tpm::parse_hex::<{ tpm::DIGEST_LEN }>(&args[1]).ok_or_else(|| {
+                format!(
+                    "pcr-extend: not 64 hex digits (a SHA-256 digest): '{}'",
+                    args[1]
+                )
+            })?;
+            TpmRequest::Extend(number("PCR", &args[0])?, digest)
+        }
+        "pcr-read" => TpmRequest::Read(number("PCR", &args[0])?),
+        "nv-write" => TpmRequest::NvWrite(number("INDEX", &args[0])?, args[1].clone()),
+        _ => TpmRequest::NvRead(number("INDEX", &args[0])?),
+    };
+    let device = opts.get("device").unwrap_or("/dev/tpmrm0");
+    let result = tpm::Transport::open(device).and_then(|mut t| match request {
+        TpmRequest::Random(n) => tpm::get_random(&mut t, n).map(|b| Some(sha256::hex(&b))),
+        TpmRequest::Extend(pcr, digest) => tpm::pcr_extend(&mut t, pcr, &digest).map(|()| None),
+        TpmRequest::Read(pcr) => tpm::pcr_read(&mut t, pcr).map(|d| Some(sha256::hex(&d))),
+        TpmRequest::NvWrite(index, text) => {
+            tpm::nv_write(&mut t, index, text.as_bytes()).map(|()| None)
+        }
+        TpmRequest::NvRead(index) => tpm::nv_read(&mut t, index)
+            .map(|data| Some(String::from_utf8_lossy(&data).into_owned())),
+    });
+    match result {
+        Ok(out) => {
+            if let Some(out) = out {
+                line(&out);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("rvmspawn-guest: {cmd}: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// What a TPM command was asked to do.
+enum TpmRequest {
+    Random(usize),
+    Extend(u32, [u8; tpm::DIGEST_LEN]),
+    Read(u32),
+    NvWrite(u32, String),
+    NvRead(u32),
 }
 
 fn main() -> ExitCode {
@@ -620,6 +709,23 @@ mod tests {
                 "raw-frame --if lo --bytes 100 --to 1:2",
                 "--to: not a MAC address",
             ),
+        ] {
+            let err = run(&args(&cmd.split(' ').collect::<Vec<_>>()))
+                .err()
+                .unwrap();
+            assert!(err.contains(want), "{cmd}: {err}");
+        }
+    }
+
+    #[test]
+    fn tpm_usage_errors_come_before_the_device() {
+        for (cmd, want) in [
+            ("get-random", "1 argument(s) needed"),
+            ("get-random 0", "1 to 65536 bytes"),
+            ("pcr-extend 16 abcd", "not 64 hex digits"),
+            ("pcr-read x", "PCR: not a number"),
+            ("nv-write 0x1500016", "2 argument(s) needed"),
+            ("nv-read 1 --bogus", "unknown option"),
         ] {
             let err = run(&args(&cmd.split(' ').collect::<Vec<_>>()))
                 .err()

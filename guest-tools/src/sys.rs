@@ -87,6 +87,23 @@ unsafe extern "C" {
     fn if_nametoindex(name: *const c_char) -> c_uint;
 }
 
+#[cfg(test)]
+unsafe extern "C" {
+    fn fcntl(fd: c_int, cmd: c_int, ...) -> c_int;
+}
+
+/// `fcntl`'s set-descriptor-flags command.
+#[cfg(test)]
+const F_SETFD: c_int = 2;
+
+/// Clear `fd`'s close-on-exec flag, so that a program started next inherits it (for the unit
+/// tests' swtpm). Async-signal-safe: fit for `pre_exec`.
+#[cfg(test)]
+pub fn keep_on_exec(fd: c_int) -> io::Result<()> {
+    // SAFETY: no pointers; an invalid fd is an error return.
+    check(unsafe { fcntl(fd, F_SETFD, 0 as c_int) }).map(|_| ())
+}
+
 /// The socket types a notify address can name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SockType {

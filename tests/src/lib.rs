@@ -110,6 +110,21 @@ impl BootResult {
             .collect()
     }
 
+    /// The lines a step marked as one part of it (one run of several in a step) by starting
+    /// them with `PREFIX: `, without that prefix.
+    pub fn part(&self, prefix: &str) -> BootResult {
+        let prefix = format!("{prefix}: ");
+        BootResult {
+            output: self
+                .output
+                .lines()
+                .filter_map(|l| l.strip_prefix(prefix.as_str()))
+                .map(|l| format!("{}\n", l.trim_end_matches('\r')))
+                .collect(),
+            rc: None,
+        }
+    }
+
     /// How many lines are exactly `line`.
     pub fn count_lines(&self, line: &str) -> usize {
         self.output
@@ -138,6 +153,7 @@ impl Results {
 pub struct Batch {
     steps: Vec<(String, String)>,
     timeout_secs: Option<u64>,
+    tpm: bool,
 }
 
 impl Batch {
@@ -160,27 +176,51 @@ impl Batch {
         self
     }
 
+    /// Let `$RVMSPAWN` give its guests a TPM as rvmspawn does by default (`--tpm=auto`: one
+    /// whenever swtpm is installed). Without this, `$RVMSPAWN` is a wrapper that runs the binary
+    /// with `--tpm=no` before the step's own options (`exec`, so the PID a step takes from `$!`
+    /// is rvmspawn's): a TPM costs every run a swtpm start and, for a run without `-i`/`-D`, a
+    /// manufactured state (seconds under emulation), and only the TPM tests want one.
+    pub fn with_tpm(mut self) -> Self {
+        self.tpm = true;
+        self
+    }
+
     /// Run every step and return each one's result by name.
     pub fn run(self) -> Results {
         ensure_assets();
         let root = repo_root();
+        let dir = root.join(".cache/test-batches");
+        std::fs::create_dir_all(&dir).expect("create .cache/test-batches");
         let bin = rvmspawn_bin();
+        let wrapper = dir.join(format!("rvmspawn-no-tpm-{}", std::process::id()));
+        let rvmspawn = if self.tpm {
+            bin
+        } else {
+            write_no_tpm_wrapper(&wrapper, &bin);
+            wrapper.clone()
+        };
         let a = assets();
         let mut script = String::from("#!/bin/sh\n");
         script += &format!(
             "RVMSPAWN='{}'\nKERNEL='{}'\nVMLINUX='{}'\nINITRD='{}'\nexport RVMSPAWN KERNEL VMLINUX INITRD\n",
-            bin.display(),
+            rvmspawn.display(),
             a.join("guest/vmlinuz").display(),
             a.join("guest/vmlinux").display(),
             a.join("guest/initramfs.cpio.gz").display(),
         );
-        for (name, step) in &self.steps {
+        // RVMSPAWN_TEST_STEPS=a,b runs only those steps (to rerun a few while working on them);
+        // the tests of the others then fail as "did not run".
+        let only = std::env::var("RVMSPAWN_TEST_STEPS").ok();
+        let wanted = |name: &str| {
+            only.as_deref()
+                .is_none_or(|o| o.split(',').any(|s| s == name))
+        };
+        for (name, step) in self.steps.iter().filter(|(name, _)| wanted(name)) {
             script += &format!(
                 "echo '@@RVMSPAWN-TEST-BEGIN {name}'\n( {step}\n) 2>&1 </dev/null\necho \"@@RVMSPAWN-TEST-END {name} rc=$?\"\n"
             );
         }
-        let dir = root.join(".cache/test-batches");
-        std::fs::create_dir_all(&dir).expect("create .cache/test-batches");
         let path = dir.join(format!("batch-{}.sh", std::process::id()));
         std::fs::write(&path, script).expect("write the batch script");
 
@@ -213,8 +253,19 @@ impl Batch {
         }
         eprintln!("batch ({mode:?}) exited {status}");
         let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&wrapper);
         Results(parse(&text))
     }
+}
+
+/// A shell script at `path` that runs `bin --tpm=no` with its own arguments after that (a later
+/// `--tpm=` among them still wins: the last one counts).
+fn write_no_tpm_wrapper(path: &Path, bin: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let script = format!("#!/bin/sh\nexec '{}' --tpm=no \"$@\"\n", bin.display());
+    std::fs::write(path, script).expect("write the --tpm=no wrapper");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .expect("make the --tpm=no wrapper executable");
 }
 
 /// Run `cmd`, echoing its output to stderr line by line as it comes (so a slow or stuck boot

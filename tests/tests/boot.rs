@@ -59,7 +59,7 @@ exit $rc"#,
                 // guest reads /dev/hwrng) call mount(2), which no seccomp list allows.
                 "seccomp-worker",
                 format!(
-                    r#"ulimit -c 0; RVMSPAWN_TEST_SECCOMP_VIOLATION=worker {T} '{}' -q --qemu-vsock=no --linux="$KERNEL" --initrd="$INITRD" rvmspawn.rng=1"#,
+                    r#"ulimit -c 0; RVMSPAWN_TEST_SECCOMP_VIOLATION=worker {T} '{}' -q --qemu-vsock=no --tpm=no --linux="$KERNEL" --initrd="$INITRD" rvmspawn.rng=1"#,
                     test_hooks_bin().display()
                 ),
             )

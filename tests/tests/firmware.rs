@@ -21,9 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use rvmspawn_tests::{
-    Batch, BootResult, Mode, Results, assets, mode, oem_strings, repo_root, rvmspawn_bin,
-};
+use rvmspawn_tests::{Batch, Mode, Results, assets, mode, oem_strings, repo_root, rvmspawn_bin};
 
 /// One firmware boot: about 30 s in the test host, several times that allowed for load.
 const T1: &str = "timeout -s KILL 200";
@@ -164,20 +162,6 @@ const LONG_VALUE: &str =
 /// `LONG_VALUE` in base64, as the credential string carries it.
 const LONG_VALUE_BASE64: &str = "MDEyMzQ1Njc4OWFiY2RlZmdoaWprbG1ub3BxcnN0dXZ3eHl6MDEyMzQ1Njc4OWFiY2RlZmdoaWprbG1ub3BxcnN0dXZ3eHl6MDEyMzQ1Njc4OQ==";
 
-/// The lines of one run inside a step, from the `RUNn: ` prefix the step put on them.
-fn run_lines(r: &BootResult, run: &str) -> BootResult {
-    let prefix = format!("{run}: ");
-    BootResult {
-        output: r
-            .output
-            .lines()
-            .filter_map(|l| l.strip_prefix(prefix.as_str()))
-            .map(|l| format!("{}\n", l.trim_end_matches('\r')))
-            .collect(),
-        rc: None,
-    }
-}
-
 #[test]
 fn esp_image_boots_through_ovmf_and_systemd_boot() {
     let r = results().step("esp");
@@ -275,7 +259,7 @@ fn nvram_survives_reboot_and_restart() {
     let r = results().step("nvram-auto");
     assert_eq!(r.value("RUN1-RC"), Some("0"), "{}", r.output);
     assert_eq!(r.value("RUN2-RC"), Some("0"), "{}", r.output);
-    let run1 = run_lines(r, "RUN1");
+    let run1 = r.part("RUN1");
     assert_eq!(run1.values("RVMSPAWN-EFI"), ["yes", "yes"], "{}", r.output);
     // First boot: nothing yet, written; after the guest's reboot, in the same run: there.
     assert_eq!(
@@ -287,7 +271,7 @@ fn nvram_survives_reboot_and_restart() {
     assert_eq!(run1.values("RVMSPAWN-EFIVAR-WRITE"), ["ok"], "{}", r.output);
     assert_eq!(r.value("STATE-AFTER-RUN1"), Some("yes"), "{}", r.output);
     // A new rvmspawn run on the same image: read from <image>.efinvramstate.
-    let run2 = run_lines(r, "RUN2");
+    let run2 = r.part("RUN2");
     assert_eq!(
         run2.values("RVMSPAWN-EFIVAR"),
         [NVRAM_VALUE],
@@ -307,7 +291,7 @@ fn nvram_off_keeps_nothing_between_runs() {
     assert_eq!(r.value("RUN1-RC"), Some("0"), "{}", r.output);
     assert_eq!(r.value("RUN2-RC"), Some("0"), "{}", r.output);
     // Within a run the variable survives the guest's reboot...
-    let run1 = run_lines(r, "RUN1");
+    let run1 = r.part("RUN1");
     assert_eq!(
         run1.values("RVMSPAWN-EFIVAR"),
         ["none", NVRAM_VALUE],
@@ -315,7 +299,7 @@ fn nvram_off_keeps_nothing_between_runs() {
         r.output
     );
     // ...but a new run starts from the template again.
-    let run2 = run_lines(r, "RUN2");
+    let run2 = r.part("RUN2");
     assert_eq!(
         run2.values("RVMSPAWN-EFIVAR").first().copied(),
         Some("none"),
