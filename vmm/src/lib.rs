@@ -473,7 +473,8 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
     let is_uki = uki.is_some();
     // A UKI booted directly is measured as systemd-stub would have measured it, before every
     // boot; through the firmware, the stub does it itself.
-    let measurements = if tpm.is_some() && is_uki && firmware.is_none() {
+    let firmware_boot = firmware.is_some();
+    let measurements = if tpm.is_some() && is_uki && !firmware_boot {
         Some(swtpm::Measurements::of(&config.kernel, &extra)?)
     } else {
         None
@@ -565,6 +566,11 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
                     tpm.reset().map_err(|e| {
                         Error::Tpm(format!("Failed to reset the TPM: {e}"), e.errno())
                     })?;
+                }
+                // Without firmware, rvmspawn starts the TPM up as firmware would, then makes
+                // the measurements systemd-stub would have made.
+                if !firmware_boot {
+                    swtpm::start_up(tpm)?;
                 }
                 if let Some(m) = &measurements {
                     m.apply(tpm)?;

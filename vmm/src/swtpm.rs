@@ -338,6 +338,38 @@ fn check_response(what: &str, response: &[u8], accepted: &[u32]) -> Result<(), E
     }
 }
 
+/// Run one command of ours: `what` names it in errors, `accepted` are the response codes that
+/// mean it did its job.
+fn run_command(tpm: &Tpm, what: &str, cmd: Vec<u8>, accepted: &[u32]) -> Result<(), Error> {
+    let response = tpm
+        .execute(&cmd)
+        .map_err(|e| Error::Tpm(format!("{what} failed: {e}"), e.errno()))?;
+    check_response(what, &response, accepted)
+}
+
+/// Start the TPM up as firmware does before it starts an OS: `TPM2_Startup(CLEAR)` (also
+/// accepted when it already ran) and a full `TPM2_SelfTest`. For a direct boot, before every
+/// boot: the guest's kernel then finds a started, tested TPM, as after firmware, and does
+/// neither under its own short timeouts (Linux allows `TPM2_Startup` 750 ms, which a loaded or
+/// emulated host can miss, and the driver then gives the TPM up).
+pub fn start_up(tpm: &Tpm) -> Result<(), Error> {
+    let t0 = Instant::now();
+    run_command(
+        tpm,
+        "TPM2_Startup",
+        command::startup_clear(),
+        &[command::TPM_RC_SUCCESS, command::TPM_RC_INITIALIZE],
+    )?;
+    run_command(
+        tpm,
+        "TPM2_SelfTest",
+        command::self_test_full(),
+        &[command::TPM_RC_SUCCESS, command::TPM_RC_TESTING],
+    )?;
+    debug!("TPM: started up in {} ms.", t0.elapsed().as_millis());
+    Ok(())
+}
+
 /// What a measured direct boot of a UKI extends, computed once per run.
 #[derive(Debug, Clone, Default)]
 pub struct Measurements {
@@ -364,26 +396,16 @@ impl Measurements {
         })
     }
 
-    /// Start the TPM up (as firmware would) and extend the PCRs, before the vCPUs run.
+    /// Extend the PCRs with the measurements, before the vCPUs run and after [`start_up`].
     pub fn apply(&self, tpm: &Tpm) -> Result<(), Error> {
-        let run = |what: &str, cmd: Vec<u8>, accepted: &[u32]| {
-            let response = tpm
-                .execute(&cmd)
-                .map_err(|e| Error::Tpm(format!("{what} failed: {e}"), e.errno()))?;
-            check_response(what, &response, accepted)
-        };
-        run(
-            "TPM2_Startup",
-            command::startup_clear(),
-            &[command::TPM_RC_SUCCESS, command::TPM_RC_INITIALIZE],
-        )?;
         let events = self.uki.iter().map(|d| (boot::measure::UKI_PCR, d)).chain(
             self.cmdline_extra
                 .iter()
                 .map(|d| (boot::measure::CMDLINE_EXTRA_PCR, d)),
         );
         for (pcr, digest) in events {
-            run(
+            run_command(
+                tpm,
                 &format!("TPM2_PCR_Extend of PCR {pcr}"),
                 command::pcr_extend_sha256(pcr, digest),
                 &[command::TPM_RC_SUCCESS],
@@ -563,12 +585,16 @@ mod tests {
             uki: vec![[1; 32], [2; 32]],
             cmdline_extra: Some([3; 32]),
         };
+        start_up(&run.tpm).unwrap();
+        // Started already: TPM2_Startup answers INITIALIZE, which is accepted.
+        start_up(&run.tpm).unwrap();
         m.apply(&run.tpm).unwrap();
         let pcr11 = read_pcr(&run.tpm, 11);
         let pcr12 = read_pcr(&run.tpm, 12);
         // A platform reset: PCRs back to zero, and the measurements taken again (Startup
         // answers SUCCESS again, not INITIALIZE: the TPM was reset).
         run.tpm.reset().unwrap();
+        start_up(&run.tpm).unwrap();
         m.apply(&run.tpm).unwrap();
         let again = read_pcr(&run.tpm, 11);
         run.tpm.shutdown().unwrap();

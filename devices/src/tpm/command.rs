@@ -20,6 +20,10 @@ pub const TPM_RC_CANCELED: u32 = 0x909;
 /// Length of the header of every command and response.
 pub const HEADER_LEN: usize = 10;
 
+/// `TPM2_SelfTest` is running its tests in the background: they will finish by themselves.
+pub const TPM_RC_TESTING: u32 = 0x90a;
+
+const TPM_CC_SELF_TEST: u32 = 0x143;
 const TPM_CC_STARTUP: u32 = 0x144;
 const TPM_CC_PCR_EXTEND: u32 = 0x182;
 const TPM_SU_CLEAR: u16 = 0;
@@ -45,6 +49,12 @@ pub fn startup_clear() -> Vec<u8> {
         TPM_CC_STARTUP,
         &TPM_SU_CLEAR.to_be_bytes(),
     )
+}
+
+/// `TPM2_SelfTest(fullTest = YES)`: test every algorithm now, as firmware does after
+/// `TPM2_Startup`, so that no later command waits for a test.
+pub fn self_test_full() -> Vec<u8> {
+    build(TPM_ST_NO_SESSIONS, TPM_CC_SELF_TEST, &[1])
 }
 
 /// `TPM2_PCR_Extend` of PCR `pcr`'s SHA-256 bank with `digest`, authorized by a password
@@ -99,6 +109,10 @@ mod tests {
         assert_eq!(
             startup_clear(),
             [0x80, 0x01, 0, 0, 0, 0x0c, 0, 0, 0x01, 0x44, 0, 0]
+        );
+        assert_eq!(
+            self_test_full(),
+            [0x80, 0x01, 0, 0, 0, 0x0b, 0, 0, 0x01, 0x43, 1]
         );
         let e = pcr_extend_sha256(11, &[0xab; 32]);
         assert_eq!(e.len(), 65);
