@@ -325,6 +325,24 @@ pub fn parse(text: &str) -> BTreeMap<String, BootResult> {
     results
 }
 
+/// Shell function `processes_below NAME PID`: the PIDs of the processes named NAME below PID
+/// (its children and theirs, from `/proc/PID/task/*/children`), so a step finds the helpers of
+/// its own rvmspawn and never another run's by name alone. A macro, so that a batch's shell
+/// constant can start with it through `concat!`.
+#[macro_export]
+macro_rules! processes_below_sh {
+    () => {
+        r#"processes_below() {
+    local c
+    for c in $(cat /proc/"$2"/task/*/children 2>/dev/null); do
+        [ "$(cat /proc/"$c"/comm 2>/dev/null)" = "$1" ] && echo "$c"
+        processes_below "$1" "$c"
+    done
+}
+"#
+    };
+}
+
 /// rvmspawn's own notify-socket credential, present whenever the guest has vsock (the test
 /// host has vhost-vsock); `tests/tests/vsock.rs` checks it.
 pub const NOTIFY_CREDENTIAL: &[u8] = b"io.systemd.credential.binary:vmm.notify_socket=";

@@ -36,13 +36,15 @@ const UKI_CMDLINE: &str = "rvmspawn.uki=measured";
 const FW_UKI_CMDLINE: &str = "console=ttyS0 rvmspawn.efi=1 rvmspawn.tpm=1 rvmspawn.tpm-pcrs=11";
 
 /// Shell for the steps. `tree` builds a busybox tree in `$D/root` with `rvmspawn-guest` in it,
-/// whose `/sbin/init` writes its `rvmspawn.tree-nv-write=TEXT` to the NV index, prints the
-/// index's value as `RVMSPAWN-TREE-NV=` and powers off (or hangs with `rvmspawn.tree=hang`).
-/// `swtpm_below PID` lists the swtpm processes below PID (from `/proc/PID/task/*/children`,
-/// never by name alone); `alive PID` is true while PID runs (not gone, not a zombie);
-/// `wait_dead PID` waits up to 5 s for it to end; `wait_for PATTERN FILE` up to 120 s for a
-/// line.
-const HELPERS: &str = r#"D=$(mktemp -d)
+/// whose `/sbin/init` writes its `rvmspawn.tree-nv-write=TEXT` to the NV index, prints the index's
+/// value as `RVMSPAWN-TREE-NV=` and powers off (or hangs with `rvmspawn.tree=hang`).
+/// `processes_below swtpm PID` (`rvmspawn_tests::processes_below_sh`) lists the swtpm processes
+/// below PID (from `/proc/PID/task/*/children`, never by name alone); `alive PID` is true while PID
+/// runs (not gone, not a zombie); `wait_dead PID` waits up to 5 s for it to end; `wait_for PATTERN
+/// FILE` up to 120 s for a line.
+const HELPERS: &str = concat!(
+    rvmspawn_tests::processes_below_sh!(),
+    r#"D=$(mktemp -d)
 tree() {
     mkdir -p "$D/root/bin" "$D/root/sbin" "$D/root/proc" "$D/root/dev" "$D/root/sys"
     cp /bin/busybox "$D/root/bin/busybox"
@@ -76,13 +78,6 @@ INIT
     sed -i "s/__INDEX__/$NV_INDEX/" "$D/root/sbin/init"
     chmod 755 "$D/root/sbin/init"
 }
-swtpm_below() {
-    local c
-    for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do
-        [ "$(cat /proc/"$c"/comm 2>/dev/null)" = swtpm ] && echo "$c"
-        swtpm_below "$c"
-    done
-}
 alive() {
     st=$(awk '/^State:/ { print $2 }' /proc/"$1"/status 2>/dev/null)
     [ -n "$st" ] && [ "$st" != Z ]
@@ -96,7 +91,8 @@ wait_for() {
     until grep -q "$1" "$2" || [ $i -ge 600 ]; do sleep 0.2; i=$((i+1)); done
     grep -q "$1" "$2"
 }
-"#;
+"#
+);
 
 /// Start rvmspawn (its default TPM) on a guest that uses the TPM and hangs; `vm` is its PID
 /// once the guest has used the TPM, `sw` its swtpm processes (`HOST-SWTPM-RUNNING=` says how
@@ -105,7 +101,7 @@ const START_HANGING: &str = r#""$RVMSPAWN" --linux="$KERNEL" --initrd="$INITRD" 
     rvmspawn.action=hang >"$D/vm" 2>&1 &
 vm=$!
 wait_for '^RVMSPAWN-TPM-EVENT-LOG=' "$D/vm" || kill -KILL $vm
-sw=$(swtpm_below $vm)
+sw=$(processes_below swtpm $vm)
 echo "HOST-SWTPM-RUNNING=$(echo $sw | wc -w)"
 "#;
 

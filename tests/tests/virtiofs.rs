@@ -11,14 +11,16 @@ use rvmspawn_tests::{Batch, BootResult, Results};
 
 /// Shell functions for the steps. `tree UID` builds a busybox tree in `$D/root`, owned by UID,
 /// whose `/sbin/init` reports `RVMSPAWN-ROOT-*`, `RVMSPAWN-MOUNT=TAG WHERE RW` and
-/// `RVMSPAWN-BIND-*` lines, then powers off, or hangs with `rvmspawn.tree=hang`.
-/// `virtiofsd_below PID` lists the virtiofsd processes below PID (its children and theirs,
-/// from `/proc/PID/task/*/children`). `ours` counts the processes that have this step's own
-/// directory `$D` on their command line (its virtiofsd instances: `--shared-dir $D/...`), so
-/// no other test's or user's processes count; `wait_ours_gone` waits up to 5 s for none to be
-/// left (a killed process is gone once reaped); `left` prints how many of those and of
-/// rvmspawn's virtiofs sockets exist.
-const TREE: &str = r#"D=$(mktemp -d)
+/// `RVMSPAWN-BIND-*` lines, then powers off, or hangs with `rvmspawn.tree=hang`. `processes_below
+/// virtiofsd PID` (`rvmspawn_tests::processes_below_sh`) lists the virtiofsd processes below PID
+/// (its children and theirs, from `/proc/PID/task/*/children`). `ours` counts the processes that
+/// have this step's own directory `$D` on their command line (its virtiofsd instances:
+/// `--shared-dir $D/...`), so no other test's or user's processes count; `wait_ours_gone` waits up
+/// to 5 s for none to be left (a killed process is gone once reaped); `left` prints how many of
+/// those and of rvmspawn's virtiofs sockets exist.
+const TREE: &str = concat!(
+    rvmspawn_tests::processes_below_sh!(),
+    r#"D=$(mktemp -d)
 tree() {
     mkdir -p "$D/root/bin" "$D/root/sbin" "$D/root/proc" "$D/root/dev" "$D/root/sys"
     cp /bin/busybox "$D/root/bin/busybox"
@@ -71,13 +73,6 @@ INIT
     chmod 755 "$D/root/sbin/init"
     chown -R "$1:$1" "$D/root"
 }
-virtiofsd_below() {
-    local c
-    for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do
-        [ "$(cat /proc/"$c"/comm 2>/dev/null)" = virtiofsd ] && echo "$c"
-        virtiofsd_below "$c"
-    done
-}
 ours() {
     # "[/]" so that grep's own command line, also in /proc, does not match.
     grep -ls "[/]${D#/}/" /proc/[0-9]*/cmdline | wc -l
@@ -95,7 +90,8 @@ wait_for() { # PATTERN FILE
     i=0
     until grep -q "$1" "$2" || [ $i -ge 300 ]; do sleep 0.2; i=$((i+1)); done
 }
-"#;
+"#
+);
 
 /// Start rvmspawn on the tree with a guest that hangs; `vm` is its PID, once the tree's init
 /// runs, and `vfsd` the PIDs of its virtiofsd processes (`HOST-VIRTIOFSD-RUNNING=` says how
@@ -105,7 +101,7 @@ const START_HANGING: &str = r#"tree 0
     rvmspawn.tree=hang >"$D/vm" 2>&1 &
 vm=$!
 wait_for RVMSPAWN-TREE-HANG "$D/vm"
-vfsd=$(virtiofsd_below $vm)
+vfsd=$(processes_below virtiofsd $vm)
 echo "HOST-VIRTIOFSD-RUNNING=$(echo $vfsd | wc -w)"
 "#;
 
