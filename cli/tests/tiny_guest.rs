@@ -470,6 +470,20 @@ fn a_file_that_is_not_a_kernel_is_refused_clearly() {
     assert!(stderr.contains("is not a Linux kernel"), "{stderr}");
     assert!(stderr.contains("notes.txt"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    // Refused before any helper starts: with a TPM asked for, its state directory (made and
+    // manufactured when swtpm starts) never appears.
+    let state = dir.join("tpmstate");
+    let state_arg = format!("--tpm-state={}", state.display());
+    let out = rvmspawn(&path, &["--tpm=yes", &state_arg])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(libc::ENOEXEC), "{stderr}");
+    assert!(stderr.contains("is not a Linux kernel"), "{stderr}");
+    assert!(
+        !state.exists(),
+        "the TPM was set up for a file that is not a kernel"
+    );
     // A truncated ELF header is just as clearly refused, not a panic.
     std::fs::write(&path, b"\x7fELF\x02\x01\x01").unwrap();
     let out = rvmspawn(&path, &[]).output().unwrap();

@@ -362,6 +362,11 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
     } else {
         None
     };
+    // A file that is not a kernel is refused now, before any helper starts (a new TPM's
+    // manufacture alone takes a second or more).
+    if firmware.is_none() {
+        boot::x86_64::loader::check_kernel(&config.kernel)?;
+    }
     let extra = config.extra_cmdline.join(" ");
     let mut oem_strings = Vec::with_capacity(config.oem_strings.len() + 2);
     if (uki.is_some() || !has_kernel) && !extra.is_empty() {

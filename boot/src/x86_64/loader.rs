@@ -342,6 +342,28 @@ pub fn uki_info(kernel: &Path) -> Result<Option<UkiInfo>, BootError> {
     }))
 }
 
+/// Check, before anything else is set up for a boot, that `kernel` is a kernel rvmspawn can
+/// load: a bzImage or an ELF, or a UKI whose `.linux` is one. Only the headers are read; the
+/// full checks stay with [`load_kernel`]. A file that is not a kernel is refused here in
+/// milliseconds, not after the helpers (virtiofsd, swtpm and its manufacture) have started.
+pub fn check_kernel(kernel: &Path) -> Result<KernelFormat, BootError> {
+    let mut file = open("kernel", kernel)?;
+    match inspect_uki(&file, kernel)? {
+        Some(u) => {
+            let mut head = vec![0u8; u.linux.size.min(0x206) as usize];
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, u.linux.offset).map_err(
+                |source| BootError::Open {
+                    what: "kernel",
+                    path: kernel.to_owned(),
+                    source,
+                },
+            )?;
+            detect(&mut std::io::Cursor::new(head), kernel)
+        }
+        None => detect(&mut file, kernel),
+    }
+}
+
 fn inspect_uki(file: &File, path: &Path) -> Result<Option<crate::uki::Uki>, BootError> {
     match crate::uki::parse_uki(file) {
         Ok(u) => Ok(Some(u)),
@@ -641,6 +663,19 @@ mod tests {
         let e = load_kernel(&mem, &layout, &path, &[], "").unwrap_err();
         assert!(matches!(e, BootError::NotAKernel(_)), "{e}");
         assert_eq!(e.errno(), libc::ENOEXEC);
+        // The early check says the same, from the headers alone.
+        let e = check_kernel(&path).unwrap_err();
+        assert!(matches!(e, BootError::NotAKernel(_)), "{e}");
+        let mut bz = vec![0u8; 0x300];
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        std::fs::write(&path, &bz).unwrap();
+        assert!(matches!(check_kernel(&path), Ok(KernelFormat::BzImage)));
+        std::fs::write(&path, b"\x7fELF\x02\x01\x01").unwrap();
+        assert!(matches!(check_kernel(&path), Ok(KernelFormat::Elf)));
+        assert_eq!(
+            check_kernel(&dir.join("missing")).unwrap_err().errno(),
+            libc::ENOENT
+        );
         let e = load_kernel(&mem, &layout, &dir.join("missing"), &[], "").unwrap_err();
         assert_eq!(e.errno(), libc::ENOENT);
         std::fs::remove_dir_all(&dir).unwrap();
