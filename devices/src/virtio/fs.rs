@@ -307,6 +307,22 @@ struct Ops {
     failed: Option<(u64, String)>,
     /// The last handle is gone: finish (quickly: the connection is cut) and end.
     stop: bool,
+    /// The thread has ended (set as it returns, also by a panic).
+    exited: bool,
+}
+
+/// How long the last handle's drop waits for the operations thread to end once the connection
+/// is cut (it normally ends at once); after that the thread is left to end by itself.
+const OPS_EXIT_WAIT: Duration = Duration::from_millis(250);
+
+/// Marks the operations thread as ended when it returns or unwinds.
+struct ExitMark<'a>(&'a Connection);
+
+impl Drop for ExitMark<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.ops).exited = true;
+        self.0.ops_changed.notify_all();
+    }
 }
 
 /// One exchange with the back end, run by the operations thread so that no vCPU waits for
@@ -453,17 +469,36 @@ fn host_range(mem: &GuestMemoryMmap, addr: u64, len: u64) -> Option<u64> {
 
 /// Ends the connection's operations thread when the last handle goes: the connection is cut
 /// (the back end sees it close, as it would when the socket is dropped), so what is queued
-/// finishes at once, and the thread is not waited for.
+/// finishes at once. The thread is joined when it has ended within [`OPS_EXIT_WAIT`] (so
+/// nothing of it outlives the device), and otherwise left to end by itself: a drop never waits
+/// longer than that.
 struct OpsThread {
     conn: Arc<Connection>,
+    handle: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Drop for OpsThread {
     fn drop(&mut self) {
         self.conn.closed.store(true, Ordering::SeqCst);
         self.conn.watchdog.cut();
-        lock(&self.conn.ops).stop = true;
+        let mut ops = lock(&self.conn.ops);
+        ops.stop = true;
         self.conn.ops_changed.notify_all();
+        let (ops, _) = self
+            .conn
+            .ops_changed
+            .wait_timeout_while(ops, OPS_EXIT_WAIT, |o| !o.exited)
+            .unwrap_or_else(PoisonError::into_inner);
+        let exited = ops.exited;
+        drop(ops);
+        let handle = self
+            .handle
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let (true, Some(h)) = (exited, handle) {
+            let _ = h.join();
+        }
     }
 }
 
@@ -589,16 +624,20 @@ impl VhostUserFs {
         config[..tag.len()].copy_from_slice(tag.as_bytes());
         config[TAG_LEN..].copy_from_slice(&u32::from(requests).to_le_bytes());
         let serving = conn.clone();
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("virtio-fs-ops".into())
             .spawn(move || {
+                let _mark = ExitMark(&serving);
                 crate::thread::started(crate::thread::ThreadKind::FsOps);
                 serving.serve()
             })
             .map_err(FsError::Thread)?;
         Ok(VhostUserFs {
             id: 0,
-            ops_thread: Arc::new(OpsThread { conn: conn.clone() }),
+            ops_thread: Arc::new(OpsThread {
+                conn: conn.clone(),
+                handle: Mutex::new(Some(handle)),
+            }),
             conn,
             config,
             queue_sizes: vec![QUEUE_SIZE; usize::from(requests) + 1],

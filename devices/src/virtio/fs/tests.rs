@@ -892,3 +892,21 @@ fn resets_while_the_back_end_stalls_queue_one_operation_not_one_per_write() {
     drop(dev);
     assert!(fake.join());
 }
+
+#[test]
+fn the_operations_thread_ends_with_the_last_handle() {
+    // Nothing of the device outlives it: dropping the last handle ends and joins the operations
+    // thread, which holds the connection while it runs (a thread left running would also be a
+    // leak to the fuzzer's leak checker).
+    let (dev, mut fake) = device(Script::default());
+    let other = dev.share();
+    let conn = Arc::downgrade(&dev.conn);
+    drop(dev);
+    assert!(conn.upgrade().is_some(), "a handle is left");
+    drop(other);
+    assert!(
+        conn.upgrade().is_none(),
+        "the connection outlived its last handle"
+    );
+    assert!(fake.join());
+}
