@@ -681,4 +681,11 @@ fn tpm_start_up_times_are_reported() {
         millis(d, "swtpm ready")
     );
     assert!(first.1.is_some() && later.is_some(), "{}", r.output);
+    // The first boot manufactured the state beside the tree; the later one used it as it was.
+    assert!(
+        first.0.is_some(),
+        "boot 1 manufactured nothing:\n{}",
+        r.output
+    );
+    assert_eq!(millis(&boot2, "manufactured"), None, "{}", r.output);
 }

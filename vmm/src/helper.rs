@@ -89,6 +89,45 @@ pub fn abstract_pair(
     Ok((listener, stream))
 }
 
+/// Make `cmd`'s child a proper helper of rvmspawn's: `passed` (an fd and the number it must
+/// have, 3 or more) left open across exec, the termination signals that rvmspawn blocks (it
+/// reads them from a signalfd) unblocked, and SIGTERM as its parent-death signal, so it goes
+/// when rvmspawn goes, even by SIGKILL. For every child rvmspawn starts: the supervised helpers
+/// and the short-lived `swtpm_setup`.
+pub fn prepare_child(cmd: &mut Command, passed: Option<(RawFd, RawFd)>) {
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // async-signal-safe functions (dup2, fcntl, prctl, getppid, sigprocmask, _exit).
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some((fd, target)) = passed {
+                if fd == target {
+                    let flags = libc::fcntl(fd, libc::F_GETFD);
+                    if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                } else if libc::dup2(fd, target) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            // rvmspawn blocks its termination signals (it reads them from a signalfd); the
+            // helper must get them.
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died before the death signal was armed.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
 /// A running helper process.
 #[derive(Debug)]
 pub struct Helper {
@@ -122,41 +161,9 @@ impl Helper {
         mut cmd: Command,
         pass: Option<(OwnedFd, RawFd)>,
     ) -> Result<Helper, Error> {
-        // SAFETY: getpid has no preconditions.
-        let parent = unsafe { libc::getpid() };
         let passed = pass.as_ref().map(|(fd, target)| (fd.as_raw_fd(), *target));
         cmd.stdin(Stdio::null());
-        // SAFETY: the closure runs in the forked child before exec and calls only
-        // async-signal-safe functions (dup2, fcntl, prctl, getppid, sigprocmask, _exit).
-        unsafe {
-            cmd.pre_exec(move || {
-                if let Some((fd, target)) = passed {
-                    if fd == target {
-                        let flags = libc::fcntl(fd, libc::F_GETFD);
-                        if flags < 0
-                            || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
-                        {
-                            return Err(io::Error::last_os_error());
-                        }
-                    } else if libc::dup2(fd, target) < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-                // rvmspawn blocks its termination signals (it reads them from a signalfd); the
-                // helper must get them.
-                let mut set: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut set);
-                libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // The parent may have died before the death signal was armed.
-                if libc::getppid() != parent {
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
-        }
+        prepare_child(&mut cmd, passed);
         let mut child = cmd.spawn().map_err(|e| {
             Error::Helper(
                 format!("Failed to start {name}: {e}"),

@@ -140,6 +140,9 @@ pub fn best_default_profile(listing: &str) -> Option<String> {
 /// succeeded, else an error naming `what` and showing what it said.
 fn run_captured(mut cmd: Command, what: &str) -> Result<String, Error> {
     cmd.stdin(Stdio::null());
+    // Like a helper: rvmspawn's termination signals unblocked, and gone when rvmspawn goes (a
+    // manufacture takes a second or more).
+    crate::helper::prepare_child(&mut cmd, None);
     let out = cmd.output().map_err(|e| {
         Error::Helper(
             format!("Failed to run {what}: {e}"),
@@ -631,6 +634,21 @@ mod tests {
         }
         // Nothing needed the run's directory.
         assert!(run_dir.is_none());
+    }
+
+    #[test]
+    fn swtpm_setup_goes_when_rvmspawn_goes() {
+        // swtpm_setup runs like a helper: SIGTERM is its parent-death signal, so a killed
+        // rvmspawn does not leave a manufacture running. The child reads its own with
+        // prctl(PR_GET_PDEATHSIG) (python3 is in scripts/packages.txt).
+        let mut cmd = Command::new("python3");
+        cmd.args([
+            "-c",
+            "import ctypes; s = ctypes.c_int(); \
+             ctypes.CDLL(None).prctl(2, ctypes.byref(s), 0, 0, 0); print('pdeathsig', s.value)",
+        ]);
+        let out = run_captured(cmd, "python3").unwrap();
+        assert_eq!(out.trim(), format!("pdeathsig {}", libc::SIGTERM));
     }
 
     #[test]
