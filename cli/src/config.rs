@@ -743,6 +743,11 @@ impl Settings {
     ) -> vmm::VmConfig {
         let shares = self.shares();
         let tpm_state = self.tpm_state();
+        // Accepted as vmspawn accepts it, but there is no TPM to keep a state for: say so
+        // rather than ignore it silently.
+        if self.tpm == Some(false) && self.tpm_state != vmm::TpmState::Auto && !self.quiet {
+            eprintln!("--tpm-state= has no effect with --tpm=no: the VM has no TPM.");
+        }
         let (kernel, initrds) = match (self.linux, self.boot_entry.into_inner()) {
             (Some(kernel), _) => (kernel, self.initrds),
             // As vmspawn, the entry's kernel and initrds but not its options: a Type #1 entry's

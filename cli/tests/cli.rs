@@ -481,3 +481,24 @@ fn passed_fds_that_are_not_open_are_an_error() {
         "{err}"
     );
 }
+
+#[test]
+fn tpm_state_with_tpm_no_is_not_silently_ignored() {
+    // The run ends at the kernel check (the file is not a kernel); the notice comes first.
+    let kernel = TempFile::new("tpm-state-no");
+    let linux = kernel.linux_arg();
+    let out = run(&[&linux, "--tpm=no", "--tpm-state=off"]);
+    assert!(
+        stderr(&out).contains("--tpm-state= has no effect with --tpm=no"),
+        "{}",
+        stderr(&out)
+    );
+    // Neither with the default state, nor with a TPM to keep it for.
+    for args in [
+        ["--tpm=no", "--qemu-vsock=no"],
+        ["--tpm=yes", "--tpm-state=off"],
+    ] {
+        let out = run(&[&linux, args[0], args[1]]);
+        assert!(!stderr(&out).contains("has no effect"), "{}", stderr(&out));
+    }
+}
