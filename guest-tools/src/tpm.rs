@@ -697,15 +697,14 @@ mod tests {
     }
 
     /// Every command against a real TPM (swtpm), and the NV index again after a restart on
-    /// the same state. Only a note when swtpm is not installed.
+    /// the same state. Fails when swtpm is not installed (scripts/packages.txt installs it).
     #[test]
     fn against_swtpm() {
         let dir = std::env::temp_dir().join(format!("rvmspawn-guest-swtpm-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let Some((mut t, mut child)) = swtpm(&dir) else {
-            eprintln!("note: /usr/bin/swtpm is not installed (package swtpm); not run");
-            return;
+            panic!("this test needs /usr/bin/swtpm: install the Debian package swtpm");
         };
         let a = get_random(&mut t, 40).unwrap();
         let b = get_random(&mut t, 40).unwrap();
