@@ -201,8 +201,8 @@ impl Batch {
             wrapper.clone()
         };
         let a = assets();
-        let mut script = String::from("#!/bin/sh\n");
-        script += &format!(
+        let mut head = String::from("#!/bin/sh\n");
+        head += &format!(
             "RVMSPAWN='{}'\nKERNEL='{}'\nVMLINUX='{}'\nINITRD='{}'\nexport RVMSPAWN KERNEL VMLINUX INITRD\n",
             rvmspawn.display(),
             a.join("guest/vmlinuz").display(),
@@ -216,14 +216,9 @@ impl Batch {
             only.as_deref()
                 .is_none_or(|o| o.split(',').any(|s| s == name))
         };
-        for (name, step) in self.steps.iter().filter(|(name, _)| wanted(name)) {
-            script += &format!(
-                "echo '@@RVMSPAWN-TEST-BEGIN {name}'\n( {step}\n) 2>&1 </dev/null\necho \"@@RVMSPAWN-TEST-END {name} rc=$?\"\n"
-            );
-        }
+        let mut pending: Vec<&(String, String)> =
+            self.steps.iter().filter(|(name, _)| wanted(name)).collect();
         let path = dir.join(format!("batch-{}.sh", std::process::id()));
-        std::fs::write(&path, script).expect("write the batch script");
-
         let mode = mode();
         let timeout = self.timeout_secs.unwrap_or(BATCH_TIMEOUT_SECS).to_string();
         let command = || match mode {
@@ -239,22 +234,51 @@ impl Batch {
                 c
             }
         };
-        let (mut status, mut text) = run_streaming(command().current_dir(&root));
         // Nested virtualisation under emulation occasionally wedges the whole test host
-        // (testhost.sh: 124 timeout, 125 test host failed); that says nothing about rvmspawn,
-        // so such a run is repeated, three times at most. A failing guest or rvmspawn is never
-        // retried: the batch then ends normally and the tests see what it printed.
-        for _ in 0..3 {
-            if mode != Mode::TestHost || !matches!(status.code(), Some(124 | 125)) {
+        // (testhost.sh: 124 timeout or no progress, 125 test host failed); that says nothing
+        // about rvmspawn, so the steps that had not finished (the one cut short and those after
+        // it) run again in a fresh test host, three times at most; the finished ones keep their
+        // results. A failing guest or rvmspawn is never retried: the batch then ends normally
+        // and the tests see what it printed. Every step is self-contained (its own temporary
+        // directory, its own host-side set-up), so a step runs the same in any test host.
+        let mut results = BTreeMap::new();
+        for attempt in 0..4 {
+            // (The attempt's number is there for a step to see, e.g. to test this retry.)
+            let mut script = format!("{head}RVMSPAWN_BATCH_ATTEMPT={attempt}\n");
+            for (name, step) in &pending {
+                script += &format!(
+                    "echo '@@RVMSPAWN-TEST-BEGIN {name}'\n( {step}\n) 2>&1 </dev/null\necho \"@@RVMSPAWN-TEST-END {name} rc=$?\"\n"
+                );
+            }
+            std::fs::write(&path, script).expect("write the batch script");
+            let (status, text) = run_streaming(command().current_dir(&root));
+            eprintln!("batch ({mode:?}) exited {status}");
+            let mut got = parse(&text);
+            let wedged = mode == Mode::TestHost && matches!(status.code(), Some(124 | 125));
+            // Finished steps (an END marker, so an exit status) are kept.
+            got.retain(|name, r| {
+                if r.rc.is_some() {
+                    results.insert(name.clone(), r.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            pending.retain(|(name, _)| !results.contains_key(name));
+            if !wedged || pending.is_empty() || attempt == 3 {
+                // What a step cut short printed still shows, with no exit status.
+                results.extend(got);
                 break;
             }
-            eprintln!("test host failed ({status}); retrying the batch");
-            (status, text) = run_streaming(command().current_dir(&root));
+            let names: Vec<&str> = pending.iter().map(|(name, _)| name.as_str()).collect();
+            eprintln!(
+                "test host failed ({status}); running the unfinished steps again: {}",
+                names.join(", ")
+            );
         }
-        eprintln!("batch ({mode:?}) exited {status}");
         let _ = std::fs::remove_file(&path);
         let _ = std::fs::remove_file(&wrapper);
-        Results(parse(&text))
+        Results(results)
     }
 }
 
