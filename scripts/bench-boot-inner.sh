@@ -1,10 +1,11 @@
 #!/bin/bash
 # The inside of bench-boot.sh: runs in the nested test host (which has a real
 # /dev/kvm), from the repository root. Boots the guest test kernel+initramfs
-# RUNS times with each VMM, interleaved (rvmspawn, QEMU microvm, QEMU pc,
-# rvmspawn, ...) so that drifting load on this shared machine hits all of them
+# RUNS times with each VMM, interleaved (rvmspawn with the bzImage, the ELF
+# vmlinux and a UKI, QEMU microvm with the vmlinux, QEMU pc with the bzImage,
+# then again) so that drifting load on this shared machine hits all of them
 # alike, and prints a table of medians. All VMMs get 512 MiB and 1 vCPU, the
-# same bzImage, initramfs and "console=ttyS0 quiet" (rvmspawn: "quiet" on top
+# same kernel, initramfs and "console=ttyS0 quiet" (rvmspawn: "quiet" on top
 # of its own console setup).
 # Usage: scripts/bench-boot-inner.sh [--directory|--firmware] [RUNS]
 #
@@ -43,18 +44,29 @@ measure=$scripts/bench-boot-measure.py
 [ -c /dev/kvm ] || { echo "bench-boot: no /dev/kvm" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "bench-boot: GNU time (/usr/bin/time) is missing" >&2; exit 1; }
 
-cmd_rvmspawn=("$rvmspawn" -q --tpm=no --qemu-mem=512M --qemu-smp=1 "--linux=$kernel" "--initrd=$initrd" quiet)
+vmlinux=.cache/assets/guest/vmlinux
+uki=.cache/assets/firmware/uki.efi
+rvmspawn_common=("$rvmspawn" -q --tpm=no --qemu-mem=512M --qemu-smp=1 --qemu-vsock=no)
+# The same kernel three ways: Debian's bzImage, the ELF inside it, and a UKI
+# around that bzImage and the same initramfs (its embedded command line plus
+# "quiet").
+cmd_rvmspawn=("${rvmspawn_common[@]}" "--linux=$kernel" "--initrd=$initrd" quiet)
+cmd_rvmspawn_vmlinux=("${rvmspawn_common[@]}" "--linux=$vmlinux" "--initrd=$initrd" quiet)
+cmd_rvmspawn_uki=("${rvmspawn_common[@]}" "--linux=$uki" quiet)
 # microvm needs its legacy PIT/PIC/RTC switched on explicitly: with the
 # defaults Debian's kernel spends ~6 s more in timer calibration. ACPI (on by
-# default) is what lets the guest power the machine off.
+# default) is what lets the guest power the machine off. microvm boots the
+# ELF vmlinux (PVH), its fastest path; pc boots the bzImage.
 qemu_common=(-enable-kvm -cpu host -m 512 -smp 1 -nodefaults -nographic -no-reboot
-    -serial stdio -kernel "$kernel" -initrd "$initrd" -append "console=ttyS0 quiet")
+    -serial stdio -initrd "$initrd" -append "console=ttyS0 quiet")
 # shellcheck disable=SC2054 # the commas belong to QEMU's -M value
 cmd_microvm=(qemu-system-x86_64 -M microvm,x-option-roms=off,isa-serial=on,rtc=on,pit=on,pic=on
-    "${qemu_common[@]}")
-cmd_pc=(qemu-system-x86_64 -M pc "${qemu_common[@]}")
+    "${qemu_common[@]}" -kernel "$vmlinux")
+cmd_pc=(qemu-system-x86_64 -M pc "${qemu_common[@]}" -kernel "$kernel")
 
-labels=(rvmspawn qemu-microvm qemu-pc)
+labels=(rvmspawn rvmspawn-vmlinux rvmspawn-uki qemu-microvm qemu-pc)
+[ -f "$vmlinux" ] && [ -f "$uki" ] ||
+    { echo "bench-boot: $vmlinux or $uki is missing (scripts/assets.sh builds them)" >&2; exit 1; }
 out=$(mktemp -d)
 if [ "$directory" = 1 ]; then
     tree=$out/tree
@@ -126,6 +138,8 @@ boot() { # LABEL RESULTS-FILE
     local cmd
     case $1 in
         rvmspawn) cmd=("${cmd_rvmspawn[@]}") ;;
+        rvmspawn-vmlinux) cmd=("${cmd_rvmspawn_vmlinux[@]}") ;;
+        rvmspawn-uki) cmd=("${cmd_rvmspawn_uki[@]}") ;;
         qemu-microvm) cmd=("${cmd_microvm[@]}") ;;
         qemu-pc) cmd=("${cmd_pc[@]}") ;;
         qemu-q35) cmd=("${cmd_q35[@]}") ;;
@@ -147,23 +161,26 @@ boot() { # LABEL RESULTS-FILE
 # charged to whichever VMM happens to go first.
 echo "bench-boot: warm-up boots (not counted)"
 for label in "${labels[@]}"; do
-    [ "$label" = rvmspawn ] && [ "$have_rvmspawn" = 0 ] && continue
+    case $label in rvmspawn*) [ "$have_rvmspawn" = 0 ] && continue ;; esac
     boot "$label" /dev/null
 done
 
 echo "bench-boot: $runs measured boots per VMM; columns: VMM to-init-ms total-ms peak-RSS-KiB status"
 for ((i = 1; i <= runs; i++)); do
     for label in "${labels[@]}"; do
-        [ "$label" = rvmspawn ] && [ "$have_rvmspawn" = 0 ] && continue
+        case $label in rvmspawn*) [ "$have_rvmspawn" = 0 ] && continue ;; esac
         boot "$label" "$results"
     done
 done
 
 # Show how rvmspawn failed (it is young): the end of its last console output.
-if [ "$have_rvmspawn" = 1 ] && awk '$1 == "rvmspawn" && $5 != "ok" { bad = 1 } END { exit !bad }' "$results"; then
-    echo "bench-boot: rvmspawn failed; the end of its output:"
-    tail -n 20 "$out/rvmspawn.log"
-fi
+for label in "${labels[@]}"; do
+    case $label in rvmspawn*) ;; *) continue ;; esac
+    if [ "$have_rvmspawn" = 1 ] && awk -v l="$label" '$1 == l && $5 != "ok" { bad = 1 } END { exit !bad }' "$results"; then
+        echo "bench-boot: $label failed; the end of its output:"
+        tail -n 20 "$out/$label.log"
+    fi
+done
 
 echo
 if [ "$firmware" = 1 ]; then

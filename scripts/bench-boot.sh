@@ -1,6 +1,7 @@
 #!/bin/bash
-# Boot-time benchmark (not a test): rvmspawn against QEMU microvm and QEMU pc,
-# booting the same Debian cloud kernel and busybox initramfs to /init.
+# Boot-time benchmark (not a test): rvmspawn (bzImage, ELF vmlinux, UKI) against
+# QEMU microvm (vmlinux) and QEMU pc (bzImage), booting the same Debian cloud
+# kernel and busybox initramfs to /init.
 # Usage: scripts/bench-boot.sh [--directory|--firmware] [RUNS]   (default 5 boots per VMM)
 # --directory: an OS tree over virtio-fs (rvmspawn -D against QEMU pc with
 # vhost-user-fs-pci and virtiofsd, as vmspawn runs it); see bench-boot-inner.sh.
@@ -25,11 +26,11 @@ case $runs in '' | *[!0-9]* | 0) echo "usage: $0 [--directory|--firmware] [RUNS]
 scripts=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
 cd "$(dirname "$scripts")"
 
-# A boot takes 5-15 s under TCG; 3 VMMs x (RUNS + 1 warm-up) boots, generously.
+# A boot takes 5-15 s under TCG; 5 kinds of boot x (RUNS + 1 warm-up), generously.
 # A firmware boot takes 25-40 s; 2 VMMs.
 if [ "${mode[*]}" = --firmware ]; then
     timeout=$((120 + (runs + 1) * 2 * 150))
 else
-    timeout=$((120 + (runs + 1) * 3 * 45))
+    timeout=$((120 + (runs + 1) * 5 * 45))
 fi
 exec "$scripts/testhost.sh" --timeout "$timeout" -- "$scripts/bench-boot-inner.sh" "${mode[@]}" "$runs"
