@@ -28,6 +28,7 @@ mod virtiofs;
 mod vsock;
 mod x86_64;
 
+pub use boot::Extraction as KernelExtraction;
 pub use boot::bls;
 pub use boot::{SmbiosError, parse_uuid};
 pub use config::{
@@ -495,6 +496,7 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
             kernel: config.kernel,
             initrds: config.initrds,
             cmdline,
+            extraction: config.kernel_extraction,
         }),
         Some(fw) => {
             let kernel = if fw.kernel_through_firmware {

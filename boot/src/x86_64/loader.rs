@@ -17,6 +17,7 @@ use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header
 use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
 use vm_memory::{Bytes, GuestAddress};
 
+use super::extract::{self, Window};
 use super::layout::*;
 use crate::GuestMemoryMmap;
 
@@ -123,8 +124,44 @@ pub enum BootEntry {
     },
 }
 
+/// Whether a bzImage's compressed payload is extracted on the host and booted through its
+/// PVH entry (`RVMSPAWN_EXTRACT_KERNEL=`), and where extracted kernels are cached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Extraction {
+    /// Every bzImage boots through the 64-bit boot protocol and decompresses itself.
+    Off,
+    /// Extract, caching in this directory (`None`: into memory, uncached).
+    On {
+        /// The cache directory, created (0700) when missing.
+        cache: Option<PathBuf>,
+    },
+}
+
+/// The default: extract, uncached (the front end names the cache directory).
+impl Default for Extraction {
+    fn default() -> Extraction {
+        Extraction::On { cache: None }
+    }
+}
+
+/// Which way a kernel went into guest memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelPath {
+    /// Loaded as it is: an ELF, or a bzImage with extraction off.
+    AsIs,
+    /// A bzImage whose payload was extracted and loaded as an ELF.
+    Extracted {
+        /// The payload's compression.
+        compression: super::extract::Compression,
+        /// Where the ELF came from.
+        cache: super::extract::CacheUse,
+    },
+    /// A bzImage loaded as it is because its payload could not be extracted (the reason).
+    Fallback(String),
+}
+
 /// What was loaded and how to start it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadedKernel {
     /// Detected format.
     pub format: KernelFormat,
@@ -132,6 +169,8 @@ pub struct LoadedKernel {
     pub entry: BootEntry,
     /// Where the initrd went and its size, if any.
     pub initrd: Option<(u64, u64)>,
+    /// How the kernel was loaded.
+    pub path: KernelPath,
 }
 
 fn open(what: &'static str, path: &Path) -> Result<File, BootError> {
@@ -191,13 +230,16 @@ pub fn build_cmdline(parts: &[&str], max_with_nul: usize) -> Result<Vec<u8>, Boo
 }
 
 /// Load `kernel`, `initrds` (concatenated, each part 4-byte aligned) and `cmdline` into `mem`,
-/// write the boot protocol structures, and say how to enter the kernel.
+/// write the boot protocol structures, and say how to enter the kernel. A bzImage (or a UKI's)
+/// is extracted and booted as an ELF when `extraction` allows it and its payload has a PVH
+/// entry; otherwise it boots through the 64-bit boot protocol.
 pub fn load_kernel(
     mem: &GuestMemoryMmap,
     layout: &MemoryLayout,
     kernel: &Path,
     initrds: &[PathBuf],
     cmdline: &str,
+    extraction: &Extraction,
 ) -> Result<LoadedKernel, BootError> {
     let file = open("kernel", kernel)?;
     let uki = inspect_uki(&file, kernel)?;
@@ -206,37 +248,87 @@ pub fn load_kernel(
         path: kernel.to_owned(),
         source,
     };
-    // A UKI's kernel is its .linux section: read into memory (a few MiB) and loaded from there.
-    let mut image = match &uki {
-        Some(u) => {
-            let mut payload = vec![0u8; u.linux.size as usize];
-            std::os::unix::fs::FileExt::read_exact_at(&file, &mut payload, u.linux.offset)
-                .map_err(read_err)?;
-            KernelImage::Payload(std::io::Cursor::new(payload))
-        }
-        None => KernelImage::File(file.try_clone().map_err(read_err)?),
+    let (start, len) = match &uki {
+        Some(u) => (u.linux.offset, u.linux.size),
+        None => (0, file.metadata().map_err(read_err)?.len()),
     };
-    let format = match &mut image {
-        KernelImage::File(f) => detect(f, kernel)?,
-        KernelImage::Payload(c) => detect(c, kernel)?,
-    };
+    let format = detect(&mut Window::new(&file, start, len), kernel)?;
     let load_err = |source| BootError::Load {
         path: kernel.to_owned(),
         source,
     };
     let himem = Some(GuestAddress(HIGH_MEMORY_START));
-    let result = match (&mut image, format) {
-        (KernelImage::File(f), KernelFormat::BzImage) => BzImage::load(mem, None, f, himem),
-        (KernelImage::File(f), KernelFormat::Elf) => Elf::load(mem, None, f, himem),
-        (KernelImage::Payload(c), KernelFormat::BzImage) => BzImage::load(mem, None, c, himem),
-        (KernelImage::Payload(c), KernelFormat::Elf) => Elf::load(mem, None, c, himem),
+    let mut path = match (format, extraction) {
+        (KernelFormat::BzImage, Extraction::Off) => {
+            KernelPath::Fallback("extraction is off (RVMSPAWN_EXTRACT_KERNEL=no)".into())
+        }
+        _ => KernelPath::AsIs,
+    };
+    let mut extracted = None;
+    if let (KernelFormat::BzImage, Extraction::On { cache }) = (format, extraction) {
+        let tried = extract::extract(&mut Window::new(&file, start, len), cache.as_deref())
+            .and_then(|mut x| {
+                x.elf
+                    .seek(SeekFrom::Start(0))
+                    .map_err(|e| extract::ExtractError::Io {
+                        what: "Failed to read the extracted kernel".into(),
+                        source: e,
+                    })?;
+                let loaded = Elf::load(mem, None, &mut x.elf, himem).map_err(|e| {
+                    extract::ExtractError::Io {
+                        what: "Failed to load the extracted kernel".into(),
+                        source: std::io::Error::other(e.to_string()),
+                    }
+                })?;
+                Ok((x, loaded))
+            });
+        match tried {
+            Ok((x, loaded)) => {
+                path = KernelPath::Extracted {
+                    compression: x.payload.compression,
+                    cache: x.cache,
+                };
+                extracted = Some((loaded, x.payload.cmdline_size));
+            }
+            Err(e) => path = KernelPath::Fallback(e.to_string()),
+        }
     }
-    .map_err(load_err)?;
+    let (result, cmdline_size) = match extracted {
+        Some(loaded) => loaded,
+        None => {
+            // A UKI's kernel is its .linux section: read into memory (a few MiB) and loaded
+            // from there.
+            let mut image = match &uki {
+                Some(_) => {
+                    let mut payload = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+                    std::os::unix::fs::FileExt::read_exact_at(&file, &mut payload, start)
+                        .map_err(read_err)?;
+                    KernelImage::Payload(std::io::Cursor::new(payload))
+                }
+                None => KernelImage::File(file_clone(&file, kernel)?),
+            };
+            let result = match (&mut image, format) {
+                (KernelImage::File(f), KernelFormat::BzImage) => BzImage::load(mem, None, f, himem),
+                (KernelImage::File(f), KernelFormat::Elf) => Elf::load(mem, None, f, himem),
+                (KernelImage::Payload(c), KernelFormat::BzImage) => {
+                    BzImage::load(mem, None, c, himem)
+                }
+                (KernelImage::Payload(c), KernelFormat::Elf) => Elf::load(mem, None, c, himem),
+            }
+            .map_err(load_err)?;
+            let size = result.setup_header.map_or(0, |h| h.cmdline_size);
+            (result, size)
+        }
+    };
+    // An extracted ELF boots as an ELF.
+    let format = match path {
+        KernelPath::Extracted { .. } => KernelFormat::Elf,
+        _ => format,
+    };
 
     let header = result.setup_header;
     // The kernel's own limit wins when it is stricter than x86's COMMAND_LINE_SIZE.
-    let max = header
-        .map(|h| h.cmdline_size as usize + 1)
+    let max = Some(cmdline_size as usize + 1)
         .filter(|&m| m > 1)
         .map_or(CMDLINE_MAX_SIZE, |m| m.min(CMDLINE_MAX_SIZE));
     let cmdline = build_cmdline(&[cmdline], max)?;
@@ -304,6 +396,7 @@ pub fn load_kernel(
         format,
         entry,
         initrd,
+        path,
     })
 }
 
@@ -311,7 +404,7 @@ fn align_up(v: u64, a: u64) -> Option<u64> {
     v.checked_add(a - 1).map(|x| x & !(a - 1))
 }
 
-/// The kernel image being loaded.
+/// The kernel image being loaded as it is.
 enum KernelImage {
     /// A bzImage or ELF file.
     File(File),
@@ -660,7 +753,7 @@ mod tests {
         std::fs::write(&path, b"hello, this is not a kernel").unwrap();
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
         let layout = MemoryLayout::new(64 << 20);
-        let e = load_kernel(&mem, &layout, &path, &[], "").unwrap_err();
+        let e = load_kernel(&mem, &layout, &path, &[], "", &Extraction::Off).unwrap_err();
         assert!(matches!(e, BootError::NotAKernel(_)), "{e}");
         assert_eq!(e.errno(), libc::ENOEXEC);
         // The early check says the same, from the headers alone.
@@ -676,7 +769,15 @@ mod tests {
             check_kernel(&dir.join("missing")).unwrap_err().errno(),
             libc::ENOENT
         );
-        let e = load_kernel(&mem, &layout, &dir.join("missing"), &[], "").unwrap_err();
+        let e = load_kernel(
+            &mem,
+            &layout,
+            &dir.join("missing"),
+            &[],
+            "",
+            &Extraction::Off,
+        )
+        .unwrap_err();
         assert_eq!(e.errno(), libc::ENOENT);
         std::fs::remove_dir_all(&dir).unwrap();
     }
