@@ -1072,6 +1072,51 @@ mod tests {
         }
     }
 
+    #[test]
+    fn kernel_extraction_comes_from_the_environment() {
+        let on = |cache: &str| vmm::KernelExtraction::On {
+            cache: Some(PathBuf::from(cache)),
+        };
+        let home = Some(Path::new("/home/u"));
+        let xdg = Some(Path::new("/x/cache"));
+        // XDG_CACHE_HOME wins, for root too; then /var/cache for root, ~/.cache for others.
+        assert_eq!(
+            kernel_extraction(None, xdg, home, true),
+            Ok(on("/x/cache/rvmspawn"))
+        );
+        assert_eq!(
+            kernel_extraction(None, None, home, true),
+            Ok(on("/var/cache/rvmspawn"))
+        );
+        assert_eq!(
+            kernel_extraction(None, None, home, false),
+            Ok(on("/home/u/.cache/rvmspawn"))
+        );
+        // Relative paths are ignored, as the XDG spec says; with nothing left, no cache.
+        assert_eq!(
+            kernel_extraction(None, Some(Path::new("rel")), Some(Path::new("h")), false),
+            Ok(vmm::KernelExtraction::On { cache: None })
+        );
+        for yes in ["1", "yes", "true", "on"] {
+            assert_eq!(
+                kernel_extraction(Some(OsStr::new(yes)), None, home, false),
+                Ok(on("/home/u/.cache/rvmspawn"))
+            );
+        }
+        for no in ["0", "no", "false", "off"] {
+            assert_eq!(
+                kernel_extraction(Some(OsStr::new(no)), xdg, home, false),
+                Ok(vmm::KernelExtraction::Off)
+            );
+        }
+        let e = kernel_extraction(Some(OsStr::new("maybe")), None, home, false).unwrap_err();
+        assert_eq!(e.errno, EINVAL);
+        assert_eq!(
+            e.message,
+            "Failed to parse $RVMSPAWN_EXTRACT_KERNEL value 'maybe': expected a boolean"
+        );
+    }
+
     fn settings_on(host: &Host, argv: &[&str]) -> Result<Settings, Failure> {
         let args = Args::try_parse_from(std::iter::once("rvmspawn").chain(argv.iter().copied()))
             .expect("clap accepts the command line");

@@ -814,6 +814,7 @@ pub(crate) mod tests {
         img[0x202..0x206].copy_from_slice(b"HdrS");
         img[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
         img[0x211] = 1; // LOADED_HIGH
+        img[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
         img[0x238..0x23c].copy_from_slice(&2047u32.to_le_bytes());
         img[0x248..0x24c].copy_from_slice(&(payload_offset as u32).to_le_bytes());
         img[0x24c..0x250].copy_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -1023,7 +1024,7 @@ pub(crate) mod tests {
         let mut x = run(&img, Some(&cache)).unwrap();
         assert_eq!(x.cache, CacheUse::Replaced(path.clone()));
         assert!(contents(&mut x.elf) == elf);
-        std::fs::write(&path, fixture_elf(false)[..elf.len()].to_vec()).unwrap();
+        std::fs::write(&path, &fixture_elf(false)[..elf.len()]).unwrap();
         let x = run(&img, Some(&cache)).unwrap();
         assert_eq!(x.cache, CacheUse::Replaced(path.clone()));
         assert_eq!(std::fs::read(&path).unwrap(), elf);

@@ -783,6 +783,83 @@ mod tests {
     }
 
     #[test]
+    fn a_bzimage_with_a_pvh_payload_boots_through_pvh_and_falls_back_when_it_cannot() {
+        use crate::x86_64::extract::tests::{
+            FIXTURE_ENTRY, bzimage, compress, fixture, fixture_elf, test_dir,
+        };
+        use crate::x86_64::extract::{CacheUse, Compression};
+        let dir = test_dir("loader");
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
+        let layout = MemoryLayout::new(64 << 20);
+        let on = Extraction::On { cache: None };
+        let (img, elf) = fixture(Compression::Lz4);
+        let path = dir.join("bzImage");
+        std::fs::write(&path, &img).unwrap();
+        let k = load_kernel(&mem, &layout, &path, &[], "console=ttyS0", &on).unwrap();
+        assert_eq!(k.format, KernelFormat::Elf);
+        assert!(
+            matches!(
+                k.path,
+                KernelPath::Extracted {
+                    compression: Compression::Lz4,
+                    cache: CacheUse::Memory(_)
+                }
+            ),
+            "{:?}",
+            k.path
+        );
+        assert_eq!(
+            k.entry,
+            BootEntry::Pvh {
+                rip: u64::from(FIXTURE_ENTRY),
+                start_info: PVH_INFO_START
+            }
+        );
+        // The ELF's segment is where its header says, not the compressed payload.
+        let mut loaded = vec![0u8; 4096];
+        mem.read_slice(&mut loaded, GuestAddress(0x0100_0000))
+            .unwrap();
+        assert_eq!(loaded, elf[0x1000..0x2000]);
+        // The bzImage's own command-line limit still applies.
+        let e = load_kernel(&mem, &layout, &path, &[], &"x".repeat(2048), &on).unwrap_err();
+        assert!(
+            matches!(e, BootError::CmdlineTooLong { max: 2048, .. }),
+            "{e}"
+        );
+
+        // Off: the 64-bit boot protocol, as before.
+        let k = load_kernel(&mem, &layout, &path, &[], "", &Extraction::Off).unwrap();
+        assert_eq!(k.format, KernelFormat::BzImage);
+        assert!(matches!(k.path, KernelPath::Fallback(ref why) if why.contains("off")));
+        assert!(matches!(k.entry, BootEntry::Linux64 { rip: 0x10_0200, .. }));
+
+        // A payload without a PVH note, or a corrupt one: the same fallback, saying why.
+        let no_pvh = fixture_elf(false);
+        let mut payload = compress(Compression::Lz4, &no_pvh);
+        payload.extend_from_slice(&(no_pvh.len() as u32).to_le_bytes());
+        std::fs::write(&path, bzimage(&payload)).unwrap();
+        let k = load_kernel(&mem, &layout, &path, &[], "", &on).unwrap();
+        assert!(
+            matches!(k.path, KernelPath::Fallback(ref why) if why.contains("PVH")),
+            "{:?}",
+            k.path
+        );
+        assert!(matches!(k.entry, BootEntry::Linux64 { .. }));
+        let mut corrupt = img.clone();
+        let n = corrupt.len();
+        corrupt[n - 64 - 4..n - 64].copy_from_slice(&7u32.to_le_bytes());
+        std::fs::write(&path, &corrupt).unwrap();
+        let k = load_kernel(&mem, &layout, &path, &[], "", &on).unwrap();
+        assert!(
+            matches!(k.path, KernelPath::Fallback(ref why) if why.contains("corrupt lz4")),
+            "{:?}",
+            k.path
+        );
+        assert!(matches!(k.entry, BootEntry::Linux64 { .. }));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn page_tables_identity_map_4_gib() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         write_boot_cpu_tables(&mem).unwrap();
