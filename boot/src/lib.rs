@@ -25,7 +25,8 @@ pub use x86_64::acpi::{
 };
 pub use x86_64::layout::{MemoryLayout, RamRange};
 pub use x86_64::loader::{
-    BootEntry, BootError, Extraction, KernelFormat, KernelPath, LoadedKernel, load_kernel,
+    BootEntry, BootError, Extraction, KernelFormat, KernelPath, LoadedKernel, PreparedKernel,
+    load_kernel, prepare_kernel,
 };
 pub use x86_64::table_loader::{TableLoader, TableLoaderError};
 

@@ -28,8 +28,8 @@ pub struct DirectBoot {
     pub initrds: Vec<PathBuf>,
     /// Full kernel command line.
     pub cmdline: String,
-    /// Whether a bzImage is extracted and booted through PVH, and the cache.
-    pub extraction: boot::Extraction,
+    /// The kernel, its bzImage payload extracted when it could be ([`boot::prepare_kernel`]).
+    pub prepared: Arc<boot::PreparedKernel>,
 }
 
 /// Load the kernel, write the boot tables and attach the platform devices.
@@ -47,7 +47,7 @@ pub fn build(
         &boot.kernel,
         &boot.initrds,
         &boot.cmdline,
-        &boot.extraction,
+        &boot.prepared,
     )?;
     // Which way a bzImage went (tests/tests/kernel_extract.rs reads these lines).
     match &loaded.path {

@@ -493,10 +493,15 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
         .join(" ");
     let boot_spec = match firmware {
         None => machine::BootSpec::Direct(direct::DirectBoot {
+            // A bzImage's payload is extracted once per run, before the sandbox closes below
+            // (it may create the cache directory and its files); every boot loads the result.
+            prepared: std::sync::Arc::new(boot::prepare_kernel(
+                &config.kernel,
+                &config.kernel_extraction,
+            )?),
             kernel: config.kernel,
             initrds: config.initrds,
             cmdline,
-            extraction: config.kernel_extraction,
         }),
         Some(fw) => {
             let kernel = if fw.kernel_through_firmware {

@@ -229,17 +229,87 @@ pub fn build_cmdline(parts: &[&str], max_with_nul: usize) -> Result<Vec<u8>, Boo
     Ok(bytes)
 }
 
+/// A kernel made ready for [`load_kernel`], once per run: a bzImage's payload extracted (or why
+/// not). Done before the sandbox closes, as it may create the cache directory and files; every
+/// boot of the run (a guest reboot too) then loads from the open file.
+#[derive(Debug)]
+pub struct PreparedKernel {
+    /// The extracted ELF, if any.
+    extracted: Option<extract::Extracted>,
+    /// Which way the kernel goes in.
+    path: KernelPath,
+}
+
+impl PreparedKernel {
+    /// Which way the kernel goes in (a failing load of an extracted ELF still falls back).
+    pub fn path(&self) -> &KernelPath {
+        &self.path
+    }
+}
+
+/// Extract `kernel`'s payload when it is a bzImage (or a UKI around one) and `extraction`
+/// allows it. A payload that cannot be extracted is no error: the kernel then boots through
+/// the 64-bit boot protocol, and the prepared kernel says why.
+pub fn prepare_kernel(kernel: &Path, extraction: &Extraction) -> Result<PreparedKernel, BootError> {
+    let file = open("kernel", kernel)?;
+    let uki = inspect_uki(&file, kernel)?;
+    let (start, len) = match &uki {
+        Some(u) => (u.linux.offset, u.linux.size),
+        None => (
+            0,
+            file.metadata()
+                .map_err(|source| BootError::Open {
+                    what: "kernel",
+                    path: kernel.to_owned(),
+                    source,
+                })?
+                .len(),
+        ),
+    };
+    let format = detect(&mut Window::new(&file, start, len), kernel)?;
+    let cache = match (format, extraction) {
+        (KernelFormat::Elf, _) => {
+            return Ok(PreparedKernel {
+                extracted: None,
+                path: KernelPath::AsIs,
+            });
+        }
+        (KernelFormat::BzImage, Extraction::Off) => {
+            return Ok(PreparedKernel {
+                extracted: None,
+                path: KernelPath::Fallback("extraction is off (RVMSPAWN_EXTRACT_KERNEL=no)".into()),
+            });
+        }
+        (KernelFormat::BzImage, Extraction::On { cache }) => cache,
+    };
+    Ok(
+        match extract::extract(&mut Window::new(&file, start, len), cache.as_deref()) {
+            Ok(x) => PreparedKernel {
+                path: KernelPath::Extracted {
+                    compression: x.payload.compression,
+                    cache: x.cache.clone(),
+                },
+                extracted: Some(x),
+            },
+            Err(e) => PreparedKernel {
+                extracted: None,
+                path: KernelPath::Fallback(e.to_string()),
+            },
+        },
+    )
+}
+
 /// Load `kernel`, `initrds` (concatenated, each part 4-byte aligned) and `cmdline` into `mem`,
 /// write the boot protocol structures, and say how to enter the kernel. A bzImage (or a UKI's)
-/// is extracted and booted as an ELF when `extraction` allows it and its payload has a PVH
-/// entry; otherwise it boots through the 64-bit boot protocol.
+/// whose payload [`prepare_kernel`] extracted boots as that ELF, through its PVH entry;
+/// otherwise through the 64-bit boot protocol.
 pub fn load_kernel(
     mem: &GuestMemoryMmap,
     layout: &MemoryLayout,
     kernel: &Path,
     initrds: &[PathBuf],
     cmdline: &str,
-    extraction: &Extraction,
+    prepared: &PreparedKernel,
 ) -> Result<LoadedKernel, BootError> {
     let file = open("kernel", kernel)?;
     let uki = inspect_uki(&file, kernel)?;
@@ -258,39 +328,20 @@ pub fn load_kernel(
         source,
     };
     let himem = Some(GuestAddress(HIGH_MEMORY_START));
-    let mut path = match (format, extraction) {
-        (KernelFormat::BzImage, Extraction::Off) => {
-            KernelPath::Fallback("extraction is off (RVMSPAWN_EXTRACT_KERNEL=no)".into())
-        }
-        _ => KernelPath::AsIs,
-    };
+    let mut path = prepared.path.clone();
     let mut extracted = None;
-    if let (KernelFormat::BzImage, Extraction::On { cache }) = (format, extraction) {
-        let tried = extract::extract(&mut Window::new(&file, start, len), cache.as_deref())
-            .and_then(|mut x| {
-                x.elf
-                    .seek(SeekFrom::Start(0))
-                    .map_err(|e| extract::ExtractError::Io {
-                        what: "Failed to read the extracted kernel".into(),
-                        source: e,
-                    })?;
-                let loaded = Elf::load(mem, None, &mut x.elf, himem).map_err(|e| {
-                    extract::ExtractError::Io {
-                        what: "Failed to load the extracted kernel".into(),
-                        source: std::io::Error::other(e.to_string()),
-                    }
-                })?;
-                Ok((x, loaded))
-            });
+    if let Some(x) = &prepared.extracted {
+        let tried = x
+            .elf
+            .try_clone()
+            .and_then(|mut f| f.seek(SeekFrom::Start(0)).map(|_| f))
+            .map_err(|e| e.to_string())
+            .and_then(|mut f| Elf::load(mem, None, &mut f, himem).map_err(|e| e.to_string()));
         match tried {
-            Ok((x, loaded)) => {
-                path = KernelPath::Extracted {
-                    compression: x.payload.compression,
-                    cache: x.cache,
-                };
-                extracted = Some((loaded, x.payload.cmdline_size));
+            Ok(loaded) => extracted = Some((loaded, x.payload.cmdline_size)),
+            Err(e) => {
+                path = KernelPath::Fallback(format!("Failed to load the extracted kernel: {e}"))
             }
-            Err(e) => path = KernelPath::Fallback(e.to_string()),
         }
     }
     let (result, cmdline_size) = match extracted {
@@ -722,6 +773,14 @@ pub fn write_boot_cpu_tables(mem: &GuestMemoryMmap) -> Result<(), BootError> {
 mod tests {
     use super::*;
 
+    /// A kernel loaded as it is.
+    fn unprepared() -> PreparedKernel {
+        PreparedKernel {
+            extracted: None,
+            path: KernelPath::AsIs,
+        }
+    }
+
     #[test]
     fn gdt_entries_match_the_intel_encoding() {
         assert_eq!(gdt_entry(0xa09b, 0, 0xfffff), 0x00af_9b00_0000_ffff);
@@ -753,7 +812,7 @@ mod tests {
         std::fs::write(&path, b"hello, this is not a kernel").unwrap();
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
         let layout = MemoryLayout::new(64 << 20);
-        let e = load_kernel(&mem, &layout, &path, &[], "", &Extraction::Off).unwrap_err();
+        let e = load_kernel(&mem, &layout, &path, &[], "", &unprepared()).unwrap_err();
         assert!(matches!(e, BootError::NotAKernel(_)), "{e}");
         assert_eq!(e.errno(), libc::ENOEXEC);
         // The early check says the same, from the headers alone.
@@ -769,15 +828,8 @@ mod tests {
             check_kernel(&dir.join("missing")).unwrap_err().errno(),
             libc::ENOENT
         );
-        let e = load_kernel(
-            &mem,
-            &layout,
-            &dir.join("missing"),
-            &[],
-            "",
-            &Extraction::Off,
-        )
-        .unwrap_err();
+        let e =
+            load_kernel(&mem, &layout, &dir.join("missing"), &[], "", &unprepared()).unwrap_err();
         assert_eq!(e.errno(), libc::ENOENT);
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -792,10 +844,14 @@ mod tests {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
         let layout = MemoryLayout::new(64 << 20);
         let on = Extraction::On { cache: None };
+        let load = |path: &Path, cmdline: &str, extraction: &Extraction| {
+            let prepared = prepare_kernel(path, extraction)?;
+            load_kernel(&mem, &layout, path, &[], cmdline, &prepared)
+        };
         let (img, elf) = fixture(Compression::Lz4);
         let path = dir.join("bzImage");
         std::fs::write(&path, &img).unwrap();
-        let k = load_kernel(&mem, &layout, &path, &[], "console=ttyS0", &on).unwrap();
+        let k = load(&path, "console=ttyS0", &on).unwrap();
         assert_eq!(k.format, KernelFormat::Elf);
         assert!(
             matches!(
@@ -820,15 +876,21 @@ mod tests {
         mem.read_slice(&mut loaded, GuestAddress(0x0100_0000))
             .unwrap();
         assert_eq!(loaded, elf[0x1000..0x2000]);
+        // Every boot of a run (a reboot) loads the prepared kernel again.
+        let prepared = prepare_kernel(&path, &on).unwrap();
+        for _ in 0..2 {
+            let k = load_kernel(&mem, &layout, &path, &[], "", &prepared).unwrap();
+            assert!(matches!(k.entry, BootEntry::Pvh { .. }));
+        }
         // The bzImage's own command-line limit still applies.
-        let e = load_kernel(&mem, &layout, &path, &[], &"x".repeat(2048), &on).unwrap_err();
+        let e = load(&path, &"x".repeat(2048), &on).unwrap_err();
         assert!(
             matches!(e, BootError::CmdlineTooLong { max: 2048, .. }),
             "{e}"
         );
 
         // Off: the 64-bit boot protocol, as before.
-        let k = load_kernel(&mem, &layout, &path, &[], "", &Extraction::Off).unwrap();
+        let k = load(&path, "", &Extraction::Off).unwrap();
         assert_eq!(k.format, KernelFormat::BzImage);
         assert!(matches!(k.path, KernelPath::Fallback(ref why) if why.contains("off")));
         assert!(matches!(k.entry, BootEntry::Linux64 { rip: 0x10_0200, .. }));
@@ -838,7 +900,7 @@ mod tests {
         let mut payload = compress(Compression::Lz4, &no_pvh);
         payload.extend_from_slice(&(no_pvh.len() as u32).to_le_bytes());
         std::fs::write(&path, bzimage(&payload)).unwrap();
-        let k = load_kernel(&mem, &layout, &path, &[], "", &on).unwrap();
+        let k = load(&path, "", &on).unwrap();
         assert!(
             matches!(k.path, KernelPath::Fallback(ref why) if why.contains("PVH")),
             "{:?}",
@@ -849,7 +911,7 @@ mod tests {
         let n = corrupt.len();
         corrupt[n - 64 - 4..n - 64].copy_from_slice(&7u32.to_le_bytes());
         std::fs::write(&path, &corrupt).unwrap();
-        let k = load_kernel(&mem, &layout, &path, &[], "", &on).unwrap();
+        let k = load(&path, "", &on).unwrap();
         assert!(
             matches!(k.path, KernelPath::Fallback(ref why) if why.contains("corrupt lz4")),
             "{:?}",
