@@ -1072,8 +1072,25 @@ pub(crate) mod tests {
             let took = start.elapsed();
             let expected = std::fs::read(assets.join(which).join("vmlinux")).unwrap();
             assert!(contents(&mut x.elf) == expected, "{which}");
+            // Through a cache: the miss stores, the hit costs the bzImage's SHA-256 and the
+            // check of the cached ELF.
+            let cache = test_dir("real").join("cache");
+            let start = std::time::Instant::now();
+            let miss = extract(&mut Window::new(&f, 0, len), Some(&cache)).unwrap();
+            let stored = start.elapsed();
+            assert!(
+                matches!(miss.cache, CacheUse::Stored(_)),
+                "{:?}",
+                miss.cache
+            );
+            let start = std::time::Instant::now();
+            let hit = extract(&mut Window::new(&f, 0, len), Some(&cache)).unwrap();
+            let hit_took = start.elapsed();
+            assert!(matches!(hit.cache, CacheUse::Hit(_)), "{:?}", hit.cache);
+            std::fs::remove_dir_all(cache.parent().unwrap()).unwrap();
             eprintln!(
-                "{which}: {} payload, {len} -> {} bytes in {took:?}",
+                "{which}: {} payload, {len} -> {} bytes: into memory {took:?}, into the cache \
+                 {stored:?}, cache hit {hit_took:?}",
                 x.payload.compression, x.size
             );
         }
