@@ -547,6 +547,9 @@ pub fn extract(
     let Some(dir) = cache_dir else {
         return to_memfd(image, payload, "no cache directory".into());
     };
+    if let Err(why) = cache_dir_usable(dir) {
+        return to_memfd(image, payload, why);
+    }
     let digest = sha256(image)?;
     let path = dir.join(format!("vmlinux-{CACHE_FORMAT}-{digest}.elf"));
     let mut replacing = false;
@@ -582,6 +585,31 @@ pub fn extract(
         Err(e @ (ExtractError::Corrupt { .. } | ExtractError::NotPvh(_))) => Err(e),
         Err(e) => to_memfd(image, payload, e.to_string()),
     }
+}
+
+/// Create the cache directory (0700) if missing, and check that nobody else can put files in
+/// it: a cache entry is booted as found, so the directory must be ours and closed to others.
+fn cache_dir_usable(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("Failed to create {}: {e}", dir.display()))?;
+    let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // SAFETY: geteuid() has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    if meta.uid() != uid {
+        return Err(format!(
+            "{} is owned by uid {}, not {uid}",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    if meta.mode() & u32::from(libc::S_IWGRP | libc::S_IWOTH) != 0 {
+        return Err(format!("{} is writable by group or others", dir.display()));
+    }
+    Ok(())
 }
 
 /// A cached ELF is used when it has the size the trailer promises and a PVH note.
@@ -632,11 +660,6 @@ fn store<R: Read + Seek>(
     dir: &Path,
     path: &Path,
 ) -> Result<(File, u32), ExtractError> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| ExtractError::io(format!("Failed to create {}", dir.display()), e))?;
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
         path.file_name()
@@ -1038,6 +1061,21 @@ pub(crate) mod tests {
             x.cache
         );
         assert!(contents(&mut x.elf) == elf);
+        // A directory others can write to is not trusted.
+        let open = dir.join("open");
+        std::fs::DirBuilder::new()
+            .mode(0o777)
+            .create(&open)
+            .unwrap();
+        std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .unwrap();
+        let x = run(&img, Some(&open)).unwrap();
+        assert!(
+            matches!(x.cache, CacheUse::Memory(ref why) if why.ends_with("is writable by group or others")),
+            "{:?}",
+            x.cache
+        );
+        assert_eq!(std::fs::read_dir(&open).unwrap().count(), 0);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
