@@ -606,7 +606,7 @@ fn cache_dir_usable(dir: &Path) -> Result<(), String> {
             meta.uid()
         ));
     }
-    if meta.mode() & u32::from(libc::S_IWGRP | libc::S_IWOTH) != 0 {
+    if meta.mode() & (libc::S_IWGRP | libc::S_IWOTH) != 0 {
         return Err(format!("{} is writable by group or others", dir.display()));
     }
     Ok(())
@@ -864,10 +864,15 @@ pub(crate) mod tests {
         Compression::Lz4,
     ];
 
+    /// A bzImage around `elf` compressed with `c`, as Kbuild builds one.
+    pub fn bzimage_of(c: Compression, elf: &[u8]) -> Vec<u8> {
+        bzimage(&with_trailer(c, compress(c, elf), elf.len() as u32))
+    }
+
+    /// A bzImage around the fixture ELF, and that ELF.
     pub fn fixture(c: Compression) -> (Vec<u8>, Vec<u8>) {
         let elf = fixture_elf(true);
-        let img = bzimage(&with_trailer(c, compress(c, &elf), elf.len() as u32));
-        (img, elf)
+        (bzimage_of(c, &elf), elf)
     }
 
     /// A file holding `bytes`, in a directory of the test's own.
@@ -924,9 +929,7 @@ pub(crate) mod tests {
 
     #[test]
     fn lzo_is_recognised_and_refused() {
-        let elf = fixture_elf(true);
-        let c = Compression::Lzo;
-        let img = bzimage(&with_trailer(c, compress(c, &elf), elf.len() as u32));
+        let img = bzimage_of(Compression::Lzo, &fixture_elf(true));
         let e = run(&img, None).unwrap_err();
         assert!(
             matches!(e, ExtractError::Unsupported(Compression::Lzo)),
@@ -984,9 +987,7 @@ pub(crate) mod tests {
 
     #[test]
     fn an_elf_without_a_pvh_note_is_refused() {
-        let elf = fixture_elf(false);
-        let c = Compression::Lz4;
-        let img = bzimage(&with_trailer(c, compress(c, &elf), elf.len() as u32));
+        let img = bzimage_of(Compression::Lz4, &fixture_elf(false));
         let e = run(&img, None).unwrap_err();
         assert!(matches!(e, ExtractError::NotPvh(_)), "{e}");
     }

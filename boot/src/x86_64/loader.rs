@@ -837,7 +837,7 @@ mod tests {
     #[test]
     fn a_bzimage_with_a_pvh_payload_boots_through_pvh_and_falls_back_when_it_cannot() {
         use crate::x86_64::extract::tests::{
-            FIXTURE_ENTRY, bzimage, compress, fixture, fixture_elf, test_dir,
+            FIXTURE_ENTRY, bzimage_of, fixture, fixture_elf, test_dir,
         };
         use crate::x86_64::extract::{CacheUse, Compression};
         let dir = test_dir("loader");
@@ -896,28 +896,20 @@ mod tests {
         assert!(matches!(k.entry, BootEntry::Linux64 { rip: 0x10_0200, .. }));
 
         // A payload without a PVH note, or a corrupt one: the same fallback, saying why.
-        let no_pvh = fixture_elf(false);
-        let mut payload = compress(Compression::Lz4, &no_pvh);
-        payload.extend_from_slice(&(no_pvh.len() as u32).to_le_bytes());
-        std::fs::write(&path, bzimage(&payload)).unwrap();
-        let k = load(&path, "", &on).unwrap();
-        assert!(
-            matches!(k.path, KernelPath::Fallback(ref why) if why.contains("PVH")),
-            "{:?}",
-            k.path
-        );
-        assert!(matches!(k.entry, BootEntry::Linux64 { .. }));
         let mut corrupt = img.clone();
         let n = corrupt.len();
         corrupt[n - 64 - 4..n - 64].copy_from_slice(&7u32.to_le_bytes());
-        std::fs::write(&path, &corrupt).unwrap();
-        let k = load(&path, "", &on).unwrap();
-        assert!(
-            matches!(k.path, KernelPath::Fallback(ref why) if why.contains("corrupt lz4")),
-            "{:?}",
-            k.path
-        );
-        assert!(matches!(k.entry, BootEntry::Linux64 { .. }));
+        let no_pvh = bzimage_of(Compression::Lz4, &fixture_elf(false));
+        for (image, why) in [(no_pvh, "PVH"), (corrupt, "corrupt lz4")] {
+            std::fs::write(&path, &image).unwrap();
+            let k = load(&path, "", &on).unwrap();
+            assert!(
+                matches!(k.path, KernelPath::Fallback(ref reason) if reason.contains(why)),
+                "{:?}",
+                k.path
+            );
+            assert!(matches!(k.entry, BootEntry::Linux64 { .. }));
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
