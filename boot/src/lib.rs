@@ -24,7 +24,10 @@ pub use x86_64::acpi::{
     build_firmware_acpi,
 };
 pub use x86_64::layout::{MemoryLayout, RamRange};
-pub use x86_64::loader::{BootEntry, BootError, KernelFormat, LoadedKernel, load_kernel};
+pub use x86_64::loader::{
+    BootEntry, BootError, Extraction, KernelFormat, KernelPath, LoadedKernel, PreparedKernel,
+    load_kernel, prepare_kernel,
+};
 pub use x86_64::table_loader::{TableLoader, TableLoaderError};
 
 /// The guest physical memory type used by the whole VMM.

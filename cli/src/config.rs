@@ -33,6 +33,8 @@ pub const FALLBACK_NAME: &str = "rvmspawn";
 
 /// The environment variable that sets the guest's MAC for `--network-tap`, as in vmspawn.
 const NETWORK_MAC_ENV: &str = "SYSTEMD_VMSPAWN_NETWORK_MAC";
+/// `no` boots a bzImage through the 64-bit boot protocol instead of extracting its payload.
+const EXTRACT_KERNEL_ENV: &str = "RVMSPAWN_EXTRACT_KERNEL";
 
 /// The guest MAC from `$SYSTEMD_VMSPAWN_NETWORK_MAC`, if set; a bad value is an error naming
 /// the variable (EINVAL), as in vmspawn.
@@ -71,6 +73,8 @@ pub struct Host {
     pub debug: bool,
     /// `$SYSTEMD_VMSPAWN_NETWORK_MAC`: the guest's MAC for `--network-tap`.
     pub network_mac: Option<std::ffi::OsString>,
+    /// `$RVMSPAWN_EXTRACT_KERNEL` and the cache directory for extracted kernels.
+    pub kernel_extraction: vmm::KernelExtraction,
 }
 
 impl Host {
@@ -113,8 +117,46 @@ impl Host {
             firmware_search,
             debug,
             network_mac: std::env::var_os(NETWORK_MAC_ENV),
+            kernel_extraction: kernel_extraction(
+                std::env::var_os(EXTRACT_KERNEL_ENV).as_deref(),
+                env_path("XDG_CACHE_HOME").as_deref(),
+                env_path("HOME").as_deref(),
+                // SAFETY: geteuid() has no preconditions and cannot fail.
+                unsafe { libc::geteuid() } == 0,
+            )?,
         })
     }
+}
+
+/// Whether bzImages are extracted (`$RVMSPAWN_EXTRACT_KERNEL`, a boolean, default yes) and
+/// where the extracted kernels are cached: `$XDG_CACHE_HOME/rvmspawn` when that is set (an
+/// absolute path), else `/var/cache/rvmspawn` for root and `$HOME/.cache/rvmspawn` for others;
+/// with none of them, kernels are extracted into memory, uncached.
+fn kernel_extraction(
+    value: Option<&OsStr>,
+    xdg_cache_home: Option<&Path>,
+    home: Option<&Path>,
+    root: bool,
+) -> Result<vmm::KernelExtraction, Failure> {
+    if let Some(value) = value {
+        let text = value.to_string_lossy();
+        let on = crate::parse::parse_boolean(&text).map_err(|_| {
+            Failure::new(
+                libc::EINVAL,
+                format!("Failed to parse ${EXTRACT_KERNEL_ENV} value '{text}': expected a boolean"),
+            )
+        })?;
+        if !on {
+            return Ok(vmm::KernelExtraction::Off);
+        }
+    }
+    let absolute = |p: &&Path| p.is_absolute();
+    let cache = match xdg_cache_home.filter(absolute) {
+        Some(xdg) => Some(xdg.join("rvmspawn")),
+        None if root => Some(PathBuf::from("/var/cache/rvmspawn")),
+        None => home.filter(absolute).map(|h| h.join(".cache/rvmspawn")),
+    };
+    Ok(vmm::KernelExtraction::On { cache })
 }
 
 /// The command line, parsed and checked value by value.
@@ -767,6 +809,8 @@ impl Settings {
             mem_bytes: self.mem_bytes,
             kernel,
             initrds,
+            // From the environment: prepare() fills it in from the Host.
+            kernel_extraction: vmm::KernelExtraction::default(),
             // vmspawn's root for --directory=, after the user's arguments, where vmspawn puts
             // it (the kernel takes the last root=, so these win).
             extra_cmdline: self
@@ -1024,7 +1068,53 @@ mod tests {
             firmware_search: firmware::SearchPath { dirs: Vec::new() },
             debug: false,
             network_mac: None,
+            kernel_extraction: vmm::KernelExtraction::Off,
         }
+    }
+
+    #[test]
+    fn kernel_extraction_comes_from_the_environment() {
+        let on = |cache: &str| vmm::KernelExtraction::On {
+            cache: Some(PathBuf::from(cache)),
+        };
+        let home = Some(Path::new("/home/u"));
+        let xdg = Some(Path::new("/x/cache"));
+        // XDG_CACHE_HOME wins, for root too; then /var/cache for root, ~/.cache for others.
+        assert_eq!(
+            kernel_extraction(None, xdg, home, true),
+            Ok(on("/x/cache/rvmspawn"))
+        );
+        assert_eq!(
+            kernel_extraction(None, None, home, true),
+            Ok(on("/var/cache/rvmspawn"))
+        );
+        assert_eq!(
+            kernel_extraction(None, None, home, false),
+            Ok(on("/home/u/.cache/rvmspawn"))
+        );
+        // Relative paths are ignored, as the XDG spec says; with nothing left, no cache.
+        assert_eq!(
+            kernel_extraction(None, Some(Path::new("rel")), Some(Path::new("h")), false),
+            Ok(vmm::KernelExtraction::On { cache: None })
+        );
+        for yes in ["1", "yes", "true", "on"] {
+            assert_eq!(
+                kernel_extraction(Some(OsStr::new(yes)), None, home, false),
+                Ok(on("/home/u/.cache/rvmspawn"))
+            );
+        }
+        for no in ["0", "no", "false", "off"] {
+            assert_eq!(
+                kernel_extraction(Some(OsStr::new(no)), xdg, home, false),
+                Ok(vmm::KernelExtraction::Off)
+            );
+        }
+        let e = kernel_extraction(Some(OsStr::new("maybe")), None, home, false).unwrap_err();
+        assert_eq!(e.errno, EINVAL);
+        assert_eq!(
+            e.message,
+            "Failed to parse $RVMSPAWN_EXTRACT_KERNEL value 'maybe': expected a boolean"
+        );
     }
 
     fn settings_on(host: &Host, argv: &[&str]) -> Result<Settings, Failure> {

@@ -79,6 +79,7 @@ fn prepare(
     let firmware = settings.firmware_boot(&host)?;
     let quiet = settings.quiet;
     let mut config = settings.into_vm_config(name, kvm, oem_strings, firmware);
+    config.kernel_extraction = host.kernel_extraction.clone();
     config.vsock.vhost_fd = passed.vhost_vsock.take();
     if !quiet {
         eprint!("{}", status_lines(&config));
@@ -215,6 +216,7 @@ mod tests {
             mem_bytes: 2 << 30,
             kernel: PathBuf::from("/boot/vmlinuz"),
             initrds: Vec::new(),
+            kernel_extraction: vmm::KernelExtraction::Off,
             extra_cmdline: Vec::new(),
             kvm: vmm::KvmSource::Open,
             shared_memory: false,

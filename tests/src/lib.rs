@@ -148,6 +148,16 @@ impl Results {
     }
 }
 
+/// Shell that builds `$D/uki.efi` from `$KERNEL`, `$INITRD` and an embedded command line, the
+/// way UKIs were assembled before ukify: sections added to the stub with objcopy.
+pub const UKI_BUILD: &str = r#"D=$(mktemp -d)
+STUB=/usr/lib/systemd/boot/efi/linuxx64.efi.stub
+[ -f "$STUB" ] || { echo "no $STUB (package systemd-boot-efi)"; exit 99; }
+printf 'rvmspawn.uki=embedded' > "$D/cmdline"
+printf 'ID=rvmspawn-test
+' > "$D/os-release"
+objcopy     --add-section .osrel="$D/os-release" --change-section-vma .osrel=0x20000     --add-section .cmdline="$D/cmdline" --change-section-vma .cmdline=0x30000     --add-section .linux="$KERNEL" --change-section-vma .linux=0x2000000     --add-section .initrd="$INITRD" --change-section-vma .initrd=0x4000000     "$STUB" "$D/uki.efi" || exit 98"#;
+
 /// A set of named shell snippets, each one boot, run in one go.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -163,7 +173,8 @@ impl Batch {
     }
 
     /// Add a step: `script` is POSIX shell run with `$RVMSPAWN`, `$KERNEL`, `$VMLINUX` and
-    /// `$INITRD` set; its exit status is the step's.
+    /// `$INITRD` set, and `$XDG_CACHE_HOME` a writable directory of the batch's own (where
+    /// rvmspawn caches the ELF it extracts from a bzImage); its exit status is the step's.
     pub fn step(mut self, name: &str, script: impl Into<String>) -> Self {
         self.steps.push((name.to_string(), script.into()));
         self
@@ -209,6 +220,10 @@ impl Batch {
             a.join("guest/vmlinux").display(),
             a.join("guest/initramfs.cpio.gz").display(),
         );
+        // One cache of extracted kernels for the whole batch, somewhere writable (the test
+        // host sees the repository read-only and has /var/cache on it): the batch's first
+        // bzImage boot extracts, the others hit the cache. Removed at the end.
+        head += "XDG_CACHE_HOME=$(mktemp -d \"${TMPDIR:-/tmp}/rvmspawn-test-cache.XXXXXX\")\nexport XDG_CACHE_HOME\n";
         // RVMSPAWN_TEST_STEPS=a,b runs only those steps (to rerun a few while working on them);
         // the tests of the others then fail as "did not run".
         let only = std::env::var("RVMSPAWN_TEST_STEPS").ok();
@@ -250,6 +265,7 @@ impl Batch {
                     "echo '@@RVMSPAWN-TEST-BEGIN {name}'\n( {step}\n) 2>&1 </dev/null\necho \"@@RVMSPAWN-TEST-END {name} rc=$?\"\n"
                 );
             }
+            script += "rm -rf \"$XDG_CACHE_HOME\"\n";
             std::fs::write(&path, script).expect("write the batch script");
             let (status, text) = run_streaming(command().current_dir(&root));
             eprintln!("batch ({mode:?}) exited {status}");

@@ -6,7 +6,7 @@
 
 use std::sync::OnceLock;
 
-use rvmspawn_tests::{Batch, Results, oem_strings, rvmspawn_name_uuid};
+use rvmspawn_tests::{Batch, Results, UKI_BUILD, oem_strings, rvmspawn_name_uuid};
 
 const T: &str = "timeout -s KILL 120";
 const UUID: &str = "3f6a0e8c-5b7d-4e21-9c44-0d2b7a1e6f55";
@@ -67,16 +67,6 @@ exit $rc"#
             .run()
     })
 }
-
-/// Shell that builds `$D/uki.efi` from `$KERNEL`, `$INITRD` and an embedded command line, the
-/// way UKIs were assembled before ukify: sections added to the stub with objcopy.
-const UKI_BUILD: &str = r#"D=$(mktemp -d)
-STUB=/usr/lib/systemd/boot/efi/linuxx64.efi.stub
-[ -f "$STUB" ] || { echo "no $STUB (package systemd-boot-efi)"; exit 99; }
-printf 'rvmspawn.uki=embedded' > "$D/cmdline"
-printf 'ID=rvmspawn-test
-' > "$D/os-release"
-objcopy     --add-section .osrel="$D/os-release" --change-section-vma .osrel=0x20000     --add-section .cmdline="$D/cmdline" --change-section-vma .cmdline=0x30000     --add-section .linux="$KERNEL" --change-section-vma .linux=0x2000000     --add-section .initrd="$INITRD" --change-section-vma .initrd=0x4000000     "$STUB" "$D/uki.efi" || exit 98"#;
 
 #[test]
 fn credentials_arrive_byte_exact_in_vmspawn_format() {

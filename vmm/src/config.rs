@@ -29,6 +29,10 @@ pub struct VmConfig {
     pub kernel: PathBuf,
     /// Initrds, loaded back to back in this order.
     pub initrds: Vec<PathBuf>,
+    /// Whether a bzImage booted directly is decompressed on the host and booted through PVH,
+    /// and where the extracted kernels are cached (`RVMSPAWN_EXTRACT_KERNEL=`, the cache
+    /// directory from the environment).
+    pub kernel_extraction: boot::Extraction,
     /// Extra kernel command-line arguments, appended after the defaults.
     pub extra_cmdline: Vec<String>,
     /// Where KVM comes from.

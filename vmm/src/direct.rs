@@ -28,6 +28,8 @@ pub struct DirectBoot {
     pub initrds: Vec<PathBuf>,
     /// Full kernel command line.
     pub cmdline: String,
+    /// The kernel, its bzImage payload extracted when it could be ([`boot::prepare_kernel`]).
+    pub prepared: Arc<boot::PreparedKernel>,
 }
 
 /// Load the kernel, write the boot tables and attach the platform devices.
@@ -39,7 +41,24 @@ pub fn build(
     mmio: &mut Bus,
 ) -> Result<Platform, Error> {
     let mem = ctx.mem;
-    let loaded = boot::load_kernel(mem, ctx.layout, &boot.kernel, &boot.initrds, &boot.cmdline)?;
+    let loaded = boot::load_kernel(
+        mem,
+        ctx.layout,
+        &boot.kernel,
+        &boot.initrds,
+        &boot.cmdline,
+        &boot.prepared,
+    )?;
+    // Which way a bzImage went (tests/tests/kernel_extract.rs reads these lines).
+    match &loaded.path {
+        boot::KernelPath::AsIs => {}
+        boot::KernelPath::Extracted { compression, cache } => debug!(
+            "Kernel: bzImage payload ({compression}) extracted to {cache}, booting through PVH"
+        ),
+        boot::KernelPath::Fallback(why) => {
+            debug!("Kernel: booting the bzImage through the 64-bit boot protocol: {why}")
+        }
+    }
     // Which entry the kernel gets, for debugging (and for the test that a vmlinux with a PVH
     // note really boots through PVH, tests/tests/boot.rs).
     match loaded.entry {

@@ -28,6 +28,7 @@ mod virtiofs;
 mod vsock;
 mod x86_64;
 
+pub use boot::Extraction as KernelExtraction;
 pub use boot::bls;
 pub use boot::{SmbiosError, parse_uuid};
 pub use config::{
@@ -492,6 +493,12 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
         .join(" ");
     let boot_spec = match firmware {
         None => machine::BootSpec::Direct(direct::DirectBoot {
+            // A bzImage's payload is extracted once per run, before the sandbox closes below
+            // (it may create the cache directory and its files); every boot loads the result.
+            prepared: std::sync::Arc::new(boot::prepare_kernel(
+                &config.kernel,
+                &config.kernel_extraction,
+            )?),
             kernel: config.kernel,
             initrds: config.initrds,
             cmdline,

@@ -17,6 +17,7 @@ use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header
 use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
 use vm_memory::{Bytes, GuestAddress};
 
+use super::extract::{self, Window};
 use super::layout::*;
 use crate::GuestMemoryMmap;
 
@@ -123,8 +124,44 @@ pub enum BootEntry {
     },
 }
 
+/// Whether a bzImage's compressed payload is extracted on the host and booted through its
+/// PVH entry (`RVMSPAWN_EXTRACT_KERNEL=`), and where extracted kernels are cached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Extraction {
+    /// Every bzImage boots through the 64-bit boot protocol and decompresses itself.
+    Off,
+    /// Extract, caching in this directory (`None`: into memory, uncached).
+    On {
+        /// The cache directory, created (0700) when missing.
+        cache: Option<PathBuf>,
+    },
+}
+
+/// The default: extract, uncached (the front end names the cache directory).
+impl Default for Extraction {
+    fn default() -> Extraction {
+        Extraction::On { cache: None }
+    }
+}
+
+/// Which way a kernel went into guest memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelPath {
+    /// Loaded as it is: an ELF, or a bzImage with extraction off.
+    AsIs,
+    /// A bzImage whose payload was extracted and loaded as an ELF.
+    Extracted {
+        /// The payload's compression.
+        compression: super::extract::Compression,
+        /// Where the ELF came from.
+        cache: super::extract::CacheUse,
+    },
+    /// A bzImage loaded as it is because its payload could not be extracted (the reason).
+    Fallback(String),
+}
+
 /// What was loaded and how to start it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadedKernel {
     /// Detected format.
     pub format: KernelFormat,
@@ -132,6 +169,8 @@ pub struct LoadedKernel {
     pub entry: BootEntry,
     /// Where the initrd went and its size, if any.
     pub initrd: Option<(u64, u64)>,
+    /// How the kernel was loaded.
+    pub path: KernelPath,
 }
 
 fn open(what: &'static str, path: &Path) -> Result<File, BootError> {
@@ -190,14 +229,87 @@ pub fn build_cmdline(parts: &[&str], max_with_nul: usize) -> Result<Vec<u8>, Boo
     Ok(bytes)
 }
 
+/// A kernel made ready for [`load_kernel`], once per run: a bzImage's payload extracted (or why
+/// not). Done before the sandbox closes, as it may create the cache directory and files; every
+/// boot of the run (a guest reboot too) then loads from the open file.
+#[derive(Debug)]
+pub struct PreparedKernel {
+    /// The extracted ELF, if any.
+    extracted: Option<extract::Extracted>,
+    /// Which way the kernel goes in.
+    path: KernelPath,
+}
+
+impl PreparedKernel {
+    /// Which way the kernel goes in (a failing load of an extracted ELF still falls back).
+    pub fn path(&self) -> &KernelPath {
+        &self.path
+    }
+}
+
+/// Extract `kernel`'s payload when it is a bzImage (or a UKI around one) and `extraction`
+/// allows it. A payload that cannot be extracted is no error: the kernel then boots through
+/// the 64-bit boot protocol, and the prepared kernel says why.
+pub fn prepare_kernel(kernel: &Path, extraction: &Extraction) -> Result<PreparedKernel, BootError> {
+    let file = open("kernel", kernel)?;
+    let uki = inspect_uki(&file, kernel)?;
+    let (start, len) = match &uki {
+        Some(u) => (u.linux.offset, u.linux.size),
+        None => (
+            0,
+            file.metadata()
+                .map_err(|source| BootError::Open {
+                    what: "kernel",
+                    path: kernel.to_owned(),
+                    source,
+                })?
+                .len(),
+        ),
+    };
+    let format = detect(&mut Window::new(&file, start, len), kernel)?;
+    let cache = match (format, extraction) {
+        (KernelFormat::Elf, _) => {
+            return Ok(PreparedKernel {
+                extracted: None,
+                path: KernelPath::AsIs,
+            });
+        }
+        (KernelFormat::BzImage, Extraction::Off) => {
+            return Ok(PreparedKernel {
+                extracted: None,
+                path: KernelPath::Fallback("extraction is off (RVMSPAWN_EXTRACT_KERNEL=no)".into()),
+            });
+        }
+        (KernelFormat::BzImage, Extraction::On { cache }) => cache,
+    };
+    Ok(
+        match extract::extract(&mut Window::new(&file, start, len), cache.as_deref()) {
+            Ok(x) => PreparedKernel {
+                path: KernelPath::Extracted {
+                    compression: x.payload.compression,
+                    cache: x.cache.clone(),
+                },
+                extracted: Some(x),
+            },
+            Err(e) => PreparedKernel {
+                extracted: None,
+                path: KernelPath::Fallback(e.to_string()),
+            },
+        },
+    )
+}
+
 /// Load `kernel`, `initrds` (concatenated, each part 4-byte aligned) and `cmdline` into `mem`,
-/// write the boot protocol structures, and say how to enter the kernel.
+/// write the boot protocol structures, and say how to enter the kernel. A bzImage (or a UKI's)
+/// whose payload [`prepare_kernel`] extracted boots as that ELF, through its PVH entry;
+/// otherwise through the 64-bit boot protocol.
 pub fn load_kernel(
     mem: &GuestMemoryMmap,
     layout: &MemoryLayout,
     kernel: &Path,
     initrds: &[PathBuf],
     cmdline: &str,
+    prepared: &PreparedKernel,
 ) -> Result<LoadedKernel, BootError> {
     let file = open("kernel", kernel)?;
     let uki = inspect_uki(&file, kernel)?;
@@ -206,37 +318,68 @@ pub fn load_kernel(
         path: kernel.to_owned(),
         source,
     };
-    // A UKI's kernel is its .linux section: read into memory (a few MiB) and loaded from there.
-    let mut image = match &uki {
-        Some(u) => {
-            let mut payload = vec![0u8; u.linux.size as usize];
-            std::os::unix::fs::FileExt::read_exact_at(&file, &mut payload, u.linux.offset)
-                .map_err(read_err)?;
-            KernelImage::Payload(std::io::Cursor::new(payload))
-        }
-        None => KernelImage::File(file.try_clone().map_err(read_err)?),
+    let (start, len) = match &uki {
+        Some(u) => (u.linux.offset, u.linux.size),
+        None => (0, file.metadata().map_err(read_err)?.len()),
     };
-    let format = match &mut image {
-        KernelImage::File(f) => detect(f, kernel)?,
-        KernelImage::Payload(c) => detect(c, kernel)?,
-    };
+    let format = detect(&mut Window::new(&file, start, len), kernel)?;
     let load_err = |source| BootError::Load {
         path: kernel.to_owned(),
         source,
     };
     let himem = Some(GuestAddress(HIGH_MEMORY_START));
-    let result = match (&mut image, format) {
-        (KernelImage::File(f), KernelFormat::BzImage) => BzImage::load(mem, None, f, himem),
-        (KernelImage::File(f), KernelFormat::Elf) => Elf::load(mem, None, f, himem),
-        (KernelImage::Payload(c), KernelFormat::BzImage) => BzImage::load(mem, None, c, himem),
-        (KernelImage::Payload(c), KernelFormat::Elf) => Elf::load(mem, None, c, himem),
+    let mut path = prepared.path.clone();
+    let mut extracted = None;
+    if let Some(x) = &prepared.extracted {
+        let tried = x
+            .elf
+            .try_clone()
+            .and_then(|mut f| f.seek(SeekFrom::Start(0)).map(|_| f))
+            .map_err(|e| e.to_string())
+            .and_then(|mut f| Elf::load(mem, None, &mut f, himem).map_err(|e| e.to_string()));
+        match tried {
+            Ok(loaded) => extracted = Some((loaded, x.payload.cmdline_size)),
+            Err(e) => {
+                path = KernelPath::Fallback(format!("Failed to load the extracted kernel: {e}"))
+            }
+        }
     }
-    .map_err(load_err)?;
+    let (result, cmdline_size) = match extracted {
+        Some(loaded) => loaded,
+        None => {
+            // A UKI's kernel is its .linux section: read into memory (a few MiB) and loaded
+            // from there.
+            let mut image = match &uki {
+                Some(_) => {
+                    let mut payload = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+                    std::os::unix::fs::FileExt::read_exact_at(&file, &mut payload, start)
+                        .map_err(read_err)?;
+                    KernelImage::Payload(std::io::Cursor::new(payload))
+                }
+                None => KernelImage::File(file_clone(&file, kernel)?),
+            };
+            let result = match (&mut image, format) {
+                (KernelImage::File(f), KernelFormat::BzImage) => BzImage::load(mem, None, f, himem),
+                (KernelImage::File(f), KernelFormat::Elf) => Elf::load(mem, None, f, himem),
+                (KernelImage::Payload(c), KernelFormat::BzImage) => {
+                    BzImage::load(mem, None, c, himem)
+                }
+                (KernelImage::Payload(c), KernelFormat::Elf) => Elf::load(mem, None, c, himem),
+            }
+            .map_err(load_err)?;
+            let size = result.setup_header.map_or(0, |h| h.cmdline_size);
+            (result, size)
+        }
+    };
+    // An extracted ELF boots as an ELF.
+    let format = match path {
+        KernelPath::Extracted { .. } => KernelFormat::Elf,
+        _ => format,
+    };
 
     let header = result.setup_header;
     // The kernel's own limit wins when it is stricter than x86's COMMAND_LINE_SIZE.
-    let max = header
-        .map(|h| h.cmdline_size as usize + 1)
+    let max = Some(cmdline_size as usize + 1)
         .filter(|&m| m > 1)
         .map_or(CMDLINE_MAX_SIZE, |m| m.min(CMDLINE_MAX_SIZE));
     let cmdline = build_cmdline(&[cmdline], max)?;
@@ -304,6 +447,7 @@ pub fn load_kernel(
         format,
         entry,
         initrd,
+        path,
     })
 }
 
@@ -311,7 +455,7 @@ fn align_up(v: u64, a: u64) -> Option<u64> {
     v.checked_add(a - 1).map(|x| x & !(a - 1))
 }
 
-/// The kernel image being loaded.
+/// The kernel image being loaded as it is.
 enum KernelImage {
     /// A bzImage or ELF file.
     File(File),
@@ -629,6 +773,14 @@ pub fn write_boot_cpu_tables(mem: &GuestMemoryMmap) -> Result<(), BootError> {
 mod tests {
     use super::*;
 
+    /// A kernel loaded as it is.
+    fn unprepared() -> PreparedKernel {
+        PreparedKernel {
+            extracted: None,
+            path: KernelPath::AsIs,
+        }
+    }
+
     #[test]
     fn gdt_entries_match_the_intel_encoding() {
         assert_eq!(gdt_entry(0xa09b, 0, 0xfffff), 0x00af_9b00_0000_ffff);
@@ -660,7 +812,7 @@ mod tests {
         std::fs::write(&path, b"hello, this is not a kernel").unwrap();
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
         let layout = MemoryLayout::new(64 << 20);
-        let e = load_kernel(&mem, &layout, &path, &[], "").unwrap_err();
+        let e = load_kernel(&mem, &layout, &path, &[], "", &unprepared()).unwrap_err();
         assert!(matches!(e, BootError::NotAKernel(_)), "{e}");
         assert_eq!(e.errno(), libc::ENOEXEC);
         // The early check says the same, from the headers alone.
@@ -676,8 +828,88 @@ mod tests {
             check_kernel(&dir.join("missing")).unwrap_err().errno(),
             libc::ENOENT
         );
-        let e = load_kernel(&mem, &layout, &dir.join("missing"), &[], "").unwrap_err();
+        let e =
+            load_kernel(&mem, &layout, &dir.join("missing"), &[], "", &unprepared()).unwrap_err();
         assert_eq!(e.errno(), libc::ENOENT);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_bzimage_with_a_pvh_payload_boots_through_pvh_and_falls_back_when_it_cannot() {
+        use crate::x86_64::extract::tests::{
+            FIXTURE_ENTRY, bzimage_of, fixture, fixture_elf, test_dir,
+        };
+        use crate::x86_64::extract::{CacheUse, Compression};
+        let dir = test_dir("loader");
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
+        let layout = MemoryLayout::new(64 << 20);
+        let on = Extraction::On { cache: None };
+        let load = |path: &Path, cmdline: &str, extraction: &Extraction| {
+            let prepared = prepare_kernel(path, extraction)?;
+            load_kernel(&mem, &layout, path, &[], cmdline, &prepared)
+        };
+        let (img, elf) = fixture(Compression::Lz4);
+        let path = dir.join("bzImage");
+        std::fs::write(&path, &img).unwrap();
+        let k = load(&path, "console=ttyS0", &on).unwrap();
+        assert_eq!(k.format, KernelFormat::Elf);
+        assert!(
+            matches!(
+                k.path,
+                KernelPath::Extracted {
+                    compression: Compression::Lz4,
+                    cache: CacheUse::Memory(_)
+                }
+            ),
+            "{:?}",
+            k.path
+        );
+        assert_eq!(
+            k.entry,
+            BootEntry::Pvh {
+                rip: u64::from(FIXTURE_ENTRY),
+                start_info: PVH_INFO_START
+            }
+        );
+        // The ELF's segment is where its header says, not the compressed payload.
+        let mut loaded = vec![0u8; 4096];
+        mem.read_slice(&mut loaded, GuestAddress(0x0100_0000))
+            .unwrap();
+        assert_eq!(loaded, elf[0x1000..0x2000]);
+        // Every boot of a run (a reboot) loads the prepared kernel again.
+        let prepared = prepare_kernel(&path, &on).unwrap();
+        for _ in 0..2 {
+            let k = load_kernel(&mem, &layout, &path, &[], "", &prepared).unwrap();
+            assert!(matches!(k.entry, BootEntry::Pvh { .. }));
+        }
+        // The bzImage's own command-line limit still applies.
+        let e = load(&path, &"x".repeat(2048), &on).unwrap_err();
+        assert!(
+            matches!(e, BootError::CmdlineTooLong { max: 2048, .. }),
+            "{e}"
+        );
+
+        // Off: the 64-bit boot protocol, as before.
+        let k = load(&path, "", &Extraction::Off).unwrap();
+        assert_eq!(k.format, KernelFormat::BzImage);
+        assert!(matches!(k.path, KernelPath::Fallback(ref why) if why.contains("off")));
+        assert!(matches!(k.entry, BootEntry::Linux64 { rip: 0x10_0200, .. }));
+
+        // A payload without a PVH note, or a corrupt one: the same fallback, saying why.
+        let mut corrupt = img.clone();
+        let n = corrupt.len();
+        corrupt[n - 64 - 4..n - 64].copy_from_slice(&7u32.to_le_bytes());
+        let no_pvh = bzimage_of(Compression::Lz4, &fixture_elf(false));
+        for (image, why) in [(no_pvh, "PVH"), (corrupt, "corrupt lz4")] {
+            std::fs::write(&path, &image).unwrap();
+            let k = load(&path, "", &on).unwrap();
+            assert!(
+                matches!(k.path, KernelPath::Fallback(ref reason) if reason.contains(why)),
+                "{:?}",
+                k.path
+            );
+            assert!(matches!(k.entry, BootEntry::Linux64 { .. }));
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -2,6 +2,7 @@
 //! table-loader script that hands them to firmware.
 
 pub mod acpi;
+pub mod extract;
 pub mod layout;
 pub mod loader;
 pub mod table_loader;
