@@ -142,6 +142,7 @@ impl Machine {
         console: crate::console::ConsoleSink,
     ) -> Result<Machine, Error> {
         let vm = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
+        crate::log::phase("VM created");
         vm.set_tss_address(KVM_TSS_START as usize)
             .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
         vm.set_identity_map_address(KVM_IDENTITY_MAP_START)
@@ -154,6 +155,7 @@ impl Machine {
             ..Default::default()
         };
         vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+        crate::log::phase("in-kernel devices created");
 
         let layout = match &spec.boot {
             BootSpec::Direct(_) => MemoryLayout::new(spec.mem_bytes),
@@ -162,6 +164,7 @@ impl Machine {
         let ram = memory::create(&layout, spec.memory)?;
         let mem = &ram.mem;
         memory::register(&vm, mem)?;
+        crate::log::phase("memory mapped");
         let vcpus_u8 = u8::try_from(spec.vcpus).map_err(|_| Error::TooManyVcpus {
             requested: spec.vcpus,
             max: crate::MAX_VCPUS,
@@ -313,6 +316,7 @@ impl Machine {
             fds.push(vcpu);
         }
 
+        crate::log::phase("devices and vCPUs set up");
         vcpu::install_kick_handler()?;
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::with_capacity(fds.len());
@@ -351,6 +355,7 @@ impl Machine {
             return true;
         }
         let all = vcpu::stop_all(std::mem::take(&mut self.threads), &self.stop);
+        crate::log::phase("vCPUs stopped");
         if !all {
             // The vCPU left running may still enter the guest: its memory must stay mapped.
             std::mem::forget(self._ram.take());
