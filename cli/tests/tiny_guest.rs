@@ -1087,3 +1087,31 @@ fn a_forbidden_system_call_leaves_the_terminal_as_it_was() {
         "the terminal stayed raw: {text}"
     );
 }
+
+#[test]
+fn a_direct_boot_has_no_pit() {
+    // Program the PIT's counter 0 (lobyte/hibyte, mode 2, count 0x12), latch its status with a
+    // read-back command and print the status byte between two markers. An 8254 answers
+    // 0x34 (plus its OUTPUT and NULL COUNT bits); a port nothing serves reads all ones.
+    let mut code = mov_dx(0x43);
+    code.extend([0xb0, 0x34, 0xee]); // mode: counter 0, lobyte/hibyte, mode 2
+    code.extend(mov_dx(0x40));
+    code.extend([0xb0, 0x12, 0xee, 0xb0, 0x00, 0xee]); // count 0x0012
+    code.extend(mov_dx(0x43));
+    code.extend([0xb0, 0xe2, 0xee]); // read-back: status only, counter 0
+    code.extend(print(b"PIT status: "));
+    code.extend(mov_dx(0x40));
+    code.push(0xec); // in al, dx
+    code.extend(mov_dx(0x3f8));
+    code.push(0xee); // out dx, al
+    code.extend(print(b"\n"));
+    code.extend(poweroff());
+    let k = write_guest("pit", &code);
+    let (out, rc) = run(&k, &[], b"");
+    assert_eq!(rc, Some(0));
+    assert!(
+        contains(&out, b"PIT status: \xff\n"),
+        "the direct boot's guest has a PIT: {:?}",
+        String::from_utf8_lossy(&out)
+    );
+}
