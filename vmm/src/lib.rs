@@ -23,6 +23,7 @@ mod q35;
 mod runtime;
 mod seccomp;
 mod swtpm;
+mod teardown;
 mod vcpu;
 mod virtiofs;
 mod vsock;
@@ -616,7 +617,11 @@ fn run_vm(mut config: VmConfig) -> Result<RunOutcome, Error> {
             }
             output.set_abandon(true);
             let stopping = std::time::Instant::now();
-            let stopped = machine.stop();
+            let stopped = if ending {
+                machine.finish()
+            } else {
+                machine.stop()
+            };
             log::phase("machine released");
             debug!("Machine stopped in {} ms.", stopping.elapsed().as_millis());
             output.set_abandon(false);

@@ -3,6 +3,7 @@
 //! A guest reset throws the whole machine away and builds a new one from the same
 //! [`MachineSpec`]: the cheapest way to get every device and vCPU back to its power-on state.
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
@@ -355,6 +356,25 @@ impl Machine {
     /// not is left to the process's exit, and the guest's memory with it).
     pub fn stop(mut self) -> bool {
         self.stop_vcpus()
+    }
+
+    /// Stop every vCPU and release the machine at the end of the run: as [`Machine::stop`], but
+    /// the VM's destruction is left to a short-lived child ([`crate::teardown`]), so rvmspawn can
+    /// exit without waiting for it.
+    pub fn finish(mut self) -> bool {
+        let all = self.stop_vcpus();
+        // A vCPU that did not stop keeps the VM and its memory: nothing to hand over then.
+        let handoff = if all {
+            crate::teardown::hand_off(self._vm.as_raw_fd())
+        } else {
+            None
+        };
+        crate::log::phase("VM handed off");
+        // Our references go first (the VM's descriptor closes at no cost: the child holds it)...
+        drop(self);
+        // ...then the child may destroy the VM.
+        drop(handoff);
+        all
     }
 
     fn stop_vcpus(&mut self) -> bool {
