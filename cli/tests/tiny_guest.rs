@@ -1087,3 +1087,107 @@ fn a_forbidden_system_call_leaves_the_terminal_as_it_was() {
         "the terminal stayed raw: {text}"
     );
 }
+
+#[test]
+fn a_direct_boot_has_no_pit() {
+    // Program the PIT's counter 0 (lobyte/hibyte, mode 2, count 0x12), latch its status with a
+    // read-back command and print the status byte between two markers. An 8254 answers
+    // 0x34 (plus its OUTPUT and NULL COUNT bits); a port nothing serves reads all ones.
+    let mut code = mov_dx(0x43);
+    code.extend([0xb0, 0x34, 0xee]); // mode: counter 0, lobyte/hibyte, mode 2
+    code.extend(mov_dx(0x40));
+    code.extend([0xb0, 0x12, 0xee, 0xb0, 0x00, 0xee]); // count 0x0012
+    code.extend(mov_dx(0x43));
+    code.extend([0xb0, 0xe2, 0xee]); // read-back: status only, counter 0
+    code.extend(print(b"PIT status: "));
+    code.extend(mov_dx(0x40));
+    code.push(0xec); // in al, dx
+    code.extend(mov_dx(0x3f8));
+    code.push(0xee); // out dx, al
+    code.extend(print(b"\n"));
+    code.extend(poweroff());
+    let k = write_guest("pit", &code);
+    let (out, rc) = run(&k, &[], b"");
+    assert_eq!(rc, Some(0));
+    assert!(
+        contains(&out, b"PIT status: \xff\n"),
+        "the direct boot's guest has a PIT: {:?}",
+        String::from_utf8_lossy(&out)
+    );
+}
+
+/// The environment variable that makes [`the_teardown_probe`] run (in its own process).
+const TEARDOWN_PROBE: &str = "RVMSPAWN_TEST_TEARDOWN_PROBE";
+
+#[test]
+fn the_vm_is_destroyed_after_rvmspawn_has_exited() {
+    // The probe makes its process a subreaper, which must not take the children of the other
+    // tests of this binary: it runs alone, in a process of its own.
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "the_teardown_probe",
+            "--include-ignored",
+            "--nocapture",
+        ])
+        .env(TEARDOWN_PROBE, "1")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "the probe did not run: {text}");
+}
+
+/// Run by [`the_vm_is_destroyed_after_rvmspawn_has_exited`] in a process of its own: as a
+/// subreaper, this process inherits whatever rvmspawn leaves running when it exits. The VM's
+/// destruction must be such a process (a child that outlives rvmspawn), which must then end on
+/// its own; and what the caller waits for (the output's end of file, the TAP device) must be
+/// released before rvmspawn's exit.
+#[test]
+#[ignore = "run by the_vm_is_destroyed_after_rvmspawn_has_exited, in a process of its own"]
+fn the_teardown_probe() {
+    if std::env::var_os(TEARDOWN_PROBE).is_none() {
+        return;
+    }
+    // SAFETY: a prctl with no pointer arguments.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(rc, 0);
+    let name = format!("td{}", std::process::id() % 100_000);
+    let tap = format!("vt-{name}");
+    let taps = can_create_taps();
+    let mut code = print(b"hello\n");
+    code.extend(poweroff());
+    let k = write_guest("teardown", &code);
+    let mut args = vec!["--qemu-vsock=no", "-M", name.as_str()];
+    if taps {
+        args.push("-n");
+    }
+    let (out, rc) = run(&k, &args, b"");
+    assert_eq!(rc, Some(0));
+    assert!(contains(&out, b"hello\n"));
+    if taps {
+        assert!(!link_exists(&tap), "{tap} is left when rvmspawn has exited");
+    }
+    // rvmspawn is reaped (by `run`); the VM's teardown is a process it left to us.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut status = 0;
+    let pid = loop {
+        // SAFETY: waits for any child of this process, writing its status into `status`.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid != 0 {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the teardown child did not end within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(
+        pid > 0,
+        "no child outlived rvmspawn: the VM was destroyed before its exit ({})",
+        std::io::Error::last_os_error()
+    );
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+}

@@ -23,6 +23,7 @@ mod q35;
 mod runtime;
 mod seccomp;
 mod swtpm;
+mod teardown;
 mod vcpu;
 mod virtiofs;
 mod vsock;
@@ -333,7 +334,14 @@ pub(crate) fn random_u64() -> u64 {
 }
 
 /// Build the VM described by `config` and run it until it ends.
-pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
+pub fn run(config: VmConfig) -> Result<RunOutcome, Error> {
+    let result = run_vm(config);
+    // Everything of the run is released: the terminal, the helpers, the run directory.
+    log::phase("run returned");
+    result
+}
+
+fn run_vm(mut config: VmConfig) -> Result<RunOutcome, Error> {
     // A VMM bug must not leave the terminal raw or the run directory behind (the release
     // build aborts on a panic, so no destructor runs).
     cleanup::install_panic_hook();
@@ -341,7 +349,9 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
     // The filters are compiled before any thread starts (each thread installs its own).
     seccomp::prepare()?;
     log::prepare();
+    log::phase("start");
     let kvm = kvm::open(config.kvm)?;
+    log::phase("KVM opened");
     let max = MAX_VCPUS.min(u32::try_from(kvm.get_max_vcpus()).unwrap_or(MAX_VCPUS));
     if config.vcpus == 0 || config.vcpus > max {
         return Err(Error::TooManyVcpus {
@@ -601,6 +611,7 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
                 });
             }
             let outcome = console.run(&machine);
+            log::phase("guest stopped");
             let ending = !matches!(outcome, Ok(event_loop::Outcome::Reset));
             if ending {
                 // A signal from now on ends the process at once, whatever holds the stop up.
@@ -613,7 +624,12 @@ pub fn run(mut config: VmConfig) -> Result<RunOutcome, Error> {
             }
             output.set_abandon(true);
             let stopping = std::time::Instant::now();
-            let stopped = machine.stop();
+            let stopped = if ending {
+                machine.finish()
+            } else {
+                machine.stop()
+            };
+            log::phase("machine released");
             debug!("Machine stopped in {} ms.", stopping.elapsed().as_millis());
             output.set_abandon(false);
             match outcome? {

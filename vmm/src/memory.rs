@@ -152,6 +152,11 @@ fn map_aligned(len: usize, file: Option<(&File, u64)>) -> Result<(Mapping, i32),
     if unsafe { libc::madvise(p, len, libc::MADV_DONTDUMP) } < 0 {
         return Err(os_err());
     }
+    // Not inherited by a fork: the child that destroys the VM at the end (see `teardown`) needs
+    // none of it, and copying its page tables would cost the parent time. A failure only costs
+    // that time.
+    // SAFETY: advice on our own mapping, which changes no contents.
+    unsafe { libc::madvise(p, len, libc::MADV_DONTFORK) };
     Ok((mapping, flags))
 }
 

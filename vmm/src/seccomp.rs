@@ -323,6 +323,19 @@ fn own(kind: Kind) -> Vec<Allow> {
                 SYS_clone3,
                 "answered ENOSYS by a second filter (its flags are in memory a filter cannot read), so glibc falls back to clone"
             ),
+            allow!(
+                SYS_clone,
+                Args::OneOf(0, &[libc::SIGCHLD as u64]),
+                "a plain fork (SIGCHLD only) at the end of the run: the child that destroys the VM (teardown.rs)"
+            ),
+            allow!(
+                SYS_pipe2,
+                "the teardown child's two pipes, at the end of the run"
+            ),
+            allow!(
+                SYS_close_range,
+                "the teardown child closes every descriptor but the VM's"
+            ),
             allow!(SYS_memfd_create, "guest RAM (shared memfd) at every boot"),
             allow!(SYS_ftruncate, "sizing the guest RAM memfd"),
             allow!(SYS_epoll_create1, "the event loop's epoll, at every boot"),

@@ -196,6 +196,9 @@ pub fn spawn(
             let mut vcpu = vcpu;
             // Dropped before `vcpu`: the handler never sees a pointer into an unmapped run.
             let _run = RunPointer::set(&mut vcpu);
+            if id == 0 {
+                crate::log::phase("first guest entry");
+            }
             while !stop.load(Ordering::Acquire) {
                 if let Some(event) = run_once(id, &mut vcpu, &buses) {
                     events.report(event);
