@@ -46,7 +46,19 @@ measure=$scripts/bench-boot-measure.py
 
 vmlinux=.cache/assets/guest/vmlinux
 uki=.cache/assets/firmware/uki.efi
-rvmspawn_common=("$rvmspawn" -q --tpm=no --qemu-mem=512M --qemu-smp=1 --qemu-vsock=no)
+out=$(mktemp -d)
+# Every VMM reads its kernel, initramfs and UKI from the test host's own tmpfs, not through
+# 9p from this machine: 9p reads under emulation cost hundreds of milliseconds for the 53 MiB
+# vmlinux, which would be charged to whichever file a VMM happens to read.
+mkdir -p "$out/assets"
+for f in kernel initrd vmlinux uki; do
+    [ -f "${!f}" ] || continue
+    cp "${!f}" "$out/assets/"
+    printf -v "$f" '%s' "$out/assets/$(basename "${!f}")"
+done
+# At debug level rvmspawn prints its phases for the breakdown (a few lines).
+rvmspawn_common=(env SYSTEMD_LOG_LEVEL=debug "$rvmspawn" -q --tpm=no --qemu-mem=512M --qemu-smp=1
+    --qemu-vsock=no)
 # The same kernel three ways: Debian's bzImage, the ELF inside it, and a UKI
 # around that bzImage and the same initramfs (its embedded command line plus
 # "quiet").
@@ -67,7 +79,6 @@ cmd_pc=(qemu-system-x86_64 -M pc "${qemu_common[@]}" -kernel "$kernel")
 labels=(rvmspawn rvmspawn-vmlinux rvmspawn-uki qemu-microvm qemu-pc)
 [ -f "$vmlinux" ] && [ -f "$uki" ] ||
     { echo "bench-boot: $vmlinux or $uki is missing (scripts/assets.sh builds them)" >&2; exit 1; }
-out=$(mktemp -d)
 if [ "$directory" = 1 ]; then
     tree=$out/tree
     mkdir -p "$tree/bin" "$tree/sbin" "$tree/proc" "$tree/dev" "$tree/sys"
@@ -125,6 +136,9 @@ print(m["executable"]["filename"], m["nvram-template"]["filename"])' "$descripto
     labels=(rvmspawn qemu-q35)
 fi
 results=$out/results
+# Extracted kernels are cached per user; root's cache (/var/cache) is read-only in the test
+# host, so the cache lives with this run (the warm-up boot fills it).
+export XDG_CACHE_HOME=$out/cache
 : >"$results"
 
 have_rvmspawn=1

@@ -9,12 +9,17 @@
       as its only child. Appends "LABEL init_ms total_ms rss_kb status" to
       RESULTS and the VMM's output to LOG. A boot that does not end within
       RVMSPAWN_BENCH_BOOT_TIMEOUT seconds (default 120) is killed.
+      rvmspawn at debug level (SYSTEMD_LOG_LEVEL=debug) prints "Phase: WHAT at
+      SECONDS" lines on the same CLOCK_MONOTONIC as time.monotonic(); those
+      phases, the guest's first output line, /init and the exit are appended
+      to RESULTS.phases as "LABEL PHASE=MS...".
   bench-boot-measure.py summary RESULTS LABEL...
       Print medians per LABEL (in that order) and the ratios of the first
       LABEL to each of the others.
 """
 
 import os
+import re
 import selectors
 import signal
 import statistics
@@ -24,6 +29,14 @@ import tempfile
 import time
 
 INIT_LINE = b"RVMSPAWN-GUEST-INIT"
+PHASE = re.compile(rb"^Phase: (.*) at (\d+\.\d+)\r?$")
+# rvmspawn's own lines at debug level that can follow the guest's first entry (its other
+# lines come before it, and the guest's first line is looked for only after it).
+OWN_LINE = re.compile(rb"^(Phase: |Guest |Machine |rvmspawn: )")
+# The phases shown, in order, as (name in the Phase line or a pseudo-phase, column title).
+PHASES = [("start", "start"), ("first guest entry", "guest-entry"),
+          ("first output", "first-line"), ("init", "/init"),
+          ("guest stopped", "guest-stop"), ("exit", "exit")]
 
 
 def run(label, results, log, cmd):
@@ -34,6 +47,8 @@ def run(label, results, log, cmd):
     t_init = None
     status = "ok"
     out = bytearray()
+    phases = {}
+    lines_pending = b""
     t0 = time.monotonic()
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
@@ -61,6 +76,15 @@ def run(label, results, log, cmd):
                 break
             now = time.monotonic()
             out += chunk
+            lines_pending += chunk
+            *complete, lines_pending = lines_pending.split(b"\n")
+            for line in complete:
+                m = PHASE.match(line)
+                if m:
+                    phases.setdefault(m.group(1).decode(), float(m.group(2)) - t0)
+                elif ("first guest entry" in phases and line.strip()
+                      and not OWN_LINE.match(line)):
+                    phases.setdefault("first output", now - t0)
             if t_init is None:
                 pending += chunk
                 if INIT_LINE in pending:
@@ -89,6 +113,13 @@ def run(label, results, log, cmd):
     line = "%s %s %s %s %s" % (label, init_ms, total_ms, rss, status)
     with open(results, "a") as f:
         f.write(line + "\n")
+    if status == "ok" and "start" in phases:
+        phases["init"] = t_init - t0
+        phases["exit"] = t_exit - t0
+        with open(results + ".phases", "a") as f:
+            f.write("%s %s\n" % (label, " ".join(
+                "%s=%.1f" % (name.replace(" ", "_"), phases[name] * 1000)
+                for name, _ in PHASES if name in phases)))
     with open(log, "ab") as f:
         f.write(b"==== %s: %s\n" % (label.encode(), line.encode()))
         f.write(out)
@@ -140,12 +171,41 @@ def summary(results, labels):
                 print("%-28s n/a (a VMM failed)" % name)
 
 
+def phase_summary(results, labels):
+    """Medians of each phase (ms from the spawn) per label that has them."""
+    try:
+        with open(results + ".phases") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return
+    rows = {}
+    for line in lines:
+        label, *fields = line.split()
+        for field in fields:
+            name, ms = field.split("=")
+            rows.setdefault(label, {}).setdefault(name.replace("_", " "), []).append(float(ms))
+    if not rows:
+        return
+    print()
+    print("rvmspawn's phases, median ms from the start of the process (VMM start-up is the")
+    print("time to 'start' and 'guest-entry'; the guest's own boot runs from 'guest-entry' to")
+    print("'/init'; 'first-line' is the guest's first console line, /init's with 'quiet'):")
+    print("%-18s" % "" + "".join("%12s" % title for _, title in PHASES))
+    for label in labels:
+        if label not in rows:
+            continue
+        print("%-18s" % label + "".join(
+            "%12.0f" % statistics.median(rows[label][name]) if name in rows[label] else "%12s" % "-"
+            for name, _ in PHASES))
+
+
 def main():
     args = sys.argv[1:]
     if len(args) >= 5 and args[0] == "run" and args[4] == "--":
         sys.exit(run(args[1], args[2], args[3], args[5:]))
     if len(args) >= 3 and args[0] == "summary":
         summary(args[1], args[2:])
+        phase_summary(args[1], args[2:])
         return
     sys.stderr.write(__doc__)
     sys.exit(2)
