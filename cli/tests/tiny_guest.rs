@@ -155,6 +155,32 @@ fn read_until(stdout: &mut impl Read, needle: &[u8], times: usize) {
     }
 }
 
+/// Wait (at most `limit`) until rvmspawn's console writer (thread `console-out` of `pid`) is
+/// blocked writing to a full pipe (its kernel wait channel is `pipe_write`, `anon_pipe_write`
+/// on newer kernels).
+fn console_writer_blocks(pid: u32, limit: Duration) {
+    let t0 = Instant::now();
+    loop {
+        let blocked = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| {
+                d.flatten().any(|t| {
+                    let read =
+                        |f: &str| std::fs::read_to_string(t.path().join(f)).unwrap_or_default();
+                    read("comm").trim() == "console-out" && read("wchan").contains("pipe_write")
+                })
+            })
+            .unwrap_or(false);
+        if blocked {
+            return;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "the console writer never blocked on the full pipe"
+        );
+        std::thread::yield_now();
+    }
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -393,7 +419,11 @@ fn a_second_sigterm_while_stopping_ends_the_run_at_once_with_143() {
         0,
         "raw while it runs"
     );
+    // The stop is held up only once rvmspawn's writer waits for room in the full pipe: before
+    // that, what the guest printed drains at once and the run may end before a second signal
+    // can be sent.
     let pid = child.id();
+    console_writer_blocks(pid, Duration::from_secs(10));
     // SAFETY: sending a signal to our own child process.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     // The first signal was taken and the stop began once the thread that watches for a

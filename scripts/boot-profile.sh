@@ -1,0 +1,100 @@
+#!/bin/bash
+# Where a guest's boot time goes (not a test, not a benchmark): one test-host run that boots the
+# guest test kernel and initramfs once with rvmspawn (ELF vmlinux and bzImage) and once with QEMU
+# microvm (vmlinux), each twice:
+#  1. without "quiet", every console line stamped with the host's time (ms since the VMM was
+#     started; the guest's own early clock is coarse under nested emulation and differs between
+#     VMMs), to compare phases line by line;
+#  2. with "quiet", counting the guest's VM exits in the test host's KVM by reason, port, MMIO
+#     address and MSR (tracefs histogram triggers on the kvm events), to see what the guest makes
+#     its VMM do.
+# Usage: scripts/boot-profile.sh [OUTPUT-FILE]   (default: standard output)
+# Runs under scripts/testhost.sh; the work is in the inner part below (--inner).
+set -euo pipefail
+scripts=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
+root=$(dirname "$scripts")
+cd "$root"
+
+if [ "${1:-}" != --inner ]; then
+    out=${1:-/dev/stdout}
+    "$scripts/testhost.sh" --timeout 900 -- "$scripts/boot-profile.sh" --inner >"$out"
+    exit
+fi
+
+vmlinux=.cache/assets/guest/vmlinux
+kernel=.cache/assets/guest/vmlinuz
+initrd=.cache/assets/guest/initramfs.cpio.gz
+rvmspawn=${RVMSPAWN_BIN:-target/release/rvmspawn}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+# The files from the test host's tmpfs (9p reads would be charged to whoever reads first), and
+# the extracted-kernel cache with them.
+cp "$vmlinux" "$kernel" "$initrd" "$tmp/"
+vmlinux=$tmp/vmlinux kernel=$tmp/vmlinuz initrd=$tmp/initramfs.cpio.gz
+export XDG_CACHE_HOME=$tmp/cache
+
+rvm() { # KERNEL ARGS...
+    local k=$1
+    shift
+    "$rvmspawn" -q --tpm=no --qemu-vsock=no --qemu-mem=512M --qemu-smp=1 "--linux=$k" \
+        "--initrd=$initrd" "$@"
+}
+mvm() { # APPEND
+    qemu-system-x86_64 -M microvm,x-option-roms=off,isa-serial=on,rtc=on,pit=on,pic=on \
+        -enable-kvm -cpu host -m 512 -smp 1 -nodefaults -nographic -no-reboot -serial stdio \
+        -kernel "$vmlinux" -initrd "$initrd" -append "console=ttyS0 $1"
+}
+
+stamped() { # LABEL COMMAND...: each output line with the ms since the start
+    local label=$1
+    shift
+    echo "=== $label: console lines stamped on the host (ms since start)"
+    python3 -c '
+import subprocess, sys, time
+t0 = time.monotonic()
+p = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                     stderr=subprocess.STDOUT)
+for line in p.stdout:
+    sys.stdout.write("%8.1f %s" % ((time.monotonic() - t0) * 1000, line.decode(errors="replace")))
+p.wait()
+print("%8.1f exit %d" % ((time.monotonic() - t0) * 1000, p.returncode))' "$@"
+}
+
+rvm "$kernel" quiet >/dev/null 2>&1 # fills the extracted-kernel cache
+for i in 1 2; do
+    stamped "rvmspawn vmlinux #$i" rvm "$vmlinux"
+    stamped "rvmspawn bzImage #$i" rvm "$kernel"
+    stamped "QEMU microvm vmlinux #$i" mvm ""
+done
+
+t=/sys/kernel/tracing
+mountpoint -q "$t" || mount -t tracefs none "$t"
+events="kvm_exit kvm_pio kvm_mmio kvm_msr kvm_userspace_exit"
+keys() {
+    case $1 in
+        kvm_exit) echo exit_reason ;;
+        kvm_pio) echo port,rw ;;
+        kvm_mmio) echo gpa,type ;;
+        kvm_msr) echo ecx,write ;;
+        kvm_userspace_exit) echo reason ;;
+    esac
+}
+exits() { # LABEL COMMAND...
+    local label=$1 e
+    shift
+    for e in $events; do
+        echo "hist:keys=$(keys "$e"):sort=hitcount.descending" >"$t/events/kvm/$e/trigger"
+    done
+    "$@" >/dev/null 2>&1 </dev/null || true
+    echo "=== $label: VM exits (SVM exit codes; port rw 1 = write; mmio type 0 read, 1 write, 2 unsatisfied read)"
+    for e in $events; do
+        echo "--- $e"
+        grep -v '^#' "$t/events/kvm/$e/hist" | grep . | head -n 20
+        echo "!hist:keys=$(keys "$e"):sort=hitcount.descending" >"$t/events/kvm/$e/trigger"
+    done
+}
+for i in 1 2; do
+    exits "rvmspawn vmlinux #$i" rvm "$vmlinux" quiet
+    exits "rvmspawn bzImage #$i" rvm "$kernel" quiet
+    exits "QEMU microvm vmlinux #$i" mvm quiet
+done
