@@ -407,12 +407,15 @@ fn a_second_sigterm_while_stopping_ends_the_run_at_once_with_143() {
     let (_controller, terminal) = pty();
     let cooked = local_modes(&terminal);
     assert_ne!(cooked & libc::ICANON, 0);
-    let mut child = rvmspawn(&k, &[])
-        .stdin(Stdio::from(terminal.try_clone().unwrap()))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
+    // Killed if an assertion fails: a flooding guest left running eats a core.
+    let mut child = KillOnDrop(
+        rvmspawn(&k, &[])
+            .stdin(Stdio::from(terminal.try_clone().unwrap()))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdout = child.0.stdout.take().unwrap();
     read_until(&mut stdout, b"x", 1);
     assert_eq!(
         local_modes(&terminal) & libc::ICANON,
@@ -422,7 +425,7 @@ fn a_second_sigterm_while_stopping_ends_the_run_at_once_with_143() {
     // The stop is held up only once rvmspawn's writer waits for room in the full pipe: before
     // that, what the guest printed drains at once and the run may end before a second signal
     // can be sent.
-    let pid = child.id();
+    let pid = child.0.id();
     console_writer_blocks(pid, Duration::from_secs(10));
     // SAFETY: sending a signal to our own child process.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
@@ -431,7 +434,7 @@ fn a_second_sigterm_while_stopping_ends_the_run_at_once_with_143() {
     let t0 = Instant::now();
     while !thread_names(pid).iter().any(|n| n == "stop-signals") {
         assert!(
-            child.try_wait().unwrap().is_none(),
+            child.0.try_wait().unwrap().is_none(),
             "rvmspawn ended before a second signal could be sent"
         );
         assert!(
@@ -442,7 +445,7 @@ fn a_second_sigterm_while_stopping_ends_the_run_at_once_with_143() {
     }
     // SAFETY: as above.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    let (rc, took) = wait_bounded(&mut child, Duration::from_secs(10));
+    let (rc, took) = wait_bounded(&mut child.0, Duration::from_secs(10));
     eprintln!("exit after a second SIGTERM: {took:?}");
     drop(stdout);
     assert_eq!(rc, Some(128 + libc::SIGTERM), "as a shell reports SIGTERM");
