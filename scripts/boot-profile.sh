@@ -1,7 +1,7 @@
 #!/bin/bash
 # Where a guest's boot time goes (not a test, not a benchmark): one test-host run that boots the
-# guest test kernel and initramfs once with rvmspawn (ELF vmlinux and bzImage) and once with QEMU
-# microvm (vmlinux), each twice:
+# guest test kernel and initramfs with rvmspawn (ELF vmlinux, bzImage and the UKI of
+# scripts/assets.sh) and with QEMU microvm (vmlinux), each twice:
 #  1. without "quiet", every console line stamped with the host's time (ms since the VMM was
 #     started; the guest's own early clock is coarse under nested emulation and differs between
 #     VMMs), to compare phases line by line;
@@ -24,20 +24,22 @@ fi
 vmlinux=.cache/assets/guest/vmlinux
 kernel=.cache/assets/guest/vmlinuz
 initrd=.cache/assets/guest/initramfs.cpio.gz
+uki=.cache/assets/firmware/uki.efi
 rvmspawn=${RVMSPAWN_BIN:-target/release/rvmspawn}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 # The files from the test host's tmpfs (9p reads would be charged to whoever reads first), and
 # the extracted-kernel cache with them.
-cp "$vmlinux" "$kernel" "$initrd" "$tmp/"
-vmlinux=$tmp/vmlinux kernel=$tmp/vmlinuz initrd=$tmp/initramfs.cpio.gz
+cp "$vmlinux" "$kernel" "$initrd" "$uki" "$tmp/"
+vmlinux=$tmp/vmlinux kernel=$tmp/vmlinuz initrd=$tmp/initramfs.cpio.gz uki=$tmp/uki.efi
 export XDG_CACHE_HOME=$tmp/cache
 
-rvm() { # KERNEL ARGS...
-    local k=$1
+rvm() { # KERNEL ARGS... (a UKI brings its own initrd)
+    local k=$1 i=("--initrd=$initrd")
     shift
+    [ "$k" = "$uki" ] && i=()
     "$rvmspawn" -q --tpm=no --qemu-vsock=no --qemu-mem=512M --qemu-smp=1 "--linux=$k" \
-        "--initrd=$initrd" "$@"
+        "${i[@]}" "$@"
 }
 mvm() { # APPEND
     qemu-system-x86_64 -M microvm,x-option-roms=off,isa-serial=on,rtc=on,pit=on,pic=on \
@@ -64,6 +66,7 @@ rvm "$kernel" quiet >/dev/null 2>&1 # fills the extracted-kernel cache
 for i in 1 2; do
     stamped "rvmspawn vmlinux #$i" rvm "$vmlinux"
     stamped "rvmspawn bzImage #$i" rvm "$kernel"
+    stamped "rvmspawn UKI #$i" rvm "$uki"
     stamped "QEMU microvm vmlinux #$i" mvm ""
 done
 
@@ -96,5 +99,6 @@ exits() { # LABEL COMMAND...
 for i in 1 2; do
     exits "rvmspawn vmlinux #$i" rvm "$vmlinux" quiet
     exits "rvmspawn bzImage #$i" rvm "$kernel" quiet
+    exits "rvmspawn UKI #$i" rvm "$uki" quiet
     exits "QEMU microvm vmlinux #$i" mvm quiet
 done
