@@ -246,6 +246,10 @@ fn runtime() -> Vec<Allow> {
             "signal masks: glibc around a thread's start and end and in abort() (panic = \"abort\"); the main thread's signalfd"
         ),
         allow!(SYS_rt_sigreturn, "return from a signal handler"),
+        allow!(
+            SYS_restart_syscall,
+            "the kernel resuming a sleep, poll or timed wait that a signal interrupted (seen on vsock-notify at the end of a run); it resumes only the call the filter already allowed"
+        ),
         allow!(SYS_exit, "a thread ends"),
         allow!(SYS_exit_group, "the process ends (an error, abort)"),
         allow!(
