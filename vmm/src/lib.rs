@@ -374,10 +374,16 @@ fn run_vm(mut config: VmConfig) -> Result<RunOutcome, Error> {
         None
     };
     // A file that is not a kernel is refused now, before any helper starts (a new TPM's
-    // manufacture alone takes a second or more).
-    if firmware.is_none() {
-        boot::x86_64::loader::check_kernel(&config.kernel)?;
-    }
+    // manufacture alone takes a second or more); a bzImage's payload is extracted once per run,
+    // also before the sandbox closes below (it may create the cache directory and its files),
+    // and every boot loads the result.
+    let prepared = match firmware {
+        None => Some(std::sync::Arc::new(boot::prepare_kernel(
+            &config.kernel,
+            &config.kernel_extraction,
+        )?)),
+        Some(_) => None,
+    };
     let extra = config.extra_cmdline.join(" ");
     let mut oem_strings = Vec::with_capacity(config.oem_strings.len() + 2);
     if (uki.is_some() || !has_kernel) && !extra.is_empty() {
@@ -501,19 +507,14 @@ fn run_vm(mut config: VmConfig) -> Result<RunOutcome, Error> {
         .chain(config.extra_cmdline)
         .collect::<Vec<_>>()
         .join(" ");
-    let boot_spec = match firmware {
-        None => machine::BootSpec::Direct(direct::DirectBoot {
-            // A bzImage's payload is extracted once per run, before the sandbox closes below
-            // (it may create the cache directory and its files); every boot loads the result.
-            prepared: std::sync::Arc::new(boot::prepare_kernel(
-                &config.kernel,
-                &config.kernel_extraction,
-            )?),
+    let boot_spec = match (firmware, prepared) {
+        (None, Some(prepared)) => machine::BootSpec::Direct(direct::DirectBoot {
+            prepared,
             kernel: config.kernel,
             initrds: config.initrds,
             cmdline,
         }),
-        Some(fw) => {
+        (Some(fw), _) => {
             let kernel = if fw.kernel_through_firmware {
                 Some(std::sync::Arc::new(q35::FirmwareKernel {
                     kernel: read_whole(&config.kernel)?.into(),
@@ -542,6 +543,7 @@ fn run_vm(mut config: VmConfig) -> Result<RunOutcome, Error> {
                 kernel,
             })
         }
+        (None, None) => unreachable!("a direct boot's kernel is prepared above"),
     };
     let spec = machine::MachineSpec {
         vcpus: config.vcpus,

@@ -247,7 +247,9 @@ impl PreparedKernel {
     }
 }
 
-/// Extract `kernel`'s payload when it is a bzImage (or a UKI around one) and `extraction`
+/// Check that `kernel` is a kernel rvmspawn can load (a bzImage or an ELF, or a UKI whose
+/// `.linux` is one: a file that is none of them is refused from its headers, before any helper
+/// starts), and extract its payload when it is a bzImage (or a UKI around one) and `extraction`
 /// allows it. A payload that cannot be extracted is no error: the kernel then boots through
 /// the 64-bit boot protocol, and the prepared kernel says why.
 pub fn prepare_kernel(kernel: &Path, extraction: &Extraction) -> Result<PreparedKernel, BootError> {
@@ -484,28 +486,6 @@ pub fn uki_info(kernel: &Path) -> Result<Option<UkiInfo>, BootError> {
             .filter(|s| !s.is_empty()),
         cmdline: u.cmdline_text,
     }))
-}
-
-/// Check, before anything else is set up for a boot, that `kernel` is a kernel rvmspawn can
-/// load: a bzImage or an ELF, or a UKI whose `.linux` is one. Only the headers are read; the
-/// full checks stay with [`load_kernel`]. A file that is not a kernel is refused here in
-/// milliseconds, not after the helpers (virtiofsd, swtpm and its manufacture) have started.
-pub fn check_kernel(kernel: &Path) -> Result<KernelFormat, BootError> {
-    let mut file = open("kernel", kernel)?;
-    match inspect_uki(&file, kernel)? {
-        Some(u) => {
-            let mut head = vec![0u8; u.linux.size.min(0x206) as usize];
-            std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, u.linux.offset).map_err(
-                |source| BootError::Open {
-                    what: "kernel",
-                    path: kernel.to_owned(),
-                    source,
-                },
-            )?;
-            detect(&mut std::io::Cursor::new(head), kernel)
-        }
-        None => detect(&mut file, kernel),
-    }
 }
 
 fn inspect_uki(file: &File, path: &Path) -> Result<Option<crate::uki::Uki>, BootError> {
@@ -815,17 +795,24 @@ mod tests {
         let e = load_kernel(&mem, &layout, &path, &[], "", &unprepared()).unwrap_err();
         assert!(matches!(e, BootError::NotAKernel(_)), "{e}");
         assert_eq!(e.errno(), libc::ENOEXEC);
-        // The early check says the same, from the headers alone.
-        let e = check_kernel(&path).unwrap_err();
+        // Preparing the kernel (done before any helper starts) says the same, from the headers.
+        let prepare = |p: &Path| prepare_kernel(p, &Extraction::Off);
+        let e = prepare(&path).unwrap_err();
         assert!(matches!(e, BootError::NotAKernel(_)), "{e}");
         let mut bz = vec![0u8; 0x300];
         bz[0x202..0x206].copy_from_slice(b"HdrS");
         std::fs::write(&path, &bz).unwrap();
-        assert!(matches!(check_kernel(&path), Ok(KernelFormat::BzImage)));
+        assert!(matches!(
+            prepare(&path).map(|k| k.path),
+            Ok(KernelPath::Fallback(_))
+        ));
         std::fs::write(&path, b"\x7fELF\x02\x01\x01").unwrap();
-        assert!(matches!(check_kernel(&path), Ok(KernelFormat::Elf)));
+        assert!(matches!(
+            prepare(&path).map(|k| k.path),
+            Ok(KernelPath::AsIs)
+        ));
         assert_eq!(
-            check_kernel(&dir.join("missing")).unwrap_err().errno(),
+            prepare(&dir.join("missing")).unwrap_err().errno(),
             libc::ENOENT
         );
         let e =
