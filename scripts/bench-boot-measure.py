@@ -34,7 +34,7 @@ PHASE = re.compile(rb"^Phase: (.*) at (\d+\.\d+)\r?$")
 # lines come before it, and the guest's first line is looked for only after it).
 OWN_LINE = re.compile(rb"^(Phase: |Guest |Machine |rvmspawn: )")
 # The phases shown, in order, as (name in the Phase line or a pseudo-phase, column title).
-PHASES = [("start", "start"), ("first guest entry", "guest-entry"),
+PHASES = [("start", "start"), ("kernel loaded", "kernel"), ("first guest entry", "guest-entry"),
           ("first output", "first-line"), ("init", "/init"),
           ("guest stopped", "guest-stop"), ("exit", "exit")]
 
@@ -188,7 +188,8 @@ def phase_summary(results, labels):
         return
     print()
     print("rvmspawn's phases, median ms from the start of the process (VMM start-up is the")
-    print("time to 'start' and 'guest-entry'; the guest's own boot runs from 'guest-entry' to")
+    print("time to 'start' and 'guest-entry', 'kernel' when the kernel and initrd are in guest RAM;")
+    print("the guest's own boot runs from 'guest-entry' to")
     print("'/init'; 'first-line' is the guest's first console line, /init's with 'quiet'):")
     print("%-18s" % "" + "".join("%12s" % title for _, title in PHASES))
     for label in labels:

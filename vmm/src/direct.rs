@@ -49,6 +49,7 @@ pub fn build(
         &boot.cmdline,
         &boot.prepared,
     )?;
+    crate::log::phase("kernel loaded");
     // Which way a bzImage went (tests/tests/kernel_extract.rs reads these lines).
     match &loaded.path {
         boot::KernelPath::AsIs => {}
