@@ -556,6 +556,9 @@ pub fn extract(
     match File::open(&path) {
         Ok(mut f) => match validate(&mut f, payload.size) {
             Ok(entry) => {
+                // Used now: the pruning below keeps the most recently used entries. Best
+                // effort: an entry whose time cannot be set is only pruned sooner.
+                let _ = f.set_modified(std::time::SystemTime::now());
                 return Ok(Extracted {
                     elf: f,
                     size: payload.size,
@@ -570,20 +573,73 @@ pub fn extract(
         Err(e) => return to_memfd(image, payload, format!("{}: {e}", path.display())),
     }
     match store(image, &payload, dir, &path) {
-        Ok((elf, entry)) => Ok(Extracted {
-            elf,
-            size: payload.size,
-            entry,
-            payload,
-            cache: if replacing {
-                CacheUse::Replaced(path)
-            } else {
-                CacheUse::Stored(path)
-            },
+        Ok((elf, entry)) => Ok({
+            prune(dir, std::time::SystemTime::now());
+            Extracted {
+                elf,
+                size: payload.size,
+                entry,
+                payload,
+                cache: if replacing {
+                    CacheUse::Replaced(path)
+                } else {
+                    CacheUse::Stored(path)
+                },
+            }
         }),
         // A payload that cannot be extracted fails the same way in memory.
         Err(e @ (ExtractError::Corrupt { .. } | ExtractError::NotPvh(_))) => Err(e),
         Err(e) => to_memfd(image, payload, e.to_string()),
+    }
+}
+
+/// How many extracted kernels the cache keeps (53-66 MiB each for Debian's): the most recently
+/// used, by the mtime a hit renews.
+pub const CACHE_KEEP: usize = 8;
+
+/// How many digest index entries (`stat-…`, a few bytes each, one per kernel file seen) the
+/// cache keeps, the most recently written.
+const INDEX_KEEP: usize = 64;
+
+/// How old a temporary file of an extraction must be to be taken for one a killed run left
+/// behind (an extraction takes seconds; the name's PID could have been reused).
+const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Keep the cache bounded, after an entry was added: the [`CACHE_KEEP`] most recently used
+/// kernels and the [`INDEX_KEEP`] newest digest index entries stay, the rest go, and so do
+/// temporary files older than [`STALE_TMP`]. Best effort: whatever cannot be listed or removed
+/// (another run may be pruning too) stays. A run that still boots a removed kernel keeps it
+/// open, which unlinking does not disturb.
+fn prune(dir: &Path, now: std::time::SystemTime) {
+    let Ok(list) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut kernels = Vec::new();
+    let mut index = Vec::new();
+    for e in list.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Ok(meta) = e.metadata() else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        let mtime = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+        if name.starts_with(&format!("vmlinux-{CACHE_FORMAT}-")) && name.ends_with(".elf") {
+            kernels.push((mtime, e.path()));
+        } else if name.starts_with(&format!("stat-{CACHE_FORMAT}-")) {
+            index.push((mtime, e.path()));
+        } else if name.starts_with('.')
+            && name.ends_with(".tmp")
+            && now.duration_since(mtime).is_ok_and(|age| age >= STALE_TMP)
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    for (mut list, keep) in [(kernels, CACHE_KEEP), (index, INDEX_KEEP)] {
+        list.sort_by_key(|e| std::cmp::Reverse(e.0)); // newest first
+        for (_, path) in list.iter().skip(keep) {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -1151,6 +1207,63 @@ pub(crate) mod tests {
             x.cache
         );
         assert_eq!(std::fs::read_dir(&open).unwrap().count(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_cache_keeps_the_most_recently_used_kernels_and_clears_stale_temporary_files() {
+        use std::time::{Duration, SystemTime};
+        let dir = test_dir("prune");
+        let cache = dir.join("cache");
+        let ago = |secs| SystemTime::now() - Duration::from_secs(secs);
+        let set_mtime = |path: &Path, t: SystemTime| {
+            File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(t)
+                .unwrap()
+        };
+        // Kernel A, stored long ago.
+        let (a, _) = fixture(Compression::Lz4);
+        let CacheUse::Stored(a_path) = run(&a, Some(&cache)).unwrap().cache else {
+            panic!("A not stored")
+        };
+        set_mtime(&a_path, ago(10_000));
+        // Entries of CACHE_KEEP other kernels, all used after A, F0 the least recently.
+        let others: Vec<PathBuf> = (0..CACHE_KEEP)
+            .map(|i| {
+                let p = cache.join(format!("vmlinux-v1-{:064x}.elf", i));
+                std::fs::write(&p, b"an older kernel").unwrap();
+                set_mtime(&p, ago(5_000 - 10 * i as u64));
+                p
+            })
+            .collect();
+        // Temporary files of extractions: one a killed run left two hours ago, one running now.
+        let stale = cache.join(".vmlinux-v1-0.elf.1.tmp");
+        let running = cache.join(".vmlinux-v1-1.elf.2.tmp");
+        std::fs::write(&stale, b"").unwrap();
+        std::fs::write(&running, b"").unwrap();
+        set_mtime(&stale, ago(7_200));
+        // A hit makes A the most recently used.
+        assert!(matches!(
+            run(&a, Some(&cache)).unwrap().cache,
+            CacheUse::Hit(_)
+        ));
+        // Kernel B is stored: CACHE_KEEP + 2 entries, so the two least recently used go.
+        let (b, _) = fixture(Compression::Gzip);
+        let CacheUse::Stored(b_path) = run(&b, Some(&cache)).unwrap().cache else {
+            panic!("B not stored")
+        };
+        assert!(a_path.exists(), "the kernel just used was pruned");
+        assert!(b_path.exists());
+        assert!(
+            !others[0].exists() && !others[1].exists(),
+            "nothing was pruned"
+        );
+        assert!(others[2..].iter().all(|p| p.exists()));
+        assert!(!stale.exists(), "a stale temporary file is left");
+        assert!(running.exists(), "a running extraction's file was removed");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
