@@ -341,6 +341,12 @@ pub fn run(config: VmConfig) -> Result<RunOutcome, Error> {
     result
 }
 
+/// How the machine starts: a kernel made ready for a direct boot, or firmware.
+enum Start {
+    Direct(std::sync::Arc<boot::PreparedKernel>),
+    Firmware(FirmwareBoot),
+}
+
 fn run_vm(mut config: VmConfig) -> Result<RunOutcome, Error> {
     // A VMM bug must not leave the terminal raw or the run directory behind (the release
     // build aborts on a panic, so no destructor runs).
@@ -377,12 +383,12 @@ fn run_vm(mut config: VmConfig) -> Result<RunOutcome, Error> {
     // manufacture alone takes a second or more); a bzImage's payload is extracted once per run,
     // also before the sandbox closes below (it may create the cache directory and its files),
     // and every boot loads the result.
-    let prepared = match firmware {
-        None => Some(std::sync::Arc::new(boot::prepare_kernel(
+    let start = match firmware {
+        None => Start::Direct(std::sync::Arc::new(boot::prepare_kernel(
             &config.kernel,
             &config.kernel_extraction,
         )?)),
-        Some(_) => None,
+        Some(fw) => Start::Firmware(fw),
     };
     let extra = config.extra_cmdline.join(" ");
     let mut oem_strings = Vec::with_capacity(config.oem_strings.len() + 2);
@@ -495,7 +501,7 @@ fn run_vm(mut config: VmConfig) -> Result<RunOutcome, Error> {
     let is_uki = uki.is_some();
     // A UKI booted directly is measured as systemd-stub would have measured it, before every
     // boot; through the firmware, the stub does it itself.
-    let firmware_boot = firmware.is_some();
+    let firmware_boot = matches!(start, Start::Firmware(_));
     let measurements = if tpm.is_some() && is_uki && !firmware_boot {
         Some(swtpm::Measurements::of(&config.kernel, &extra)?)
     } else {
@@ -507,14 +513,14 @@ fn run_vm(mut config: VmConfig) -> Result<RunOutcome, Error> {
         .chain(config.extra_cmdline)
         .collect::<Vec<_>>()
         .join(" ");
-    let boot_spec = match (firmware, prepared) {
-        (None, Some(prepared)) => machine::BootSpec::Direct(direct::DirectBoot {
+    let boot_spec = match start {
+        Start::Direct(prepared) => machine::BootSpec::Direct(direct::DirectBoot {
             prepared,
             kernel: config.kernel,
             initrds: config.initrds,
             cmdline,
         }),
-        (Some(fw), _) => {
+        Start::Firmware(fw) => {
             let kernel = if fw.kernel_through_firmware {
                 Some(std::sync::Arc::new(q35::FirmwareKernel {
                     kernel: read_whole(&config.kernel)?.into(),
@@ -543,7 +549,6 @@ fn run_vm(mut config: VmConfig) -> Result<RunOutcome, Error> {
                 kernel,
             })
         }
-        (None, None) => unreachable!("a direct boot's kernel is prepared above"),
     };
     let spec = machine::MachineSpec {
         vcpus: config.vcpus,

@@ -614,6 +614,8 @@ fn prune(dir: &Path, now: std::time::SystemTime) {
     let Ok(list) = std::fs::read_dir(dir) else {
         return;
     };
+    let kernel_prefix = format!("vmlinux-{CACHE_FORMAT}-");
+    let index_prefix = format!("stat-{CACHE_FORMAT}-");
     let mut kernels = Vec::new();
     let mut index = Vec::new();
     for e in list.flatten() {
@@ -624,9 +626,9 @@ fn prune(dir: &Path, now: std::time::SystemTime) {
             continue;
         }
         let mtime = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
-        if name.starts_with(&format!("vmlinux-{CACHE_FORMAT}-")) && name.ends_with(".elf") {
+        if name.starts_with(&kernel_prefix) && name.ends_with(".elf") {
             kernels.push((mtime, e.path()));
-        } else if name.starts_with(&format!("stat-{CACHE_FORMAT}-")) {
+        } else if name.starts_with(&index_prefix) {
             index.push((mtime, e.path()));
         } else if name.starts_with('.')
             && name.ends_with(".tmp")
