@@ -7,7 +7,11 @@
 #     VMMs), to compare phases line by line;
 #  2. with "quiet", counting the guest's VM exits in the test host's KVM by reason, port, MMIO
 #     address and MSR (tracefs histogram triggers on the kvm events), to see what the guest makes
-#     its VMM do.
+#     its VMM do;
+#  3. with "quiet initcall_debug" (rvmspawn: vmlinux only; the bzImage and UKI hold the same
+#     kernel), the guest kernel's own timeline and its slowest initcalls by its own clock (kvm-clock
+#     by then; guest-init's rvmspawn.initcalls=N), side by side, to see which phases take longer
+#     under which VMM.
 # Usage: scripts/boot-profile.sh [OUTPUT-FILE]   (default: standard output)
 # Runs under scripts/testhost.sh; the work is in the inner part below (--inner).
 set -euo pipefail
@@ -114,3 +118,45 @@ for i in 1 2; do
     exits "rvmspawn UKI #$i" rvm "$uki" quiet
     exits "QEMU microvm vmlinux #$i" mvm quiet
 done
+
+initcalls() { # LABEL COMMAND...
+    local label=$1
+    shift
+    condition
+    "$@" 2>&1 </dev/null | tr -d '\r' | sed -n 's/^RVMSPAWN-\(KLOG-AT\|INITCALLS-TOTAL-US\|INITCALL\)=//p' \
+        >"$tmp/initcalls.$label" || true
+}
+for i in 1 2; do
+    initcalls "rvmspawn#$i" rvm "$vmlinux" quiet initcall_debug rvmspawn.initcalls=25
+    initcalls "microvm#$i" mvm "quiet initcall_debug rvmspawn.initcalls=25"
+done
+echo "=== the guest kernel's own clock (s) and its slowest initcalls (ms), quiet initcall_debug"
+python3 - "$tmp" <<'PY'
+import os, sys
+labels = ["rvmspawn#1", "rvmspawn#2", "microvm#1", "microvm#2"]
+runs = {}
+for label in labels:
+    at, calls, total = {}, {}, None
+    with open(os.path.join(sys.argv[1], "initcalls." + label)) as f:
+        for line in f:
+            a, _, b = line.strip().partition(" ")
+            if not b:
+                total = int(a) / 1000 if a.isdigit() else None
+            elif a.isdigit():
+                calls[b] = int(a) / 1000
+            else:
+                at[b] = a
+    runs[label] = (at, calls, total)
+print("%-28s" % "" + "".join("%12s" % l for l in labels))
+for event in ["kvm-clock", "initcalls", "pci-scan", "init"]:
+    print("%-28s" % ("at " + event) + "".join("%12s" % runs[l][0].get(event, "-") for l in labels))
+print("%-28s" % "all initcalls (ms)" + "".join(
+    "%12s" % ("-" if runs[l][2] is None else "%.1f" % runs[l][2]) for l in labels))
+names = {}
+for l in labels:
+    for n, ms in runs[l][1].items():
+        names[n] = max(names.get(n, 0), ms)
+for n in sorted(names, key=lambda n: -names[n])[:25]:
+    print("%-28s" % n[:28] + "".join(
+        "%12s" % ("%.1f" % runs[l][1][n] if n in runs[l][1] else "<top25") for l in labels))
+PY
