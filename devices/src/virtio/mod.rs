@@ -6,6 +6,7 @@
 //! PCI code.
 
 pub mod block;
+pub mod console;
 pub mod fs;
 pub mod net;
 pub mod pci;
