@@ -59,12 +59,14 @@ die() { echo "assets: error: $*" >&2; exit 1; }
 TESTHOST_MODULES=(virtio_pci 9pnet_virtio 9p kvm kvm_amd tun vhost_net vhost_vsock
     bridge veth overlay)
 # Modules of the cloud kernel for the guest initramfs: virtio over PCI, the
-# block device, the entropy source, virtio-vsock and virtio-fs (all =m in
+# console (virtio_console first: hvc0, the default console, exists only once it
+# is loaded; guest-init then opens /dev/console again),
+# the block device, the entropy source, virtio-vsock and virtio-fs (all =m in
 # Debian's cloud kernel; virtio, virtio_ring, the virtio-pci libraries, vsock,
 # vmw_vsock_virtio_transport_common and fuse come as dependencies), and
 # virtio-net (with failover and net_failover; loaded whether or not the
 # machine has a NIC, like the others).
-GUEST_MODULES=(virtio_pci virtio_blk virtio_rng vmw_vsock_virtio_transport virtiofs virtio_net)
+GUEST_MODULES=(virtio_pci virtio_console virtio_blk virtio_rng vmw_vsock_virtio_transport virtiofs virtio_net)
 # Loaded by the guest's /init only when it was booted through UEFI and a test
 # asks for EFI variables (rvmspawn.efi=1 and the efivar switches): efivarfs
 # (=m in the cloud kernel) refuses to load without EFI runtime services.

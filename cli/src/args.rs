@@ -113,6 +113,19 @@ pub struct Args {
     #[arg(long, help_heading = HOST)]
     pub qemu_gui: bool,
 
+    /// The terminal's part: interactive (raw, every key to the guest), read-only (output
+    /// only), native (a transparent pipe; Ctrl-a x ends the VM), headless (no console) or gui
+    /// [default: interactive]
+    #[arg(long, value_name = "MODE", help_heading = HOST,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub console: Vec<String>,
+
+    /// The guest's console device: virtio (hvc0) or serial (a 16550 UART, ttyS0)
+    /// [default: virtio]
+    #[arg(long, value_name = "TRANSPORT", help_heading = HOST,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub console_transport: Vec<String>,
+
     /// Connect the guest to the host through a TAP device (vt-NAME; needs CAP_NET_ADMIN)
     #[arg(short, long, help_heading = HOST, overrides_with = "network_user_mode")]
     pub network_tap: bool,

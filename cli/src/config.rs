@@ -75,6 +75,8 @@ pub struct Host {
     pub network_mac: Option<std::ffi::OsString>,
     /// `$RVMSPAWN_EXTRACT_KERNEL` and the cache directory for extracted kernels.
     pub kernel_extraction: vmm::KernelExtraction,
+    /// `$TERM`, when it is a valid terminal name (passed on to the guest).
+    pub term: Option<String>,
 }
 
 impl Host {
@@ -124,6 +126,7 @@ impl Host {
                 // SAFETY: geteuid() has no preconditions and cannot fail.
                 unsafe { libc::geteuid() } == 0,
             )?,
+            term: std::env::var("TERM").ok().filter(|t| vmm::term_valid(t)),
         })
     }
 }
@@ -180,6 +183,10 @@ pub struct Settings {
     pub linux: Option<PathBuf>,
     pub initrds: Vec<PathBuf>,
     pub gui: bool,
+    /// `--console=`.
+    pub console: parse::ConsoleChoice,
+    /// `--console-transport=`.
+    pub console_transport: vmm::ConsoleTransport,
     /// `-n`/`--network-tap` or `--network-user-mode`, whichever came last.
     pub network: vmm::Network,
     /// `--firmware=`; never [`Firmware::List`], which is [`Settings::listing`].
@@ -398,6 +405,12 @@ impl Settings {
             linux,
             initrds,
             gui: args.qemu_gui,
+            console: last_value("console", &args.console, |v| parse::parse_console_mode(v))?
+                .unwrap_or(parse::ConsoleChoice::Mode(vmm::ConsoleMode::Interactive)),
+            console_transport: last_value("console-transport", &args.console_transport, |v| {
+                parse::parse_console_transport(v)
+            })?
+            .unwrap_or_default(),
             network,
             firmware,
             firmware_request,
@@ -468,6 +481,12 @@ impl Settings {
         }
         if self.gui {
             return Err(Failure::unsupported("--qemu-gui"));
+        }
+        if self.console == parse::ConsoleChoice::Gui {
+            return Err(Failure::new(
+                libc::EOPNOTSUPP,
+                "--console=gui is not supported: rvmspawn has no graphical display.",
+            ));
         }
         Ok(())
     }
@@ -785,6 +804,7 @@ impl Settings {
     ) -> vmm::VmConfig {
         let shares = self.shares();
         let tpm_state = self.tpm_state();
+        let console_mode = self.console_mode();
         // Accepted as vmspawn accepts it, but there is no TPM to keep a state for: say so
         // rather than ignore it silently.
         if self.tpm == Some(false) && self.tpm_state != vmm::TpmState::Auto && !self.quiet {
@@ -852,6 +872,20 @@ impl Settings {
             firmware,
             network: self.network,
             tpm: tpm_config(self.tpm, tpm_state),
+            console: vmm::ConsoleConfig {
+                mode: console_mode,
+                transport: self.console_transport,
+                // prepare() fills it in from the Host.
+                term: None,
+            },
+        }
+    }
+
+    /// `--console=` (gui is refused by [`Settings::check`]).
+    pub fn console_mode(&self) -> vmm::ConsoleMode {
+        match self.console {
+            parse::ConsoleChoice::Mode(m) => m,
+            parse::ConsoleChoice::Gui => vmm::ConsoleMode::Interactive,
         }
     }
 
@@ -1069,6 +1103,7 @@ mod tests {
             debug: false,
             network_mac: None,
             kernel_extraction: vmm::KernelExtraction::Off,
+            term: None,
         }
     }
 
@@ -1253,7 +1288,13 @@ mod tests {
 
     #[test]
     fn value_errors_name_option_and_value() {
-        let cases: [(&[&str], i32, &str); 19] = [
+        let cases: [(&[&str], i32, &str); 21] = [
+            (&["--console=tty"], EINVAL, "--console= value 'tty'"),
+            (
+                &["--console-transport=pci"],
+                EINVAL,
+                "--console-transport= value 'pci'",
+            ),
             (
                 &["--tpm-state=vm.tpm"],
                 EINVAL,
@@ -1859,6 +1900,36 @@ mod tests {
             assert!(f.message.starts_with(option), "{argv:?}: {}", f.message);
             assert!(f.message.contains("not supported yet"), "{}", f.message);
         }
+    }
+
+    #[test]
+    fn console_mode_and_transport() {
+        let c = vm_config(&["--linux=/k"]).console;
+        assert_eq!(c.mode, vmm::ConsoleMode::Interactive);
+        assert_eq!(c.transport, vmm::ConsoleTransport::Virtio);
+        for (value, mode) in [
+            ("interactive", vmm::ConsoleMode::Interactive),
+            ("read-only", vmm::ConsoleMode::ReadOnly),
+            ("native", vmm::ConsoleMode::Native),
+            ("headless", vmm::ConsoleMode::Headless),
+        ] {
+            let c = vm_config(&[
+                "--linux=/k",
+                "--console=native",
+                &format!("--console={value}"),
+            ]);
+            assert_eq!(c.console.mode, mode, "{value}");
+        }
+        let c = vm_config(&["--linux=/k", "--console-transport=serial"]).console;
+        assert_eq!(c.transport, vmm::ConsoleTransport::Serial);
+        // gui parses, as in vmspawn, and is refused with the reason.
+        let f = failure(&["--linux=/k", "--console=gui"]);
+        assert_eq!(f.errno, EOPNOTSUPP);
+        assert!(
+            f.message.contains("--console=gui") && f.message.contains("display"),
+            "{}",
+            f.message
+        );
     }
 
     #[test]

@@ -80,6 +80,7 @@ fn prepare(
     let quiet = settings.quiet;
     let mut config = settings.into_vm_config(name, kvm, oem_strings, firmware);
     config.kernel_extraction = host.kernel_extraction.clone();
+    config.console.term = host.term.clone();
     config.vsock.vhost_fd = passed.vhost_vsock.take();
     if !quiet {
         eprint!("{}", status_lines(&config));
@@ -104,9 +105,14 @@ fn status_lines(config: &vmm::VmConfig) -> String {
                 .map(|s| &s.source)
         })
         .unwrap_or(&config.kernel);
+    // The hint for the modes that read the terminal, as vmspawn prints it.
+    let hint = match config.console.mode {
+        vmm::ConsoleMode::Interactive => "Press Ctrl-] three times within 1s to kill VM.\n",
+        vmm::ConsoleMode::Native => "Press Ctrl-a x to kill VM.\n",
+        vmm::ConsoleMode::ReadOnly | vmm::ConsoleMode::Headless => "",
+    };
     format!(
-        "Spawning VM {} on {} with {} {cpus} and {} MiB.\n\
-         Press Ctrl-] three times within 1s to kill VM.\n",
+        "Spawning VM {} on {} with {} {cpus} and {} MiB.\n{hint}",
         config.name,
         on.display(),
         config.vcpus,
@@ -230,6 +236,7 @@ mod tests {
             firmware: None,
             network: vmm::Network::None,
             tpm: vmm::TpmConfig::default(),
+            console: vmm::ConsoleConfig::default(),
         }
     }
 
@@ -248,5 +255,11 @@ mod tests {
             discard: true,
         });
         assert!(status_lines(&c).starts_with("Spawning VM vm on /srv/os.raw with"));
+        c.console.mode = vmm::ConsoleMode::Native;
+        assert!(status_lines(&c).ends_with("MiB.\nPress Ctrl-a x to kill VM.\n"));
+        for mode in [vmm::ConsoleMode::ReadOnly, vmm::ConsoleMode::Headless] {
+            c.console.mode = mode;
+            assert!(status_lines(&c).ends_with("MiB.\n"), "{mode:?}");
+        }
     }
 }

@@ -59,6 +59,40 @@ pub fn parse_tristate(s: &str) -> Result<Option<bool>, Invalid> {
     }
 }
 
+/// vmspawn's `--console=` names. `gui` parses (vmspawn knows it); [`crate::config`] refuses it.
+pub fn parse_console_mode(s: &str) -> Result<ConsoleChoice, Invalid> {
+    Ok(match s {
+        "interactive" => ConsoleChoice::Mode(vmm::ConsoleMode::Interactive),
+        "read-only" => ConsoleChoice::Mode(vmm::ConsoleMode::ReadOnly),
+        "native" => ConsoleChoice::Mode(vmm::ConsoleMode::Native),
+        "headless" => ConsoleChoice::Mode(vmm::ConsoleMode::Headless),
+        "gui" => ConsoleChoice::Gui,
+        _ => {
+            return Err(Invalid::syntax(
+                "expected interactive, read-only, native, gui or headless",
+            ));
+        }
+    })
+}
+
+/// `--console=` as given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsoleChoice {
+    /// A mode rvmspawn has.
+    Mode(vmm::ConsoleMode),
+    /// A graphical console: there is no display yet.
+    Gui,
+}
+
+/// vmspawn's `--console-transport=` names.
+pub fn parse_console_transport(s: &str) -> Result<vmm::ConsoleTransport, Invalid> {
+    match s {
+        "virtio" => Ok(vmm::ConsoleTransport::Virtio),
+        "serial" => Ok(vmm::ConsoleTransport::Serial),
+        _ => Err(Invalid::syntax("expected virtio or serial")),
+    }
+}
+
 /// systemd's `parse_size(s, 1024, …)`.
 ///
 /// Faithful down to the odd corners, because scripts written for vmspawn rely on them:

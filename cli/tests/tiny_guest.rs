@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ENTRY: u32 = 0x10_0000;
@@ -101,7 +101,9 @@ const NO_TPM: &str = "--tpm=no";
 
 fn rvmspawn(kernel: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_rvmspawn"));
+    // The tiny guests talk to COM1, so typed input must go there.
     c.arg("-q")
+        .arg("--console-transport=serial")
         .arg("--qemu-mem=64M")
         .arg(NO_TPM)
         .arg(format!("--linux={}", kernel.display()))
@@ -224,23 +226,29 @@ fn typed_input_reaches_the_guest_in_full_and_in_order() {
     assert_eq!(rc, Some(0));
 }
 
-#[test]
-fn ctrl_bracket_three_times_ends_the_vm() {
-    // Print "waiting", then echo every byte received on COM1 (as in the typed-input test).
+/// rvmspawn running a guest that prints "waiting" and then echoes every byte it receives on
+/// COM1, once it has printed "waiting": (the child, its stdin, its stdout).
+fn echoing(name: &str, extra: &[&str]) -> (Child, ChildStdin, ChildStdout) {
     let mut code = print(b"waiting\n");
     code.extend(mov_dx(0x3fd)); // 0: mov dx, LSR
     code.extend([0xec, 0xa8, 0x01, 0x74, 0xfb]); // 4: in al,dx; test al,1; jz 4
     code.extend(mov_dx(0x3f8)); // 9: mov dx, RBR
     code.extend([0xec, 0xee, 0xeb, 0xef]); // in al,dx; out dx,al; jmp 0
-    let k = write_guest("hang", &code);
-    let mut child = rvmspawn(&k, &[])
+    let k = write_guest(name, &code);
+    let mut child = rvmspawn(&k, extra)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let mut stdout = child.stdout.take().unwrap();
     read_until(&mut stdout, b"waiting\n", 1);
-    let mut stdin = child.stdin.take().unwrap();
+    let stdin = child.stdin.take().unwrap();
+    (child, stdin, stdout)
+}
+
+#[test]
+fn ctrl_bracket_three_times_ends_the_vm() {
+    let (mut child, mut stdin, mut stdout) = echoing("hang", &[]);
     // Two escapes and a key do not end it: the key reaches the guest, which echoes it...
     stdin.write_all(b"\x1d\x1dx").unwrap();
     read_until(&mut stdout, b"x", 1);
@@ -252,6 +260,53 @@ fn ctrl_bracket_three_times_ends_the_vm() {
     stdin.write_all(b"\x1d\x1d\x1d").unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn native_mode_passes_ctrl_bracket_on_and_ends_on_ctrl_a_x() {
+    let (mut child, mut stdin, mut stdout) = echoing("native", &["--console=native"]);
+    // Ctrl-a a is a literal Ctrl-a; three Ctrl-] are just bytes here: the guest echoes them.
+    stdin.write_all(b"\x01a\x1d\x1d\x1d.").unwrap();
+    read_until(&mut stdout, b"\x01\x1d\x1d\x1d.", 1);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "Ctrl-] ended a native console"
+    );
+    stdin.write_all(b"\x01x").unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn read_only_mode_does_not_read_the_terminal() {
+    // Print "waiting", poll COM1's LSR 200000 times: "got" if a byte came, else "none".
+    let mut code = print(b"waiting\n");
+    let mut none = print(b"none\n");
+    none.extend(poweroff());
+    let mut got = print(b"got\n");
+    got.extend(poweroff());
+    code.extend(mov_dx(0x3fd));
+    code.push(0xb9); // mov ecx, 200000
+    code.extend(200_000u32.to_le_bytes());
+    // 0: in al,dx; test al,1; jnz GOT; sub ecx,1; jnz 0
+    code.extend([0xec, 0xa8, 0x01, 0x75, (5 + none.len()) as u8]);
+    code.extend([0x83, 0xe9, 0x01, 0x75, 0xf6]);
+    code.extend(none);
+    code.extend(got);
+    let k = write_guest("read-only", &code);
+    let mut child = rvmspawn(&k, &["--console=read-only"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    read_until(&mut stdout, b"waiting\n", 1);
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"typed\x1d\x1d\x1d").unwrap();
+    let mut rest = Vec::new();
+    stdout.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, b"none\n", "{}", String::from_utf8_lossy(&rest));
+    assert_eq!(child.wait().unwrap().code(), Some(0));
 }
 
 #[test]

@@ -65,6 +65,84 @@ pub struct VmConfig {
     pub network: Network,
     /// The guest's TPM (`--tpm=`, `--tpm-state=`).
     pub tpm: TpmConfig,
+    /// The guest's console and what the user's terminal is to it (`--console=`,
+    /// `--console-transport=`).
+    pub console: ConsoleConfig,
+}
+
+/// `--console=`: what the user's terminal is to the guest's console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConsoleMode {
+    /// The terminal in raw mode, every key to the guest; Ctrl-] three times within a second
+    /// ends the VM; the window size reaches the guest.
+    #[default]
+    Interactive,
+    /// Output only: standard input is not read, the terminal stays as it is (Ctrl-C stops the
+    /// VM).
+    ReadOnly,
+    /// A transparent byte pipe in raw mode with one escape: Ctrl-a x ends the VM, Ctrl-a a
+    /// sends a Ctrl-a.
+    Native,
+    /// No console device, no `console=` argument, nothing of the guest's printed.
+    Headless,
+}
+
+/// `--console-transport=`: the device behind the guest's console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConsoleTransport {
+    /// virtio-console, `hvc0`.
+    #[default]
+    Virtio,
+    /// The 16550 UART on COM1, `ttyS0`.
+    Serial,
+}
+
+/// The guest's console.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ConsoleConfig {
+    /// `--console=`.
+    pub mode: ConsoleMode,
+    /// `--console-transport=`.
+    pub transport: ConsoleTransport,
+    /// The user's `$TERM`, when it is a valid terminal name: the guest gets `TERM=` and
+    /// `systemd.tty.term.<tty>=` with it.
+    pub term: Option<String>,
+}
+
+impl ConsoleConfig {
+    /// The guest's console device name, `None` when it has none (headless).
+    pub fn tty(&self) -> Option<&'static str> {
+        match (self.mode, self.transport) {
+            (ConsoleMode::Headless, _) => None,
+            (_, ConsoleTransport::Virtio) => Some("hvc0"),
+            (_, ConsoleTransport::Serial) => Some("ttyS0"),
+        }
+    }
+
+    /// What the console adds to the kernel command line, first: `console=TTY`, then
+    /// `TERM=` and `systemd.tty.term.TTY=` with the user's terminal type, as vmspawn passes
+    /// them; nothing when headless.
+    pub fn kernel_args(&self) -> Vec<String> {
+        let Some(tty) = self.tty() else {
+            return Vec::new();
+        };
+        let mut args = vec![format!("console={tty}")];
+        if let Some(term) = &self.term {
+            args.push(format!("TERM={term}"));
+            args.push(format!("systemd.tty.term.{tty}={term}"));
+        }
+        args
+    }
+}
+
+/// Whether `term` may be passed on as `$TERM` (systemd's `term_env_valid()`: not empty, at
+/// most 128 bytes, ASCII letters, digits and `-_+.` only).
+pub fn term_valid(term: &str) -> bool {
+    !term.is_empty()
+        && term.len() <= 128
+        && term
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_+.".contains(&b))
 }
 
 /// Whether the guest gets a TPM (`--tpm=`).
@@ -190,4 +268,46 @@ pub struct IdMap {
     pub shift: u32,
     /// How many IDs.
     pub count: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_console_puts_its_device_and_terminal_type_on_the_command_line() {
+        let mut c = ConsoleConfig::default();
+        assert_eq!(c.kernel_args(), ["console=hvc0"]);
+        c.term = Some("xterm-256color".into());
+        assert_eq!(
+            c.kernel_args(),
+            [
+                "console=hvc0",
+                "TERM=xterm-256color",
+                "systemd.tty.term.hvc0=xterm-256color"
+            ]
+        );
+        c.transport = ConsoleTransport::Serial;
+        assert_eq!(c.kernel_args()[0], "console=ttyS0");
+        assert_eq!(c.kernel_args()[2], "systemd.tty.term.ttyS0=xterm-256color");
+        c.mode = ConsoleMode::Headless;
+        assert!(c.kernel_args().is_empty());
+    }
+
+    #[test]
+    fn only_plain_terminal_names_are_passed_on() {
+        for ok in [
+            "xterm-256color",
+            "vt220",
+            "screen.xterm",
+            "rxvt-unicode+x",
+            "a_b",
+        ] {
+            assert!(term_valid(ok), "{ok}");
+        }
+        let long = "x".repeat(129);
+        for bad in ["", "xterm 256", "a;reboot", "dumb\n", "ü", long.as_str()] {
+            assert!(!term_valid(bad), "{bad:?}");
+        }
+    }
 }

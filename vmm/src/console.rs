@@ -16,6 +16,16 @@ impl std::fmt::Debug for Terminal {
 }
 
 impl Terminal {
+    /// The terminal left as it is (the modes that do not read it).
+    pub fn untouched() -> Terminal {
+        Terminal { saved: None }
+    }
+
+    /// Whether this put the terminal in raw mode.
+    pub fn is_raw(&self) -> bool {
+        self.saved.is_some()
+    }
+
     /// Put standard input in raw mode if it is a terminal, so that every key (Ctrl-C too)
     /// reaches the guest.
     pub fn raw_if_tty() -> Terminal {
@@ -85,6 +95,48 @@ impl EscapeDetector {
             }
             if self.count >= ESCAPE_COUNT {
                 return true;
+            }
+        }
+        false
+    }
+}
+
+/// The size of the terminal on `fd` as (columns, rows), if it is a terminal that knows it.
+pub fn window_size(fd: libc::c_int) -> Option<(u16, u16)> {
+    // SAFETY: winsize is plain data; all-zero is valid.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ writes one winsize into `ws`, which outlives the call.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
+    (rc == 0 && ws.ws_col > 0 && ws.ws_row > 0).then_some((ws.ws_col, ws.ws_row))
+}
+
+/// Ctrl-a, native mode's escape character (QEMU's, whose hint vmspawn prints).
+const NATIVE_ESCAPE: u8 = 0x01;
+
+/// Native mode's escape layer over typed input: Ctrl-a x ends the VM, Ctrl-a a (or Ctrl-a
+/// Ctrl-a) sends one Ctrl-a; Ctrl-a followed by anything else sends both bytes. Every other
+/// byte passes through unchanged.
+#[derive(Debug, Default)]
+pub struct NativeEscape {
+    after_escape: bool,
+}
+
+impl NativeEscape {
+    /// Feed typed bytes, appending what the guest is to get to `out`; true on Ctrl-a x (the
+    /// bytes after it are not passed on).
+    pub fn feed(&mut self, bytes: &[u8], out: &mut std::collections::VecDeque<u8>) -> bool {
+        for &b in bytes {
+            if self.after_escape {
+                self.after_escape = false;
+                match b {
+                    b'x' => return true,
+                    b'a' | NATIVE_ESCAPE => out.push_back(NATIVE_ESCAPE),
+                    other => out.extend([NATIVE_ESCAPE, other]),
+                }
+            } else if b == NATIVE_ESCAPE {
+                self.after_escape = true;
+            } else {
+                out.push_back(b);
             }
         }
         false
@@ -304,6 +356,21 @@ mod tests {
         let mut d = EscapeDetector::default();
         assert!(!d.feed(&[ESCAPE, ESCAPE], t0));
         assert!(d.feed(&[ESCAPE], t0 + Duration::from_millis(900)));
+    }
+
+    #[test]
+    fn native_mode_passes_bytes_through_and_ends_on_ctrl_a_x() {
+        let mut e = NativeEscape::default();
+        let mut out = std::collections::VecDeque::new();
+        // Ctrl-] is an ordinary byte here; Ctrl-a a and Ctrl-a Ctrl-a send one Ctrl-a; Ctrl-a
+        // then anything else sends both.
+        assert!(!e.feed(b"ls\x1d\x1d\x1d\x01a|\x01\x01|\x01b", &mut out));
+        assert_eq!(out.make_contiguous(), b"ls\x1d\x1d\x1d\x01|\x01|\x01b");
+        out.clear();
+        // The escape may be split across reads.
+        assert!(!e.feed(b"q\x01", &mut out));
+        assert!(e.feed(b"xzz", &mut out));
+        assert_eq!(out.make_contiguous(), b"q");
     }
 
     #[test]

@@ -10,10 +10,11 @@ use std::time::Instant;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
+use crate::ConsoleMode;
 use crate::Error;
 use crate::VmExit;
-use crate::console::{EscapeDetector, Terminal};
-use crate::machine::Machine;
+use crate::console::{EscapeDetector, NativeEscape, Terminal};
+use crate::machine::{ConsoleInput, Machine};
 use crate::vcpu::MachineEvent;
 
 const TOKEN_MACHINE: u64 = 0;
@@ -38,8 +39,9 @@ pub enum Outcome {
     HelperExited(usize),
 }
 
-/// Signals that end the VM.
-const TERMINATION_SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+/// Signals read from the signalfd: the three that end the VM, and the terminal's change of
+/// size.
+const SIGNALS: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGWINCH];
 
 /// Blocks the termination signals for the life of the VM and restores the mask afterwards.
 struct SignalMask {
@@ -55,7 +57,7 @@ impl SignalMask {
         // SAFETY: `set` is a valid sigset_t; these calls only edit it.
         unsafe {
             libc::sigemptyset(&mut set);
-            for s in TERMINATION_SIGNALS {
+            for s in SIGNALS {
                 libc::sigaddset(&mut set, s);
             }
         }
@@ -95,7 +97,9 @@ pub struct Console {
     stdin_open: bool,
     stdin_watched: bool,
     pending: VecDeque<u8>,
-    escape: EscapeDetector,
+    escape: Escape,
+    /// The terminal's size is passed on to the guest (a raw terminal on standard input).
+    track_size: bool,
     /// The run is stopping and a thread ends the process on the next signal ([`Console::stopping`]).
     watching_signals: bool,
     // Dropped last among the fields that matter: the terminal is restored after the loop ends.
@@ -115,9 +119,18 @@ fn epoll_ctl(epoll: &Epoll, op: ControlOperation, fd: RawFd, token: u64) -> std:
     epoll.ctl(op, fd, EpollEvent::new(EventSet::IN, token))
 }
 
+/// How typed input can end the VM (`--console=`).
+#[derive(Debug)]
+enum Escape {
+    /// Ctrl-] three times within a second (interactive).
+    Nspawn(EscapeDetector),
+    /// Ctrl-a x, with Ctrl-a a for a literal Ctrl-a (native).
+    Native(NativeEscape),
+}
+
 impl Console {
-    /// Take over the terminal and the termination signals.
-    pub fn new() -> Result<Console, Error> {
+    /// Take over the terminal (in the modes that read it) and the termination signals.
+    pub fn new(mode: ConsoleMode) -> Result<Console, Error> {
         let (mask, set) = SignalMask::block()?;
         // SAFETY: `set` is a valid sigset_t; -1 asks for a new signalfd.
         let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
@@ -134,24 +147,36 @@ impl Console {
             TOKEN_SIGNAL,
         )
         .map_err(|e| Error::Host("epoll", e))?;
-        // Standard input may be closed, /dev/null or a regular file (which epoll refuses): in
-        // those cases the guest simply gets no input.
-        let stdin_open = epoll_ctl(
-            &epoll,
-            ControlOperation::Add,
-            libc::STDIN_FILENO,
-            TOKEN_STDIN,
-        )
-        .is_ok();
+        // Only interactive and native read the terminal. Standard input may be closed,
+        // /dev/null or a regular file (which epoll refuses): in those cases the guest simply
+        // gets no input.
+        let reads = matches!(mode, ConsoleMode::Interactive | ConsoleMode::Native);
+        let stdin_open = reads
+            && epoll_ctl(
+                &epoll,
+                ControlOperation::Add,
+                libc::STDIN_FILENO,
+                TOKEN_STDIN,
+            )
+            .is_ok();
+        let terminal = if reads {
+            Terminal::raw_if_tty()
+        } else {
+            Terminal::untouched()
+        };
         Ok(Console {
             epoll,
             signalfd,
             stdin_open,
             stdin_watched: stdin_open,
             pending: VecDeque::new(),
-            escape: EscapeDetector::default(),
+            escape: match mode {
+                ConsoleMode::Native => Escape::Native(NativeEscape::default()),
+                _ => Escape::Nspawn(EscapeDetector::default()),
+            },
+            track_size: terminal.is_raw(),
             watching_signals: false,
-            _terminal: Terminal::raw_if_tty(),
+            _terminal: terminal,
             _mask: mask,
         })
     }
@@ -165,6 +190,14 @@ impl Console {
             TOKEN_HELPER + index as u64,
         )
         .map_err(|e| Error::Host("epoll", e))
+    }
+
+    /// The terminal's size as (columns, rows), when the guest is to follow it.
+    pub fn window_size(&self) -> Option<(u16, u16)> {
+        if !self.track_size {
+            return None;
+        }
+        crate::console::window_size(libc::STDIN_FILENO)
     }
 
     /// Run until `machine` stops or the user or a signal ends the VM.
@@ -203,6 +236,8 @@ impl Console {
     fn wait(&mut self, machine: &Machine) -> Result<Outcome, Error> {
         // Input typed before a reset goes to the new machine.
         self.feed_guest(machine);
+        // As does a change of size while the old one stopped.
+        self.resize(machine);
         let mut events = vec![EpollEvent::default(); 8];
         loop {
             let n = match self.epoll.wait(-1, &mut events) {
@@ -224,8 +259,11 @@ impl Console {
                         }
                     }
                     TOKEN_SIGNAL => {
-                        if let Some(signo) = self.read_signal() {
-                            return Ok(Outcome::Exit(VmExit::Signal(signo)));
+                        while let Some(signo) = self.read_signal() {
+                            if signo != libc::SIGWINCH {
+                                return Ok(Outcome::Exit(VmExit::Signal(signo)));
+                            }
+                            self.resize(machine);
                         }
                     }
                     TOKEN_STDIN => {
@@ -281,8 +319,10 @@ impl Console {
                     {
                         return;
                     }
-                    if let Some(signo) = read_signal(fd.as_raw_fd()) {
-                        crate::cleanup::exit_now(128 + signo);
+                    while let Some(signo) = read_signal(fd.as_raw_fd()) {
+                        if signo != libc::SIGWINCH {
+                            crate::cleanup::exit_now(128 + signo);
+                        }
                     }
                 }
             });
@@ -310,10 +350,19 @@ impl Console {
             return false;
         }
         let typed = &buf[..n as usize];
-        if self.escape.feed(typed, Instant::now()) {
-            return true;
+        match &mut self.escape {
+            Escape::Nspawn(e) => {
+                if e.feed(typed, Instant::now()) {
+                    return true;
+                }
+                self.pending.extend(typed);
+            }
+            Escape::Native(e) => {
+                if e.feed(typed, &mut self.pending) {
+                    return true;
+                }
+            }
         }
-        self.pending.extend(typed);
         if self.pending.len() >= MAX_PENDING_INPUT {
             self.set_stdin_watched(false);
         }
@@ -334,15 +383,22 @@ impl Console {
         }
     }
 
-    /// Move pending input into COM1's FIFO as far as it has room.
+    /// Pass the terminal's size on to the guest's virtio console.
+    fn resize(&self, machine: &Machine) {
+        if let (ConsoleInput::Virtio(port), Some((cols, rows))) =
+            (&machine.input, self.window_size())
+        {
+            port.set_size(cols, rows);
+        }
+    }
+
+    /// Move pending input into the guest's console as far as it has room.
     fn feed_guest(&mut self, machine: &Machine) {
         if self.pending.is_empty() {
             return;
         }
-        let mut serial = machine.serial.lock().unwrap_or_else(|p| p.into_inner());
         let (a, _) = self.pending.as_slices();
-        let taken = serial.enqueue(a);
-        drop(serial);
+        let taken = machine.input.enqueue(a);
         self.pending.drain(..taken);
         if self.pending.len() < MAX_PENDING_INPUT {
             self.set_stdin_watched(true);

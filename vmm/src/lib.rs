@@ -33,13 +33,10 @@ pub use boot::Extraction as KernelExtraction;
 pub use boot::bls;
 pub use boot::{SmbiosError, parse_uuid};
 pub use config::{
-    DiskConfig, FirmwareBoot, FsShare, IdMap, KvmSource, Network, TpmConfig, TpmMode, TpmState,
-    VmConfig, VsockConfig, VsockMode,
+    ConsoleConfig, ConsoleMode, ConsoleTransport, DiskConfig, FirmwareBoot, FsShare, IdMap,
+    KvmSource, Network, TpmConfig, TpmMode, TpmState, VmConfig, VsockConfig, VsockMode, term_valid,
 };
 pub use net::{format_mac, guest_mac, parse_mac, tap_name};
-
-/// The command line every direct boot starts with; the user's arguments follow.
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
 
 /// Most vCPUs a machine can have: APIC IDs are 8 bits in the MADT, and 0xff is the broadcast ID.
 pub const MAX_VCPUS: u32 = 254;
@@ -367,7 +364,7 @@ fn run_vm(mut config: VmConfig) -> Result<RunOutcome, Error> {
     }
     // Termination signals are blocked (and read from a signalfd) from here on, before anything
     // that takes time or holds resources, so an early SIGTERM still ends the run cleanly.
-    let mut console = event_loop::Console::new()?;
+    let mut console = event_loop::Console::new(config.console.mode)?;
     let firmware = config.firmware.take();
     // The kernel rvmspawn is handed, if any: booted directly, or through the firmware.
     let has_kernel = firmware.as_ref().is_none_or(|f| f.kernel_through_firmware);
@@ -507,7 +504,12 @@ fn run_vm(mut config: VmConfig) -> Result<RunOutcome, Error> {
     } else {
         None
     };
-    let cmdline = std::iter::once(DEFAULT_CMDLINE.to_string())
+    // A direct boot's command line starts with the console's arguments (ConsoleConfig::
+    // kernel_args); the user's follow.
+    let cmdline = config
+        .console
+        .kernel_args()
+        .into_iter()
         .chain(uki.map(|u| u.cmdline))
         .chain(root_arg)
         .chain(config.extra_cmdline)
@@ -574,6 +576,11 @@ fn run_vm(mut config: VmConfig) -> Result<RunOutcome, Error> {
         fs,
         net,
         tpm: tpm.clone(),
+        console: match (config.console.mode, config.console.transport) {
+            (ConsoleMode::Headless, _) => machine::ConsoleSpec::Headless,
+            (_, ConsoleTransport::Serial) => machine::ConsoleSpec::Serial,
+            (_, ConsoleTransport::Virtio) => machine::ConsoleSpec::Virtio,
+        },
         memory: if config.shared_memory || !config.shares.is_empty() {
             memory::Backing::SharedMemfd
         } else {
@@ -605,7 +612,8 @@ fn run_vm(mut config: VmConfig) -> Result<RunOutcome, Error> {
                     m.apply(tpm)?;
                 }
             }
-            let machine = machine::Machine::build(&kvm, &spec, output.sink())?;
+            let machine =
+                machine::Machine::build(&kvm, &spec, output.sink(), console.window_size())?;
             if !started {
                 started = true;
                 // As vmspawn once its VMM runs; with --notify-ready=no that is also when we are

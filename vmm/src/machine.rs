@@ -15,6 +15,7 @@ use devices::legacy::{Cmos, SerialConsole};
 use devices::pci::PciBus;
 use devices::virtio::VirtioDevice;
 use devices::virtio::block::{Block, DiskImage, ID_BYTES};
+use devices::virtio::console::{Console as VirtioConsole, ConsolePort};
 use devices::virtio::fs::VhostUserFs;
 use devices::virtio::rng::Rng;
 use devices::virtio::vsock::{VhostHandle, Vsock};
@@ -56,6 +57,42 @@ pub struct MachineSpec {
     pub net: Option<crate::net::NetSetup>,
     /// The run's TPM; each boot gets a fresh CRB register file in front of it.
     pub tpm: Option<Arc<devices::tpm::Tpm>>,
+    /// The guest's console device.
+    pub console: ConsoleSpec,
+}
+
+/// Which device is the guest's console. COM1 is there in every case (a guest may print to it
+/// before its virtio-console driver has loaded: `earlycon`, `earlyprintk`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsoleSpec {
+    /// virtio-console (the last PCI function): typed input goes there.
+    Virtio,
+    /// COM1: typed input goes there.
+    Serial,
+    /// No console device and no input; COM1's output is dropped.
+    Headless,
+}
+
+/// Where the user's typed input goes.
+#[derive(Debug, Clone)]
+pub enum ConsoleInput {
+    /// COM1's receive FIFO.
+    Serial(Arc<Mutex<SerialConsole>>),
+    /// The virtio-console port.
+    Virtio(Arc<ConsolePort>),
+    /// Nowhere (headless).
+    None,
+}
+
+impl ConsoleInput {
+    /// Queue `input` as far as there is room; how many bytes were taken.
+    pub fn enqueue(&self, input: &[u8]) -> usize {
+        match self {
+            ConsoleInput::Serial(s) => s.lock().unwrap_or_else(|p| p.into_inner()).enqueue(input),
+            ConsoleInput::Virtio(p) => p.enqueue(input),
+            ConsoleInput::None => input.len(),
+        }
+    }
 }
 
 /// The two boot paths, each with its own platform.
@@ -97,9 +134,9 @@ pub struct Machine {
     _vm: Arc<VmFd>,
     /// Leaked instead of dropped when a vCPU could not be stopped: it may still run the guest.
     _ram: Option<memory::GuestRam>,
-    /// COM1, for queuing the user's input.
-    pub serial: Arc<Mutex<SerialConsole>>,
-    /// Signalled when the guest has drained COM1's receive FIFO.
+    /// Where the user's input goes.
+    pub input: ConsoleInput,
+    /// Signalled when the guest has taken all queued input.
     pub input_drained: EventFd,
     /// Power-off, reset and failure reports.
     pub events: Arc<EventSlot>,
@@ -141,6 +178,7 @@ impl Machine {
         kvm: &Kvm,
         spec: &MachineSpec,
         console: crate::console::ConsoleSink,
+        window: Option<(u16, u16)>,
     ) -> Result<Machine, Error> {
         let vm = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
         crate::log::phase("VM created");
@@ -204,10 +242,14 @@ impl Machine {
         vm.register_irqfd(&serial_irq, COM1_IRQ)
             .map_err(kvm_err("KVM_IRQFD"))?;
         let input_drained = new_eventfd()?;
+        let uart_out: Box<dyn std::io::Write + Send> = match spec.console {
+            ConsoleSpec::Headless => Box::new(std::io::sink()),
+            ConsoleSpec::Virtio | ConsoleSpec::Serial => Box::new(console.clone()),
+        };
         let serial = SerialConsole::new(
             serial_irq,
             input_drained.try_clone().map_err(host_err("eventfd"))?,
-            Box::new(console),
+            uart_out,
         );
         let rtc = Cmos::new();
         // The registration list: every device that describes itself in the ACPI tables or
@@ -286,6 +328,25 @@ impl Machine {
             }
             None => {}
         }
+        let input = match spec.console {
+            ConsoleSpec::Virtio => {
+                let port = Arc::new(
+                    ConsolePort::new(
+                        input_drained.try_clone().map_err(host_err("eventfd"))?,
+                        window,
+                    )
+                    .map_err(host_err("eventfd"))?,
+                );
+                // Last, so that no other function's PCI slot (and a NIC's name) depends on it.
+                virtio.push(Box::new(VirtioConsole::new(
+                    port.clone(),
+                    Box::new(console),
+                )));
+                ConsoleInput::Virtio(port)
+            }
+            ConsoleSpec::Serial => ConsoleInput::Serial(serial.clone()),
+            ConsoleSpec::Headless => ConsoleInput::None,
+        };
         let ctx = crate::platform::Context {
             vm: &vm,
             mem,
@@ -347,7 +408,7 @@ impl Machine {
             _platform: platform.resources,
             _vm: vm,
             _ram: Some(ram),
-            serial,
+            input,
             input_drained,
             events,
             stop,
