@@ -59,7 +59,7 @@ exit $rc"#,
                 // guest reads /dev/hwrng) call mount(2), which no seccomp list allows.
                 "seccomp-worker",
                 format!(
-                    r#"ulimit -c 0; RVMSPAWN_TEST_SECCOMP_VIOLATION=worker {T} '{}' -q --qemu-vsock=no --tpm=no --linux="$KERNEL" --initrd="$INITRD" rvmspawn.rng=1"#,
+                    r#"ulimit -c 0; RVMSPAWN_TEST_SECCOMP_VIOLATION=worker {T} '{}' -q --qemu-vsock=no --tpm=no --console-transport=serial --linux="$KERNEL" --initrd="$INITRD" rvmspawn.rng=1"#,
                     test_hooks_bin().display()
                 ),
             )
@@ -187,10 +187,11 @@ fn guest_reboot_restarts_the_vm_and_sigterm_stops_it() {
     );
 }
 
-/// rvmspawn's default kernel command line (vmm::DEFAULT_CMDLINE), which the guest must see
-/// first, before the user's arguments.
+/// rvmspawn's default kernel command line (vmm::ConsoleConfig::kernel_args: the virtio
+/// console; the test host passes no $TERM), which the guest must see first, before the user's
+/// arguments.
 fn vmm_default_cmdline() -> &'static str {
-    "console=ttyS0"
+    "console=hvc0"
 }
 
 #[test]

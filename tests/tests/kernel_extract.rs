@@ -106,7 +106,7 @@ fn assert_reached_init(r: &BootResult, word: &str) {
         .value("RVMSPAWN-CMDLINE")
         .expect("the guest's command line");
     assert!(
-        cmdline.starts_with("console=ttyS0 ") && cmdline.split(' ').any(|w| w == word),
+        cmdline.starts_with("console=hvc0 ") && cmdline.split(' ').any(|w| w == word),
         "{cmdline}"
     );
     assert_eq!(r.value("RC"), Some("0"), "{}", r.output);

@@ -225,7 +225,7 @@ fn the_directory_is_the_guests_root_and_its_writes_land_on_the_host() {
     let cmdline = r.value("RVMSPAWN-ROOT-CMDLINE").expect("cmdline");
     assert_eq!(
         cmdline,
-        "console=ttyS0 rvmspawn.arg=1 root=root rootfstype=virtiofs rw"
+        "console=hvc0 rvmspawn.arg=1 root=root rootfstype=virtiofs rw"
     );
     assert_eq!(r.value("RVMSPAWN-ROOT-WRITE"), Some("ok"), "{}", r.output);
     assert_eq!(
@@ -244,7 +244,7 @@ fn without_linux_the_trees_default_boot_entry_boots() {
     assert_eq!(r.value("RVMSPAWN-ROOT-INIT"), Some("ok"), "{}", r.output);
     // vmspawn uses the entry's kernel and initrd, not its options.
     let cmdline = r.value("RVMSPAWN-ROOT-CMDLINE").expect("cmdline");
-    assert_eq!(cmdline, "console=ttyS0 root=root rootfstype=virtiofs rw");
+    assert_eq!(cmdline, "console=hvc0 root=root rootfstype=virtiofs rw");
     assert_eq!(r.rc, Some(0), "{}", r.output);
     assert_nothing_left(r);
 }

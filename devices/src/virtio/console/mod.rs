@@ -14,7 +14,9 @@
 //!
 //! The terminal's size is offered with `VIRTIO_CONSOLE_F_SIZE` when it is known at start, and a
 //! change ([`ConsolePort::set_size`]) raises a config-change interrupt, after which Linux reads
-//! it again and resizes `hvc0`.
+//! it again and resizes `hvc0`. Linux reads the size only on such an interrupt, and ignores one
+//! that comes before its console port exists; so the device raises one when the driver first
+//! writes output (by then `hvc0` is a console), once per activation.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -164,6 +166,8 @@ pub struct Engine {
     port: Arc<ConsolePort>,
     out: Arc<Mutex<Box<dyn Write + Send>>>,
     buf: Vec<u8>,
+    /// The size has been announced with a config interrupt since the first output.
+    size_announced: bool,
 }
 
 impl Engine {
@@ -195,6 +199,7 @@ impl Engine {
             port,
             out,
             buf: vec![0; CHUNK],
+            size_announced: false,
         }
     }
 
@@ -209,7 +214,9 @@ impl Engine {
             ..
         } = self;
         let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
-        serve_queue(tx, mem, interrupt.as_ref(), TXQ, |mem, chain| {
+        let mut wrote = false;
+        let served = serve_queue(tx, mem, interrupt.as_ref(), TXQ, |mem, chain| {
+            wrote = true;
             for d in chain.readable() {
                 let mut done = 0u64;
                 let len = u64::from(d.len());
@@ -228,7 +235,15 @@ impl Engine {
                 }
             }
             0
-        })
+        });
+        drop(out);
+        if wrote && !self.size_announced {
+            self.size_announced = true;
+            if self.port.lock().size.is_some() {
+                self.interrupt.config();
+            }
+        }
+        served
     }
 
     /// Move queued input into the driver's receive buffers. False when the driver broke the

@@ -120,10 +120,14 @@ struct Rig {
 
 impl Rig {
     fn new() -> Rig {
+        Rig::sized(None)
+    }
+
+    fn sized(size: Option<(u16, u16)>) -> Rig {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM)]).unwrap();
         let (rx, tx) = (Ring::new(RX_AT), Ring::new(TX_AT));
         let drained = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let port = Arc::new(ConsolePort::new(drained.try_clone().unwrap(), None).unwrap());
+        let port = Arc::new(ConsolePort::new(drained.try_clone().unwrap(), size).unwrap());
         let irq = Arc::new(Counts::default());
         let out = Collect::default();
         let engine = Engine::new(
@@ -379,4 +383,19 @@ fn the_device_thread_serves_notifications_and_input() {
     );
     assert!(wait(&|| drained.read().is_ok()));
     dev.reset();
+}
+
+#[test]
+fn the_first_output_announces_the_size_once() {
+    for (size, want) in [(Some((80, 24)), 1), (None, 0)] {
+        let mut r = Rig::sized(size);
+        // Nothing written yet: the driver's console port may not exist.
+        assert!(r.engine.process_tx());
+        assert_eq!(r.irq.config.load(Ordering::SeqCst), 0);
+        for _ in 0..2 {
+            r.tx.chain(&r.mem, &[(0x10000, 1, 0)]);
+            assert!(r.engine.process_tx());
+        }
+        assert_eq!(r.irq.config.load(Ordering::SeqCst), want, "{size:?}");
+    }
 }
