@@ -18,7 +18,14 @@
 # every VMM, the same 300 MiB are written to the test host's tmpfs and freed
 # (RVMSPAWN_BENCH_CONDITION_MIB, 0 for none), and each round starts with the
 # next VMM in the list.
-# Usage: scripts/bench-boot-inner.sh [--directory|--firmware] [RUNS]
+# Usage: scripts/bench-boot-inner.sh [--directory|--firmware|--console] [RUNS]
+#
+# --console: an output-heavy boot instead: the same kernel and initramfs without "quiet" (the
+# whole kernel log) and a /init that writes RVMSPAWN_BENCH_CONSOLE_KIB KiB (default 1024) to
+# the console before powering off (guest-init's rvmspawn.bulk=): rvmspawn with its default
+# virtio console (hvc0) and with --console-transport=serial, QEMU pc with -serial stdio and
+# with virtio-serial-pci + virtconsole (console=hvc0), all booting the bzImage. "to /init" is
+# the guest's RVMSPAWN-GUEST-INIT line, "total" the exit after the bulk output.
 #
 # --directory: boot an OS tree over virtio-fs instead (a busybox tree whose
 # /sbin/init prints RVMSPAWN-GUEST-INIT and powers off; the initramfs mounts it
@@ -37,10 +44,11 @@
 # QEMU's of VARS), made before the clock starts. No vsock for either.
 set -euo pipefail
 
-directory=0 firmware=0
+directory=0 firmware=0 console=0
 case ${1:-} in
     --directory) directory=1; shift ;;
     --firmware) firmware=1; shift ;;
+    --console) console=1; shift ;;
 esac
 runs=${1:-5}
 scripts=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -125,6 +133,22 @@ EOF
     labels=(rvmspawn qemu-pc)
     cmd_pc=("$out/qemu-dir.sh")
 fi
+if [ "$console" = 1 ]; then
+    kib=${RVMSPAWN_BENCH_CONSOLE_KIB:-1024}
+    case $kib in '' | *[!0-9]*) echo "bench-boot: RVMSPAWN_BENCH_CONSOLE_KIB is a number" >&2; exit 2 ;; esac
+    # A mebibyte through a UART is a million VM exits: minutes under TCG.
+    export RVMSPAWN_BENCH_BOOT_TIMEOUT=${RVMSPAWN_BENCH_BOOT_TIMEOUT:-900}
+    cmd_rvmspawn=("${rvmspawn_common[@]}" "--linux=$kernel" "--initrd=$initrd" "rvmspawn.bulk=$kib")
+    cmd_rvmspawn_serial=("${rvmspawn_common[@]}" --console-transport=serial "--linux=$kernel"
+        "--initrd=$initrd" "rvmspawn.bulk=$kib")
+    console_common=(-enable-kvm -cpu host -m "$mem" -smp 1 -nodefaults -nographic -no-reboot
+        -kernel "$kernel" -initrd "$initrd")
+    cmd_pc=(qemu-system-x86_64 -M pc "${console_common[@]}" -serial stdio
+        -append "console=ttyS0 rvmspawn.bulk=$kib")
+    cmd_pc_virtio=(qemu-system-x86_64 -M pc "${console_common[@]}" -device virtio-serial-pci
+        -chardev stdio,id=con -device virtconsole,chardev=con -append "console=hvc0 rvmspawn.bulk=$kib")
+    labels=(rvmspawn rvmspawn-serial qemu-pc qemu-pc-virtio)
+fi
 if [ "$firmware" = 1 ]; then
     esp=.cache/assets/firmware/esp.raw
     [ -f "$esp" ] || { echo "bench-boot: $esp is missing (scripts/assets.sh builds it)" >&2; exit 1; }
@@ -174,6 +198,8 @@ boot() { # LABEL RESULTS-FILE
         rvmspawn) cmd=("${cmd_rvmspawn[@]}") ;;
         rvmspawn-vmlinux) cmd=("${cmd_rvmspawn_vmlinux[@]}") ;;
         rvmspawn-uki) cmd=("${cmd_rvmspawn_uki[@]}") ;;
+        rvmspawn-serial) cmd=("${cmd_rvmspawn_serial[@]}") ;;
+        qemu-pc-virtio) cmd=("${cmd_pc_virtio[@]}") ;;
         qemu-microvm) cmd=("${cmd_microvm[@]}") ;;
         qemu-pc) cmd=("${cmd_pc[@]}") ;;
         qemu-q35) cmd=("${cmd_q35[@]}") ;;
@@ -222,6 +248,9 @@ echo
 if [ "$firmware" = 1 ]; then
     echo "UEFI boot of a disk image (OVMF -> systemd-boot -> kernel) to /init, in the nested test"
     echo "host (QEMU TCG; compare ratios, not absolute times):"
+elif [ "$console" = 1 ]; then
+    echo "Output-heavy boot (no quiet, then $kib KiB written to the console) to /init and to the"
+    echo "exit, in the nested test host (QEMU TCG; compare ratios, not absolute times):"
 elif [ "$directory" = 1 ]; then
     echo "Boot of an OS tree over virtio-fs to its /sbin/init, in the nested test host (QEMU TCG;"
     echo "compare ratios, not absolute times; peak RSS is the largest process's, the VMM's):"
