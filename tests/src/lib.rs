@@ -220,6 +220,10 @@ impl Batch {
             a.join("guest/vmlinux").display(),
             a.join("guest/initramfs.cpio.gz").display(),
         );
+        // No $TERM: rvmspawn passes a valid one to the guest's command line (TERM=,
+        // systemd.tty.term.hvc0=), which the steps' expectations would then depend on; a step
+        // that tests it sets its own.
+        head += "unset TERM\n";
         // One cache of extracted kernels for the whole batch, somewhere writable (the test
         // host sees the repository read-only and has /var/cache on it): the batch's first
         // bzImage boot extracts, the others hit the cache. Removed at the end.

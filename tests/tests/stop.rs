@@ -97,8 +97,9 @@ exit $rc"#,
                 "reboot-virtiofsd-stalled",
                 HELPERS.to_owned()
                     + r#"tree
-SYSTEMD_LOG_LEVEL=debug "$RVMSPAWN" -q --qemu-mem=512M --linux="$KERNEL" --initrd="$INITRD" \
-    -D "$D/root" rvmspawn.tree=reboot-later >"$D/vm" 2>&1 &
+# The UART: a boot is counted by the kernel's first line, which hvc0 does not show.
+SYSTEMD_LOG_LEVEL=debug "$RVMSPAWN" -q --qemu-mem=512M --console-transport=serial \
+    --linux="$KERNEL" --initrd="$INITRD" -D "$D/root" rvmspawn.tree=reboot-later >"$D/vm" 2>&1 &
 vm=$!
 wait_for RVMSPAWN-TREE-HANG "$D/vm"
 fsd=""
