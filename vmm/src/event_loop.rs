@@ -43,7 +43,8 @@ pub enum Outcome {
 /// size.
 const SIGNALS: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGWINCH];
 
-/// Blocks the termination signals for the life of the VM and restores the mask afterwards.
+/// Blocks the signals the event loop reads ([`SIGNALS`]) for the life of the VM and restores the
+/// mask afterwards.
 struct SignalMask {
     old: libc::sigset_t,
 }
