@@ -61,7 +61,11 @@ fuzz_target!(|data: &[u8]| {
                     .all(|c| !matches!(c, std::path::Component::ParentDir))
         };
         assert!(inside(&entry.kernel), "{}", entry.kernel.display());
-        assert!(entry.initrds.iter().all(|i| inside(i)), "{:?}", entry.initrds);
+        assert!(
+            entry.initrds.iter().all(|i| inside(i)),
+            "{:?}",
+            entry.initrds
+        );
         assert_eq!(entry.initrds.len(), entry.initrd_files.len());
     }
 });

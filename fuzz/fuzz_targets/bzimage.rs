@@ -44,8 +44,14 @@ fuzz_target!(|data: &[u8]| {
     let Ok(payload) = find_payload(&mut Cursor::new(data), len) else {
         return;
     };
-    assert!(payload.offset + payload.len <= len, "{payload:?} outside {len} bytes");
-    assert!(payload.size > 0 && payload.size <= MAX_EXTRACTED, "{payload:?}");
+    assert!(
+        payload.offset + payload.len <= len,
+        "{payload:?} outside {len} bytes"
+    );
+    assert!(
+        payload.size > 0 && payload.size <= MAX_EXTRACTED,
+        "{payload:?}"
+    );
     let input = &data[payload.offset as usize..];
     let mut out = Sink {
         kept: Vec::new(),

@@ -11,8 +11,9 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use devices::virtio::block::{Block, DiskImage, RequestHandler, SECTOR_SIZE};
-use devices::virtio::{GuestMemoryMmap, Interrupt, VirtioDevice, serve_queue};
+use devices::virtio::{GuestMemoryMmap, VirtioDevice, serve_queue};
 use libfuzzer_sys::fuzz_target;
+use rvmspawn_fuzz::Quiet;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -22,13 +23,6 @@ const MEM_SIZE: usize = 64 * 1024;
 const DESC_TABLE: u32 = 0x0; // 16 descriptors at most
 const AVAIL: u32 = 0x100;
 const USED: u32 = 0x200;
-
-struct Quiet;
-impl Interrupt for Quiet {
-    fn queue(&self, _: u16) {}
-    fn config(&self) {}
-    fn needs_reset(&self) {}
-}
 
 fn disk(read_only: bool) -> Arc<DiskImage> {
     static DISKS: OnceLock<[Arc<DiskImage>; 2]> = OnceLock::new();

@@ -5,12 +5,12 @@
 
 #![no_main]
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use devices::virtio::GuestMemoryMmap;
 use devices::virtio::console::{ConsolePort, Engine, INPUT_CAPACITY};
-use devices::virtio::{GuestMemoryMmap, Interrupt};
 use libfuzzer_sys::fuzz_target;
-use virtio_queue::{Queue, QueueT};
+use rvmspawn_fuzz::{Quiet, queue};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -18,24 +18,6 @@ const MEM_SIZE: usize = 64 * 1024;
 // The input is copied to guest address 0: the rings first, buffers from 0x600 on.
 const RX: [u32; 3] = [0x0, 0x100, 0x200];
 const TX: [u32; 3] = [0x300, 0x400, 0x500];
-
-struct Quiet;
-impl Interrupt for Quiet {
-    fn queue(&self, _: u16) {}
-    fn config(&self) {}
-    fn needs_reset(&self) {}
-}
-
-fn queue(mem: &GuestMemoryMmap, size: u16, event_idx: bool, at: [u32; 3]) -> Option<Queue> {
-    let mut q = Queue::new(256).unwrap();
-    q.set_size(size);
-    q.set_desc_table_address(Some(at[0]), Some(0));
-    q.set_avail_ring_address(Some(at[1]), Some(0));
-    q.set_used_ring_address(Some(at[2]), Some(0));
-    q.set_event_idx(event_idx);
-    q.set_ready(true);
-    q.is_valid(mem).then_some(q)
-}
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 4 {
@@ -58,7 +40,14 @@ fuzz_target!(|data: &[u8]| {
     };
     let drained = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let port = Arc::new(ConsolePort::new(drained, Some((80, 24))).unwrap());
-    let mut engine = Engine::new(mem, rx, tx, Arc::new(Quiet), port.clone(), Box::new(std::io::sink()));
+    let mut engine = Engine::new(
+        mem,
+        rx,
+        tx,
+        Arc::new(Quiet),
+        port.clone(),
+        Arc::new(Mutex::new(Box::new(std::io::sink()))),
+    );
     let typed: Vec<u8> = (0..=255u8).cycle().take(INPUT_CAPACITY + 7).collect();
     let mut queued = 0usize;
     for _ in 0..rounds {

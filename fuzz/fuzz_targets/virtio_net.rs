@@ -15,7 +15,7 @@ use devices::virtio::net::{
 };
 use devices::virtio::{GuestMemoryMmap, Interrupt, serve_queue};
 use libfuzzer_sys::fuzz_target;
-use virtio_queue::{Queue, QueueT};
+use rvmspawn_fuzz::{Quiet, queue};
 use vm_memory::{Bytes, GuestAddress};
 
 const MEM_SIZE: usize = 64 * 1024;
@@ -23,24 +23,6 @@ const MEM_SIZE: usize = 64 * 1024;
 const TX: [u32; 3] = [0x0, 0x100, 0x200];
 const RX: [u32; 3] = [0x300, 0x400, 0x500];
 const CTRL: [u32; 3] = [0x600, 0x700, 0x800];
-
-struct Quiet;
-impl Interrupt for Quiet {
-    fn queue(&self, _: u16) {}
-    fn config(&self) {}
-    fn needs_reset(&self) {}
-}
-
-fn queue(mem: &GuestMemoryMmap, size: u16, event_idx: bool, at: [u32; 3]) -> Option<Queue> {
-    let mut q = Queue::new(256).unwrap();
-    q.set_size(size);
-    q.set_desc_table_address(Some(at[0]), Some(0));
-    q.set_avail_ring_address(Some(at[1]), Some(0));
-    q.set_used_ring_address(Some(at[2]), Some(0));
-    q.set_event_idx(event_idx);
-    q.set_ready(true);
-    q.is_valid(mem).then_some(q)
-}
 
 fn peer_send(peer: &OwnedFd, bytes: &[u8]) {
     // SAFETY: send reads `bytes.len()` bytes from `bytes`.

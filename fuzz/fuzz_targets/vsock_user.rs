@@ -8,10 +8,10 @@
 
 use std::sync::Arc;
 
+use devices::virtio::GuestMemoryMmap;
 use devices::virtio::vsock_user::{Engine, HostPortHandler, VsockUser};
-use devices::virtio::{GuestMemoryMmap, Interrupt};
 use libfuzzer_sys::fuzz_target;
-use virtio_queue::{Queue, QueueT};
+use rvmspawn_fuzz::{Quiet, queue};
 use vm_memory::{Bytes, GuestAddress};
 
 const MEM_SIZE: usize = 64 * 1024;
@@ -25,28 +25,10 @@ const RX_DESC: u32 = 0x300;
 const RX_AVAIL: u32 = 0x400;
 const RX_USED: u32 = 0x500;
 
-struct Quiet;
-impl Interrupt for Quiet {
-    fn queue(&self, _: u16) {}
-    fn config(&self) {}
-    fn needs_reset(&self) {}
-}
-
 struct Sink;
 impl HostPortHandler for Sink {
     fn data(&self, _: u64, _: &[u8]) {}
     fn closed(&self, _: u64) {}
-}
-
-fn queue(mem: &GuestMemoryMmap, size: u16, event_idx: bool, at: [u32; 3]) -> Option<Queue> {
-    let mut q = Queue::new(256).unwrap();
-    q.set_size(size);
-    q.set_desc_table_address(Some(at[0]), Some(0));
-    q.set_avail_ring_address(Some(at[1]), Some(0));
-    q.set_used_ring_address(Some(at[2]), Some(0));
-    q.set_event_idx(event_idx);
-    q.set_ready(true);
-    q.is_valid(mem).then_some(q)
 }
 
 fuzz_target!(|data: &[u8]| {

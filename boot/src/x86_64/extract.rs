@@ -573,9 +573,9 @@ pub fn extract(
         Err(e) => return to_memfd(image, payload, format!("{}: {e}", path.display())),
     }
     match store(image, &payload, dir, &path) {
-        Ok((elf, entry)) => Ok({
+        Ok((elf, entry)) => {
             prune(dir, std::time::SystemTime::now());
-            Extracted {
+            Ok(Extracted {
                 elf,
                 size: payload.size,
                 entry,
@@ -585,8 +585,8 @@ pub fn extract(
                 } else {
                     CacheUse::Stored(path)
                 },
-            }
-        }),
+            })
+        }
         // A payload that cannot be extracted fails the same way in memory.
         Err(e @ (ExtractError::Corrupt { .. } | ExtractError::NotPvh(_))) => Err(e),
         Err(e) => to_memfd(image, payload, e.to_string()),

@@ -125,10 +125,15 @@ impl ConsolePort {
     }
 }
 
+/// Where the guest's output goes: one writer, kept by the device across activations and used
+/// by the thread of the current one (a thread left over from an earlier activation, still
+/// finishing a write, holds the lock until it is done).
+pub type ConsoleOut = Arc<Mutex<Box<dyn Write + Send>>>;
+
 /// The virtio-console device.
 pub struct Console {
     port: Arc<ConsolePort>,
-    out: Arc<Mutex<Box<dyn Write + Send>>>,
+    out: ConsoleOut,
     /// Whether F_SIZE is offered: the size was known when the device was made.
     offer_size: bool,
     worker: Option<QueueWorker>,
@@ -164,7 +169,7 @@ pub struct Engine {
     tx: Queue,
     interrupt: Arc<dyn Interrupt>,
     port: Arc<ConsolePort>,
-    out: Arc<Mutex<Box<dyn Write + Send>>>,
+    out: ConsoleOut,
     buf: Vec<u8>,
     /// The size has been announced with a config interrupt since the first output.
     size_announced: bool,
@@ -178,18 +183,7 @@ impl Engine {
         tx: Queue,
         interrupt: Arc<dyn Interrupt>,
         port: Arc<ConsolePort>,
-        out: Box<dyn Write + Send>,
-    ) -> Engine {
-        Engine::with_shared_out(mem, rx, tx, interrupt, port, Arc::new(Mutex::new(out)))
-    }
-
-    fn with_shared_out(
-        mem: GuestMemoryMmap,
-        rx: Queue,
-        tx: Queue,
-        interrupt: Arc<dyn Interrupt>,
-        port: Arc<ConsolePort>,
-        out: Arc<Mutex<Box<dyn Write + Send>>>,
+        out: ConsoleOut,
     ) -> Engine {
         Engine {
             mem,
@@ -358,7 +352,7 @@ impl VirtioDevice for Console {
         let (tx, tx_notify) = tx.ok_or(VirtioError::BadQueue(TXQ))?;
         let wake = self.port.wake.try_clone().map_err(VirtioError::Thread)?;
         self.port.lock().interrupt = Some(a.interrupt.clone());
-        let mut engine = Engine::with_shared_out(
+        let mut engine = Engine::new(
             a.mem,
             rx,
             tx,

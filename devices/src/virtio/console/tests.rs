@@ -136,7 +136,7 @@ impl Rig {
             tx.queue(&mem),
             irq.clone(),
             port.clone(),
-            Box::new(out.clone()),
+            Arc::new(Mutex::new(Box::new(out.clone()))),
         );
         Rig {
             mem,
