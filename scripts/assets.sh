@@ -66,7 +66,9 @@ TESTHOST_MODULES=(virtio_pci 9pnet_virtio 9p kvm kvm_amd tun vhost_net vhost_vso
 # vmw_vsock_virtio_transport_common and fuse come as dependencies), and
 # virtio-net (with failover and net_failover; loaded whether or not the
 # machine has a NIC, like the others).
-GUEST_MODULES=(virtio_pci virtio_console virtio_blk virtio_rng vmw_vsock_virtio_transport virtiofs virtio_net)
+# button and evdev: the ACPI power button as an input device (rvmspawn's graceful stop; read
+# by the guest test program, or by systemd-logind in a systemd guest).
+GUEST_MODULES=(virtio_pci virtio_console virtio_blk virtio_rng vmw_vsock_virtio_transport virtiofs virtio_net button evdev)
 # Loaded by the guest's /init only when it was booted through UEFI and a test
 # asks for EFI variables (rvmspawn.efi=1 and the efivar switches): efivarfs
 # (=m in the cloud kernel) refuses to load without EFI runtime services.
@@ -501,6 +503,8 @@ build_guest_tools
 build_guest
 build_firmware
 build_testhost
+# The real systemd guest (a Debian trixie tree and disk image; its own stamp).
+"$scripts/systemd-guest.sh"
 [ "$bench_blk" = 0 ] || build_bench_blk
 [ "$bench_net" = 0 ] || build_bench_net
 echo "$lists_key $kver_base $generic_base" >"$assets/kver"

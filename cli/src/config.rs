@@ -35,6 +35,12 @@ pub const FALLBACK_NAME: &str = "rvmspawn";
 const NETWORK_MAC_ENV: &str = "SYSTEMD_VMSPAWN_NETWORK_MAC";
 /// `no` boots a bzImage through the 64-bit boot protocol instead of extracting its payload.
 const EXTRACT_KERNEL_ENV: &str = "RVMSPAWN_EXTRACT_KERNEL";
+/// How long a graceful stop waits for the guest, in seconds (not a vmspawn setting: vmspawn
+/// waits for its D-Bus call over ssh instead).
+const STOP_TIMEOUT_ENV: &str = "RVMSPAWN_STOP_TIMEOUT";
+/// The graceful stop's wait when `$RVMSPAWN_STOP_TIMEOUT` is unset: long enough for systemd
+/// to stop its units (its own default stop timeout is 90 s per unit, but a VM's are few).
+pub const DEFAULT_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The guest MAC from `$SYSTEMD_VMSPAWN_NETWORK_MAC`, if set; a bad value is an error naming
 /// the variable (EINVAL), as in vmspawn.
@@ -77,6 +83,8 @@ pub struct Host {
     pub kernel_extraction: vmm::KernelExtraction,
     /// `$TERM`, when it is a valid terminal name (passed on to the guest).
     pub term: Option<String>,
+    /// `$RVMSPAWN_STOP_TIMEOUT`: how long a graceful stop waits for the guest.
+    pub stop_timeout: std::time::Duration,
 }
 
 impl Host {
@@ -127,8 +135,31 @@ impl Host {
                 unsafe { libc::geteuid() } == 0,
             )?,
             term: std::env::var("TERM").ok().filter(|t| vmm::term_valid(t)),
+            stop_timeout: stop_timeout(std::env::var_os(STOP_TIMEOUT_ENV).as_deref())?,
         })
     }
+}
+
+/// `$RVMSPAWN_STOP_TIMEOUT`: seconds (a decimal number, at most a day), 0 for no graceful stop;
+/// unset: [`DEFAULT_STOP_TIMEOUT`].
+fn stop_timeout(value: Option<&OsStr>) -> Result<std::time::Duration, Failure> {
+    let Some(value) = value else {
+        return Ok(DEFAULT_STOP_TIMEOUT);
+    };
+    let text = value.to_string_lossy();
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && (0.0..=86400.0).contains(s))
+        .map(std::time::Duration::from_secs_f64)
+        .ok_or_else(|| {
+            Failure::new(
+                libc::EINVAL,
+                format!(
+                    "Failed to parse ${STOP_TIMEOUT_ENV} value '{text}': expected seconds from 0 to 86400"
+                ),
+            )
+        })
 }
 
 /// Whether bzImages are extracted (`$RVMSPAWN_EXTRACT_KERNEL`, a boolean, default yes) and
@@ -878,6 +909,8 @@ impl Settings {
                 // prepare() fills it in from the Host.
                 term: None,
             },
+            // As does this.
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
         }
     }
 
@@ -1104,6 +1137,23 @@ mod tests {
             network_mac: None,
             kernel_extraction: vmm::KernelExtraction::Off,
             term: None,
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
+        }
+    }
+
+    #[test]
+    fn stop_timeout_comes_from_the_environment() {
+        use std::time::Duration;
+        assert_eq!(stop_timeout(None).unwrap(), DEFAULT_STOP_TIMEOUT);
+        assert_eq!(stop_timeout(Some(OsStr::new("0"))).unwrap(), Duration::ZERO);
+        assert_eq!(
+            stop_timeout(Some(OsStr::new("2.5"))).unwrap(),
+            Duration::from_millis(2500)
+        );
+        for bad in ["", "-1", "nan", "inf", "1e9", "soon"] {
+            let e = stop_timeout(Some(OsStr::new(bad))).unwrap_err();
+            assert_eq!(e.errno, libc::EINVAL, "{bad}");
+            assert!(e.message.contains("RVMSPAWN_STOP_TIMEOUT"), "{}", e.message);
         }
     }
 

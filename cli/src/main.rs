@@ -81,6 +81,7 @@ fn prepare(
     let mut config = settings.into_vm_config(name, kvm, oem_strings, firmware);
     config.kernel_extraction = host.kernel_extraction.clone();
     config.console.term = host.term.clone();
+    config.stop_timeout = host.stop_timeout;
     config.vsock.vhost_fd = passed.vhost_vsock.take();
     if !quiet {
         eprint!("{}", status_lines(&config));
@@ -237,6 +238,7 @@ mod tests {
             network: vmm::Network::None,
             tpm: vmm::TpmConfig::default(),
             console: vmm::ConsoleConfig::default(),
+            stop_timeout: std::time::Duration::ZERO,
         }
     }
 

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use crate::pci::config::COMMAND;
 use crate::pci::{PciBus, PciConfig, PciConfigIo, PciDevice, PciEcam, PciIds};
-use crate::{BusDevice, GuestRequest, RequestSink};
+use crate::{BusDevice, GuestRequest, IrqLevel, PowerButton, RequestSink};
 
 /// Intel's PCI vendor ID.
 const VENDOR_INTEL: u16 = 0x8086;
@@ -56,7 +56,14 @@ pub const PORT_92: u64 = 0x92;
 
 /// PM block offsets.
 const PM1_STS: usize = 0x00;
+const PM1_EN: usize = 0x02;
 const PM1_CNT: usize = 0x04;
+/// PM1 status/enable: the power button.
+const PM1_PWRBTN: u16 = 1 << 8;
+/// The PM1 events this block can raise.
+const PM1_EVENTS: u16 = PM1_PWRBTN;
+/// PM1 control: the SCI is enabled (ACPI mode).
+const PM1_CNT_SCI_EN: u16 = 1;
 const PM1_TMR: usize = 0x08;
 const PM1_CNT_SLP_EN: u16 = 1 << 13;
 const PM1_CNT_SLP_TYP_SHIFT: u16 = 10;
@@ -201,11 +208,16 @@ impl PciDevice for Ich9Lpc {
 
 /// The ICH9 ACPI power-management registers at [`PM_BASE`]: PM1 status/enable/control, the PM
 /// timer, GPE0 status/enable and SMI_EN. `SLP_EN` with sleep type [`S5_SLEEP_TYPE`] powers
-/// off; no event ever raises an SCI (there is no power button or GPE source yet).
+/// off. The one event source is the fixed power button ([`Ich9Pm::press_power_button`]): it
+/// sets `PWRBTN_STS`, and the SCI is asserted while a status bit is set whose enable bit is
+/// set and the OS has switched to ACPI mode (`SCI_EN`); the OS clears the status (writing a
+/// one) and the SCI drops.
 pub struct Ich9Pm {
     regs: [u8; PM_PORTS as usize],
     epoch: Instant,
     sink: RequestSink,
+    sci: Option<IrqLevel>,
+    sci_level: bool,
 }
 
 impl std::fmt::Debug for Ich9Pm {
@@ -215,12 +227,32 @@ impl std::fmt::Debug for Ich9Pm {
 }
 
 impl Ich9Pm {
-    /// The block at power-on; power-off requests go to `sink`.
-    pub fn new(sink: RequestSink) -> Self {
+    /// The block at power-on; power-off requests go to `sink`, the SCI's level to `sci`.
+    pub fn new(sink: RequestSink, sci: Option<IrqLevel>) -> Self {
         Ich9Pm {
             regs: [0; PM_PORTS as usize],
             epoch: Instant::now(),
             sink,
+            sci,
+            sci_level: false,
+        }
+    }
+
+    /// The fixed power button was pressed and released: `PWRBTN_STS`, and the SCI if enabled.
+    pub fn press_power_button(&mut self) {
+        self.regs[PM1_STS + 1] |= (PM1_PWRBTN >> 8) as u8;
+        self.update_sci();
+    }
+
+    /// Drive the SCI from the status, enable and `SCI_EN` bits.
+    fn update_sci(&mut self) {
+        let pending = self.reg16(PM1_STS) & self.reg16(PM1_EN) & PM1_EVENTS != 0;
+        let level = pending && self.reg16(PM1_CNT) & PM1_CNT_SCI_EN != 0;
+        if level != self.sci_level {
+            self.sci_level = level;
+            if let Some(sci) = &self.sci {
+                sci(level);
+            }
         }
     }
 
@@ -282,6 +314,21 @@ impl BusDevice for Ich9Pm {
                 }
             }
         }
+        if offset < PM1_TMR as u64 {
+            self.update_sci();
+        }
+    }
+}
+
+/// The Q35 platform's power button: the ICH9 PM block's fixed power button.
+pub struct Ich9PowerButton(pub Arc<Mutex<Ich9Pm>>);
+
+impl PowerButton for Ich9PowerButton {
+    fn press(&self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .press_power_button();
     }
 }
 
@@ -536,7 +583,7 @@ mod tests {
     #[test]
     fn pm_timer_counts_and_s5_powers_off() {
         let (s, seen) = sink();
-        let mut pm = Ich9Pm::new(s);
+        let mut pm = Ich9Pm::new(s, None);
         let read_timer = |pm: &mut Ich9Pm| {
             let mut t = [0u8; 4];
             pm.read(PM1_TMR as u64, &mut t);
@@ -565,6 +612,50 @@ mod tests {
         pm.read(PM_PORTS - 2, &mut d);
         assert_eq!(&d[2..], &[0xff, 0xff]);
         pm.write(u64::MAX, &[1]);
+    }
+
+    #[test]
+    fn the_power_button_raises_the_sci_until_the_os_clears_it() {
+        let (s, _) = sink();
+        let levels = Arc::new(Mutex::new(Vec::new()));
+        let l = levels.clone();
+        let pm = Arc::new(Mutex::new(Ich9Pm::new(
+            s,
+            Some(Box::new(move |level| l.lock().unwrap().push(level))),
+        )));
+        let button = Ich9PowerButton(pm.clone());
+        let sts = |pm: &Arc<Mutex<Ich9Pm>>| {
+            let mut v = [0u8; 2];
+            pm.lock().unwrap().read(PM1_STS as u64, &mut v);
+            u16::from_le_bytes(v)
+        };
+        // Before ACPI mode and the enable bit: the status is set, no SCI.
+        button.press();
+        assert_eq!(sts(&pm), PM1_PWRBTN);
+        assert!(levels.lock().unwrap().is_empty());
+        let mut p = pm.lock().unwrap();
+        p.write(PM1_STS as u64, &PM1_PWRBTN.to_le_bytes());
+        p.write(PM1_EN as u64, &PM1_PWRBTN.to_le_bytes());
+        p.write(PM1_CNT as u64, &PM1_CNT_SCI_EN.to_le_bytes());
+        drop(p);
+        assert_eq!(sts(&pm), 0, "written ones clear the status");
+        assert!(levels.lock().unwrap().is_empty());
+        // Enabled: a press asserts the SCI, a second one changes nothing, the OS's clear drops it.
+        button.press();
+        button.press();
+        assert_eq!(*levels.lock().unwrap(), vec![true]);
+        pm.lock()
+            .unwrap()
+            .write(PM1_STS as u64, &PM1_PWRBTN.to_le_bytes());
+        assert_eq!(*levels.lock().unwrap(), vec![true, false]);
+        // A status left pending asserts the SCI when the OS enables it.
+        button.press();
+        pm.lock().unwrap().write(PM1_EN as u64, &0u16.to_le_bytes());
+        assert_eq!(*levels.lock().unwrap(), vec![true, false, true, false]);
+        pm.lock()
+            .unwrap()
+            .write(PM1_EN as u64, &PM1_PWRBTN.to_le_bytes());
+        assert_eq!(*levels.lock().unwrap(), vec![true, false, true, false, true]);
     }
 
     #[test]

@@ -28,6 +28,15 @@ pub enum GuestRequest {
 /// How a device tells the VMM about a [`GuestRequest`].
 pub type RequestSink = std::sync::Arc<dyn Fn(GuestRequest) + Send + Sync>;
 
+/// The machine's ACPI power button, as the VMM presses it to ask the guest to power off.
+pub trait PowerButton: Send + Sync {
+    /// Press (and release) the button: the guest's ACPI code sees one power-button event.
+    fn press(&self);
+}
+
+/// How a device drives a level-triggered interrupt line (the SCI): `true` asserts it.
+pub type IrqLevel = Box<dyn Fn(bool) + Send>;
+
 /// Where devices report what the user must know and no caller can be told (a queue thread
 /// that did not stop in time). The VMM installs its status writer, which knows the terminal's
 /// mode; until then a report is a line on standard error.

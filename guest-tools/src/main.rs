@@ -20,7 +20,17 @@
 //! rvmspawn-guest pcr-read PCR [--device DEV]
 //! rvmspawn-guest nv-write INDEX TEXT [--device DEV]
 //! rvmspawn-guest nv-read INDEX [--device DEV]
+//! rvmspawn-guest power-button [--timeout SECS]
+//! rvmspawn-guest find-partuuid UUID
 //! ```
+//!
+//! `find-partuuid` prints the device node (`/dev/vda2`) of the GPT partition whose unique
+//! partition GUID is UUID, looking at every `vd*` disk, and exits 1 when there is none.
+//!
+//! `power-button` waits for a press of the ACPI power button (the input device the kernel's
+//! `button` driver names "Power Button", read through evdev) and prints
+//! `RVMSPAWN-POWER-BUTTON=pressed`, or `=missing` when there is no such device (after waiting
+//! up to `--timeout` seconds, default 5, for it to appear), exiting 0 only on a press.
 //!
 //! It runs on the host side too (it only needs AF_VSOCK), e.g. as the peer of the guest's
 //! `stream-send`/`stream-recv` in the test host. With `--unix` the host side talks to
@@ -71,6 +81,8 @@ const USAGE: &str = "usage:
   rvmspawn-guest pcr-read PCR [--device DEV]
   rvmspawn-guest nv-write INDEX TEXT [--device DEV]
   rvmspawn-guest nv-read INDEX [--device DEV]
+  rvmspawn-guest power-button [--timeout SECS]
+  rvmspawn-guest find-partuuid UUID
 (TPM commands: DEV defaults to /dev/tpmrm0; PCR and INDEX decimal or 0x-hex. N may end in K, M or G: powers of 1024. --unix, for the userspace vsock device: its
 socket for stream-send, <its socket>_<host port> for stream-recv. IPv6: [ADDR]:PORT)";
 
@@ -486,6 +498,11 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
         "zero-out" => cmd_zero_out(&Options::parse(rest, &["device", "bytes"], &[])?),
         "get-random" | "pcr-extend" | "pcr-read" | "nv-write" | "nv-read" => cmd_tpm(cmd, rest),
         "stream-hash" => cmd_stream_hash(&Options::parse(rest, &["bytes", "seed"], &[])?),
+        "power-button" => cmd_power_button(&Options::parse(rest, &["timeout"], &[])?),
+        "find-partuuid" => match rest {
+            [uuid] => Ok(cmd_find_partuuid(uuid)),
+            _ => Err("find-partuuid: one UUID".into()),
+        },
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             Ok(ExitCode::SUCCESS)
@@ -511,6 +528,106 @@ fn cmd_zero_out(opts: &Options) -> Result<ExitCode, String> {
         Err(e) => line(&format!("RVMSPAWN-ZERO-OUT=fail:{e}")),
     }
     Ok(status(r.is_ok()))
+}
+
+/// `find-partuuid`: the partition of a `vd*` disk whose GPT entry has unique GUID `uuid`.
+fn cmd_find_partuuid(uuid: &str) -> ExitCode {
+    let want = uuid.to_ascii_lowercase();
+    let Ok(disks) = std::fs::read_dir("/sys/block") else {
+        return ExitCode::FAILURE;
+    };
+    for disk in disks.flatten() {
+        let name = disk.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("vd") {
+            continue;
+        }
+        let dev = format!("/dev/{name}");
+        if let Some(index) = gpt_partition_index(Path::new(&dev), &want) {
+            println!("{dev}{index}");
+            return ExitCode::SUCCESS;
+        }
+    }
+    ExitCode::FAILURE
+}
+
+/// The 1-based number of the GPT entry on `dev` whose unique GUID (text form, lowercase) is
+/// `want` (512-byte sectors: the header at LBA 1).
+fn gpt_partition_index(dev: &Path, want: &str) -> Option<usize> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(dev).ok()?;
+    let mut header = [0u8; 92];
+    f.seek(SeekFrom::Start(512)).ok()?;
+    f.read_exact(&mut header).ok()?;
+    if &header[..8] != b"EFI PART" {
+        return None;
+    }
+    let le32 = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let entries_lba = u64::from_le_bytes(header[72..80].try_into().ok()?);
+    let count = le32(&header[80..84]).min(1024) as usize;
+    let size = (le32(&header[84..88]) as usize).clamp(128, 4096);
+    f.seek(SeekFrom::Start(entries_lba.checked_mul(512)?)).ok()?;
+    let mut entry = vec![0u8; size];
+    for i in 0..count {
+        f.read_exact(&mut entry).ok()?;
+        let g = &entry[16..32];
+        let text = format!(
+            "{:08x}-{:04x}-{:04x}-{}-{}",
+            le32(&g[0..4]),
+            u16::from_le_bytes([g[4], g[5]]),
+            u16::from_le_bytes([g[6], g[7]]),
+            sha256::hex(&g[8..10]),
+            sha256::hex(&g[10..16])
+        );
+        if text == want {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+/// The evdev node of the input device named "Power Button", if there is one.
+fn find_power_button() -> Option<std::path::PathBuf> {
+    let entries = std::fs::read_dir("/sys/class/input").ok()?;
+    entries.flatten().find_map(|e| {
+        let name = e.file_name().into_string().ok()?;
+        if !name.starts_with("event") {
+            return None;
+        }
+        let dev_name = std::fs::read_to_string(e.path().join("device/name")).ok()?;
+        (dev_name.trim_end() == "Power Button").then(|| Path::new("/dev/input").join(name))
+    })
+}
+
+/// `power-button`: wait for a press of the power button (an `EV_KEY` event of `KEY_POWER`
+/// with value 1 in the evdev stream: 24-byte `struct input_event`s on x86_64).
+fn cmd_power_button(opts: &Options) -> Result<ExitCode, String> {
+    const EV_KEY: u16 = 1;
+    const KEY_POWER: u16 = 116;
+    let timeout = opts.number("timeout")?.unwrap_or(5);
+    let start = std::time::Instant::now();
+    let path = loop {
+        if let Some(p) = find_power_button() {
+            break p;
+        }
+        if start.elapsed() >= Duration::from_secs(timeout) {
+            line("RVMSPAWN-POWER-BUTTON=missing");
+            return Ok(ExitCode::FAILURE);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut dev = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut event = [0u8; 24];
+    loop {
+        std::io::Read::read_exact(&mut dev, &mut event)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let kind = u16::from_ne_bytes([event[16], event[17]]);
+        let code = u16::from_ne_bytes([event[18], event[19]]);
+        let value = i32::from_ne_bytes([event[20], event[21], event[22], event[23]]);
+        if kind == EV_KEY && code == KEY_POWER && value == 1 {
+            line("RVMSPAWN-POWER-BUTTON=pressed");
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
 }
 
 /// The TPM commands: `ARGS... [--device DEV]`.

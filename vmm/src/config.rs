@@ -68,6 +68,9 @@ pub struct VmConfig {
     /// The guest's console and what the user's terminal is to it (`--console=`,
     /// `--console-transport=`).
     pub console: ConsoleConfig,
+    /// How long SIGINT, SIGTERM or SIGRTMIN+4 wait, after pressing the ACPI power button, for
+    /// the guest to power off before the VM is stopped at once; zero stops at once.
+    pub stop_timeout: std::time::Duration,
 }
 
 /// `--console=`: what the user's terminal is to the guest's console.

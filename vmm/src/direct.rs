@@ -11,7 +11,9 @@ use boot::x86_64::acpi::{RESET_VALUE, S5_SLEEP_TYPE};
 use boot::x86_64::layout::{PCI_ECAM_SIZE, PCI_ECAM_START, PCI_MMIO_SIZE, PCI_MMIO_START};
 use devices::Bus;
 use devices::legacy::i8042::{I8042_PORT, I8042_PORTS};
-use devices::legacy::power::{ACPI_POWER_PORT, ACPI_POWER_PORTS};
+use devices::legacy::power::{
+    ACPI_POWER_PORT, ACPI_POWER_PORTS, GedPowerButton, POWER_BUTTON_GSI,
+};
 use devices::legacy::{AcpiPower, I8042};
 use devices::virtio::VirtioDevice;
 
@@ -76,6 +78,15 @@ pub fn build(
     }
     boot::x86_64::loader::write_boot_cpu_tables(mem)?;
     boot::x86_64::loader::write_reset_vector(mem)?;
+    // The power button belongs to this platform (the firmware path's is the PM block's).
+    let button_irq = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+        .map_err(|e| Error::Host("eventfd", e))?;
+    ctx.vm
+        .register_irqfd(&button_irq, POWER_BUTTON_GSI)
+        .map_err(|e| Error::Kvm("KVM_IRQFD", e.errno()))?;
+    let button = GedPowerButton::new(button_irq);
+    let mut devices_aml = ctx.contributions.aml.clone();
+    devices::AcpiDevice::dsdt_aml(&button, &mut devices_aml);
     boot::build_acpi_tables(
         mem,
         &AcpiInfo {
@@ -85,7 +96,7 @@ pub fn build(
             reset_port: ACPI_POWER_PORT as u16 + 2,
             pci_ecam: (PCI_ECAM_START, PCI_ECAM_SIZE),
             pci_mmio: (PCI_MMIO_START, PCI_MMIO_SIZE),
-            devices_aml: ctx.contributions.aml.clone(),
+            devices_aml,
             extra_tables: ctx.contributions.tables.clone(),
         },
     )?;
@@ -113,5 +124,6 @@ pub fn build(
         pci,
         entry: Some(loaded.entry),
         resources: Box::new(()),
+        power_button: Arc::new(button),
     })
 }

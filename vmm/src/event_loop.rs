@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
@@ -39,11 +39,31 @@ pub enum Outcome {
     HelperExited(usize),
 }
 
-/// Signals read from the signalfd: the three that end the VM, and the terminal's change of
-/// size.
-const SIGNALS: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGWINCH];
+/// Signals read from the signalfd: those that end the VM (SIGINT, SIGTERM and SIGRTMIN+4, as
+/// vmspawn, ask the guest to power off first; SIGHUP, the terminal gone, does not), and the
+/// terminal's change of size.
+fn signals() -> [i32; 5] {
+    [
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGWINCH,
+        graceful_stop_rt_signal(),
+    ]
+}
 
-/// Blocks the signals the event loop reads ([`SIGNALS`]) for the life of the VM and restores the
+/// SIGRTMIN+4, systemd's "power off" request (what `systemctl kill --signal=SIGRTMIN+4` and a
+/// service manager's graceful stop send).
+fn graceful_stop_rt_signal() -> i32 {
+    libc::SIGRTMIN() + 4
+}
+
+/// Whether `signo` asks for a graceful stop (the ACPI power button) rather than an immediate one.
+fn asks_graceful_stop(signo: i32) -> bool {
+    signo == libc::SIGINT || signo == libc::SIGTERM || signo == graceful_stop_rt_signal()
+}
+
+/// Blocks the signals the event loop reads ([`signals`]) for the life of the VM and restores the
 /// mask afterwards.
 struct SignalMask {
     old: libc::sigset_t,
@@ -58,7 +78,7 @@ impl SignalMask {
         // SAFETY: `set` is a valid sigset_t; these calls only edit it.
         unsafe {
             libc::sigemptyset(&mut set);
-            for s in SIGNALS {
+            for s in signals() {
                 libc::sigaddset(&mut set, s);
             }
         }
@@ -103,6 +123,13 @@ pub struct Console {
     track_size: bool,
     /// The run is stopping and a thread ends the process on the next signal ([`Console::stopping`]).
     watching_signals: bool,
+    /// How long a graceful stop waits for the guest to power off; zero: no graceful stop.
+    stop_timeout: Duration,
+    /// The signal that began a graceful stop, and when its wait ends (the event loop's epoll
+    /// wait times out then: no timer descriptor, no system call the sandbox would have to allow).
+    graceful_stop: Option<(i32, Instant)>,
+    /// No status lines (`-q`).
+    quiet: bool,
     // Dropped last among the fields that matter: the terminal is restored after the loop ends.
     _terminal: Terminal,
     _mask: SignalMask,
@@ -177,9 +204,50 @@ impl Console {
             },
             track_size: terminal.is_raw(),
             watching_signals: false,
+            stop_timeout: Duration::ZERO,
+            graceful_stop: None,
+            quiet: false,
             _terminal: terminal,
             _mask: mask,
         })
+    }
+
+    /// A termination signal (SIGINT, SIGTERM, SIGRTMIN+4) presses the ACPI power button and
+    /// waits up to `timeout` for the guest to power off before stopping the VM at once, as a
+    /// second such signal does. Zero stops at once.
+    /// With `quiet`, the stop prints no status lines.
+    pub fn set_stop_timeout(&mut self, timeout: Duration, quiet: bool) {
+        self.stop_timeout = timeout;
+        self.quiet = quiet;
+    }
+
+    /// Begin a graceful stop for `signo`: press the power button and start the wait. `false` if
+    /// none can begin (none is configured, or one is under way): stop now.
+    fn begin_graceful_stop(&mut self, machine: &Machine, signo: i32) -> bool {
+        if self.stop_timeout.is_zero() || self.graceful_stop.is_some() {
+            return false;
+        }
+        machine.press_power_button();
+        if !self.quiet {
+            status!(
+                "Asking the guest to power off (ACPI power button); it has {} s, or send the signal again to stop it at once.",
+                self.stop_timeout.as_secs_f64()
+            );
+        }
+        self.graceful_stop = Some((signo, Instant::now() + self.stop_timeout));
+        true
+    }
+
+    /// The epoll wait's timeout in milliseconds: until the graceful stop's deadline (rounded
+    /// up), or -1 (none).
+    fn wait_timeout_ms(&self) -> i32 {
+        match self.graceful_stop {
+            None => -1,
+            Some((_, deadline)) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                i32::try_from(left.as_nanos().div_ceil(1_000_000)).unwrap_or(i32::MAX)
+            }
+        }
     }
 
     /// Watch helper `index`'s pidfd for the rest of the run: its exit ends the machine's run.
@@ -241,7 +309,18 @@ impl Console {
         self.resize(machine);
         let mut events = vec![EpollEvent::default(); 8];
         loop {
-            let n = match self.epoll.wait(-1, &mut events) {
+            if let Some((signo, deadline)) = self.graceful_stop
+                && Instant::now() >= deadline
+            {
+                if !self.quiet {
+                    status!(
+                        "The guest did not power off within {} s; stopping it.",
+                        self.stop_timeout.as_secs_f64()
+                    );
+                }
+                return Ok(Outcome::Exit(VmExit::Signal(signo)));
+            }
+            let n = match self.epoll.wait(self.wait_timeout_ms(), &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Error::Host("epoll_wait", e)),
@@ -261,10 +340,13 @@ impl Console {
                     }
                     TOKEN_SIGNAL => {
                         while let Some(signo) = self.read_signal() {
-                            if signo != libc::SIGWINCH {
+                            if signo == libc::SIGWINCH {
+                                self.resize(machine);
+                            } else if !asks_graceful_stop(signo)
+                                || !self.begin_graceful_stop(machine, signo)
+                            {
                                 return Ok(Outcome::Exit(VmExit::Signal(signo)));
                             }
-                            self.resize(machine);
                         }
                     }
                     TOKEN_STDIN => {

@@ -365,6 +365,7 @@ fn run_vm(mut config: VmConfig) -> Result<RunOutcome, Error> {
     // Termination signals are blocked (and read from a signalfd) from here on, before anything
     // that takes time or holds resources, so an early SIGTERM still ends the run cleanly.
     let mut console = event_loop::Console::new(config.console.mode)?;
+    console.set_stop_timeout(config.stop_timeout, config.quiet);
     let firmware = config.firmware.take();
     // The kernel rvmspawn is handed, if any: booted directly, or through the firmware.
     let has_kernel = firmware.as_ref().is_none_or(|f| f.kernel_through_firmware);

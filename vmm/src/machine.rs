@@ -125,6 +125,8 @@ pub struct DiskSpec {
 
 /// A built, running machine.
 pub struct Machine {
+    /// The ACPI power button ([`Machine::press_power_button`]).
+    power_button: Arc<dyn devices::PowerButton>,
     // Fields drop in order: the PCI devices (whose threads use guest memory) go before the VM
     // and the RAM.
     _pci: Arc<PciBus>,
@@ -404,6 +406,7 @@ impl Machine {
             }
         }
         Ok(Machine {
+            power_button: platform.power_button,
             _pci: platform.pci,
             _platform: platform.resources,
             _vm: vm,
@@ -414,6 +417,12 @@ impl Machine {
             stop,
             threads,
         })
+    }
+
+    /// Press the machine's ACPI power button: the guest's OS decides what to do (systemd
+    /// powers off cleanly; a guest without an ACPI handler does nothing).
+    pub fn press_power_button(&self) {
+        self.power_button.press();
     }
 
     /// Stop every vCPU and release the machine; whether every vCPU stopped (a vCPU that did

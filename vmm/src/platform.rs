@@ -6,7 +6,7 @@ use std::sync::Arc;
 use boot::{BootEntry, MemoryLayout, SmbiosInfo};
 use devices::pci::PciBus;
 use devices::virtio::GuestMemoryMmap;
-use devices::{Contributions, RequestSink};
+use devices::{Contributions, PowerButton, RequestSink};
 use kvm_ioctls::VmFd;
 
 /// The boot-independent parts of one machine, already built, that a boot path builds its
@@ -38,4 +38,6 @@ pub struct Platform {
     pub entry: Option<BootEntry>,
     /// Whatever must live as long as the machine (memory mappings behind memory slots).
     pub resources: Box<dyn std::any::Any + Send>,
+    /// The ACPI power button (a graceful stop presses it).
+    pub power_button: Arc<dyn PowerButton>,
 }

@@ -22,7 +22,9 @@ use std::sync::{Arc, Mutex};
 
 use boot::x86_64::layout::{FLASH_REGION_START, HIGH_RAM_START, IOAPIC_START};
 use devices::Bus;
-use devices::chipset::{self, ConfigAndReset, Ich9Pm, PM_BASE, PM_PORTS, Port92, Q35Hole};
+use devices::chipset::{
+    self, ConfigAndReset, Ich9Pm, Ich9PowerButton, PM_BASE, PM_PORTS, Port92, Q35Hole,
+};
 use devices::flash::{Cfi01Flash, FlashBacking, RomMode};
 use devices::fw_cfg::{FW_CFG_PORT, FW_CFG_PORTS, FwCfg};
 use devices::legacy::I8042;
@@ -292,13 +294,13 @@ pub fn build(
         devices::pci::CONFIG_IO_PORTS,
         Arc::new(Mutex::new(ConfigAndReset::new(pci.clone(), sink.clone()))),
     )?;
-    attach(
-        io,
-        "ich9-pm",
-        PM_BASE,
-        PM_PORTS,
-        Arc::new(Mutex::new(Ich9Pm::new(sink.clone()))),
-    )?;
+    // The SCI is level-triggered (the MADT's override): driven with KVM_IRQ_LINE.
+    let vm = ctx.vm.clone();
+    let sci: devices::IrqLevel = Box::new(move |level| {
+        let _ = vm.set_irq_line(u32::from(SCI_IRQ), level);
+    });
+    let pm = Arc::new(Mutex::new(Ich9Pm::new(sink.clone(), Some(sci))));
+    attach(io, "ich9-pm", PM_BASE, PM_PORTS, pm.clone())?;
     attach(
         io,
         "port92",
@@ -382,6 +384,7 @@ pub fn build(
         pci,
         entry: None,
         resources: Box::new((code, vars)),
+        power_button: Arc::new(Ich9PowerButton(pm)),
     })
 }
 

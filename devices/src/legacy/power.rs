@@ -1,7 +1,17 @@
 //! The ACPI sleep control, sleep status and reset registers of a hardware-reduced platform,
-//! as the FADT built in `boot` describes them.
+//! as the FADT built in `boot` describes them, and its power button.
 
-use crate::{BusDevice, GuestRequest, RequestSink};
+use acpi_tables::Aml;
+use acpi_tables::aml::{Device, EISAName, Interrupt, Method, Name, Notify, Path, ResourceTemplate};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::{AcpiDevice, BusDevice, GuestRequest, PowerButton, RequestSink};
+
+/// The interrupt (an IOAPIC pin, edge-triggered, active high) of the power button's generic
+/// event device on the hardware-reduced platform.
+pub const POWER_BUTTON_GSI: u32 = 5;
+/// The ACPI notification a power button sends when it is pressed.
+const NOTIFY_BUTTON_PRESSED: u8 = 0x80;
 
 /// First port: sleep control; +1 sleep status; +2 reset.
 pub const ACPI_POWER_PORT: u64 = 0x600;
@@ -55,6 +65,66 @@ impl BusDevice for AcpiPower {
     }
 }
 
+/// The power button of the hardware-reduced platform, which has no fixed-feature button: a
+/// control-method power button (`PNP0C0C`) and a generic event device (`ACPI0013`) whose
+/// interrupt runs its `_EVT` method, which notifies the button. Linux's `evged` and `button`
+/// drivers turn a press into a `KEY_POWER` input event (which systemd-logind acts on). The
+/// press is an edge on [`POWER_BUTTON_GSI`] through an irqfd the VMM registered; the guest
+/// cannot do anything to this device (it has no registers).
+pub struct GedPowerButton {
+    irq: EventFd,
+}
+
+impl std::fmt::Debug for GedPowerButton {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GedPowerButton").finish_non_exhaustive()
+    }
+}
+
+impl GedPowerButton {
+    /// A button that signals `irq`, an irqfd on [`POWER_BUTTON_GSI`].
+    pub fn new(irq: EventFd) -> Self {
+        GedPowerButton { irq }
+    }
+}
+
+impl PowerButton for GedPowerButton {
+    fn press(&self) {
+        // An eventfd write fails only when its counter would overflow: presses are pending
+        // then anyway.
+        let _ = self.irq.write(1);
+    }
+}
+
+impl AcpiDevice for GedPowerButton {
+    /// `\_SB.PWRB` (the button) and `\_SB.GED0` (its event device, with `_EVT`).
+    fn dsdt_aml(&self, aml: &mut Vec<u8>) {
+        Device::new(
+            Path::new("_SB_.PWRB"),
+            vec![
+                &Name::new(Path::new("_HID"), &EISAName::new("PNP0C0C")),
+                &Name::new(Path::new("_UID"), &0u8),
+            ],
+        )
+        .to_aml_bytes(aml);
+        let interrupt = Interrupt::new(true, true, false, false, POWER_BUTTON_GSI);
+        let resources = ResourceTemplate::new(vec![&interrupt]);
+        let button = Path::new("\\_SB_.PWRB");
+        let notify = Notify::new(&button, &NOTIFY_BUTTON_PRESSED);
+        Device::new(
+            Path::new("_SB_.GED0"),
+            vec![
+                &Name::new(Path::new("_HID"), &"ACPI0013"),
+                &Name::new(Path::new("_UID"), &0u8),
+                &Name::new(Path::new("_CRS"), &resources),
+                // One event source: every interrupt is a press.
+                &Method::new(Path::new("_EVT"), 1, true, vec![&notify]),
+            ],
+        )
+        .to_aml_bytes(aml);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +146,23 @@ mod tests {
             *seen.lock().unwrap(),
             vec![GuestRequest::PowerOff, GuestRequest::Reset]
         );
+    }
+
+    #[test]
+    fn a_press_is_one_edge_and_the_aml_names_button_and_event_device() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let button = GedPowerButton::new(irq.try_clone().unwrap());
+        assert!(irq.read().is_err(), "nothing before a press");
+        button.press();
+        assert_eq!(irq.read().unwrap(), 1);
+        let mut aml = Vec::new();
+        button.dsdt_aml(&mut aml);
+        let has = |needle: &[u8]| aml.windows(needle.len()).any(|w| w == needle);
+        assert!(has(b"PWRB") && has(b"GED0") && has(b"_EVT") && has(b"ACPI0013\0"));
+        // EISA ID of PNP0C0C, compressed: 0x41d00c0c.
+        assert!(has(&[0x41, 0xd0, 0x0c, 0x0c]));
+        // Notify (NotifyOp 0x86) of \_SB_.PWRB with 0x80.
+        let notify = [&[0x86u8, b'\\', 0x2e][..], b"_SB_PWRB", &[0x0a, 0x80]].concat();
+        assert!(has(&notify), "{aml:02x?}");
     }
 }
