@@ -99,8 +99,13 @@ fn write_guest(name: &str, code: &[u8]) -> PathBuf {
 /// one and manufacture its state for every run, which these guests never use.
 const NO_TPM: &str = "--tpm=no";
 
+/// The tiny guests have no ACPI code: a signal's graceful stop (the power button) would wait
+/// out its whole timeout, so they stop at once unless a test says otherwise.
+const STOP_AT_ONCE: (&str, &str) = ("RVMSPAWN_STOP_TIMEOUT", "0");
+
 fn rvmspawn(kernel: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_rvmspawn"));
+    c.env(STOP_AT_ONCE.0, STOP_AT_ONCE.1);
     // The tiny guests talk to COM1, so typed input must go there.
     c.arg("-q")
         .arg("--console-transport=serial")
@@ -364,6 +369,47 @@ fn guest_reset_restarts_the_machine_and_sigterm_ends_it() {
     assert_eq!(status.code(), Some(0), "SIGTERM is a clean stop");
 }
 
+#[test]
+fn sigterm_presses_the_power_button_and_waits_for_the_guest_then_stops_it() {
+    // A guest with no ACPI code never answers the button: the stop waits out the timeout.
+    let k = write_guest("noacpi", &[print(b"up\n"), halt_forever()].concat());
+    let mut child = rvmspawn(&k, &[])
+        .env("RVMSPAWN_STOP_TIMEOUT", "1.5")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    read_until(&mut child.stdout.take().unwrap(), b"up\n", 1);
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let (rc, took) = wait_bounded(&mut child, Duration::from_secs(20));
+    eprintln!("SIGTERM with a 1.5 s graceful stop, guest without ACPI: {took:?}");
+    assert_eq!(rc, Some(0), "a stop after the timeout is still a clean stop");
+    assert!(took >= Duration::from_millis(1500), "did not wait: {took:?}");
+
+    // A second signal during the wait stops it at once; SIGRTMIN+4 begins a graceful stop too.
+    let mut child = rvmspawn(&k, &[])
+        .env("RVMSPAWN_STOP_TIMEOUT", "60")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    read_until(&mut child.stdout.take().unwrap(), b"up\n", 1);
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGRTMIN() + 4) };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGRTMIN+4 is a graceful stop: the VM waits for the guest"
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let (rc, took) = wait_bounded(&mut child, Duration::from_secs(20));
+    assert_eq!(rc, Some(0));
+    assert!(took < Duration::from_secs(10), "the second signal: {took:?}");
+}
+
 /// Wait (at most `bound`) for `child` to exit; its status and how long that took.
 fn wait_bounded(child: &mut std::process::Child, bound: Duration) -> (Option<i32>, Duration) {
     let start = Instant::now();
@@ -522,6 +568,7 @@ fn status_lines_on_a_raw_terminal_end_in_cr_lf() {
     let k = write_guest("rawstatus", &code);
     let (_controller, terminal) = pty();
     let mut c = Command::new(env!("CARGO_BIN_EXE_rvmspawn"));
+    c.env(STOP_AT_ONCE.0, STOP_AT_ONCE.1);
     c.arg("--qemu-mem=64M")
         .arg(NO_TPM)
         .arg(format!("--linux={}", k.display()))
@@ -636,6 +683,7 @@ impl TestUser {
         let script = "u=$1; shift; LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=kvm \
                       exec setpriv --reuid=\"$u\" --regid=\"$u\" --clear-groups \"$@\" 3<>/dev/kvm";
         let mut c = Command::new("/bin/sh");
+        c.env(STOP_AT_ONCE.0, STOP_AT_ONCE.1);
         c.args(["-c", script, "sh"])
             .arg(self.uid.to_string())
             .arg(env!("CARGO_BIN_EXE_rvmspawn"))
@@ -1082,6 +1130,7 @@ fn test_hooks_binary() -> PathBuf {
 /// Run `bin` on a guest that prints and powers off, without core dumps, with `env`.
 fn run_hooked(bin: &Path, k: &Path, env: &[(&str, &str)]) -> std::process::Output {
     let mut c = Command::new("sh");
+    c.env(STOP_AT_ONCE.0, STOP_AT_ONCE.1);
     c.arg("-c")
         .arg("ulimit -c 0; exec \"$@\"")
         .arg("sh")

@@ -28,9 +28,10 @@
 //! partition GUID is UUID, looking at every `vd*` disk, and exits 1 when there is none.
 //!
 //! `power-button` waits for a press of the ACPI power button (the input device the kernel's
-//! `button` driver names "Power Button", read through evdev) and prints
-//! `RVMSPAWN-POWER-BUTTON=pressed`, or `=missing` when there is no such device (after waiting
-//! up to `--timeout` seconds, default 5, for it to appear), exiting 0 only on a press.
+//! `button` driver names "Power Button", read through evdev): it prints
+//! `RVMSPAWN-POWER-BUTTON=waiting` once it reads the device and `=pressed` on a press, or
+//! `=missing` when there is no such device (after waiting up to `--timeout` seconds, default
+//! 5, for it to appear), exiting 0 only on a press.
 //!
 //! It runs on the host side too (it only needs AF_VSOCK), e.g. as the peer of the guest's
 //! `stream-send`/`stream-recv` in the test host. With `--unix` the host side talks to
@@ -616,6 +617,8 @@ fn cmd_power_button(opts: &Options) -> Result<ExitCode, String> {
         std::thread::sleep(Duration::from_millis(100));
     };
     let mut dev = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // From here on a press is seen (the tests wait for this line before they press).
+    line("RVMSPAWN-POWER-BUTTON=waiting");
     let mut event = [0u8; 24];
     loop {
         std::io::Read::read_exact(&mut dev, &mut event)

@@ -16,6 +16,8 @@ use rvmspawn_tests::{Batch, BootResult, Results};
 /// in milliseconds; `descendants PID` lists every process below PID through
 /// `/proc/PID/task/*/children` (only the test's own processes, never a search by name).
 const HELPERS: &str = r#"D=$(mktemp -d)
+# These steps test the immediate stop (the one after a graceful stop's timeout, or with none).
+export RVMSPAWN_STOP_TIMEOUT=0
 tree() {
     mkdir -p "$D/root/bin" "$D/root/sbin" "$D/root/proc" "$D/root/dev" "$D/root/sys"
     cp /bin/busybox "$D/root/bin/busybox"
@@ -160,8 +162,100 @@ umount "$D/r"
 rm -rf "$D"
 exit $rc"#,
             )
+            .step(
+                // The graceful stop: SIGTERM presses the ACPI power button (the direct path's
+                // GED button) and the guest's handler powers off.
+                "power-button",
+                HELPERS.to_owned()
+                    + r#"unset RVMSPAWN_STOP_TIMEOUT
+"$RVMSPAWN" --qemu-mem=512M --linux="$KERNEL" --initrd="$INITRD" rvmspawn.action=hang >"$D/vm" 2>&1 &
+vm=$!
+wait_for RVMSPAWN-POWER-BUTTON=waiting "$D/vm"
+t0=$(ms)
+kill -TERM $vm
+wait $vm
+rc=$?
+echo "HOST-STOP-MS=$(($(ms) - t0))"
+cat "$D/vm"
+rm -rf "$D"
+exit $rc"#,
+            )
+            .step(
+                // The same through UEFI firmware on the Q35 platform: the ICH9 PM block's fixed
+                // power button and its SCI.
+                "power-button-uefi",
+                HELPERS.to_owned()
+                    + &format!(
+                        r#"unset RVMSPAWN_STOP_TIMEOUT
+"$RVMSPAWN" --qemu-mem=512M --linux='{}/uki.efi' --firmware=uefi rvmspawn.action=hang >"$D/vm" 2>&1 &
+vm=$!
+wait_for RVMSPAWN-POWER-BUTTON=waiting "$D/vm"
+t0=$(ms)
+kill -TERM $vm
+wait $vm
+rc=$?
+echo "HOST-STOP-MS=$(($(ms) - t0))"
+cat "$D/vm"
+rm -rf "$D"
+exit $rc"#,
+                        rvmspawn_tests::assets().join("firmware").display()
+                    ),
+            )
+            .step(
+                // A guest that ignores the button: the VM is stopped when the timeout ends.
+                "power-button-ignored",
+                HELPERS.to_owned()
+                    + r#"export RVMSPAWN_STOP_TIMEOUT=3
+"$RVMSPAWN" --qemu-mem=512M --linux="$KERNEL" --initrd="$INITRD" rvmspawn.action=hang \
+    rvmspawn.power-button=ignore >"$D/vm" 2>&1 &
+vm=$!
+wait_for RVMSPAWN-ACTION=hang "$D/vm"
+t0=$(ms)
+kill -TERM $vm
+wait $vm
+rc=$?
+echo "HOST-STOP-MS=$(($(ms) - t0))"
+cat "$D/vm"
+rm -rf "$D"
+exit $rc"#,
+            )
             .run()
     })
+}
+
+#[test]
+fn sigterm_presses_the_power_button_and_the_guest_powers_off() {
+    for step in ["power-button", "power-button-uefi"] {
+        let r = results().step(step);
+        assert!(
+            r.output.contains("RVMSPAWN-POWER-BUTTON=pressed"),
+            "{step}: the guest saw no press\n{}",
+            r.output
+        );
+        assert!(
+            r.output.contains("Asking the guest to power off"),
+            "{step}\n{}",
+            r.output
+        );
+        assert!(!r.output.contains("did not power off"), "{step}\n{}", r.output);
+        assert_eq!(r.rc, Some(0), "{step}\n{}", r.output);
+        eprintln!("{step}: SIGTERM to exit {} ms", stop_ms(r));
+    }
+}
+
+#[test]
+fn a_guest_that_ignores_the_button_is_stopped_after_the_timeout() {
+    let r = results().step("power-button-ignored");
+    let ms = stop_ms(r);
+    assert!(!r.output.contains("RVMSPAWN-POWER-BUTTON=pressed"), "{}", r.output);
+    assert!(
+        r.output.contains("The guest did not power off within 3 s; stopping it."),
+        "{}",
+        r.output
+    );
+    assert!(ms >= 3000, "stopped before the timeout: {ms} ms\n{}", r.output);
+    assert!(ms < 3000 + BOUND_MS, "{ms} ms\n{}", r.output);
+    assert_eq!(r.rc, Some(0), "{}", r.output);
 }
 
 /// The bound the stop times are asserted against: generous for the emulated test host (the

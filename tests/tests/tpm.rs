@@ -198,7 +198,8 @@ rm -rf "$D""#
                     r#"{vars}{HELPERS}tree
 R=${{XDG_RUNTIME_DIR:+$XDG_RUNTIME_DIR/rvmspawn}}
 R=${{R:-/run/rvmspawn}}/tpmoff
-"$RVMSPAWN" -M tpmoff --linux="$KERNEL" --initrd="$INITRD" -D "$D/root" --tpm-state=off \
+# No ACPI handler in the tree: SIGTERM stops the VM at once.
+RVMSPAWN_STOP_TIMEOUT=0 "$RVMSPAWN" -M tpmoff --linux="$KERNEL" --initrd="$INITRD" -D "$D/root" --tpm-state=off \
     rvmspawn.tree-nv-write=only-for-this-run rvmspawn.tree=hang >"$D/vm" 2>&1 &
 vm=$!
 wait_for RVMSPAWN-TREE-HANG "$D/vm" || kill -KILL $vm
