@@ -10,6 +10,7 @@
 # it waits for `systemctl is-system-running --wait` and prints on the console, for
 # tests/tests/systemd.rs:
 #   RVMSPAWN-SYSTEMD-STATE=running|degraded|...
+#   RVMSPAWN-SYSTEMD-CMDLINE=TEXT           /proc/cmdline
 #   RVMSPAWN-SYSTEMD-FAILED=UNIT            one line per failed unit
 #   RVMSPAWN-SYSTEMD-CREDENTIAL=VALUE       the credential rvmtest.value, if passed
 #   RVMSPAWN-SYSTEMD-MOUNT=WHERE STATE      each virtiofs mount point and the state of its
@@ -52,6 +53,7 @@ cat >"$r/usr/local/sbin/rvmspawn-check" <<'EOF'
 # What systemd reports, on the console (see scripts/systemd-guest.sh).
 state=$(systemctl is-system-running --wait)
 echo "RVMSPAWN-SYSTEMD-STATE=$state"
+echo "RVMSPAWN-SYSTEMD-CMDLINE=$(cat /proc/cmdline)"
 systemctl --failed --plain --no-legend --no-pager | while read -r unit _; do
     echo "RVMSPAWN-SYSTEMD-FAILED=$unit"
 done

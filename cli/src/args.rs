@@ -14,6 +14,8 @@ const IDENTITY: &str = "System Identity";
 const USERNS: &str = "User Namespacing";
 const MOUNTS: &str = "Mounts";
 const CREDENTIALS: &str = "Credentials";
+const INTEGRATION: &str = "Integration";
+const PROPERTIES: &str = "Properties";
 
 // Options taking a value are `Append` so that every occurrence is validated, as getopt
 // hands each one to systemd's parser; the last occurrence wins. Values may start with a
@@ -99,6 +101,26 @@ pub struct Args {
           action = ArgAction::Append, allow_hyphen_values = true)]
     pub tpm_state: Vec<OsString>,
 
+    /// Another disk image for the guest (after --image's; may be repeated); a `raw:` or
+    /// `virtio-blk:` prefix is accepted
+    #[arg(long, value_name = "PATH", help_heading = IMAGE,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub extra_drive: Vec<OsString>,
+
+    /// Offer discard (TRIM) and unmapping write-zeroes to the guest's disks [default: yes]
+    #[arg(long, value_name = "BOOL", help_heading = IMAGE,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub discard_disk: Vec<String>,
+
+    /// Grow the --image file to BYTES (rounded up to 4096) if it is smaller
+    #[arg(short = 'G', long, value_name = "BYTES", help_heading = IMAGE,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub grow_image: Vec<String>,
+
+    /// Run on a throw-away snapshot of the image or directory (not supported yet)
+    #[arg(short = 'x', long, help_heading = IMAGE)]
+    pub ephemeral: bool,
+
     /// Kernel image to boot directly
     #[arg(long, value_name = "PATH", help_heading = HOST,
           action = ArgAction::Append, allow_hyphen_values = true)]
@@ -161,6 +183,57 @@ pub struct Args {
     #[arg(long, value_name = "PATH|auto|off", help_heading = HOST,
           action = ArgAction::Append, allow_hyphen_values = true)]
     pub efi_nvram_state: Vec<OsString>,
+
+    /// The interactive console's background tint: an ANSI SGR color (e.g. 48;2;12;51;19), or
+    /// empty for none [default: none]
+    #[arg(long, value_name = "COLOR", help_heading = HOST,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub background: Vec<String>,
+
+    /// Generate an SSH key pair in the run directory and pass its public key to the guest's
+    /// sshd on vsock [default: yes]
+    #[arg(long, value_name = "BOOL", help_heading = INTEGRATION,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub pass_ssh_key: Vec<String>,
+
+    /// The type of the SSH key --pass-ssh-key generates (ecdsa, ecdsa-sk, ed25519, ed25519-sk,
+    /// rsa) [default: ed25519]
+    #[arg(long, value_name = "TYPE", help_heading = INTEGRATION,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub ssh_key_type: Vec<String>,
+
+    /// Forward the guest's journal to FILE or DIR on the host (not supported yet)
+    #[arg(long, value_name = "FILE|DIR", help_heading = INTEGRATION,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub forward_journal: Vec<OsString>,
+
+    /// Register the VM with systemd-machined (only `no` and `auto`, which registers
+    /// nothing, are supported yet) [default: auto]
+    #[arg(long, value_name = "BOOL|auto", help_heading = INTEGRATION,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub register: Vec<String>,
+
+    /// Do not run in a transient scope unit (rvmspawn never creates one)
+    #[arg(long, help_heading = PROPERTIES)]
+    pub keep_unit: bool,
+
+    /// The slice of the VM's scope unit (not supported: rvmspawn creates no unit)
+    #[arg(short = 'S', long, value_name = "SLICE", help_heading = PROPERTIES,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub slice: Vec<String>,
+
+    /// A property of the VM's scope unit (not supported: rvmspawn creates no unit)
+    #[arg(long, value_name = "NAME=VALUE", help_heading = PROPERTIES,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub property: Vec<String>,
+
+    /// Talk to the system service manager and machined (not supported)
+    #[arg(long, help_heading = PROPERTIES)]
+    pub system: bool,
+
+    /// Talk to the user's service manager and machined (not supported)
+    #[arg(long, help_heading = PROPERTIES)]
+    pub user: bool,
 
     /// Name of the virtual machine
     #[arg(short = 'M', long, value_name = "NAME", help_heading = IDENTITY,

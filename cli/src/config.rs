@@ -241,9 +241,50 @@ pub struct Settings {
     /// `-s/--smbios11=`, in command-line order.
     pub smbios11: Vec<String>,
     pub kernel_args: Vec<String>,
+    /// `--extra-drive=`, in command-line order.
+    pub extra_drives: Vec<PathBuf>,
+    /// `--discard-disk=`.
+    pub discard_disk: bool,
+    /// `-G/--grow-image=`, rounded up to 4096.
+    pub grow_image: Option<u64>,
+    /// `--background=`: the SGR parameters of the interactive console's tint.
+    pub background: Option<String>,
+    /// `-x/--ephemeral`.
+    pub ephemeral: bool,
+    /// `--pass-ssh-key=` and `--ssh-key-type=`.
+    pub ssh_key: Option<vmm::SshKeyConfig>,
+    /// Options rvmspawn knows but cannot honour, in the order they are refused: the first
+    /// one given is the error [`Settings::check`] reports.
+    pub refused: Vec<&'static str>,
     /// The entry [`Settings::check_files`] found in `directory` when `linux` is unset. A cell,
     /// because the checks take `&self` and their caller holds the settings immutably.
     pub boot_entry: OnceCell<vmm::bls::BootEntry>,
+}
+
+/// 64 random bits from the kernel (getrandom; the clock as a last resort).
+fn random_u64() -> u64 {
+    let mut v = [0u8; 8];
+    // SAFETY: writes at most 8 bytes into `v`.
+    let n = unsafe { libc::getrandom(v.as_mut_ptr().cast(), v.len(), 0) };
+    if n == 8 {
+        u64::from_ne_bytes(v)
+    } else {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    }
+}
+
+/// Why a known option is refused (docs/compatibility.md lists them).
+fn refusal_reason(option: &str) -> &'static str {
+    match option {
+        "--keep-unit" | "-S/--slice=" | "--property=" | "--system" | "--user" => {
+            "rvmspawn creates no scope unit and talks to no service manager."
+        }
+        "--forward-journal=" => "journal forwarding is not implemented yet.",
+        "--register=yes" => "registration with systemd-machined is not implemented yet.",
+        _ => "not implemented.",
+    }
 }
 
 /// The environment variable that replaces the firmware descriptor search path.
@@ -328,6 +369,73 @@ impl Settings {
         })?
         .unwrap_or_default();
         let linux = last_value("linux", &args.linux, path)?.flatten();
+        let extra_drives = args
+            .extra_drive
+            .iter()
+            .map(|v| {
+                parse::parse_extra_drive(v, cwd)
+                    .map_err(|why| Failure::value("extra-drive", shown(v), why))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let discard_disk = last_value("discard-disk", &args.discard_disk, |v| {
+            parse::parse_boolean(v)
+        })?
+        .unwrap_or(true);
+        let grow_image = match last("grow-image", &args.grow_image, |v| parse::parse_size(v))? {
+            None => None,
+            Some((text, bytes)) => Some(bytes.checked_next_multiple_of(4096).ok_or_else(|| {
+                Failure::value(
+                    "grow-image",
+                    text,
+                    parse::Invalid::range("the size does not fit in 64 bits"),
+                )
+            })?),
+        };
+        let background = last_value("background", &args.background, |v| {
+            parse::parse_background(v)
+        })?
+        .flatten();
+        // Known options that are not (yet) honoured; values are still checked where vmspawn
+        // checks them, so that a typo is reported as one.
+        let mut refused = Vec::new();
+        let pass_ssh_key = last_value("pass-ssh-key", &args.pass_ssh_key, |v| {
+            parse::parse_boolean(v)
+        })?;
+        let ssh_key_type = last_value("ssh-key-type", &args.ssh_key_type, |v| {
+            if vmm::ssh_key_types().contains(&v.as_str()) {
+                Ok(v.clone())
+            } else {
+                Err(parse::Invalid::syntax(format!(
+                    "expected one of {}",
+                    vmm::ssh_key_types().join(", ")
+                )))
+            }
+        })?;
+        // vmspawn's default is yes; a failure to make the key is then only a notice.
+        let ssh_key = match pass_ssh_key {
+            Some(false) => None,
+            explicit => Some(vmm::SshKeyConfig {
+                key_type: ssh_key_type.unwrap_or_else(|| "ed25519".to_owned()),
+                required: explicit == Some(true),
+            }),
+        };
+        if !args.forward_journal.is_empty() {
+            refused.push("--forward-journal=");
+        }
+        if last_value("register", &args.register, tristate)?.flatten() == Some(true) {
+            refused.push("--register=yes");
+        }
+        for (given, name) in [
+            (args.keep_unit, "--keep-unit"),
+            (!args.slice.is_empty(), "-S/--slice="),
+            (!args.property.is_empty(), "--property="),
+            (args.system, "--system"),
+            (args.user, "--user"),
+        ] {
+            if given {
+                refused.push(name);
+            }
+        }
         let initrds = args
             .initrd
             .iter()
@@ -453,6 +561,13 @@ impl Settings {
             binds,
             credentials,
             kernel_args: args.kernel_args,
+            extra_drives,
+            discard_disk,
+            grow_image,
+            background,
+            ephemeral: args.ephemeral,
+            ssh_key,
+            refused,
             boot_entry: OnceCell::new(),
         })
     }
@@ -513,6 +628,18 @@ impl Settings {
         if self.gui {
             return Err(Failure::unsupported("--qemu-gui"));
         }
+        if self.ephemeral && !self.extra_drives.is_empty() {
+            return einval("Cannot use --ephemeral with --extra-drive=.");
+        }
+        if self.ephemeral && self.image.is_none() && self.directory.is_none() {
+            return einval("--ephemeral requires --image= or --directory=.");
+        }
+        if let Some(first) = self.refused.first() {
+            return Err(Failure::new(
+                libc::EOPNOTSUPP,
+                format!("{first} is not supported: {}", refusal_reason(first)),
+            ));
+        }
         if self.console == parse::ConsoleChoice::Gui {
             return Err(Failure::new(
                 libc::EOPNOTSUPP,
@@ -520,6 +647,51 @@ impl Settings {
             ));
         }
         Ok(())
+    }
+
+    /// `-G/--grow-image=`: make the image file at least that large (`ftruncate`, then
+    /// `fsync`), as vmspawn does; nothing when it already is. Without `--image=` it has no
+    /// effect, which is said unless quiet; a block device cannot grow (EINVAL).
+    pub fn grow_image_file(&self) -> Result<(), Failure> {
+        let Some(want) = self.grow_image else {
+            return Ok(());
+        };
+        let Some(image) = &self.image else {
+            if !self.quiet {
+                eprintln!("--grow-image= has no effect without --image=.");
+            }
+            return Ok(());
+        };
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(image)
+            .map_err(|e| Failure::io(format!("Failed to open '{}'", image.display()), &e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Failure::io(format!("Failed to stat '{}'", image.display()), &e))?;
+        if !meta.is_file() {
+            return Err(Failure::new(
+                libc::EINVAL,
+                format!(
+                    "--grow-image= grows image files only; '{}' is not a regular file.",
+                    image.display()
+                ),
+            ));
+        }
+        if meta.len() >= want {
+            return Ok(());
+        }
+        if !self.quiet {
+            eprintln!(
+                "Growing image '{}' from {} to {} bytes.",
+                image.display(),
+                meta.len(),
+                want
+            );
+        }
+        file.set_len(want)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| Failure::io(format!("Failed to grow '{}'", image.display()), &e))
     }
 
     /// How the guest boots. An image without `--linux=` boots through UEFI firmware (as in
@@ -615,9 +787,14 @@ impl Settings {
         };
         let template = self.efi_nvram_template.as_deref();
         chosen.check_files(template)?;
+        // An ephemeral run keeps nothing: auto is off, as in vmspawn.
+        let state = match &self.efi_nvram_state {
+            NvramState::Auto if self.ephemeral => NvramState::Off,
+            other => other.clone(),
+        };
         let vars = firmware::nvram::open_state(
             template.unwrap_or(&chosen.vars_template),
-            &self.efi_nvram_state,
+            &state,
             self.image.as_deref().or(self.directory.as_deref()),
         )?;
         if host.debug {
@@ -647,6 +824,16 @@ impl Settings {
     /// host name; when nothing usable is left (e.g. in `/`) the VM is called "rvmspawn",
     /// since a VM without a root file system has no better name.
     pub fn machine_name(&self, host: &Host) -> Result<String, Failure> {
+        let name = self.base_machine_name(host)?;
+        // vmspawn's ephemeral runs are told apart by a random suffix.
+        Ok(if self.ephemeral {
+            format!("{name}-{:016x}", random_u64())
+        } else {
+            name
+        })
+    }
+
+    fn base_machine_name(&self, host: &Host) -> Result<String, Failure> {
         if let Some(name) = &self.machine {
             return Ok(name.clone());
         }
@@ -732,12 +919,14 @@ impl Settings {
                         count: DEFAULT_UID_RANGE,
                     }),
             },
+            ephemeral: self.ephemeral,
         });
         let binds = self.binds.iter().enumerate().map(|(j, b)| vmm::FsShare {
             tag: format!("mnt{j}"),
             source: b.source.clone(),
             read_only: b.read_only,
             id_map: None,
+            ephemeral: false,
         });
         root.chain(binds).collect()
     }
@@ -881,10 +1070,13 @@ impl Settings {
             disks: self
                 .image
                 .into_iter()
-                .map(|path| vmm::DiskConfig {
+                .map(|path| (path, true))
+                .chain(self.extra_drives.into_iter().map(|path| (path, false)))
+                .map(|(path, root)| vmm::DiskConfig {
                     path,
-                    root: true,
-                    discard: true,
+                    root,
+                    discard: self.discard_disk,
+                    ephemeral: self.ephemeral,
                 })
                 .collect(),
             uuid: self.uuid,
@@ -911,6 +1103,7 @@ impl Settings {
             },
             // As does this.
             stop_timeout: DEFAULT_STOP_TIMEOUT,
+            ssh_key: self.ssh_key,
         }
     }
 
@@ -928,6 +1121,10 @@ impl Settings {
     pub fn tpm_state(&self) -> vmm::TpmState {
         if self.tpm_state != vmm::TpmState::Auto {
             return self.tpm_state.clone();
+        }
+        // An ephemeral run keeps nothing: auto is off, as in vmspawn.
+        if self.ephemeral {
+            return vmm::TpmState::Off;
         }
         let beside = self.image.as_deref().or(self.directory.as_deref());
         // Path::file_name skips a trailing slash.
@@ -1228,6 +1425,173 @@ mod tests {
         let s = checked(argv).expect("valid");
         let name = s.machine_name(&host).expect("named");
         s.into_vm_config(name, vmm::KvmSource::Open, Vec::new(), None)
+    }
+
+    #[test]
+    fn extra_drives_follow_the_image_and_share_its_discard_setting() {
+        let c = vm_config(&[
+            "--linux=/k",
+            "-i",
+            "/root.raw",
+            "--extra-drive=/a.raw",
+            "--extra-drive=raw:b.raw",
+            "--discard-disk=no",
+        ]);
+        let disks: Vec<(&str, bool, bool)> = c
+            .disks
+            .iter()
+            .map(|d| (d.path.to_str().unwrap(), d.root, d.discard))
+            .collect();
+        assert_eq!(
+            disks,
+            [
+                ("/root.raw", true, false),
+                ("/a.raw", false, false),
+                ("/home/u/b.raw", false, false)
+            ]
+        );
+        assert!(vm_config(&["--linux=/k", "-i", "/r"]).disks[0].discard);
+        let e = settings(&["--linux=/k", "--extra-drive=qcow2:/x"]).unwrap_err();
+        assert_eq!(e.errno, EOPNOTSUPP);
+        assert!(
+            e.message.contains("--extra-drive= value 'qcow2:/x'"),
+            "{}",
+            e.message
+        );
+        assert_eq!(
+            settings(&["--linux=/k", "--discard-disk=maybe"])
+                .unwrap_err()
+                .errno,
+            EINVAL
+        );
+    }
+
+    #[test]
+    fn grow_image_rounds_up_and_grows_only_a_smaller_file() {
+        let s = settings(&["--linux=/k", "-G", "10000"]).unwrap();
+        assert_eq!(s.grow_image, Some(12288));
+        assert_eq!(
+            settings(&["--linux=/k", "--grow-image=1G"])
+                .unwrap()
+                .grow_image,
+            Some(1 << 30)
+        );
+        assert_eq!(
+            settings(&["--linux=/k", "-G", "lots"]).unwrap_err().errno,
+            EINVAL
+        );
+        let dir = std::env::temp_dir().join(format!("rvmspawn-grow-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let img = dir.join("img.raw");
+        fs::write(&img, vec![7u8; 5000]).unwrap();
+        let with = |size: &str| {
+            settings(&["-q", "--linux=/k", "-i", img.to_str().unwrap(), "-G", size]).unwrap()
+        };
+        with("8K").grow_image_file().unwrap();
+        assert_eq!(fs::metadata(&img).unwrap().len(), 8192);
+        // Never shrinks; the data stays.
+        with("4K").grow_image_file().unwrap();
+        assert_eq!(fs::metadata(&img).unwrap().len(), 8192);
+        assert_eq!(fs::read(&img).unwrap()[..5000], [7u8; 5000]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn ephemeral_runs_get_a_random_name_suffix_an_overlay_and_keep_no_state() {
+        let host = host();
+        let s = checked(&["--linux=/k", "-x", "-i", "/srv/os.raw"]).unwrap();
+        let (a, b) = (
+            s.machine_name(&host).unwrap(),
+            s.machine_name(&host).unwrap(),
+        );
+        for name in [&a, &b] {
+            let (base, suffix) = name.split_at(name.len() - 17);
+            assert_eq!(base, "os");
+            assert!(suffix.starts_with('-') && suffix[1..].bytes().all(|c| c.is_ascii_hexdigit()));
+        }
+        assert_ne!(a, b, "random");
+        assert_eq!(s.tpm_state(), vmm::TpmState::Off, "auto keeps nothing");
+        let c = vm_config(&["--linux=/k", "--ephemeral", "-i", "/srv/os.raw"]);
+        assert!(c.disks[0].ephemeral);
+        assert!(!vm_config(&["--linux=/k", "-i", "/srv/os.raw"]).disks[0].ephemeral);
+        let c = vm_config(&["--linux=/k", "-x", "-D", "/srv/tree", "--bind=/srv/b:/b"]);
+        assert!(c.shares[0].ephemeral && !c.shares[1].ephemeral);
+        // A state given explicitly is still used.
+        let s = checked(&["--linux=/k", "-x", "-i", "/o.raw", "--tpm-state=/st"]).unwrap();
+        assert_eq!(s.tpm_state(), vmm::TpmState::Path("/st".into()));
+        // vmspawn's refusals.
+        for argv in [
+            &["--linux=/k", "-x", "-i", "/o.raw", "--extra-drive=/e.raw"][..],
+            &["--linux=/k", "-x"],
+        ] {
+            assert_eq!(failure(argv).errno, EINVAL, "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn options_that_need_what_rvmspawn_lacks_are_refused_by_name() {
+        for (argv, name) in [
+            (&["--keep-unit"][..], "--keep-unit"),
+            (&["-S", "machine.slice"], "-S/--slice="),
+            (&["--property=CPUQuota=50%"], "--property="),
+            (&["--system"], "--system"),
+            (&["--user"], "--user"),
+            (&["--forward-journal=/tmp/j"], "--forward-journal="),
+            (&["--register=yes"], "--register=yes"),
+        ] {
+            let mut full = vec!["--linux=/k"];
+            full.extend_from_slice(argv);
+            let e = checked(&full).unwrap_err();
+            assert_eq!(e.errno, EOPNOTSUPP, "{argv:?}");
+            assert!(e.message.starts_with(name), "{argv:?}: {}", e.message);
+        }
+        // What is accepted: the settings rvmspawn already has.
+        for ok in [
+            "--pass-ssh-key=no",
+            "--pass-ssh-key=yes",
+            "--ssh-key-type=rsa",
+            "--register=no",
+            "--register=auto",
+            "--background=48;2;0;40;0",
+            "--background=",
+        ] {
+            checked(&["--linux=/k", ok]).unwrap_or_else(|e| panic!("{ok}: {}", e.message));
+        }
+        assert_eq!(
+            settings(&["--linux=/k", "--register=perhaps"])
+                .unwrap_err()
+                .errno,
+            EINVAL
+        );
+        assert_eq!(
+            settings(&["--linux=/k", "--ssh-key-type=dsa"])
+                .unwrap_err()
+                .errno,
+            EINVAL
+        );
+        // The SSH key: vmspawn's default (yes, ed25519), a failure then only a notice.
+        let key = |argv: &[&str]| settings(argv).unwrap().ssh_key;
+        assert_eq!(
+            key(&["--linux=/k"]),
+            Some(vmm::SshKeyConfig {
+                key_type: "ed25519".into(),
+                required: false
+            })
+        );
+        assert_eq!(
+            key(&["--linux=/k", "--pass-ssh-key=yes", "--ssh-key-type=rsa"]),
+            Some(vmm::SshKeyConfig {
+                key_type: "rsa".into(),
+                required: true
+            })
+        );
+        assert_eq!(key(&["--linux=/k", "--pass-ssh-key=no"]), None);
+        assert_eq!(
+            settings(&["--linux=/k", "--background=green"])
+                .unwrap_err()
+                .errno,
+            EINVAL
+        );
     }
 
     #[test]
@@ -1735,18 +2099,21 @@ mod tests {
                         shift: 100000,
                         count: 1000
                     }),
+                    ephemeral: false,
                 },
                 vmm::FsShare {
                     tag: "mnt0".into(),
                     source: "/srv/a b".into(),
                     read_only: false,
                     id_map: None,
+                    ephemeral: false,
                 },
                 vmm::FsShare {
                     tag: "mnt1".into(),
                     source: "/srv/c".into(),
                     read_only: true,
                     id_map: None,
+                    ephemeral: false,
                 },
             ]
         );

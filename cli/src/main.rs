@@ -36,8 +36,22 @@ fn main() -> ExitCode {
 
     match prepare(args, passed) {
         Ok(None) => ExitCode::SUCCESS,
-        Ok(Some(config)) => {
+        Ok(Some((config, background))) => {
+            // --background=: the interactive console's tint, on a terminal only; reset after.
+            // SAFETY: isatty() only inspects the descriptor.
+            let tint = background.filter(|_| {
+                config.console.mode == vmm::ConsoleMode::Interactive
+                    && unsafe { libc::isatty(libc::STDOUT_FILENO) } == 1
+            });
+            if let Some(bg) = &tint {
+                print!("\x1b[{bg}m\x1b[K");
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+            }
             let outcome = vmm::run(config);
+            if tint.is_some() {
+                print!("\x1b[0m\x1b[K");
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+            }
             if let Err(err) = &outcome {
                 eprintln!("rvmspawn: {}", error_chain(err));
             }
@@ -57,7 +71,7 @@ fn main() -> ExitCode {
 fn prepare(
     args: Args,
     passed: Result<ListenFds, Failure>,
-) -> Result<Option<vmm::VmConfig>, Failure> {
+) -> Result<Option<(vmm::VmConfig, Option<String>)>, Failure> {
     let host = Host::detect()?;
     let settings = Settings::from_args(args, &host)?;
     if let Some(text) = settings.informational(&host)? {
@@ -67,6 +81,7 @@ fn prepare(
     settings.check()?;
     let name = settings.machine_name(&host)?;
     settings.check_files()?;
+    settings.grow_image_file()?;
     let oem_strings = settings.oem_strings()?;
 
     let mut passed = passed?;
@@ -78,6 +93,7 @@ fn prepare(
     // After every other check, as it may create the EFI variable store beside the image.
     let firmware = settings.firmware_boot(&host)?;
     let quiet = settings.quiet;
+    let background = settings.background.clone();
     let mut config = settings.into_vm_config(name, kvm, oem_strings, firmware);
     config.kernel_extraction = host.kernel_extraction.clone();
     config.console.term = host.term.clone();
@@ -86,7 +102,7 @@ fn prepare(
     if !quiet {
         eprint!("{}", status_lines(&config));
     }
-    Ok(Some(config))
+    Ok(Some((config, background)))
 }
 
 /// vmspawn's two status lines, the first extended with the machine's size.
@@ -239,6 +255,7 @@ mod tests {
             tpm: vmm::TpmConfig::default(),
             console: vmm::ConsoleConfig::default(),
             stop_timeout: std::time::Duration::ZERO,
+            ssh_key: None,
         }
     }
 
@@ -255,6 +272,7 @@ mod tests {
             path: PathBuf::from("/srv/os.raw"),
             root: true,
             discard: true,
+            ephemeral: false,
         });
         assert!(status_lines(&c).starts_with("Spawning VM vm on /srv/os.raw with"));
         c.console.mode = vmm::ConsoleMode::Native;

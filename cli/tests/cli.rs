@@ -393,7 +393,7 @@ fn initrd_needs_linux() {
 
 #[test]
 fn usage_errors_exit_einval_with_clap_message() {
-    for args in [&["--no-such-option"][..], &["--qemu-mem"], &["-x"]] {
+    for args in [&["--no-such-option"][..], &["--qemu-mem"], &["-Z"]] {
         let out = run(args);
         assert_eq!(out.status.code(), Some(EINVAL), "{args:?}");
         assert!(

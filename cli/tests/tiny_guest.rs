@@ -384,8 +384,15 @@ fn sigterm_presses_the_power_button_and_waits_for_the_guest_then_stops_it() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let (rc, took) = wait_bounded(&mut child, Duration::from_secs(20));
     eprintln!("SIGTERM with a 1.5 s graceful stop, guest without ACPI: {took:?}");
-    assert_eq!(rc, Some(0), "a stop after the timeout is still a clean stop");
-    assert!(took >= Duration::from_millis(1500), "did not wait: {took:?}");
+    assert_eq!(
+        rc,
+        Some(0),
+        "a stop after the timeout is still a clean stop"
+    );
+    assert!(
+        took >= Duration::from_millis(1500),
+        "did not wait: {took:?}"
+    );
 
     // A second signal during the wait stops it at once; SIGRTMIN+4 begins a graceful stop too.
     let mut child = rvmspawn(&k, &[])
@@ -407,7 +414,10 @@ fn sigterm_presses_the_power_button_and_waits_for_the_guest_then_stops_it() {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let (rc, took) = wait_bounded(&mut child, Duration::from_secs(20));
     assert_eq!(rc, Some(0));
-    assert!(took < Duration::from_secs(10), "the second signal: {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "the second signal: {took:?}"
+    );
 }
 
 /// Wait (at most `bound`) for `child` to exit; its status and how long that took.

@@ -655,7 +655,10 @@ mod tests {
         pm.lock()
             .unwrap()
             .write(PM1_EN as u64, &PM1_PWRBTN.to_le_bytes());
-        assert_eq!(*levels.lock().unwrap(), vec![true, false, true, false, true]);
+        assert_eq!(
+            *levels.lock().unwrap(),
+            vec![true, false, true, false, true]
+        );
     }
 
     #[test]

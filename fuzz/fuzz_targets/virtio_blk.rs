@@ -1,7 +1,8 @@
 //! The virtio-blk request path, from whatever the guest put in memory: descriptor table,
 //! available ring, request headers, data and discard ranges are all fuzzer bytes.
 //! The device must complete or fail every request without panicking, hanging or touching
-//! anything outside guest memory and the disk.
+//! anything outside guest memory and the disk. A third disk is ephemeral (`-x`): its requests
+//! go through the copy-on-write overlay, which must never write the image.
 
 #![no_main]
 
@@ -24,22 +25,35 @@ const DESC_TABLE: u32 = 0x0; // 16 descriptors at most
 const AVAIL: u32 = 0x100;
 const USED: u32 = 0x200;
 
-fn disk(read_only: bool) -> Arc<DiskImage> {
-    static DISKS: OnceLock<[Arc<DiskImage>; 2]> = OnceLock::new();
+/// 0: writable, 1: read-only, 2: ephemeral (its image, 128 sectors of 0xa5, is
+/// checked after every input).
+fn disk(which: usize) -> Arc<DiskImage> {
+    static DISKS: OnceLock<[Arc<DiskImage>; 3]> = OnceLock::new();
     let disks = DISKS.get_or_init(|| {
-        let make = |ro| {
+        let make = |ro, ephemeral: bool| {
             // SAFETY: a new anonymous file with a valid name.
             let fd = unsafe { libc::memfd_create(c"fuzz-disk".as_ptr(), libc::MFD_CLOEXEC) };
             assert!(fd >= 0);
             // SAFETY: `fd` is new and owned by nobody else.
             let f = unsafe { File::from_raw_fd(fd) };
             f.set_len(128 * SECTOR_SIZE).unwrap();
-            Arc::new(DiskImage::from_file(f, Path::new("fuzz.raw"), ro, true).unwrap())
+            if ephemeral {
+                use std::os::unix::fs::FileExt;
+                f.write_all_at(&IMAGE, 0).unwrap();
+            }
+            let mut d = DiskImage::from_file(f, Path::new("fuzz.raw"), ro, true).unwrap();
+            if ephemeral {
+                d.make_ephemeral(true).unwrap();
+            }
+            Arc::new(d)
         };
-        [make(false), make(true)]
+        [make(false, false), make(true, false), make(true, true)]
     });
-    disks[usize::from(read_only)].clone()
+    disks[which].clone()
 }
+
+/// The ephemeral disk's image content.
+static IMAGE: [u8; 128 * SECTOR_SIZE as usize] = [0xa5; 128 * SECTOR_SIZE as usize];
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 4 {
@@ -47,7 +61,8 @@ fuzz_target!(|data: &[u8]| {
     }
     let (params, body) = data.split_at(4);
     let size = 1u16 << (params[0] % 5); // 1..=16
-    let read_only = params[1] & 1 != 0;
+    let which = usize::from(params[1] & 1) + usize::from(params[1] & 4 != 0) * 2;
+    let which = which.min(2);
     let event_idx = params[1] & 2 != 0;
     let features = u64::from(params[2]) << 8 | u64::from(params[3]);
 
@@ -65,7 +80,7 @@ fuzz_target!(|data: &[u8]| {
     if !queue.is_valid(&mem) {
         return;
     }
-    let disk = disk(read_only);
+    let disk = disk(which);
     let offered = Block::new(disk.clone(), *b"fuzz-serial-01234567", 1).features();
     let mut handler = RequestHandler::new(disk, *b"fuzz-serial-01234567", offered & !features);
     // Twice: the second pass sees the ring as the first left it.
@@ -73,5 +88,11 @@ fuzz_target!(|data: &[u8]| {
         if !serve_queue(&mut queue, &mem, &Quiet, 0, |m, c| handler.process(m, c)) {
             break;
         }
+    }
+    if which == 2 {
+        use std::os::unix::fs::FileExt;
+        let mut image = vec![0u8; IMAGE.len()];
+        disk(2).file().read_exact_at(&mut image, 0).unwrap();
+        assert!(image[..] == IMAGE[..], "an ephemeral disk wrote its image");
     }
 });

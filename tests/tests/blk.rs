@@ -177,6 +177,26 @@ exit $rc"#
                 ),
             )
             .step(
+                // --extra-drive, -G and --discard-disk: run 1 with discard off (the root image
+                // grown to 6 MiB first), run 2 with the default.
+                "disk-options",
+                format!(
+                    r#"D=$(mktemp -d)
+truncate -s 4M "$D/root.raw"
+truncate -s 3M "$D/extra.raw"
+echo HOST-RUN=1
+{T} "$RVMSPAWN" -q --linux="$KERNEL" --initrd="$INITRD" -i "$D/root.raw" -G 6M \
+    --extra-drive="$D/extra.raw" --discard-disk=no root=/dev/vda rvmspawn.disks=1 || exit $?
+echo "HOST-ROOT-SIZE=$(stat -c %s "$D/root.raw")"
+echo HOST-RUN=2
+{T} "$RVMSPAWN" -q --linux="$KERNEL" --initrd="$INITRD" -i "$D/root.raw" \
+    --extra-drive="raw:$D/extra.raw" root=/dev/vda rvmspawn.disks=1
+rc=$?
+rm -rf "$D"
+exit $rc"#
+                ),
+            )
+            .step(
                 // No partition table and no root= of the user's: refused, like vmspawn.
                 "nogpt",
                 format!(
@@ -190,6 +210,36 @@ exit $rc"#
             )
             .run()
     })
+}
+
+#[test]
+fn extra_drives_grow_image_and_discard_disk_in_a_real_guest() {
+    let r = results().step("disk-options");
+    assert_eq!(r.rc, Some(0), "{}", r.output);
+    let (run1, run2) = r
+        .output
+        .split_once("HOST-RUN=2")
+        .unwrap_or_else(|| panic!("{}", r.output));
+    let disks = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.trim_end().strip_prefix("RVMSPAWN-DISK="))
+            .map(str::to_owned)
+            .collect()
+    };
+    // NAME SECTORS DISCARD_MAX_BYTES RO: the grown root (6 MiB), the extra drive (3 MiB).
+    assert_eq!(
+        disks(run1),
+        ["vda 12288 0 0", "vdb 6144 0 0"],
+        "--discard-disk=no\n{}",
+        r.output
+    );
+    expect(r, "HOST-ROOT-SIZE", "6291456");
+    let with = disks(run2);
+    assert_eq!(with.len(), 2, "{}", r.output);
+    for d in &with {
+        let f: Vec<&str> = d.split(' ').collect();
+        assert!(f[2].parse::<u64>().unwrap_or(0) > 0, "discard offered: {d}");
+    }
 }
 
 fn expect(r: &BootResult, key: &str, want: &str) {

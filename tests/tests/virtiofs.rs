@@ -146,6 +146,20 @@ rm -rf "$D"
 exit $rc"#,
             )
             .step(
+                // -x: the guest runs from a copy beside the tree, which goes at exit.
+                "ephemeral",
+                TREE.to_owned()
+                    + r#"tree 0
+timeout -s KILL 150 "$RVMSPAWN" --linux="$KERNEL" --initrd="$INITRD" -D "$D/root" -x >"$D/vm" 2>&1
+rc=$?
+cat "$D/vm"
+echo "HOST-TREE-HAS-GUEST-FILE=$([ -e "$D/root/guest-wrote" ] && echo yes || echo no)"
+echo "HOST-COPIES-LEFT=$(ls -A "$D" | grep -c '^\.#rvmspawn-')"
+left
+rm -rf "$D"
+exit $rc"#,
+            )
+            .step(
                 "private-users",
                 TREE.to_owned()
                     + r#"tree 100000
@@ -307,6 +321,24 @@ fn binds_mount_where_asked_with_the_right_permission() {
         "{}",
         r.output
     );
+}
+
+#[test]
+fn an_ephemeral_directory_run_leaves_the_tree_unchanged() {
+    let r = results().step("ephemeral");
+    // The guest ran from the copy and could write there...
+    assert_eq!(r.value("RVMSPAWN-ROOT-WRITE"), Some("ok"), "{}", r.output);
+    // ...which was named with vmspawn's suffix and is gone, and the tree never saw the write.
+    assert!(r.output.contains("Spawning VM root-"), "{}", r.output);
+    assert_eq!(
+        r.value("HOST-TREE-HAS-GUEST-FILE"),
+        Some("no"),
+        "{}",
+        r.output
+    );
+    assert_eq!(r.value("HOST-COPIES-LEFT"), Some("0"), "{}", r.output);
+    assert_nothing_left(r);
+    assert_eq!(r.rc, Some(0), "{}", r.output);
 }
 
 #[test]

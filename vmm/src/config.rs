@@ -68,6 +68,8 @@ pub struct VmConfig {
     /// The guest's console and what the user's terminal is to it (`--console=`,
     /// `--console-transport=`).
     pub console: ConsoleConfig,
+    /// `--pass-ssh-key=`: make a key pair and pass its public key to the guest's sshd on vsock.
+    pub ssh_key: Option<SshKeyConfig>,
     /// How long SIGINT, SIGTERM or SIGRTMIN+4 wait, after pressing the ACPI power button, for
     /// the guest to power off before the VM is stopped at once; zero stops at once.
     pub stop_timeout: std::time::Duration,
@@ -238,6 +240,16 @@ pub struct VsockConfig {
     pub vhost_fd: Option<OwnedFd>,
 }
 
+/// `--pass-ssh-key=` and `--ssh-key-type=`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshKeyConfig {
+    /// ssh-keygen's `-t`.
+    pub key_type: String,
+    /// Asked for explicitly: a failure to make the key is an error; by default (vmspawn's
+    /// default is yes) it is a notice and the VM runs without.
+    pub required: bool,
+}
+
 /// A disk image for the guest (virtio-blk).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskConfig {
@@ -248,6 +260,9 @@ pub struct DiskConfig {
     pub root: bool,
     /// Pass the guest's discards on to the image.
     pub discard: bool,
+    /// The guest's writes go to a throw-away copy-on-write overlay; the image is opened
+    /// read-only and never changes (`-x/--ephemeral`).
+    pub ephemeral: bool,
 }
 
 /// A host directory the guest mounts over virtio-fs (`--directory=`, `--bind=`).
@@ -262,6 +277,9 @@ pub struct FsShare {
     pub read_only: bool,
     /// Map guest UIDs and GIDs onto a host range; `None`: the same IDs on both sides.
     pub id_map: Option<IdMap>,
+    /// Serve a copy of the directory made for this run and removed at its end
+    /// (`-x/--ephemeral`): the directory itself never changes.
+    pub ephemeral: bool,
 }
 
 /// Guest IDs `0..count` are host IDs `shift..shift + count`.

@@ -11,9 +11,7 @@ use boot::x86_64::acpi::{RESET_VALUE, S5_SLEEP_TYPE};
 use boot::x86_64::layout::{PCI_ECAM_SIZE, PCI_ECAM_START, PCI_MMIO_SIZE, PCI_MMIO_START};
 use devices::Bus;
 use devices::legacy::i8042::{I8042_PORT, I8042_PORTS};
-use devices::legacy::power::{
-    ACPI_POWER_PORT, ACPI_POWER_PORTS, GedPowerButton, POWER_BUTTON_GSI,
-};
+use devices::legacy::power::{ACPI_POWER_PORT, ACPI_POWER_PORTS, GedPowerButton, POWER_BUTTON_GSI};
 use devices::legacy::{AcpiPower, I8042};
 use devices::virtio::VirtioDevice;
 

@@ -22,6 +22,7 @@ mod platform;
 mod q35;
 mod runtime;
 mod seccomp;
+mod ssh;
 mod swtpm;
 mod teardown;
 mod vcpu;
@@ -34,7 +35,8 @@ pub use boot::bls;
 pub use boot::{SmbiosError, parse_uuid};
 pub use config::{
     ConsoleConfig, ConsoleMode, ConsoleTransport, DiskConfig, FirmwareBoot, FsShare, IdMap,
-    KvmSource, Network, TpmConfig, TpmMode, TpmState, VmConfig, VsockConfig, VsockMode, term_valid,
+    KvmSource, Network, SshKeyConfig, TpmConfig, TpmMode, TpmState, VmConfig, VsockConfig,
+    VsockMode, term_valid,
 };
 pub use net::{format_mac, guest_mac, parse_mac, tap_name};
 
@@ -180,6 +182,17 @@ enum VsockSetup {
 }
 
 impl VsockSetup {
+    /// How `ssh` reaches the guest's port 22 (systemd-ssh-proxy's host names).
+    fn ssh_host(&self, run_dir: Option<&runtime::RuntimeDir>) -> String {
+        match (self, run_dir) {
+            (VsockSetup::Vhost { cid, .. }, _) => format!("vsock/{cid}"),
+            (VsockSetup::User { .. }, Some(d)) => {
+                format!("vsock-mux/{}", d.path().join("vsock").display())
+            }
+            (VsockSetup::User { .. }, None) => "vsock-mux/".to_owned(),
+        }
+    }
+
     /// The address the guest's systemd is to send its notifications to.
     fn notify_address(&self) -> String {
         match self {
@@ -330,6 +343,11 @@ pub(crate) fn random_u64() -> u64 {
     u64::from_ne_bytes(b)
 }
 
+/// The key types `--ssh-key-type=` accepts.
+pub fn ssh_key_types() -> &'static [&'static str] {
+    &ssh::KEY_TYPES
+}
+
 /// Build the VM described by `config` and run it until it ends.
 pub fn run(config: VmConfig) -> Result<RunOutcome, Error> {
     let result = run_vm(config);
@@ -404,6 +422,9 @@ fn run_vm(mut config: VmConfig) -> Result<RunOutcome, Error> {
     // an ephemeral TPM state), once per run; dropped (removed, with all in it) after the
     // helpers that may write in it are stopped.
     let mut run_dir: Option<runtime::RuntimeDir> = None;
+    // The copy an ephemeral --directory= run boots from: removed after the helpers (virtiofsd)
+    // that serve it have stopped, as it is declared before them.
+    let mut snapshot: Option<runtime::TreeSnapshot> = None;
     let vsock = setup_vsock(
         &mut config.vsock,
         &config.name,
@@ -419,6 +440,38 @@ fn run_vm(mut config: VmConfig) -> Result<RunOutcome, Error> {
             base64::engine::general_purpose::STANDARD.encode(v.notify_address())
         ));
     }
+    // --pass-ssh-key: a key pair in the run directory, its public half for the guest's sshd on
+    // vsock, as vmspawn passes it. Needs vsock; the user's own credentials of the same names win.
+    if let (Some(req), Some(v)) = (&config.ssh_key, vsock.as_ref()) {
+        let user_has = |id: &str| {
+            oem_strings
+                .iter()
+                .any(|s| s.starts_with(&format!("io.systemd.credential.binary:{id}=")))
+        };
+        let dir = runtime::RuntimeDir::get_or_create(&mut run_dir, || {
+            runtime::RuntimeDir::create(&config.name)
+        })?;
+        match ssh::generate(dir.path(), &req.key_type) {
+            Ok(key) => {
+                if !user_has("ssh.ephemeral-authorized_keys-all") {
+                    oem_strings.extend(ssh::credentials(&key.public));
+                }
+                if !config.quiet {
+                    status!(
+                        "SSH into the guest (its sshd on vsock): ssh -i {} root@{}",
+                        key.private.display(),
+                        v.ssh_host(run_dir.as_ref())
+                    );
+                }
+            }
+            Err(e) if !req.required => {
+                if !config.quiet {
+                    status!("No SSH key for the guest ({e}); --pass-ssh-key=no silences this.");
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
     // Opened and locked once: a reboot keeps the lock.
     let mut disks = Vec::with_capacity(config.disks.len());
     let mut root_arg = None;
@@ -428,6 +481,7 @@ fn run_vm(mut config: VmConfig) -> Result<RunOutcome, Error> {
             devices::virtio::block::DiskOptions {
                 read_only: false,
                 discard: d.discard,
+                ephemeral: d.ephemeral,
             },
         )?;
         // vmspawn finds the root partition of the image for a direct boot of a kernel (not a
@@ -452,6 +506,17 @@ fn run_vm(mut config: VmConfig) -> Result<RunOutcome, Error> {
     if !config.shares.is_empty() {
         let binary = virtiofs::find_virtiofsd()?;
         for share in &config.shares {
+            let copied;
+            let share = if share.ephemeral {
+                let snap = snapshot.insert(runtime::TreeSnapshot::create(&share.source)?);
+                copied = FsShare {
+                    source: snap.path().to_owned(),
+                    ..share.clone()
+                };
+                &copied
+            } else {
+                share
+            };
             let (helper, stream) = virtiofs::start(&binary, share)?;
             console.watch_helper(helper.pidfd(), helpers.len())?;
             helpers.push(helper);

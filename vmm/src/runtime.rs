@@ -361,6 +361,99 @@ impl RuntimeDir {
     }
 }
 
+/// `-x/--ephemeral` for `--directory=`: a copy of the tree (`cp --archive --reflink=auto`:
+/// reflinked where the file system can, copied elsewhere) in a hidden directory beside it,
+/// `.#rvmspawn-NAME-XXXXXXXXXXXXXXXX`, which the guest runs from. It is removed at the end of
+/// the run, also on an abrupt end short of SIGKILL, through descriptors (as the run directory).
+#[derive(Debug)]
+pub struct TreeSnapshot {
+    path: PathBuf,
+    parent: OwnedFd,
+    name: CString,
+    dir: OwnedFd,
+    _cleanup: crate::cleanup::Registration,
+}
+
+impl TreeSnapshot {
+    /// Copy `source` (an absolute directory path) beside itself.
+    pub fn create(source: &Path) -> Result<TreeSnapshot, Error> {
+        let (Some(parent), Some(base)) = (source.parent(), source.file_name()) else {
+            return Err(Error::Runtime(
+                format!(
+                    "--ephemeral needs a directory with a parent to copy {} into",
+                    source.display()
+                ),
+                libc::EINVAL,
+            ));
+        };
+        let name = format!(
+            ".#rvmspawn-{}-{:016x}",
+            base.to_string_lossy(),
+            crate::random_u64()
+        );
+        let path = parent.join(&name);
+        let status = std::process::Command::new("cp")
+            .args(["--archive", "--reflink=auto", "--no-target-directory", "--"])
+            .arg(source)
+            .arg(&path)
+            .stdin(std::process::Stdio::null())
+            .status();
+        let failed = match status {
+            Ok(s) if s.success() => None,
+            Ok(s) => Some(format!("cp {s}")),
+            Err(e) => Some(format!("cp: {e}")),
+        };
+        if let Some(why) = failed {
+            let _ = std::fs::remove_dir_all(&path);
+            return Err(Error::Runtime(
+                format!(
+                    "Failed to copy {} to {} for --ephemeral: {why}",
+                    source.display(),
+                    path.display()
+                ),
+                libc::EIO,
+            ));
+        }
+        let open_err = |e: io::Error| err(format!("Failed to open {}", path.display()), &e);
+        let parent_fd = openat(
+            libc::AT_FDCWD,
+            &cstring(parent.as_os_str())?,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+        .map_err(open_err)?;
+        let name = cstring(OsStr::new(&name))?;
+        let dir = openat(parent_fd.as_raw_fd(), &name, DIR_FLAGS).map_err(open_err)?;
+        let (d, b) = (
+            dir.try_clone().map_err(open_err)?,
+            parent_fd.try_clone().map_err(open_err)?,
+        );
+        let (n, p) = (name.clone(), path.clone());
+        let _cleanup = crate::cleanup::register(move || {
+            let _ = empty(&d, &p);
+            let _ = unlinkat(&b, &n, libc::AT_REMOVEDIR);
+        });
+        Ok(TreeSnapshot {
+            path,
+            parent: parent_fd,
+            name,
+            dir,
+            _cleanup,
+        })
+    }
+
+    /// The copy.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TreeSnapshot {
+    fn drop(&mut self) {
+        let _ = empty(&self.dir, &self.path);
+        let _ = unlinkat(&self.parent, &self.name, libc::AT_REMOVEDIR);
+    }
+}
+
 impl Drop for RuntimeDir {
     fn drop(&mut self) {
         // Through the descriptors, as the clean-up of a stale directory: the lock is held until

@@ -93,6 +93,7 @@ mod tests {
             source: "/srv/root".into(),
             read_only: false,
             id_map: None,
+            ephemeral: false,
         };
         let line = |s: &FsShare| {
             arguments(s)

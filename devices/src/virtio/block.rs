@@ -111,6 +111,9 @@ pub struct DiskOptions {
     pub read_only: bool,
     /// Pass the guest's discards on to the file.
     pub discard: bool,
+    /// Never write the image: the guest's writes go to a copy-on-write overlay that vanishes
+    /// with the run ([`overlay`]); the image is opened read-only.
+    pub ephemeral: bool,
 }
 
 /// An open, locked disk image and what it supports.
@@ -129,6 +132,8 @@ pub struct DiskImage {
     discard: bool,
     logical_block: u32,
     physical_block: u32,
+    /// An ephemeral disk's copy-on-write layer; every guest read and write goes through it.
+    overlay: Option<overlay::Overlay>,
 }
 
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
@@ -180,7 +185,7 @@ impl DiskImage {
                 .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY)
                 .open(path)
         };
-        let (file, read_only) = if opts.read_only {
+        let (file, read_only) = if opts.read_only || opts.ephemeral {
             (open(false).map_err(open_err)?, true)
         } else {
             match open(true) {
@@ -210,7 +215,47 @@ impl DiskImage {
                 open_err(e)
             });
         }
-        Self::from_file(file, path, read_only, opts.discard)
+        let mut image = Self::from_file(file, path, read_only, opts.discard)?;
+        if opts.ephemeral {
+            image.make_ephemeral(opts.discard).map_err(open_err)?;
+        }
+        Ok(image)
+    }
+
+    /// Put a fresh copy-on-write overlay in front of the (read-only) image: the guest may
+    /// write, the image never changes. Buffered I/O (the overlay's reads and writes are pieces
+    /// of the bounce buffer); discard punches holes in the overlay.
+    pub fn make_ephemeral(&mut self, discard: bool) -> io::Result<()> {
+        let top = overlay::temporary_file()?;
+        self.overlay = Some(overlay::Overlay::new(top, self.size)?);
+        self.read_only = false;
+        self.discard = discard;
+        self.direct = None;
+        self.data = self.file.try_clone()?;
+        Ok(())
+    }
+
+    /// Whether the guest's writes go to a throw-away overlay.
+    pub fn ephemeral(&self) -> bool {
+        self.overlay.is_some()
+    }
+
+    /// Read a piece of the disk, through the overlay when there is one.
+    fn read_piece(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        match &self.overlay {
+            Some(o) => o.read(&self.data, buf, offset),
+            None => self.data.read_exact_at(buf, offset),
+        }
+    }
+
+    /// Write a piece of the disk, into the overlay when there is one.
+    fn write_piece(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        match &self.overlay {
+            Some(o) => o.write(&self.data, buf, offset),
+            None => self.data.write_all_at(buf, offset),
+        }
     }
 
     /// Use an already open file (tests and fuzzing use a memfd).
@@ -236,6 +281,7 @@ impl DiskImage {
             direct: None,
             data: file.try_clone().map_err(open_err)?,
             file,
+            overlay: None,
         };
         if ft.is_block_device() {
             image.size = ioctl_int::<u64>(&image.file, BLKGETSIZE64).map_err(open_err)?;
@@ -330,6 +376,18 @@ impl DiskImage {
     /// Zero `len` bytes at `offset` (deallocating them first when `first` is
     /// [`Zeroing::Deallocate`]), in pieces, giving up with `ECANCELED` once `stop` is set.
     fn clear(&self, offset: u64, len: u64, first: Zeroing, stop: &AtomicBool) -> io::Result<()> {
+        if let Some(o) = &self.overlay {
+            let mut done = 0u64;
+            while done < len {
+                if stop.load(Ordering::Relaxed) {
+                    return Err(cancelled());
+                }
+                let n = (len - done).min(FALLOCATE_PIECE);
+                o.zero(&self.data, offset + done, n)?;
+                done += n;
+            }
+            return Ok(());
+        }
         let mut how = first;
         let mut done = 0u64;
         while done < len {
@@ -816,7 +874,11 @@ impl RequestHandler {
                 None => (S_IOERR, 0),
             },
             VIRTIO_BLK_T_FLUSH => {
-                if self.disk.read_only || self.disk.file.sync_data().is_ok() {
+                // An ephemeral disk's writes are meant to vanish: nothing to make durable.
+                if self.disk.read_only
+                    || self.disk.overlay.is_some()
+                    || self.disk.file.sync_data().is_ok()
+                {
                     (S_OK, 0)
                 } else {
                     (S_IOERR, 0)
@@ -909,6 +971,9 @@ impl RequestHandler {
             return Err(einval());
         }
         let offset = self.range(sector, len).ok_or_else(einval)?;
+        if self.disk.overlay.is_some() {
+            return self.bounced(mem, offset, len, write);
+        }
         let Some(align) = self.disk.direct else {
             return move_data(&self.disk.data, mem, &self.data, offset, write, &self.stop);
         };
@@ -936,7 +1001,6 @@ impl RequestHandler {
         len: u64,
         write: bool,
     ) -> io::Result<()> {
-        use std::os::unix::fs::FileExt;
         let mut bounce = self.bounce.take().unwrap_or_else(Bounce::new);
         let buf = bounce.bytes();
         let mut done = 0u64;
@@ -951,11 +1015,10 @@ impl RequestHandler {
             let piece = &mut buf[..n as usize];
             let r = if write {
                 self.gather(mem, done, piece)
-                    .and_then(|()| self.disk.data.write_all_at(piece, offset + done))
+                    .and_then(|()| self.disk.write_piece(piece, offset + done))
             } else {
                 self.disk
-                    .data
-                    .read_exact_at(piece, offset + done)
+                    .read_piece(piece, offset + done)
                     .and_then(|()| self.scatter(mem, done, piece))
             };
             if let Err(e) = r {
@@ -1156,6 +1219,8 @@ fn vectored_all(
     }
     Ok(())
 }
+
+pub mod overlay;
 
 #[cfg(test)]
 mod tests;

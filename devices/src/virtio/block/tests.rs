@@ -204,6 +204,69 @@ fn writes_reach_the_file_and_flush_succeeds() {
 }
 
 #[test]
+fn an_ephemeral_disk_takes_writes_and_zeroes_without_changing_the_image() {
+    // A read-only image file (as an ephemeral run opens it) with the overlay in front.
+    let file = memfd(DISK_SECTORS * SECTOR_SIZE);
+    let mut pattern = Vec::new();
+    for s in 0..DISK_SECTORS {
+        pattern.extend(std::iter::repeat_n(s as u8, SECTOR_SIZE as usize));
+    }
+    (&file).write_all(&pattern).unwrap();
+    let mut disk = DiskImage::from_file(file, Path::new("base.raw"), true, true).unwrap();
+    disk.make_ephemeral(true).unwrap();
+    assert!(disk.ephemeral() && !disk.read_only() && disk.discard());
+    let mut r = Rig::with_disk(Arc::new(disk));
+    assert_eq!(r.handler.disk.read_only as u8, 0);
+    assert_eq!(r.disk.read_only as u8, 0);
+    // Write 3 sectors from sector 7 (a partial cluster at each end), then read 16 back.
+    r.header(HDR, VIRTIO_BLK_T_OUT, 7);
+    r.mem
+        .write_slice(&[0xab; 3 * 512], GuestAddress(DATA))
+        .unwrap();
+    r.chain(&[(HDR, 16, 0), (DATA, 3 * 512, 0), (STATUS, 1, F_WRITE)]);
+    assert_eq!(r.run(STATUS), (1, S_OK));
+    // Write-zeroes of a whole cluster (sectors 16..24) and a discard of sector 30.
+    let range = |r: &Rig, at: u64, sector: u64, count: u32, flags: u32| {
+        r.mem.write_obj(sector, GuestAddress(at)).unwrap();
+        r.mem.write_obj(count, GuestAddress(at + 8)).unwrap();
+        r.mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
+    };
+    r.header(HDR, VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    range(&r, DATA, 16, 8, 1);
+    r.chain(&[(HDR, 16, 0), (DATA, 16, 0), (STATUS, 1, F_WRITE)]);
+    assert_eq!(r.run(STATUS), (1, S_OK));
+    r.header(HDR, VIRTIO_BLK_T_DISCARD, 0);
+    range(&r, DATA, 30, 1, 0);
+    r.chain(&[(HDR, 16, 0), (DATA, 16, 0), (STATUS, 1, F_WRITE)]);
+    assert_eq!(r.run(STATUS), (1, S_OK));
+    r.header(HDR, VIRTIO_BLK_T_IN, 0);
+    r.chain(&[
+        (HDR, 16, 0),
+        (DATA, 32 * 512, F_WRITE),
+        (STATUS, 1, F_WRITE),
+    ]);
+    assert_eq!(r.run(STATUS), (32 * 512 + 1, S_OK));
+    let mut got = vec![0u8; 32 * 512];
+    r.mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+    for s in 0..32usize {
+        let want = match s {
+            7..=9 => 0xab,
+            16..=23 | 30 => 0,
+            _ => s as u8,
+        };
+        assert!(
+            got[s * 512..(s + 1) * 512].iter().all(|b| *b == want),
+            "sector {s}"
+        );
+    }
+    // A flush succeeds; the image itself is untouched.
+    r.header(HDR, VIRTIO_BLK_T_FLUSH, 0);
+    r.chain(&[(HDR, 16, 0), (STATUS, 1, F_WRITE)]);
+    assert_eq!(r.run(STATUS), (1, S_OK));
+    assert!(r.disk_bytes() == pattern, "the image changed");
+}
+
+#[test]
 fn read_only_disks_refuse_writes() {
     let mut r = Rig::new(true);
     assert_ne!(r.handler.disk.read_only as u8, 0);
@@ -375,6 +438,7 @@ fn image_files_are_locked_and_errors_have_errnos() {
     let opts = DiskOptions {
         read_only: false,
         discard: true,
+        ephemeral: false,
     };
     let first = DiskImage::open(&path, opts).unwrap();
     assert_eq!(first.size(), 4096);
