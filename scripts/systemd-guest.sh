@@ -12,7 +12,9 @@
 #   RVMSPAWN-SYSTEMD-STATE=running|degraded|...
 #   RVMSPAWN-SYSTEMD-CMDLINE=TEXT           /proc/cmdline
 #   RVMSPAWN-SYSTEMD-FAILED=UNIT            one line per failed unit
-#   RVMSPAWN-SYSTEMD-CREDENTIAL=VALUE       the credential rvmtest.value, if passed
+#   RVMSPAWN-SYSTEMD-CREDENTIAL=VALUE       the credential rvmtest.value, if passed (and
+#                                           "RVMSPAWN-JOURNAL-MARK=VALUE" to the journal, as
+#                                           rvmspawn-check)
 #   RVMSPAWN-SYSTEMD-MOUNT=WHERE STATE      each virtiofs mount point and the state of its
 #                                           systemd mount unit (active: systemd knows it)
 #   RVMSPAWN-SYSTEMD-CHECKED
@@ -57,8 +59,12 @@ echo "RVMSPAWN-SYSTEMD-CMDLINE=$(cat /proc/cmdline)"
 systemctl --failed --plain --no-legend --no-pager | while read -r unit _; do
     echo "RVMSPAWN-SYSTEMD-FAILED=$unit"
 done
-[ -f /run/credentials/@system/rvmtest.value ] &&
-    echo "RVMSPAWN-SYSTEMD-CREDENTIAL=$(cat /run/credentials/@system/rvmtest.value)"
+if [ -f /run/credentials/@system/rvmtest.value ]; then
+    value=$(cat /run/credentials/@system/rvmtest.value)
+    echo "RVMSPAWN-SYSTEMD-CREDENTIAL=$value"
+    # For --forward-journal: a line in the journal the host should find.
+    echo "RVMSPAWN-JOURNAL-MARK=$value" | systemd-cat -t rvmspawn-check
+fi
 findmnt -rn -t virtiofs -o TARGET | while read -r where; do
     [ "$where" = / ] && continue
     echo "RVMSPAWN-SYSTEMD-MOUNT=$where $(systemctl is-active "$(systemd-escape -p --suffix=mount "$where")")"

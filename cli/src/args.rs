@@ -202,7 +202,8 @@ pub struct Args {
           action = ArgAction::Append, allow_hyphen_values = true)]
     pub ssh_key_type: Vec<String>,
 
-    /// Forward the guest's journal to FILE or DIR on the host (not supported yet)
+    /// Forward the guest's journal to FILE (ending in .journal) or DIR on the host, through
+    /// systemd-journal-remote
     #[arg(long, value_name = "FILE|DIR", help_heading = INTEGRATION,
           action = ArgAction::Append, allow_hyphen_values = true)]
     pub forward_journal: Vec<OsString>,

@@ -253,6 +253,8 @@ pub struct Settings {
     pub ephemeral: bool,
     /// `--pass-ssh-key=` and `--ssh-key-type=`.
     pub ssh_key: Option<vmm::SshKeyConfig>,
+    /// `--forward-journal=`.
+    pub forward_journal: Option<PathBuf>,
     /// Options rvmspawn knows but cannot honour, in the order they are refused: the first
     /// one given is the error [`Settings::check`] reports.
     pub refused: Vec<&'static str>,
@@ -281,7 +283,6 @@ fn refusal_reason(option: &str) -> &'static str {
         "--keep-unit" | "-S/--slice=" | "--property=" | "--system" | "--user" => {
             "rvmspawn creates no scope unit and talks to no service manager."
         }
-        "--forward-journal=" => "journal forwarding is not implemented yet.",
         "--register=yes" => "registration with systemd-machined is not implemented yet.",
         _ => "not implemented.",
     }
@@ -419,9 +420,9 @@ impl Settings {
                 required: explicit == Some(true),
             }),
         };
-        if !args.forward_journal.is_empty() {
-            refused.push("--forward-journal=");
-        }
+        let forward_journal = last_value("forward-journal", &args.forward_journal, |v| {
+            parse::parse_path(v, cwd).ok_or_else(|| parse::Invalid::syntax("expected a path"))
+        })?;
         if last_value("register", &args.register, tristate)?.flatten() == Some(true) {
             refused.push("--register=yes");
         }
@@ -567,6 +568,7 @@ impl Settings {
             background,
             ephemeral: args.ephemeral,
             ssh_key,
+            forward_journal,
             refused,
             boot_entry: OnceCell::new(),
         })
@@ -1104,6 +1106,7 @@ impl Settings {
             // As does this.
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             ssh_key: self.ssh_key,
+            forward_journal: self.forward_journal,
         }
     }
 
@@ -1536,7 +1539,6 @@ mod tests {
             (&["--property=CPUQuota=50%"], "--property="),
             (&["--system"], "--system"),
             (&["--user"], "--user"),
-            (&["--forward-journal=/tmp/j"], "--forward-journal="),
             (&["--register=yes"], "--register=yes"),
         ] {
             let mut full = vec!["--linux=/k"];

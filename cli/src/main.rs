@@ -38,10 +38,10 @@ fn main() -> ExitCode {
         Ok(None) => ExitCode::SUCCESS,
         Ok(Some((config, background))) => {
             // --background=: the interactive console's tint, on a terminal only; reset after.
-            // SAFETY: isatty() only inspects the descriptor.
             let tint = background.filter(|_| {
-                config.console.mode == vmm::ConsoleMode::Interactive
-                    && unsafe { libc::isatty(libc::STDOUT_FILENO) } == 1
+                // SAFETY: isatty() only inspects the descriptor.
+                let tty = unsafe { libc::isatty(libc::STDOUT_FILENO) } == 1;
+                config.console.mode == vmm::ConsoleMode::Interactive && tty
             });
             if let Some(bg) = &tint {
                 print!("\x1b[{bg}m\x1b[K");
@@ -256,6 +256,7 @@ mod tests {
             console: vmm::ConsoleConfig::default(),
             stop_timeout: std::time::Duration::ZERO,
             ssh_key: None,
+            forward_journal: None,
         }
     }
 

@@ -566,7 +566,8 @@ fn gpt_partition_index(dev: &Path, want: &str) -> Option<usize> {
     let entries_lba = u64::from_le_bytes(header[72..80].try_into().ok()?);
     let count = le32(&header[80..84]).min(1024) as usize;
     let size = (le32(&header[84..88]) as usize).clamp(128, 4096);
-    f.seek(SeekFrom::Start(entries_lba.checked_mul(512)?)).ok()?;
+    f.seek(SeekFrom::Start(entries_lba.checked_mul(512)?))
+        .ok()?;
     let mut entry = vec![0u8; size];
     for i in 0..count {
         f.read_exact(&mut entry).ok()?;

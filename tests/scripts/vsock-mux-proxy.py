@@ -49,7 +49,8 @@ def main() -> int:
                     sel.unregister(s)
                     open_ends -= 1
                     return 0
-                os.write(1, data)
+                while data:
+                    data = data[os.write(1, data):]
     return 0
 
 

@@ -387,6 +387,32 @@ macro_rules! processes_below_sh {
     };
 }
 
+/// Shell that defines `$NO_VHOST` (in `$D`): `$NO_VHOST CMD...` runs CMD in a mount namespace
+/// whose `/dev` holds only `kvm`, `null`, `zero`, `urandom` and what the shell lines `$extra`
+/// make, so rvmspawn finds no vhost device and serves vsock (and a NIC) itself. It execs all
+/// the way down, so the PID of `$NO_VHOST rvmspawn` is rvmspawn's. A macro, for `concat!`.
+#[macro_export]
+macro_rules! no_vhost_sh {
+    ($extra:literal) => {
+        concat!(
+            r#"cat >"$D/no_vhost" <<'EOF'
+set -e
+k=$(stat -c "%t %T" /dev/kvm)
+mount -t tmpfs -o mode=755 none /dev
+mknod /dev/kvm c $((0x${k% *})) $((0x${k#* }))
+mknod -m 666 /dev/null c 1 3
+mknod -m 666 /dev/zero c 1 5
+mknod -m 666 /dev/urandom c 1 9
+"#,
+            $extra,
+            r#"exec "$@"
+EOF
+NO_VHOST="unshare -m sh $D/no_vhost"
+"#
+        )
+    };
+}
+
 /// rvmspawn's own notify-socket credential, present whenever the guest has vsock (the test
 /// host has vhost-vsock); `tests/tests/vsock.rs` checks it.
 pub const NOTIFY_CREDENTIAL: &[u8] = b"io.systemd.credential.binary:vmm.notify_socket=";

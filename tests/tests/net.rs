@@ -37,20 +37,8 @@ fi
 /// `$NO_VHOST CMD...` runs CMD in a mount namespace whose `/dev` has `kvm`, `null`, `zero`,
 /// `urandom` and `net/tun` but no vhost devices, so rvmspawn serves the NIC itself. It execs,
 /// so the PID of `$NO_VHOST rvmspawn` is rvmspawn's.
-const NO_VHOST: &str = r#"cat >"$D/no_vhost" <<'EOF'
-set -e
-k=$(stat -c "%t %T" /dev/kvm)
-mount -t tmpfs -o mode=755 none /dev
-mknod /dev/kvm c $((0x${k% *})) $((0x${k#* }))
-mknod -m 666 /dev/null c 1 3
-mknod -m 666 /dev/zero c 1 5
-mknod -m 666 /dev/urandom c 1 9
-mkdir /dev/net
-mknod -m 666 /dev/net/tun c 10 200
-exec "$@"
-EOF
-NO_VHOST="unshare -m sh $D/no_vhost"
-"#;
+const NO_VHOST: &str =
+    rvmspawn_tests::no_vhost_sh!("mkdir /dev/net\nmknod -m 666 /dev/net/tun c 10 200\n");
 
 /// The TAP transfer, guest 10.77.N.2 and host 10.77.N.1 on `vt-$NAME`, run as `$VM_CMD` in the
 /// background: the guest pings the host, receives 64 MiB on port 5000 and sends 64 MiB to the

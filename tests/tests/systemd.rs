@@ -36,7 +36,7 @@ ms() {{ echo $(($(date +%s%N) / 1000000)); }}
 /// Start rvmspawn in the background on "$@", wait for systemd's report, then SIGTERM: the
 /// graceful stop. Prints the times from start to READY=1 and from SIGTERM to the exit.
 const BOOT_REPORT_STOP: &str = r#"t0=$(ms)
-"$RVMSPAWN" --qemu-mem=1G --linux="$KERNEL" --initrd="$INITRD" "$@" >"$D/vm" 2>&1 &
+${WRAP:-} "$RVMSPAWN" --qemu-mem=1G --linux="$KERNEL" --initrd="$INITRD" "$@" >"$D/vm" 2>&1 &
 vm=$!
 wait_for 'VM reported READY=1' "$D/vm"
 echo "HOST-READY-MS=$(($(ms) - t0))"
@@ -49,11 +49,52 @@ echo "HOST-STOP-MS=$(($(ms) - t1))"
 cat "$D/vm"
 "#;
 
+/// `$NO_VHOST CMD...` runs CMD in a mount namespace whose `/dev` holds only `kvm`, `null`,
+/// `zero` and `urandom`, so rvmspawn finds no vhost-vsock and serves vsock itself (as in
+/// tests/tests/vsock.rs).
+const NO_VHOST: &str = rvmspawn_tests::no_vhost_sh!("");
+
+/// Start rvmspawn (through `$WRAP`, if set) on "$@", wait for systemd's report, ssh in as root
+/// with the key from rvmspawn's status line (vhost-vsock: socat to the CID's port 22; the
+/// userspace device: tests/scripts/vsock-mux-proxy.py on its socket), then SIGTERM.
+const SSH_AND_STOP: &str = r#"$WRAP "$RVMSPAWN" --qemu-mem=1G --linux="$KERNEL" --initrd="$INITRD" "$@" >"$D/vm" 2>&1 &
+vm=$!
+wait_for RVMSPAWN-SYSTEMD-CHECKED "$D/vm"
+line=$(grep -a 'SSH into the guest' "$D/vm" | head -n1)
+echo "HOST-SSH-LINE=$line"
+key=$(echo "$line" | sed -n 's/.*ssh -i \([^ ]*\) root@.*/\1/p')
+host=$(echo "$line" | sed -n 's/.* root@\([^ ]*\).*/\1/p')
+case $host in
+    vsock/*) proxy="socat - VSOCK-CONNECT:${host#vsock/}:22" ;;
+    vsock-mux/*) proxy="python3 $PWD/tests/scripts/vsock-mux-proxy.py ${host#vsock-mux/} 22" ;;
+esac
+timeout -s KILL 120 ssh -i "$key" -o IdentitiesOnly=yes -o StrictHostKeyChecking=no \
+    -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o ProxyCommand="$proxy" root@guest \
+    'echo "RVMSPAWN-SSH=$(id -un) $(cat /proc/sys/kernel/hostname)"' </dev/null
+echo "HOST-SSH-RC=$?"
+kill -TERM $vm
+wait $vm
+rc=$?
+cat "$D/vm"
+"#;
+
+/// What the host's journal files (`$D/guest.journal`, or those in `$D/journal`) hold from the
+/// guest's rvmspawn-check, one `HOST-JOURNAL=` line each.
+const JOURNAL_REPORT: &str = r#"for f in "$D"/guest.journal "$D"/journal/*.journal; do
+    [ -f "$f" ] || continue
+    echo "HOST-JOURNAL-FILE=${f#$D/}"
+    journalctl --file "$f" -t rvmspawn-check -o cat | sed 's/^/HOST-JOURNAL=/'
+done
+"#;
+
 fn results() -> &'static Results {
     static RESULTS: OnceLock<Results> = OnceLock::new();
     RESULTS.get_or_init(|| {
         let h = helpers();
+        // The -D boot alone takes about 7 minutes in the emulated test host (every file systemd
+        // opens goes through virtiofsd, itself emulated); the -i boots about 90 s each.
         rvmspawn_tests::Batch::new()
+            .timeout_secs(2400)
             .step(
                 // -D with a credential and a --bind (fstab.extra).
                 "directory",
@@ -79,6 +120,53 @@ echo "HOST-PARTUUID=$(cat "$T/partuuid")"
 set -- -x -i "$T/disk.raw" --set-credential=rvmtest.value:hello-image systemd.wants=rvmspawn-check.service
 {BOOT_REPORT_STOP}echo "HOST-SUPERBLOCK-AFTER=$(sb)"
 rm -rf "$D"
+exit $rc"#
+                ),
+            )
+            .step(
+                // ssh into the guest over vhost-vsock with the key rvmspawn made and passed (its
+                // status line names the key and the address).
+                "ssh-vhost",
+                format!(
+                    r#"{h}WRAP=
+set -- -x -i "$T/disk.raw" systemd.wants=rvmspawn-check.service
+{SSH_AND_STOP}rm -rf "$D"
+exit $rc"#
+                ),
+            )
+            .step(
+                // The same through rvmspawn's userspace vsock device (no /dev/vhost-vsock), as
+                // `ssh root@vsock-mux/PATH` does it with systemd-ssh-proxy.
+                "ssh-user",
+                format!(
+                    r#"{h}{NO_VHOST}export XDG_RUNTIME_DIR=$D/run
+WRAP=$NO_VHOST
+set -- -x -i "$T/disk.raw" systemd.wants=rvmspawn-check.service
+{SSH_AND_STOP}rm -rf "$D"
+exit $rc"#
+                ),
+            )
+            .step(
+                // --forward-journal over vhost-vsock: a line the guest logs is in the host's
+                // journal file, which journal-remote wrote.
+                "journal-vhost",
+                format!(
+                    r#"{h}set -- -x -i "$T/disk.raw" --forward-journal="$D/guest.journal" \
+    --set-credential=rvmtest.value:journal-vhost systemd.wants=rvmspawn-check.service
+{BOOT_REPORT_STOP}{JOURNAL_REPORT}rm -rf "$D"
+exit $rc"#
+                ),
+            )
+            .step(
+                // The same through the userspace vsock device, into a directory.
+                "journal-user",
+                format!(
+                    r#"{h}{NO_VHOST}export XDG_RUNTIME_DIR=$D/run
+mkdir "$D/journal"
+set -- -x -i "$T/disk.raw" --forward-journal="$D/journal" \
+    --set-credential=rvmtest.value:journal-user systemd.wants=rvmspawn-check.service
+WRAP=$NO_VHOST
+{BOOT_REPORT_STOP}{JOURNAL_REPORT}rm -rf "$D"
 exit $rc"#
                 ),
             )
@@ -116,7 +204,7 @@ fn check_systemd_report(r: &BootResult, credential: &str) {
         r.output
     );
     assert_eq!(
-        r.value("RVMSPAWN-SYSTEMD-CREDENTIAL").as_deref(),
+        r.value("RVMSPAWN-SYSTEMD-CREDENTIAL"),
         Some(credential),
         "{}",
         r.output
@@ -153,7 +241,7 @@ fn a_trixie_tree_boots_with_directory_and_powers_off_on_sigterm() {
     check_systemd_report(r, "hello-systemd");
     // The --bind reached systemd as fstab.extra: its mount unit is active.
     assert_eq!(
-        r.value("RVMSPAWN-SYSTEMD-MOUNT").as_deref(),
+        r.value("RVMSPAWN-SYSTEMD-MOUNT"),
         Some("/mnt/share active"),
         "{}",
         r.output
@@ -186,6 +274,47 @@ fn a_trixie_image_boots_ephemeral_with_image_and_powers_off_on_sigterm() {
         "{}",
         r.output
     );
+}
+
+#[test]
+fn ssh_reaches_the_guest_with_the_passed_key_over_vhost_vsock_and_the_userspace_device() {
+    for step in ["ssh-vhost", "ssh-user"] {
+        let r = results().step(step);
+        let line = r.value("HOST-SSH-LINE").unwrap_or_default();
+        let want = if step == "ssh-vhost" {
+            "root@vsock/"
+        } else {
+            "root@vsock-mux/"
+        };
+        assert!(line.contains(want), "{step}: {line}\n{}", r.output);
+        assert_eq!(r.value("HOST-SSH-RC"), Some("0"), "{step}\n{}", r.output);
+        assert_eq!(
+            r.value("RVMSPAWN-SSH"),
+            Some("root rvmspawn-trixie"),
+            "{step}\n{}",
+            r.output
+        );
+        assert_eq!(r.rc, Some(0), "{step}\n{}", r.output);
+    }
+}
+
+#[test]
+fn forward_journal_puts_the_guests_journal_in_a_host_file() {
+    for (step, mark) in [
+        ("journal-vhost", "journal-vhost"),
+        ("journal-user", "journal-user"),
+    ] {
+        let r = results().step(step);
+        check_systemd_report(r, mark);
+        assert!(
+            r.output
+                .lines()
+                .any(|l| l.trim_end() == format!("HOST-JOURNAL=RVMSPAWN-JOURNAL-MARK={mark}")),
+            "{step}: the guest's line is not in the host's journal\n{}",
+            r.output
+        );
+        assert_eq!(r.rc, Some(0), "{step}\n{}", r.output);
+    }
 }
 
 #[test]

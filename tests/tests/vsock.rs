@@ -14,18 +14,7 @@ use rvmspawn_tests::{Batch, BootResult, Results, assert_streams_intact, vmspawn_
 /// `$NO_VHOST CMD...` runs CMD in a mount namespace whose `/dev` holds only `kvm`, `null`,
 /// `zero` and `urandom`, so rvmspawn finds no vhost-vsock. It execs all the way down, so the
 /// PID of `$NO_VHOST rvmspawn` is rvmspawn's.
-const NO_VHOST: &str = r#"cat >"$D/no_vhost" <<'EOF'
-set -e
-k=$(stat -c "%t %T" /dev/kvm)
-mount -t tmpfs -o mode=755 none /dev
-mknod /dev/kvm c $((0x${k% *})) $((0x${k#* }))
-mknod -m 666 /dev/null c 1 3
-mknod -m 666 /dev/zero c 1 5
-mknod -m 666 /dev/urandom c 1 9
-exec "$@"
-EOF
-NO_VHOST="unshare -m sh $D/no_vhost"
-"#;
+const NO_VHOST: &str = rvmspawn_tests::no_vhost_sh!("");
 
 /// After starting rvmspawn in the background (output in `$D/vm`) with a guest that notifies
 /// and reboots: wait for the second boot's notification, SIGTERM rvmspawn, `rc` = its status.

@@ -68,6 +68,9 @@ pub struct VmConfig {
     /// The guest's console and what the user's terminal is to it (`--console=`,
     /// `--console-transport=`).
     pub console: ConsoleConfig,
+    /// `--forward-journal=`: where systemd-journal-remote writes the guest's journal (a
+    /// `.journal` file, or a directory).
+    pub forward_journal: Option<PathBuf>,
     /// `--pass-ssh-key=`: make a key pair and pass its public key to the guest's sshd on vsock.
     pub ssh_key: Option<SshKeyConfig>,
     /// How long SIGINT, SIGTERM or SIGRTMIN+4 wait, after pressing the ACPI power button, for

@@ -12,6 +12,7 @@ mod console;
 mod direct;
 mod event_loop;
 mod helper;
+mod journal;
 mod kvm;
 mod machine;
 mod memory;
@@ -182,6 +183,14 @@ enum VsockSetup {
 }
 
 impl VsockSetup {
+    /// The guest's CID.
+    fn cid(&self) -> u64 {
+        match self {
+            VsockSetup::Vhost { cid, .. } => *cid,
+            VsockSetup::User { device, .. } => device.cid(),
+        }
+    }
+
     /// How `ssh` reaches the guest's port 22 (systemd-ssh-proxy's host names).
     fn ssh_host(&self, run_dir: Option<&runtime::RuntimeDir>) -> String {
         match (self, run_dir) {
@@ -472,6 +481,31 @@ fn run_vm(mut config: VmConfig) -> Result<RunOutcome, Error> {
             Err(e) => return Err(e),
         }
     }
+    // --forward-journal: the guest's journald forwards to the host's port (the guest's CID, as
+    // in vmspawn), where journal-remote listens (started with the other helpers below).
+    let journal = match (&config.forward_journal, vsock.as_ref()) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(Error::Helper(
+                "--forward-journal= needs vsock (--qemu-vsock=no was given)".into(),
+                libc::EINVAL,
+            ));
+        }
+        (Some(output), Some(v)) => {
+            let port = u32::try_from(v.cid()).unwrap_or(u32::MAX);
+            let listen = match v {
+                VsockSetup::Vhost { .. } => journal::Listen::Vsock(port),
+                VsockSetup::User { .. } => {
+                    let dir = runtime::RuntimeDir::get_or_create(&mut run_dir, || {
+                        runtime::RuntimeDir::create(&config.name)
+                    })?;
+                    journal::Listen::Unix(dir.path().join(format!("vsock_{port}")))
+                }
+            };
+            oem_strings.push(journal::credential(port));
+            Some((listen, output.clone()))
+        }
+    };
     // Opened and locked once: a reboot keeps the lock.
     let mut disks = Vec::with_capacity(config.disks.len());
     let mut root_arg = None;
@@ -561,6 +595,11 @@ fn run_vm(mut config: VmConfig) -> Result<RunOutcome, Error> {
         }
         None => None,
     };
+    if let Some((listen, output)) = &journal {
+        let helper = journal::start(listen, output)?;
+        console.watch_helper(helper.pidfd(), helpers.len())?;
+        helpers.push(helper);
+    }
     let is_uki = uki.is_some();
     // A UKI booted directly is measured as systemd-stub would have measured it, before every
     // boot; through the firmware, the stub does it itself.
