@@ -62,7 +62,7 @@ echo "bench-blk: disk ready in $((SECONDS - start)) s"
 # root=/dev/vda: rvmspawn -i would otherwise look for a GPT partition to
 # name as root=; /init never mounts it (everything runs from the initramfs).
 guest_args=(quiet root=/dev/vda rvmspawn.blkbench=1 "rvmspawn.blkbench.runtime=$runtime")
-cmd_rvmspawn=("$rvmspawn" -q --tpm=no --qemu-mem=1G --qemu-smp=1 "--linux=$kernel" "--initrd=$initrd"
+cmd_rvmspawn=("$rvmspawn" -q --tpm=no --pass-ssh-key=no --qemu-mem=1G --qemu-smp=1 "--linux=$kernel" "--initrd=$initrd"
     -i "$disk" "${guest_args[@]}")
 qemu_common=(-M pc -enable-kvm -cpu host -m 1024 -smp 1 -nodefaults -nographic -no-reboot
     -serial stdio -kernel "$kernel" -initrd "$initrd" -append "console=ttyS0 ${guest_args[*]}")

@@ -79,7 +79,7 @@ done
 mem=${RVMSPAWN_BENCH_MEM_MIB:-256}
 condition_mib=${RVMSPAWN_BENCH_CONDITION_MIB:-300}
 case $mem$condition_mib in *[!0-9]*) echo "bench-boot: RVMSPAWN_BENCH_MEM_MIB and _CONDITION_MIB are numbers" >&2; exit 2 ;; esac
-rvmspawn_common=(env SYSTEMD_LOG_LEVEL=debug "$rvmspawn" -q --tpm=no "--qemu-mem=${mem}M" --qemu-smp=1
+rvmspawn_common=(env SYSTEMD_LOG_LEVEL=debug "$rvmspawn" -q --tpm=no --pass-ssh-key=no "--qemu-mem=${mem}M" --qemu-smp=1
     --qemu-vsock=no)
 # The same kernel three ways: Debian's bzImage, the ELF inside it, and a UKI
 # around that bzImage and the same initramfs (its embedded command line plus
@@ -109,7 +109,7 @@ if [ "$directory" = 1 ]; then
     printf '#!/bin/sh\necho RVMSPAWN-GUEST-INIT\nexec poweroff -f\n' >"$tree/sbin/init"
     chmod 755 "$tree/sbin/init"
     virtiofsd=$(command -v virtiofsd) || { echo "bench-boot: virtiofsd is missing" >&2; exit 1; }
-    cmd_rvmspawn=("$rvmspawn" -q --tpm=no --qemu-mem=512M --qemu-smp=1 "--linux=$kernel" "--initrd=$initrd"
+    cmd_rvmspawn=("$rvmspawn" -q --tpm=no --pass-ssh-key=no --qemu-mem=512M --qemu-smp=1 "--linux=$kernel" "--initrd=$initrd"
         -D "$tree" quiet)
     # vmspawn's virtiofsd arguments, on a socket path instead of an inherited fd.
     cat >"$out/qemu-dir.sh" <<EOF
@@ -163,7 +163,7 @@ print(m["executable"]["filename"], m["nvram-template"]["filename"])' "$descripto
     echo "bench-boot: OVMF $ovmf_code + $ovmf_vars; $(qemu-system-x86_64 --version | head -n 1)"
     # A firmware boot takes 25-40 s under TCG; give each more than the default.
     export RVMSPAWN_BENCH_BOOT_TIMEOUT=${RVMSPAWN_BENCH_BOOT_TIMEOUT:-300}
-    cmd_rvmspawn=("$rvmspawn" -q --tpm=no --qemu-mem=512M --qemu-smp=1 "--firmware=$descriptor"
+    cmd_rvmspawn=("$rvmspawn" -q --tpm=no --pass-ssh-key=no --qemu-mem=512M --qemu-smp=1 "--firmware=$descriptor"
         --efi-nvram-state=off --qemu-vsock=no -i "$out/rvmspawn.raw")
     # shellcheck disable=SC2054 # the commas belong to QEMU's -drive values
     cmd_q35=(qemu-system-x86_64 -enable-kvm -cpu host -M q35 -m 512 -smp 1 -nodefaults -nographic

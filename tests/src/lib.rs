@@ -417,6 +417,13 @@ NO_VHOST="unshare -m sh $D/no_vhost"
 /// host has vhost-vsock); `tests/tests/vsock.rs` checks it.
 pub const NOTIFY_CREDENTIAL: &[u8] = b"io.systemd.credential.binary:vmm.notify_socket=";
 
+/// rvmspawn's two `--pass-ssh-key` credentials (its default, whenever the guest has vsock);
+/// `tests/tests/systemd.rs` proves them by logging in with the key.
+pub const SSH_CREDENTIALS: [&[u8]; 2] = [
+    b"io.systemd.credential.binary:ssh.ephemeral-authorized_keys-all=",
+    b"io.systemd.credential.binary:systemd.unit-dropin.sshd-vsock@.service=",
+];
+
 /// SHA-256 of the first 64 MiB of the guest program's stream (`guest-tools/`) with its default
 /// seed, as its report line gives it.
 pub const STREAM_64M: &str =
@@ -435,7 +442,8 @@ pub fn assert_streams_intact(r: &BootResult) {
 }
 
 /// Every string of every SMBIOS type 11 structure the guest printed (its
-/// `RVMSPAWN-SMBIOS11-RAW=` lines, hex), in order, except rvmspawn's notify-socket credential.
+/// `RVMSPAWN-SMBIOS11-RAW=` lines, hex), in order, except rvmspawn's own vsock credentials
+/// (the notify socket, the SSH key).
 pub fn oem_strings(r: &BootResult) -> Vec<Vec<u8>> {
     let unhex = |s: &str| -> Vec<u8> {
         (0..s.len() / 2)
@@ -456,11 +464,9 @@ pub fn oem_strings(r: &BootResult) -> Vec<Vec<u8>> {
             .map(<[u8]>::to_vec)
             .collect();
         assert_eq!(strings.len(), count, "{hex}");
-        out.extend(
-            strings
-                .into_iter()
-                .filter(|s| !s.starts_with(NOTIFY_CREDENTIAL)),
-        );
+        out.extend(strings.into_iter().filter(|s| {
+            !s.starts_with(NOTIFY_CREDENTIAL) && !SSH_CREDENTIALS.iter().any(|p| s.starts_with(p))
+        }));
     }
     out
 }
