@@ -392,12 +392,15 @@ impl TreeSnapshot {
             crate::random_u64()
         );
         let path = parent.join(&name);
-        let status = std::process::Command::new("cp")
-            .args(["--archive", "--reflink=auto", "--no-target-directory", "--"])
+        let mut cp = std::process::Command::new("cp");
+        cp.args(["--archive", "--reflink=auto", "--no-target-directory", "--"])
             .arg(source)
             .arg(&path)
-            .stdin(std::process::Stdio::null())
-            .status();
+            .stdin(std::process::Stdio::null());
+        // Termination signals unblocked and a parent-death signal: a Ctrl-C during a long copy
+        // ends it (and the run, with the partial copy removed).
+        crate::helper::prepare_child(&mut cp, None);
+        let status = cp.status();
         let failed = match status {
             Ok(s) if s.success() => None,
             Ok(s) => Some(format!("cp {s}")),

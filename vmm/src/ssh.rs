@@ -30,17 +30,17 @@ pub struct SshKey {
 /// passphrase.
 pub fn generate(dir: &Path, key_type: &str) -> Result<SshKey, Error> {
     let private = dir.join(format!("ssh-{key_type}"));
-    let out = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", key_type, "-N", "", "-C", "rvmspawn", "-f"])
+    let mut cmd = std::process::Command::new("ssh-keygen");
+    cmd.args(["-q", "-t", key_type, "-N", "", "-C", "rvmspawn", "-f"])
         .arg(&private)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| {
-            Error::Helper(
-                format!("Failed to run ssh-keygen for --pass-ssh-key: {e}"),
-                e.raw_os_error().unwrap_or(libc::EIO),
-            )
-        })?;
+        .stdin(std::process::Stdio::null());
+    crate::helper::prepare_child(&mut cmd, None);
+    let out = cmd.output().map_err(|e| {
+        Error::Helper(
+            format!("Failed to run ssh-keygen for --pass-ssh-key: {e}"),
+            e.raw_os_error().unwrap_or(libc::EIO),
+        )
+    })?;
     if !out.status.success() {
         return Err(Error::Helper(
             format!(
