@@ -636,6 +636,12 @@ impl Settings {
         if self.ephemeral && self.image.is_none() && self.directory.is_none() {
             return einval("--ephemeral requires --image= or --directory=.");
         }
+        // Growing the image would change it, which an ephemeral run never does.
+        if self.ephemeral && self.grow_image.is_some() {
+            return einval(
+                "--grow-image= cannot be combined with --ephemeral: it would change the image.",
+            );
+        }
         if let Some(first) = self.refused.first() {
             return Err(Failure::new(
                 libc::EOPNOTSUPP,
@@ -1526,6 +1532,7 @@ mod tests {
         for argv in [
             &["--linux=/k", "-x", "-i", "/o.raw", "--extra-drive=/e.raw"][..],
             &["--linux=/k", "-x"],
+            &["--linux=/k", "-x", "-i", "/o.raw", "-G", "8G"],
         ] {
             assert_eq!(failure(argv).errno, EINVAL, "{argv:?}");
         }

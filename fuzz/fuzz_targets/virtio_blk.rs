@@ -80,9 +80,9 @@ fuzz_target!(|data: &[u8]| {
     if !queue.is_valid(&mem) {
         return;
     }
-    let disk = disk(which);
-    let offered = Block::new(disk.clone(), *b"fuzz-serial-01234567", 1).features();
-    let mut handler = RequestHandler::new(disk, *b"fuzz-serial-01234567", offered & !features);
+    let image = disk(which);
+    let offered = Block::new(image.clone(), *b"fuzz-serial-01234567", 1).features();
+    let mut handler = RequestHandler::new(image, *b"fuzz-serial-01234567", offered & !features);
     // Twice: the second pass sees the ring as the first left it.
     for _ in 0..2 {
         if !serve_queue(&mut queue, &mem, &Quiet, 0, |m, c| handler.process(m, c)) {

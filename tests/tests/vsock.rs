@@ -92,7 +92,8 @@ exit $rc"#,
                 // again for the new machine), and SIGTERM ends the run with the guest's status.
                 "reboot",
                 r#"D=$(mktemp -d)
-"$RVMSPAWN" -q --linux="$KERNEL" --initrd="$INITRD" rvmspawn.action=reboot rvmspawn.notify=42 rvmspawn.vsockcid=1 >"$D/vm" 2>&1 &
+# A guest rebooting in a loop has no time to answer the power button: the immediate stop.
+RVMSPAWN_STOP_TIMEOUT=0 "$RVMSPAWN" -q --linux="$KERNEL" --initrd="$INITRD" rvmspawn.action=reboot rvmspawn.notify=42 rvmspawn.vsockcid=1 >"$D/vm" 2>&1 &
 "#.to_owned()
                     + SECOND_BOOT_THEN_TERM
                     + r#"cat "$D/vm"
@@ -135,7 +136,7 @@ exit $rc"#,
 "#.to_owned()
                     + NO_VHOST
                     + SUPERVISOR
-                    + r#"NOTIFY_SOCKET=$D/notify XDG_RUNTIME_DIR=$D/run $NO_VHOST "$RVMSPAWN" -q --notify-ready=no \
+                    + r#"NOTIFY_SOCKET=$D/notify XDG_RUNTIME_DIR=$D/run RVMSPAWN_STOP_TIMEOUT=0 $NO_VHOST "$RVMSPAWN" -q --notify-ready=no \
     --linux="$KERNEL" --initrd="$INITRD" rvmspawn.action=reboot rvmspawn.notify=42 rvmspawn.vsockcid=1 >"$D/vm" 2>&1 &
 "#
                     + SECOND_BOOT_THEN_TERM
