@@ -670,12 +670,9 @@ impl Settings {
             }
             return Ok(());
         };
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .open(image)
-            .map_err(|e| Failure::io(format!("Failed to open '{}'", image.display()), &e))?;
-        let meta = file
-            .metadata()
+        // Looked at before it is opened for writing: an image large enough already need not be
+        // writable.
+        let meta = fs::metadata(image)
             .map_err(|e| Failure::io(format!("Failed to stat '{}'", image.display()), &e))?;
         if !meta.is_file() {
             return Err(Failure::new(
@@ -689,6 +686,10 @@ impl Settings {
         if meta.len() >= want {
             return Ok(());
         }
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(image)
+            .map_err(|e| Failure::io(format!("Failed to open '{}'", image.display()), &e))?;
         if !self.quiet {
             eprintln!(
                 "Growing image '{}' from {} to {} bytes.",
