@@ -412,6 +412,9 @@ impl Settings {
                 )))
             }
         })?;
+        if pass_ssh_key == Some(false) && ssh_key_type.is_some() && !args.quiet {
+            eprintln!("--ssh-key-type= has no effect with --pass-ssh-key=no.");
+        }
         // vmspawn's default is yes; a failure to make the key is then only a notice.
         let ssh_key = match pass_ssh_key {
             Some(false) => None,

@@ -169,16 +169,8 @@ exit $rc"#,
                 HELPERS.to_owned()
                     + r#"unset RVMSPAWN_STOP_TIMEOUT
 "$RVMSPAWN" --qemu-mem=512M --linux="$KERNEL" --initrd="$INITRD" rvmspawn.action=hang >"$D/vm" 2>&1 &
-vm=$!
-wait_for RVMSPAWN-POWER-BUTTON=waiting "$D/vm"
-t0=$(ms)
-kill -TERM $vm
-wait $vm
-rc=$?
-echo "HOST-STOP-MS=$(($(ms) - t0))"
-cat "$D/vm"
-rm -rf "$D"
-exit $rc"#,
+"#
+                    + &term_when("RVMSPAWN-POWER-BUTTON=waiting"),
             )
             .step(
                 // The same through UEFI firmware on the Q35 platform: the ICH9 PM block's fixed
@@ -188,18 +180,10 @@ exit $rc"#,
                     + &format!(
                         r#"unset RVMSPAWN_STOP_TIMEOUT
 "$RVMSPAWN" --qemu-mem=512M --linux='{}/uki.efi' --firmware=uefi rvmspawn.action=hang >"$D/vm" 2>&1 &
-vm=$!
-wait_for RVMSPAWN-POWER-BUTTON=waiting "$D/vm"
-t0=$(ms)
-kill -TERM $vm
-wait $vm
-rc=$?
-echo "HOST-STOP-MS=$(($(ms) - t0))"
-cat "$D/vm"
-rm -rf "$D"
-exit $rc"#,
+"#,
                         rvmspawn_tests::assets().join("firmware").display()
-                    ),
+                    )
+                    + &term_when("RVMSPAWN-POWER-BUTTON=waiting"),
             )
             .step(
                 // A guest that ignores the button: the VM is stopped when the timeout ends.
@@ -208,16 +192,8 @@ exit $rc"#,
                     + r#"export RVMSPAWN_STOP_TIMEOUT=3
 "$RVMSPAWN" --qemu-mem=512M --linux="$KERNEL" --initrd="$INITRD" rvmspawn.action=hang \
     rvmspawn.power-button=ignore >"$D/vm" 2>&1 &
-vm=$!
-wait_for RVMSPAWN-ACTION=hang "$D/vm"
-t0=$(ms)
-kill -TERM $vm
-wait $vm
-rc=$?
-echo "HOST-STOP-MS=$(($(ms) - t0))"
-cat "$D/vm"
-rm -rf "$D"
-exit $rc"#,
+"#
+                    + &term_when("RVMSPAWN-ACTION=hang"),
             )
             .run()
     })
@@ -269,6 +245,24 @@ fn a_guest_that_ignores_the_button_is_stopped_after_the_timeout() {
     );
     assert!(ms < 3000 + BOUND_MS, "{ms} ms\n{}", r.output);
     assert_eq!(r.rc, Some(0), "{}", r.output);
+}
+
+/// The end of a graceful-stop step, after `"$RVMSPAWN" ... >"$D/vm" 2>&1 &`: once the guest
+/// printed `line`, SIGTERM, then the time to rvmspawn's exit (`HOST-STOP-MS=`), its output and
+/// its exit status.
+fn term_when(line: &str) -> String {
+    format!(
+        r#"vm=$!
+wait_for {line} "$D/vm"
+t0=$(ms)
+kill -TERM $vm
+wait $vm
+rc=$?
+echo "HOST-STOP-MS=$(($(ms) - t0))"
+cat "$D/vm"
+rm -rf "$D"
+exit $rc"#
+    )
 }
 
 /// The bound the stop times are asserted against: generous for the emulated test host (the

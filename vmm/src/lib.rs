@@ -451,6 +451,12 @@ fn run_vm(mut config: VmConfig) -> Result<RunOutcome, Error> {
     }
     // --pass-ssh-key: a key pair in the run directory, its public half for the guest's sshd on
     // vsock, as vmspawn passes it. Needs vsock; the user's own credentials of the same names win.
+    if config.ssh_key.as_ref().is_some_and(|k| k.required) && vsock.is_none() {
+        return Err(Error::Helper(
+            "--pass-ssh-key=yes needs vsock (--qemu-vsock=no was given)".into(),
+            libc::EINVAL,
+        ));
+    }
     if let (Some(req), Some(v)) = (&config.ssh_key, vsock.as_ref()) {
         let user_has = |id: &str| {
             oem_strings

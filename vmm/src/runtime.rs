@@ -30,15 +30,54 @@ use crate::Error;
 /// The run's directory, removed on drop.
 #[derive(Debug)]
 pub struct RuntimeDir {
+    /// The directory (in the base directory, checked to be ours), opened without following
+    /// links; its `flock` marks the run as live.
+    dir: Removal,
+}
+
+/// A directory of the run's, removed with all in it when this is dropped, and also if
+/// rvmspawn ends without dropping it (a panic, a second signal), always through descriptors:
+/// the directory's own and its parent's. The directory's descriptor, and a lock on it, is
+/// closed only after the directory is gone.
+#[derive(Debug)]
+struct Removal {
     path: PathBuf,
-    /// The base directory the run's directory is in (checked to be ours).
-    base: OwnedFd,
-    /// The run's directory's name in `base`.
+    parent: OwnedFd,
+    /// The directory's name in `parent`.
     name: CString,
-    /// The run's directory, opened without following links; its `flock` marks the run as live.
     dir: OwnedFd,
-    /// Removes the directory if rvmspawn ends without dropping this (a panic, a second signal).
     _cleanup: crate::cleanup::Registration,
+}
+
+impl Removal {
+    fn new(parent: OwnedFd, name: CString, dir: OwnedFd, path: PathBuf) -> Result<Removal, Error> {
+        let clone_err = |e: io::Error| err(format!("Failed to open {}", path.display()), &e);
+        let (d, b) = (
+            dir.try_clone().map_err(clone_err)?,
+            parent.try_clone().map_err(clone_err)?,
+        );
+        let (n, p) = (name.clone(), path.clone());
+        let _cleanup = crate::cleanup::register(move || remove(&b, &n, &d, &p));
+        Ok(Removal {
+            path,
+            parent,
+            name,
+            dir,
+            _cleanup,
+        })
+    }
+}
+
+impl Drop for Removal {
+    fn drop(&mut self) {
+        remove(&self.parent, &self.name, &self.dir, &self.path);
+    }
+}
+
+/// Empty `dir` (`name` in `parent`, at `path`) and remove it.
+fn remove(parent: &OwnedFd, name: &CStr, dir: &OwnedFd, path: &Path) {
+    let _ = empty(dir, path);
+    let _ = unlinkat(parent, name, libc::AT_REMOVEDIR);
 }
 
 /// Where runs keep their directories.
@@ -323,23 +362,8 @@ impl RuntimeDir {
         let base = base_fd
             .try_clone()
             .map_err(|e| err(format!("Failed to open {}", base.display()), &e))?;
-        // The same removal as the drop's, through descriptors of its own, for an abrupt end.
-        let clone_err = |e: io::Error| err(format!("Failed to open {}", path.display()), &e);
-        let (d, b) = (
-            dir.try_clone().map_err(clone_err)?,
-            base.try_clone().map_err(clone_err)?,
-        );
-        let (n, p) = (name.clone(), path.clone());
-        let _cleanup = crate::cleanup::register(move || {
-            let _ = empty(&d, &p);
-            let _ = unlinkat(&b, &n, libc::AT_REMOVEDIR);
-        });
         Ok(Some(RuntimeDir {
-            path,
-            base,
-            name,
-            dir,
-            _cleanup,
+            dir: Removal::new(base, name, dir, path)?,
         }))
     }
 
@@ -357,7 +381,7 @@ impl RuntimeDir {
 
     /// The directory. It is ours and mode 0700, so the sockets below it can be made by path.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.dir.path
     }
 }
 
@@ -367,11 +391,7 @@ impl RuntimeDir {
 /// the run, also on an abrupt end short of SIGKILL, through descriptors (as the run directory).
 #[derive(Debug)]
 pub struct TreeSnapshot {
-    path: PathBuf,
-    parent: OwnedFd,
-    name: CString,
-    dir: OwnedFd,
-    _cleanup: crate::cleanup::Registration,
+    dir: Removal,
 }
 
 impl TreeSnapshot {
@@ -426,43 +446,14 @@ impl TreeSnapshot {
         .map_err(open_err)?;
         let name = cstring(OsStr::new(&name))?;
         let dir = openat(parent_fd.as_raw_fd(), &name, DIR_FLAGS).map_err(open_err)?;
-        let (d, b) = (
-            dir.try_clone().map_err(open_err)?,
-            parent_fd.try_clone().map_err(open_err)?,
-        );
-        let (n, p) = (name.clone(), path.clone());
-        let _cleanup = crate::cleanup::register(move || {
-            let _ = empty(&d, &p);
-            let _ = unlinkat(&b, &n, libc::AT_REMOVEDIR);
-        });
         Ok(TreeSnapshot {
-            path,
-            parent: parent_fd,
-            name,
-            dir,
-            _cleanup,
+            dir: Removal::new(parent_fd, name, dir, path)?,
         })
     }
 
     /// The copy.
     pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for TreeSnapshot {
-    fn drop(&mut self) {
-        let _ = empty(&self.dir, &self.path);
-        let _ = unlinkat(&self.parent, &self.name, libc::AT_REMOVEDIR);
-    }
-}
-
-impl Drop for RuntimeDir {
-    fn drop(&mut self) {
-        // Through the descriptors, as the clean-up of a stale directory: the lock is held until
-        // the directory is gone.
-        let _ = empty(&self.dir, &self.path);
-        let _ = unlinkat(&self.base, &self.name, libc::AT_REMOVEDIR);
+        &self.dir.path
     }
 }
 

@@ -122,6 +122,13 @@ impl Rig {
             .unwrap();
     }
 
+    /// A discard / write-zeroes range (sector, count, flags) at guest address `at`.
+    fn range(&self, at: u64, sector: u64, count: u32, flags: u32) {
+        self.mem.write_obj(sector, GuestAddress(at)).unwrap();
+        self.mem.write_obj(count, GuestAddress(at + 8)).unwrap();
+        self.mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
+    }
+
     fn header(&self, at: u64, kind: u32, sector: u64) {
         self.mem.write_obj(kind, GuestAddress(at)).unwrap();
         self.mem.write_obj(0u32, GuestAddress(at + 4)).unwrap();
@@ -226,17 +233,12 @@ fn an_ephemeral_disk_takes_writes_and_zeroes_without_changing_the_image() {
     r.chain(&[(HDR, 16, 0), (DATA, 3 * 512, 0), (STATUS, 1, F_WRITE)]);
     assert_eq!(r.run(STATUS), (1, S_OK));
     // Write-zeroes of a whole cluster (sectors 16..24) and a discard of sector 30.
-    let range = |r: &Rig, at: u64, sector: u64, count: u32, flags: u32| {
-        r.mem.write_obj(sector, GuestAddress(at)).unwrap();
-        r.mem.write_obj(count, GuestAddress(at + 8)).unwrap();
-        r.mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
-    };
     r.header(HDR, VIRTIO_BLK_T_WRITE_ZEROES, 0);
-    range(&r, DATA, 16, 8, 1);
+    r.range(DATA, 16, 8, 1);
     r.chain(&[(HDR, 16, 0), (DATA, 16, 0), (STATUS, 1, F_WRITE)]);
     assert_eq!(r.run(STATUS), (1, S_OK));
     r.header(HDR, VIRTIO_BLK_T_DISCARD, 0);
-    range(&r, DATA, 30, 1, 0);
+    r.range(DATA, 30, 1, 0);
     r.chain(&[(HDR, 16, 0), (DATA, 16, 0), (STATUS, 1, F_WRITE)]);
     assert_eq!(r.run(STATUS), (1, S_OK));
     r.header(HDR, VIRTIO_BLK_T_IN, 0);
@@ -295,14 +297,9 @@ fn get_id_returns_the_serial() {
 fn discard_and_write_zeroes() {
     let mut r = Rig::new(false);
     assert!(r.disk.discard(), "memfds can punch holes");
-    let range = |r: &Rig, at: u64, sector: u64, count: u32, flags: u32| {
-        r.mem.write_obj(sector, GuestAddress(at)).unwrap();
-        r.mem.write_obj(count, GuestAddress(at + 8)).unwrap();
-        r.mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
-    };
     r.header(HDR, VIRTIO_BLK_T_DISCARD, 0);
-    range(&r, DATA, 2, 2, 0);
-    range(&r, DATA + 16, 8, 1, 0);
+    r.range(DATA, 2, 2, 0);
+    r.range(DATA + 16, 8, 1, 0);
     r.chain(&[(HDR, 16, 0), (DATA, 32, 0), (STATUS, 1, F_WRITE)]);
     assert_eq!(r.run(STATUS), (1, S_OK));
     let disk = r.disk_bytes();
@@ -310,12 +307,12 @@ fn discard_and_write_zeroes() {
     assert!(disk[4 * 512..5 * 512].iter().all(|b| *b == 4));
     assert!(disk[8 * 512..9 * 512].iter().all(|b| *b == 0));
     // The unmap flag is for write-zeroes only.
-    range(&r, DATA, 2, 2, 1);
+    r.range(DATA, 2, 2, 1);
     r.chain(&[(HDR, 16, 0), (DATA, 16, 0), (STATUS, 1, F_WRITE)]);
     assert_eq!(r.run(STATUS), (1, S_UNSUPP));
     r.header(HDR, VIRTIO_BLK_T_WRITE_ZEROES, 0);
-    range(&r, DATA, 20, 3, 0);
-    range(&r, DATA + 16, 30, 1, 1);
+    r.range(DATA, 20, 3, 0);
+    r.range(DATA + 16, 30, 1, 1);
     r.chain(&[(HDR, 16, 0), (DATA, 32, 0), (STATUS, 1, F_WRITE)]);
     assert_eq!(r.run(STATUS), (1, S_OK));
     let disk = r.disk_bytes();
@@ -323,7 +320,7 @@ fn discard_and_write_zeroes() {
     assert!(disk[23 * 512..24 * 512].iter().all(|b| *b == 23));
     assert!(disk[30 * 512..31 * 512].iter().all(|b| *b == 0));
     // A range past the end, a ragged range list, too many ranges.
-    range(&r, DATA, DISK_SECTORS - 1, 2, 0);
+    r.range(DATA, DISK_SECTORS - 1, 2, 0);
     r.chain(&[(HDR, 16, 0), (DATA, 16, 0), (STATUS, 1, F_WRITE)]);
     assert_eq!(r.run(STATUS), (1, S_IOERR));
     r.chain(&[(HDR, 16, 0), (DATA, 15, 0), (STATUS, 1, F_WRITE)]);
