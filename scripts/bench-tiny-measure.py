@@ -90,7 +90,7 @@ def main():
     with open(guest, "wb") as f:
         f.write(pvh_elf(guest_code()))
     cmds = {
-        "rvmspawn": [rvmspawn, "-q", "--tpm=no", "--qemu-mem=64M", "--qemu-smp=1",
+        "rvmspawn": [rvmspawn, "-q", "--tpm=no", "--pass-ssh-key=no", "--qemu-mem=64M", "--qemu-smp=1",
                      f"--linux={guest}"],
     }
     if qemu:
