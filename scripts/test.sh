@@ -21,14 +21,23 @@ scripts/assets.sh
 scripts/testhost-qemu/build.sh >/dev/null
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+# How long every batch and step took (tests/src/lib.rs appends to it), summed up at the end.
+times=target/test-step-times.txt
+rm -f "$times"
 set +e
 cargo test --workspace --release --no-fail-fast 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 cargo test --manifest-path guest-tools/Cargo.toml --release 2>&1 | tee -a "$log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
-# Every fuzz target built and run for 30 s on its seeds (nightly; see fuzz/README.md).
-scripts/fuzz-smoke.sh 30 || rc=1
+# Every fuzz target built and run for 10 s on its seeds (nightly; see fuzz/README.md).
+scripts/fuzz-smoke.sh 10 || rc=1
 set -e
+if [ -s "$times" ]; then
+    echo "Test-host time by batch (seconds; every attempt from start to exit):"
+    awk '$2 == "(whole" { t[$1] += $4; n[$1]++ } END { for (b in t) printf "  %-16s %7.1f  (%d attempt%s)\n", b, t[b], n[b], n[b] > 1 ? "s" : "" }' "$times" | sort -k2 -rn
+    echo "The slowest steps:"
+    awk '$2 != "(whole" { printf "  %-16s %-40s %7.1f\n", $1, $2, $3 }' "$times" | sort -k3 -rn | head -n 15
+fi
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"
 exit "$rc"

@@ -156,7 +156,9 @@ else
     timeout --foreground --kill-after=10 "$timeout" "${qemu[@]}" \
         -serial stdio </dev/null &
     tpid=$!
-    watchdog "$tpid" &
+    # Not on our stdout: its last `sleep 10` outlives it, and whoever reads our output would
+    # wait for that sleep's end (up to 10 s a run) before seeing the end of it.
+    watchdog "$tpid" </dev/null >/dev/null 2>&1 &
     wpid=$!
     wait "$tpid"
     qrc=$?

@@ -322,14 +322,44 @@ fn run_streaming(cmd: &mut Command) -> (std::process::ExitStatus, String) {
         .expect("start the batch");
     let mut text = String::new();
     let stdout = child.stdout.take().expect("piped stdout");
+    let started = std::time::Instant::now();
+    let mut step_start = started;
     for line in BufReader::new(stdout).split(b'\n') {
         let Ok(line) = line else { break };
         let line = String::from_utf8_lossy(&line);
         eprintln!("  | {line}");
+        if line.contains("@@RVMSPAWN-TEST-BEGIN ") {
+            step_start = std::time::Instant::now();
+        } else if let Some(at) = line.find("@@RVMSPAWN-TEST-END ") {
+            let name = line[at..].split(' ').nth(1).unwrap_or("?");
+            record_time(name, step_start.elapsed());
+        }
         text.push_str(&line);
         text.push('\n');
     }
-    (child.wait().expect("wait for the batch"), text)
+    let status = child.wait().expect("wait for the batch");
+    record_time("(whole attempt)", started.elapsed());
+    (status, text)
+}
+
+/// Append how long a step (or a whole batch attempt, test-host start and all) took to
+/// `target/test-step-times.txt` as `BATCH STEP SECONDS`; `scripts/test.sh` sums them up at the
+/// end of a run, so that the time each batch costs shows in every log.
+fn record_time(step: &str, took: std::time::Duration) {
+    use std::io::Write;
+    let batch = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .map(|s| s.rsplit_once('-').map_or(s.clone(), |(b, _)| b.to_string()))
+        .unwrap_or_else(|| "?".into());
+    let path = repo_root().join("target/test-step-times.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{batch} {step} {:.1}", took.as_secs_f64());
+    }
 }
 
 /// Split a batch's output into its steps.
@@ -446,6 +476,10 @@ pub fn assert_streams_intact(r: &BootResult) {
 /// (the notify socket, the SSH key).
 pub fn oem_strings(r: &BootResult) -> Vec<Vec<u8>> {
     let unhex = |s: &str| -> Vec<u8> {
+        assert!(
+            s.len().is_multiple_of(2) && s.bytes().all(|b| b.is_ascii_hexdigit()),
+            "not a whole hex line (cut by other output?): {s}"
+        );
         (0..s.len() / 2)
             .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex"))
             .collect()

@@ -33,8 +33,12 @@ ms() {{ echo $(($(date +%s%N) / 1000000)); }}
     )
 }
 
-/// Start rvmspawn in the background on "$@", wait for systemd's report, then SIGTERM: the
-/// graceful stop. Prints the times from start to READY=1 and from SIGTERM to the exit.
+/// Start rvmspawn (through `$WRAP`, if set) in the background on "$@", wait for systemd's
+/// report, then SIGTERM: the graceful stop. Prints the times from start to READY=1 and from
+/// SIGTERM to the exit. With `SSH=1`, before the SIGTERM, ssh in as root with the key from
+/// rvmspawn's status line (vhost-vsock: socat to the CID's port 22; the userspace device:
+/// tests/scripts/vsock-mux-proxy.py on its socket). One boot checks several things because a
+/// boot of this guest costs over a minute in the emulated test host.
 const BOOT_REPORT_STOP: &str = r#"# systemd's own shutdown over virtio-fs takes more than the default 30 s under the test host's
 # emulation (about 5 s from a disk): the graceful stop gets longer here.
 export RVMSPAWN_STOP_TIMEOUT=240
@@ -44,6 +48,20 @@ vm=$!
 wait_for 'VM reported READY=1' "$D/vm"
 echo "HOST-READY-MS=$(($(ms) - t0))"
 wait_for RVMSPAWN-SYSTEMD-CHECKED "$D/vm"
+if [ -n "${SSH:-}" ]; then
+    line=$(grep -a 'SSH into the guest' "$D/vm" | head -n1)
+    echo "HOST-SSH-LINE=$line"
+    key=$(echo "$line" | sed -n 's/.*ssh -i \([^ ]*\) root@.*/\1/p')
+    host=$(echo "$line" | sed -n 's/.* root@\([^ ]*\).*/\1/p')
+    case $host in
+        vsock/*) proxy="socat - VSOCK-CONNECT:${host#vsock/}:22" ;;
+        vsock-mux/*) proxy="python3 $PWD/tests/scripts/vsock-mux-proxy.py ${host#vsock-mux/} 22" ;;
+    esac
+    timeout -s KILL 120 ssh -i "$key" -o IdentitiesOnly=yes -o StrictHostKeyChecking=no \
+        -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o ProxyCommand="$proxy" root@guest \
+        'echo "RVMSPAWN-SSH=$(id -un) $(cat /proc/sys/kernel/hostname)"' </dev/null
+    echo "HOST-SSH-RC=$?"
+fi
 t1=$(ms)
 kill -TERM $vm
 wait $vm
@@ -56,30 +74,6 @@ cat "$D/vm"
 /// `zero` and `urandom`, so rvmspawn finds no vhost-vsock and serves vsock itself (as in
 /// tests/tests/vsock.rs).
 const NO_VHOST: &str = rvmspawn_tests::no_vhost_sh!("");
-
-/// Start rvmspawn (through `$WRAP`, if set) on "$@", wait for systemd's report, ssh in as root
-/// with the key from rvmspawn's status line (vhost-vsock: socat to the CID's port 22; the
-/// userspace device: tests/scripts/vsock-mux-proxy.py on its socket), then SIGTERM.
-const SSH_AND_STOP: &str = r#"$WRAP "$RVMSPAWN" --qemu-mem=1G --linux="$KERNEL" --initrd="$INITRD" "$@" >"$D/vm" 2>&1 &
-vm=$!
-wait_for RVMSPAWN-SYSTEMD-CHECKED "$D/vm"
-line=$(grep -a 'SSH into the guest' "$D/vm" | head -n1)
-echo "HOST-SSH-LINE=$line"
-key=$(echo "$line" | sed -n 's/.*ssh -i \([^ ]*\) root@.*/\1/p')
-host=$(echo "$line" | sed -n 's/.* root@\([^ ]*\).*/\1/p')
-case $host in
-    vsock/*) proxy="socat - VSOCK-CONNECT:${host#vsock/}:22" ;;
-    vsock-mux/*) proxy="python3 $PWD/tests/scripts/vsock-mux-proxy.py ${host#vsock-mux/} 22" ;;
-esac
-timeout -s KILL 120 ssh -i "$key" -o IdentitiesOnly=yes -o StrictHostKeyChecking=no \
-    -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o ProxyCommand="$proxy" root@guest \
-    'echo "RVMSPAWN-SSH=$(id -un) $(cat /proc/sys/kernel/hostname)"' </dev/null
-echo "HOST-SSH-RC=$?"
-kill -TERM $vm
-wait $vm
-rc=$?
-cat "$D/vm"
-"#;
 
 /// What the host's journal files (`$D/guest.journal`, or those in `$D/journal`) hold from the
 /// guest's rvmspawn-check, one `HOST-JOURNAL=` line each.
@@ -94,7 +88,7 @@ fn results() -> &'static Results {
     static RESULTS: OnceLock<Results> = OnceLock::new();
     RESULTS.get_or_init(|| {
         let h = helpers();
-        // The -D boot alone takes about 7 minutes in the emulated test host (every file systemd
+        // The -D boot alone takes about 5 minutes in the emulated test host (every file systemd
         // opens goes through virtiofsd, itself emulated); the -i boots about 90 s each.
         rvmspawn_tests::Batch::new()
             .timeout_secs(2400)
@@ -115,60 +109,34 @@ exit $rc"#
                 // -x -i: the GPT image as it is in the repository (which the test host sees
                 // read-only), its writes in rvmspawn's copy-on-write overlay. The image's
                 // ext4 superblock (which a read-write mount updates) is the same afterwards.
+                // ssh over vhost-vsock with the key rvmspawn made and passed (its status line
+                // names the key and the address), and --forward-journal into a file: a line
+                // the guest logs is in the host's journal file, which journal-remote wrote.
                 "image",
                 format!(
                     r#"{h}sb() {{ dd if="$T/disk.raw" bs=4096 skip=256 count=1 status=none | md5sum | cut -d' ' -f1; }}
 echo "HOST-SUPERBLOCK-BEFORE=$(sb)"
 echo "HOST-PARTUUID=$(cat "$T/partuuid")"
-set -- -x -i "$T/disk.raw" --set-credential=rvmtest.value:hello-image systemd.wants=rvmspawn-check.service
+set -- -x -i "$T/disk.raw" --set-credential=rvmtest.value:hello-image \
+    --forward-journal="$D/guest.journal" systemd.wants=rvmspawn-check.service
+SSH=1
 {BOOT_REPORT_STOP}echo "HOST-SUPERBLOCK-AFTER=$(sb)"
-rm -rf "$D"
+{JOURNAL_REPORT}rm -rf "$D"
 exit $rc"#
                 ),
             )
             .step(
-                // ssh into the guest over vhost-vsock with the key rvmspawn made and passed (its
-                // status line names the key and the address).
-                "ssh-vhost",
-                format!(
-                    r#"{h}WRAP=
-set -- -x -i "$T/disk.raw" systemd.wants=rvmspawn-check.service
-{SSH_AND_STOP}rm -rf "$D"
-exit $rc"#
-                ),
-            )
-            .step(
-                // The same through rvmspawn's userspace vsock device (no /dev/vhost-vsock), as
-                // `ssh root@vsock-mux/PATH` does it with systemd-ssh-proxy.
-                "ssh-user",
-                format!(
-                    r#"{h}{NO_VHOST}export XDG_RUNTIME_DIR=$D/run
-WRAP=$NO_VHOST
-set -- -x -i "$T/disk.raw" systemd.wants=rvmspawn-check.service
-{SSH_AND_STOP}rm -rf "$D"
-exit $rc"#
-                ),
-            )
-            .step(
-                // --forward-journal over vhost-vsock: a line the guest logs is in the host's
-                // journal file, which journal-remote wrote.
-                "journal-vhost",
-                format!(
-                    r#"{h}set -- -x -i "$T/disk.raw" --forward-journal="$D/guest.journal" \
-    --set-credential=rvmtest.value:journal-vhost systemd.wants=rvmspawn-check.service
-{BOOT_REPORT_STOP}{JOURNAL_REPORT}rm -rf "$D"
-exit $rc"#
-                ),
-            )
-            .step(
-                // The same through the userspace vsock device, into a directory.
-                "journal-user",
+                // The same through rvmspawn's userspace vsock device (no /dev/vhost-vsock): ssh
+                // as `ssh root@vsock-mux/PATH` does it with systemd-ssh-proxy, and the journal
+                // into a directory.
+                "user",
                 format!(
                     r#"{h}{NO_VHOST}export XDG_RUNTIME_DIR=$D/run
 mkdir "$D/journal"
 set -- -x -i "$T/disk.raw" --forward-journal="$D/journal" \
-    --set-credential=rvmtest.value:journal-user systemd.wants=rvmspawn-check.service
+    --set-credential=rvmtest.value:hello-user systemd.wants=rvmspawn-check.service
 WRAP=$NO_VHOST
+SSH=1
 {BOOT_REPORT_STOP}{JOURNAL_REPORT}rm -rf "$D"
 exit $rc"#
                 ),
@@ -281,14 +249,9 @@ fn a_trixie_image_boots_ephemeral_with_image_and_powers_off_on_sigterm() {
 
 #[test]
 fn ssh_reaches_the_guest_with_the_passed_key_over_vhost_vsock_and_the_userspace_device() {
-    for step in ["ssh-vhost", "ssh-user"] {
+    for (step, want) in [("image", "root@vsock/"), ("user", "root@vsock-mux/")] {
         let r = results().step(step);
         let line = r.value("HOST-SSH-LINE").unwrap_or_default();
-        let want = if step == "ssh-vhost" {
-            "root@vsock/"
-        } else {
-            "root@vsock-mux/"
-        };
         assert!(line.contains(want), "{step}: {line}\n{}", r.output);
         assert_eq!(r.value("HOST-SSH-RC"), Some("0"), "{step}\n{}", r.output);
         assert_eq!(
@@ -303,12 +266,18 @@ fn ssh_reaches_the_guest_with_the_passed_key_over_vhost_vsock_and_the_userspace_
 
 #[test]
 fn forward_journal_puts_the_guests_journal_in_a_host_file() {
-    for (step, mark) in [
-        ("journal-vhost", "journal-vhost"),
-        ("journal-user", "journal-user"),
+    for (step, mark, file) in [
+        ("image", "hello-image", "guest.journal"),
+        ("user", "hello-user", "journal/"),
     ] {
         let r = results().step(step);
         check_systemd_report(r, mark);
+        assert!(
+            r.value("HOST-JOURNAL-FILE")
+                .is_some_and(|f| f.starts_with(file)),
+            "{step}: no journal file {file}\n{}",
+            r.output
+        );
         assert!(
             r.output
                 .lines()
@@ -316,7 +285,7 @@ fn forward_journal_puts_the_guests_journal_in_a_host_file() {
             "{step}: the guest's line is not in the host's journal\n{}",
             r.output
         );
-        assert_eq!(r.rc, Some(0), "{step}\n{}", r.output);
+        check_graceful_stop(r);
     }
 }
 
