@@ -208,13 +208,14 @@ pub struct Args {
           action = ArgAction::Append, allow_hyphen_values = true)]
     pub forward_journal: Vec<OsString>,
 
-    /// Register the VM with systemd-machined (only `no` and `auto`, which registers
-    /// nothing, are supported yet) [default: auto]
+    /// Register the VM with systemd-machined while it runs (auto: when there is a system
+    /// bus and rvmspawn runs as root, failures ignored) [default: auto]
     #[arg(long, value_name = "BOOL|auto", help_heading = INTEGRATION,
           action = ArgAction::Append, allow_hyphen_values = true)]
     pub register: Vec<String>,
 
-    /// Do not run in a transient scope unit (rvmspawn never creates one)
+    /// Do not run in a transient scope unit (rvmspawn never creates one; machined files the
+    /// VM under the unit rvmspawn runs in)
     #[arg(long, help_heading = PROPERTIES)]
     pub keep_unit: bool,
 

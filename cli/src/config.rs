@@ -255,6 +255,8 @@ pub struct Settings {
     pub ssh_key: Option<vmm::SshKeyConfig>,
     /// `--forward-journal=`.
     pub forward_journal: Option<PathBuf>,
+    /// `--register=`.
+    pub register: vmm::RegisterMode,
     /// Options rvmspawn knows but cannot honour, in the order they are refused: the first
     /// one given is the error [`Settings::check`] reports.
     pub refused: Vec<&'static str>,
@@ -280,10 +282,9 @@ fn random_u64() -> u64 {
 /// Why a known option is refused (docs/compatibility.md lists them).
 fn refusal_reason(option: &str) -> &'static str {
     match option {
-        "--keep-unit" | "-S/--slice=" | "--property=" | "--system" | "--user" => {
+        "-S/--slice=" | "--property=" | "--system" | "--user" => {
             "rvmspawn creates no scope unit and talks to no service manager."
         }
-        "--register=yes" => "registration with systemd-machined is not implemented yet.",
         _ => "not implemented.",
     }
 }
@@ -426,11 +427,14 @@ impl Settings {
         let forward_journal = last_value("forward-journal", &args.forward_journal, |v| {
             parse::parse_path(v, cwd).ok_or_else(|| parse::Invalid::syntax("expected a path"))
         })?;
-        if last_value("register", &args.register, tristate)?.flatten() == Some(true) {
-            refused.push("--register=yes");
-        }
+        let register = match last_value("register", &args.register, tristate)? {
+            Some(Some(true)) => vmm::RegisterMode::Yes,
+            Some(Some(false)) => vmm::RegisterMode::No,
+            Some(None) | None => vmm::RegisterMode::Auto,
+        };
+        // --keep-unit is accepted as what rvmspawn always does: it creates no scope, and
+        // machined files the VM under the unit rvmspawn runs in.
         for (given, name) in [
-            (args.keep_unit, "--keep-unit"),
             (!args.slice.is_empty(), "-S/--slice="),
             (!args.property.is_empty(), "--property="),
             (args.system, "--system"),
@@ -572,6 +576,7 @@ impl Settings {
             ephemeral: args.ephemeral,
             ssh_key,
             forward_journal,
+            register,
             refused,
             boot_entry: OnceCell::new(),
         })
@@ -1117,6 +1122,7 @@ impl Settings {
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             ssh_key: self.ssh_key,
             forward_journal: self.forward_journal,
+            register: self.register,
         }
     }
 
@@ -1545,12 +1551,10 @@ mod tests {
     #[test]
     fn options_that_need_what_rvmspawn_lacks_are_refused_by_name() {
         for (argv, name) in [
-            (&["--keep-unit"][..], "--keep-unit"),
-            (&["-S", "machine.slice"], "-S/--slice="),
+            (&["-S", "machine.slice"][..], "-S/--slice="),
             (&["--property=CPUQuota=50%"], "--property="),
             (&["--system"], "--system"),
             (&["--user"], "--user"),
-            (&["--register=yes"], "--register=yes"),
         ] {
             let mut full = vec!["--linux=/k"];
             full.extend_from_slice(argv);
@@ -1565,6 +1569,8 @@ mod tests {
             "--ssh-key-type=rsa",
             "--register=no",
             "--register=auto",
+            "--register=yes",
+            "--keep-unit",
             "--background=48;2;0;40;0",
             "--background=",
         ] {

@@ -17,6 +17,11 @@ use error::Failure;
 use listen_fds::ListenFds;
 
 fn main() -> ExitCode {
+    // rvmspawn started as its own machined registrar (vmm/src/machined.rs): no VM, no options.
+    if std::env::var_os(vmm::REGISTRAR_ENV).is_some_and(|v| v == vmm::REGISTRAR_ROLE) {
+        let args: Vec<_> = std::env::args_os().skip(1).collect();
+        return ExitCode::from(u8::try_from(vmm::registrar_main(&args)).unwrap_or(1));
+    }
     // SAFETY: this is the first thing the process does: no other thread exists yet and
     // no file has been opened, so fds from 3 on are either passed ones or unused.
     let passed = unsafe { listen_fds::take() };
@@ -257,6 +262,7 @@ mod tests {
             stop_timeout: std::time::Duration::ZERO,
             ssh_key: None,
             forward_journal: None,
+            register: vmm::RegisterMode::No,
         }
     }
 

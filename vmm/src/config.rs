@@ -76,6 +76,8 @@ pub struct VmConfig {
     /// How long SIGINT, SIGTERM or SIGRTMIN+4 wait, after pressing the ACPI power button, for
     /// the guest to power off before the VM is stopped at once; zero stops at once.
     pub stop_timeout: std::time::Duration,
+    /// `--register=`: whether the VM is registered with systemd-machined while it runs.
+    pub register: crate::RegisterMode,
 }
 
 /// `--console=`: what the user's terminal is to the guest's console.

@@ -249,6 +249,11 @@ impl Helper {
         Ok(())
     }
 
+    /// The helper's standard output, when it was spawned with `Stdio::piped()`.
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
+    }
+
     /// Readable once the process has exited.
     pub fn pidfd(&self) -> RawFd {
         self.pidfd.as_raw_fd()

@@ -15,6 +15,7 @@ mod helper;
 mod journal;
 mod kvm;
 mod machine;
+mod machined;
 mod memory;
 mod net;
 mod passt;
@@ -39,6 +40,7 @@ pub use config::{
     KvmSource, Network, SshKeyConfig, TpmConfig, TpmMode, TpmState, VmConfig, VsockConfig,
     VsockMode, term_valid,
 };
+pub use machined::{REGISTRAR_ENV, REGISTRAR_ROLE, RegisterMode, registrar_main};
 pub use net::{format_mac, guest_mac, parse_mac, tap_name};
 
 /// Most vCPUs a machine can have: APIC IDs are 8 bits in the MADT, and 0xff is the broadcast ID.
@@ -457,6 +459,8 @@ fn run_vm(mut config: VmConfig) -> Result<RunOutcome, Error> {
             libc::EINVAL,
         ));
     }
+    // The key's file, for machined's registration.
+    let mut ssh_private_key = None;
     if let (Some(req), Some(v)) = (&config.ssh_key, vsock.as_ref()) {
         let user_has = |id: &str| {
             oem_strings
@@ -478,6 +482,7 @@ fn run_vm(mut config: VmConfig) -> Result<RunOutcome, Error> {
                         v.ssh_host(run_dir.as_ref())
                     );
                 }
+                ssh_private_key = Some(key.private);
             }
             Err(e) if !req.required => {
                 if !config.quiet {
@@ -701,6 +706,31 @@ fn run_vm(mut config: VmConfig) -> Result<RunOutcome, Error> {
     // Declared after `console`, so dropped (and drained) before the terminal is restored.
     let output = console::ConsoleOutput::start(Box::new(std::io::stdout()))
         .map_err(|e| Error::Host("console output thread", e))?;
+    // --register=: the registrar is a helper process too (it must not inherit the main
+    // thread's filter); machined learns of the VM before it first runs.
+    let _registered = machined::register(
+        &machined::Registration {
+            name: spec.name.clone(),
+            uuid: spec.uuid,
+            root_directory: config
+                .shares
+                .iter()
+                .find(|s| s.tag == "root")
+                .map(|s| s.source.clone()),
+            ifindex: match config.network {
+                Network::Tap { .. } => net::ifindex(&net::tap_name(&spec.name).0),
+                _ => None,
+            },
+            vsock_cid: vsock.as_ref().and_then(|v| u32::try_from(v.cid()).ok()),
+            ssh_address: ssh_private_key
+                .as_ref()
+                .and(vsock.as_ref())
+                .map(|v| v.ssh_host(run_dir.as_ref())),
+            ssh_private_key,
+        },
+        config.register,
+        config.quiet,
+    )?;
     // Every helper is started (a helper would inherit the filter of the thread that forks
     // it): confine the main thread before the first machine is built.
     seccomp::install_main()?;

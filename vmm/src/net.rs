@@ -19,6 +19,14 @@ use devices::virtio::net::tap::{IFNAMSIZ, IfReq, TapBackend};
 
 use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ref};
 
+/// The index of the interface called `name`, if there is one.
+pub fn ifindex(name: &str) -> Option<i32> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `cname` is a NUL-terminated string that lives for the call.
+    let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    i32::try_from(index).ok().filter(|i| *i > 0)
+}
+
 /// systemd's `SHORTEN_IFNAME_HASH_KEY` (`net_shorten_ifname()`).
 const SHORTEN_IFNAME_KEY: [u8; 16] = [
     0xe1, 0x90, 0xa4, 0x04, 0xa8, 0xef, 0x4b, 0x51, 0x8c, 0xcc, 0xc3, 0x3a, 0x9f, 0x11, 0xfc, 0xa2,
