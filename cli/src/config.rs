@@ -247,8 +247,10 @@ pub struct Settings {
     pub discard_disk: bool,
     /// `-G/--grow-image=`, rounded up to 4096.
     pub grow_image: Option<u64>,
-    /// `--background=`: the SGR parameters of the interactive console's tint.
-    pub background: Option<String>,
+    /// `--background=`: the SGR parameters of the interactive console's tint; `Some(None)`
+    /// for none (an empty value), `None` for vmspawn's default (a green tint of the
+    /// terminal's own background, `cli/src/tint.rs`).
+    pub background: Option<Option<String>>,
     /// `-x/--ephemeral`.
     pub ephemeral: bool,
     /// `--pass-ssh-key=` and `--ssh-key-type=`.
@@ -395,8 +397,7 @@ impl Settings {
         };
         let background = last_value("background", &args.background, |v| {
             parse::parse_background(v)
-        })?
-        .flatten();
+        })?;
         // Known options that are not (yet) honoured; values are still checked where vmspawn
         // checks them, so that a typo is reported as one.
         let mut refused = Vec::new();

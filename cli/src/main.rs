@@ -8,6 +8,7 @@ mod config;
 mod error;
 mod listen_fds;
 mod parse;
+mod tint;
 
 use std::process::ExitCode;
 
@@ -43,11 +44,19 @@ fn main() -> ExitCode {
         Ok(None) => ExitCode::SUCCESS,
         Ok(Some((config, background))) => {
             // --background=: the interactive console's tint, on a terminal only; reset after.
-            let tint = background.filter(|_| {
-                // SAFETY: isatty() only inspects the descriptor.
-                let tty = unsafe { libc::isatty(libc::STDOUT_FILENO) } == 1;
-                config.console.mode == vmm::ConsoleMode::Interactive && tty
-            });
+            // Without the option, vmspawn's default: the terminal's background tinted green.
+            // SAFETY: isatty() only inspects the descriptors.
+            let tty = unsafe {
+                libc::isatty(libc::STDOUT_FILENO) == 1 && libc::isatty(libc::STDIN_FILENO) == 1
+            };
+            let tint = if config.console.mode == vmm::ConsoleMode::Interactive && tty {
+                match background {
+                    Some(given) => given,
+                    None => default_tint(config.console.term.as_deref()),
+                }
+            } else {
+                None
+            };
             if let Some(bg) = &tint {
                 print!("\x1b[{bg}m\x1b[K");
                 let _ = std::io::Write::flush(&mut std::io::stdout());
@@ -69,6 +78,26 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--background=`: `None` for vmspawn's default tint, `Some(None)` for none, else the SGR
+/// parameters to use.
+type Background = Option<Option<String>>;
+
+/// vmspawn's default tint: none on a dumb terminal or with `$SYSTEMD_TINT_BACKGROUND=0`; the
+/// Linux console's background is black; any other terminal is asked.
+fn default_tint(term: Option<&str>) -> Option<String> {
+    if !tint::wanted(std::env::var_os("SYSTEMD_TINT_BACKGROUND").as_deref())
+        || matches!(term, None | Some("dumb"))
+    {
+        return None;
+    }
+    let background = if term == Some("linux") {
+        Some((0.0, 0.0, 0.0))
+    } else {
+        tint::query_background(libc::STDIN_FILENO, libc::STDOUT_FILENO)
+    };
+    background.map(|bg| tint::tint_for(bg, tint::HUE))
+}
+
 /// Everything between the command line and the VM; the status lines are printed here so
 /// that they only appear for a VM that is about to start. `None`: a listing was printed
 /// (`--firmware=list`, `--firmware-features=list`, `--firmware=describe`), nothing to run.
@@ -76,7 +105,7 @@ fn main() -> ExitCode {
 fn prepare(
     args: Args,
     passed: Result<ListenFds, Failure>,
-) -> Result<Option<(vmm::VmConfig, Option<String>)>, Failure> {
+) -> Result<Option<(vmm::VmConfig, Background)>, Failure> {
     let host = Host::detect()?;
     let settings = Settings::from_args(args, &host)?;
     if let Some(text) = settings.informational(&host)? {

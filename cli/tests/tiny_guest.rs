@@ -1338,3 +1338,103 @@ fn the_teardown_probe() {
     );
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
 }
+
+/// rvmspawn on a pseudo-terminal (stdin and stdout; `TERM=xterm`) with `extra`, a guest that
+/// prints `up` and powers off; the terminal answers an OSC 11 query with a white background
+/// when `answer`. Everything rvmspawn wrote to the terminal.
+fn tinted_run(extra: &[&str], env: &[(&str, &str)], answer: bool) -> Vec<u8> {
+    use std::os::fd::AsRawFd;
+    let mut code = print(b"up\n");
+    code.extend(poweroff());
+    let k = write_guest("tint", &code);
+    let (controller, terminal) = pty();
+    let mut c = rvmspawn(&k, extra);
+    c.env("TERM", "xterm").env_remove("SYSTEMD_TINT_BACKGROUND");
+    for (key, value) in env {
+        c.env(key, value);
+    }
+    let mut child = KillOnDrop(
+        c.stdin(Stdio::from(terminal.try_clone().unwrap()))
+            .stdout(Stdio::from(terminal.try_clone().unwrap()))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    drop(terminal);
+    let mut seen = Vec::new();
+    let mut answered = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut p = libc::pollfd {
+            fd: controller.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(&mut p, 1, 100) };
+        if ready > 0 {
+            let mut buf = [0u8; 4096];
+            // SAFETY: reading into a local buffer of that size.
+            let n =
+                unsafe { libc::read(controller.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                break; // EIO: every copy of the terminal is closed.
+            }
+            seen.extend_from_slice(&buf[..n as usize]);
+        }
+        if answer && !answered && contains(&seen, b"\x1b]11;?") {
+            let reply = b"\x1b]11;rgb:ffff/ffff/ffff\x1b\\";
+            // SAFETY: writing a buffer that lives for the call.
+            unsafe { libc::write(controller.as_raw_fd(), reply.as_ptr().cast(), reply.len()) };
+            answered = true;
+        }
+        if child.0.try_wait().unwrap().is_some() && ready <= 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no end: {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+    }
+    assert_eq!(child.0.wait().unwrap().code(), Some(0));
+    assert!(
+        contains(&seen, b"up"),
+        "{:?}",
+        String::from_utf8_lossy(&seen)
+    );
+    seen
+}
+
+#[test]
+fn the_default_tint_is_the_terminals_background_turned_green() {
+    // vmspawn's default: the terminal is asked for its background (white here) and the console
+    // gets it tinted green (hue 130, saturation 25 on a light background), reset at the end.
+    let seen = tinted_run(&[], &[], true);
+    let text = String::from_utf8_lossy(&seen);
+    let tint = text.find("\x1b[48;2;191;255;201m").expect(&text);
+    assert!(tint < text.find("up").unwrap(), "{text:?}");
+    assert!(
+        text.trim_end_matches(['\r', '\n'])
+            .ends_with("\x1b[0m\x1b[K"),
+        "{text:?}"
+    );
+    // A terminal that does not answer gets no tint (after a third of a second).
+    let text = String::from_utf8_lossy(&tinted_run(&[], &[], false)).into_owned();
+    assert!(text.contains("\x1b]11;?"), "{text:?}");
+    assert!(!text.contains("48;2;"), "{text:?}");
+    // $SYSTEMD_TINT_BACKGROUND=0 and --background= (empty): no query, no tint.
+    for (extra, env) in [
+        (&[][..], &[("SYSTEMD_TINT_BACKGROUND", "0")][..]),
+        (&["--background="][..], &[][..]),
+    ] {
+        let text = String::from_utf8_lossy(&tinted_run(extra, env, true)).into_owned();
+        assert!(!text.contains("\x1b]11;?"), "{extra:?} {env:?}: {text:?}");
+        assert!(!text.contains("48;2;"), "{extra:?} {env:?}: {text:?}");
+    }
+    // An explicit colour is used as it is, without asking.
+    let text =
+        String::from_utf8_lossy(&tinted_run(&["--background=48;5;22"], &[], true)).into_owned();
+    assert!(!text.contains("\x1b]11;?"), "{text:?}");
+    assert!(text.contains("\x1b[48;5;22m"), "{text:?}");
+}
