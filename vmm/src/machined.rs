@@ -317,8 +317,34 @@ fn errno_of(error_name: &str) -> i32 {
         "org.freedesktop.DBus.Error.FileExists" => libc::EEXIST,
         "org.freedesktop.DBus.Error.UnknownMethod" => libc::EBADR,
         "org.freedesktop.DBus.Error.LimitsExceeded" => libc::ENOBUFS,
-        _ => libc::EIO,
+        // sd-bus services send a bare errno as System.Error.NAME (machined's "Failed to
+        // determine unit of process" is System.Error.ENXIO).
+        other => other
+            .strip_prefix("System.Error.")
+            .and_then(errno_named)
+            .unwrap_or(libc::EIO),
     }
+}
+
+/// The errno called `name`, for those a machined may send.
+fn errno_named(name: &str) -> Option<i32> {
+    Some(match name {
+        "EPERM" => libc::EPERM,
+        "ENOENT" => libc::ENOENT,
+        "ESRCH" => libc::ESRCH,
+        "ENXIO" => libc::ENXIO,
+        "ENOMEM" => libc::ENOMEM,
+        "EACCES" => libc::EACCES,
+        "EBUSY" => libc::EBUSY,
+        "EEXIST" => libc::EEXIST,
+        "EINVAL" => libc::EINVAL,
+        "ENOSPC" => libc::ENOSPC,
+        "ENOTSUP" | "EOPNOTSUPP" => libc::EOPNOTSUPP,
+        "EHOSTDOWN" => libc::EHOSTDOWN,
+        "ETIMEDOUT" => libc::ETIMEDOUT,
+        "EUNATCH" => libc::EUNATCH,
+        _ => return None,
+    })
 }
 
 /// A zbus error as the registrar's answer: its message and an errno.
@@ -581,6 +607,8 @@ mod tests {
             libc::EHOSTUNREACH
         );
         assert_eq!(errno_of("org.freedesktop.machine1.Whatever"), libc::EIO);
+        assert_eq!(errno_of("System.Error.ENXIO"), libc::ENXIO);
+        assert_eq!(errno_of("System.Error.EWHATEVER"), libc::EIO);
     }
 
     #[test]
