@@ -22,7 +22,8 @@
 #   RVMSPAWN_TESTHOST_MEM / _SMP    test-host memory and vCPUs (3G, 1: with 2, the
 #                                   emulated test host wedged in 2 of 3 test runs)
 #   RVMSPAWN_TESTHOST_9P_CACHE      9p cache mode of the shared root (loose)
-#   RVMSPAWN_TESTHOST_STALL         seconds without QEMU CPU progress before a
+#   RVMSPAWN_TESTHOST_STALL         seconds without QEMU CPU progress, or
+#                                   without the test host's heartbeat, before a
 #                                   run counts as wedged (60; without a terminal)
 #   RVMSPAWN_TESTHOST_KERNEL        test-host kernel (.cache/assets/testhost/vmlinux,
 #                                   booted via PVH: no decompression under TCG)
@@ -121,15 +122,26 @@ qemu=("${RVMSPAWN_TESTHOST_QEMU:-$default_qemu}"
 # idle one, keeps ticking, so a QEMU whose CPU time stands still for $stall
 # seconds is killed at once instead of at the overall timeout.
 stall=${RVMSPAWN_TESTHOST_STALL:-60}
+# A test host can also wedge with QEMU busy: its kernel no longer runs its own
+# tasks (not even the command's timeouts). The test host's init touches
+# $run/heartbeat every 5 s; one older than $beat_stall seconds counts as wedged
+# too (longer than $stall: a busy test host may run its heartbeat late).
+beat_stall=$((stall + 30))
 watchdog() { # PID of timeout(1), whose child is QEMU
-    local qpid="" last="" now still=0
+    local qpid="" last="" now still=0 beat
     while sleep 10; do
         [ -n "$qpid" ] || qpid=$(pgrep -P "$1" | head -n 1) || continue
         now=$(awk '{ print $14 + $15 }' "/proc/$qpid/stat" 2>/dev/null) || return 0
+        beat=$(stat -c %Y "$run/heartbeat" 2>/dev/null) || beat=""
+        if [ -n "$beat" ] && [ $(($(date +%s) - beat)) -ge "$beat_stall" ] && [ ! -f "$run/rc" ]; then
+            echo "no heartbeat for ${beat_stall}s" >"$run/stalled"
+            kill -KILL "$qpid" 2>/dev/null
+            return 0
+        fi
         if [ "$now" = "$last" ]; then
             still=$((still + 10))
             if [ "$still" -ge "$stall" ]; then
-                : >"$run/stalled"
+                echo "no CPU progress for ${stall}s" >"$run/stalled"
                 kill -KILL "$qpid" 2>/dev/null
                 return 0
             fi
@@ -167,7 +179,7 @@ else
 fi
 set -e
 if [ -f "$run/stalled" ]; then
-    echo "testhost: the test host made no progress for ${stall}s (wedged), QEMU killed" >&2
+    echo "testhost: the test host made no progress ($(cat "$run/stalled")): wedged, QEMU killed" >&2
     exit 124
 fi
 

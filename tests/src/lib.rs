@@ -256,12 +256,12 @@ impl Batch {
         // Nested virtualisation under emulation occasionally wedges the whole test host
         // (testhost.sh: 124 timeout or no progress, 125 test host failed); that says nothing
         // about rvmspawn, so the steps that had not finished (the one cut short and those after
-        // it) run again in a fresh test host, three times at most; the finished ones keep their
+        // it) run again in a fresh test host, five times at most; the finished ones keep their
         // results. A failing guest or rvmspawn is never retried: the batch then ends normally
         // and the tests see what it printed. Every step is self-contained (its own temporary
         // directory, its own host-side set-up), so a step runs the same in any test host.
         let mut results = BTreeMap::new();
-        for attempt in 0..4 {
+        for attempt in 0..6 {
             // (The attempt's number is there for a step to see, e.g. to test this retry.)
             let mut script = format!("{head}RVMSPAWN_BATCH_ATTEMPT={attempt}\n");
             for (name, step) in &pending {
@@ -285,7 +285,7 @@ impl Batch {
                 }
             });
             pending.retain(|(name, _)| !results.contains_key(name));
-            if !wedged || pending.is_empty() || attempt == 3 {
+            if !wedged || pending.is_empty() || attempt == 5 {
                 // What a step cut short printed still shows, with no exit status.
                 results.extend(got);
                 break;
