@@ -34,7 +34,7 @@ scripts/fuzz-smoke.sh 10 || rc=1
 set -e
 if [ -s "$times" ]; then
     echo "Test-host time by batch (seconds; every attempt from start to exit):"
-    awk '$2 == "(whole" { t[$1] += $4; n[$1]++ } END { for (b in t) printf "  %-16s %7.1f  (%d attempt%s)\n", b, t[b], n[b], n[b] > 1 ? "s" : "" }' "$times" | sort -k2 -rn
+    awk '$2 == "(whole" { t[$1] += $4; n[$1]++ } END { for (b in t) printf "  %-16s %7.1f  (%d attempt%s)\n", b, t[b], n[b], (n[b] > 1 ? "s" : "") }' "$times" | sort -k2 -rn
     echo "The slowest steps:"
     awk '$2 != "(whole" { printf "  %-16s %-40s %7.1f\n", $1, $2, $3 }' "$times" | sort -k3 -rn | head -n 15
 fi
