@@ -124,8 +124,8 @@ rm -rf "$D""#
             )
             .step(
                 // A reboot keeps the TAP and the MAC; SIGTERM then SIGKILL leave no TAP. SIGTERM
-                // stops at once ($RVMSPAWN_STOP_TIMEOUT=0): a guest that reboots in a loop can
-                // miss the power button between two boots (the stop batch tests the button).
+                // stops at once ($RVMSPAWN_STOP_TIMEOUT=0): this step is about the TAP, and the
+                // stop batch tests the button.
                 "reboot-and-signals",
                 format!(
                     r#"{HOST}RVMSPAWN_STOP_TIMEOUT=0 "$RVMSPAWN" -n -M netreboot --qemu-vsock=no --qemu-mem=256M \

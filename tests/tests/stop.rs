@@ -186,6 +186,17 @@ exit $rc"#,
                     + &term_when("RVMSPAWN-POWER-BUTTON=waiting"),
             )
             .step(
+                // A guest that resets instead of powering off (a reboot under way swallows the
+                // press): the reset ends the run, long before the default 30 s are up.
+                "power-button-reboot",
+                HELPERS.to_owned()
+                    + r#"unset RVMSPAWN_STOP_TIMEOUT
+"$RVMSPAWN" --qemu-mem=512M --linux="$KERNEL" --initrd="$INITRD" rvmspawn.action=hang \
+    rvmspawn.power-button=reboot >"$D/vm" 2>&1 &
+"#
+                    + &term_when("RVMSPAWN-POWER-BUTTON=waiting"),
+            )
+            .step(
                 // A guest that ignores the button: the VM is stopped when the timeout ends.
                 "power-button-ignored",
                 HELPERS.to_owned()
@@ -221,6 +232,33 @@ fn sigterm_presses_the_power_button_and_the_guest_powers_off() {
         assert_eq!(r.rc, Some(0), "{step}\n{}", r.output);
         eprintln!("{step}: SIGTERM to exit {} ms", stop_ms(r));
     }
+}
+
+#[test]
+fn a_guest_that_resets_instead_of_powering_off_is_not_booted_again() {
+    let r = results().step("power-button-reboot");
+    let ms = stop_ms(r);
+    assert!(
+        r.output.contains("RVMSPAWN-POWER-BUTTON=pressed"),
+        "{}",
+        r.output
+    );
+    assert!(
+        r.output
+            .contains("The guest reset itself instead of powering off; stopping it."),
+        "{}",
+        r.output
+    );
+    assert_eq!(
+        r.output.matches("RVMSPAWN-GUEST-INIT").count(),
+        1,
+        "booted again after the reset: {}",
+        r.output
+    );
+    assert_eq!(r.rc, Some(0), "{}", r.output);
+    // Far from the 30 s timeout even under the test host's emulation.
+    assert!(ms < 15_000, "SIGTERM to exit {ms} ms: {}", r.output);
+    eprintln!("power-button-reboot: SIGTERM to exit {ms} ms");
 }
 
 #[test]

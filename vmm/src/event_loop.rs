@@ -333,7 +333,20 @@ impl Console {
                             Some(MachineEvent::PowerOff) => {
                                 return Ok(Outcome::Exit(VmExit::PowerOff));
                             }
-                            Some(MachineEvent::Reset) => return Ok(Outcome::Reset),
+                            Some(MachineEvent::Reset) => {
+                                // Asked to power off, the guest went down and reset instead
+                                // (a reboot under way when the button was pressed loses the
+                                // press): the user wants it stopped, not booted again.
+                                if let Some((signo, _)) = self.graceful_stop {
+                                    if !self.quiet {
+                                        status!(
+                                            "The guest reset itself instead of powering off; stopping it."
+                                        );
+                                    }
+                                    return Ok(Outcome::Exit(VmExit::Signal(signo)));
+                                }
+                                return Ok(Outcome::Reset);
+                            }
                             Some(MachineEvent::Failed(why)) => return Err(Error::Guest(why)),
                             None => {}
                         }
