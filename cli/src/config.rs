@@ -85,6 +85,9 @@ pub struct Host {
     pub term: Option<String>,
     /// `$RVMSPAWN_STOP_TIMEOUT`: how long a graceful stop waits for the guest.
     pub stop_timeout: std::time::Duration,
+    /// Whether firmware that requires SMM can run (the host's KVM emulates SMM); set by
+    /// `main` once it knows which KVM the run uses.
+    pub smm: firmware::SmmSupport,
 }
 
 impl Host {
@@ -136,6 +139,8 @@ impl Host {
             )?,
             term: std::env::var("TERM").ok().filter(|t| vmm::term_valid(t)),
             stop_timeout: stop_timeout(std::env::var_os(STOP_TIMEOUT_ENV).as_deref())?,
+            // Until `main` knows which KVM the run uses (`vmm::smm_support`).
+            smm: firmware::SmmSupport::Available,
         })
     }
 }
@@ -624,14 +629,6 @@ impl Settings {
                 "--firmware=bios is not supported: rvmspawn boots UEFI firmware only.",
             ));
         }
-        // Every Secure Boot build of OVMF needs SMM, which rvmspawn does not emulate yet.
-        if self.firmware_request.wants_secure_boot() {
-            return Err(Failure::new(
-                libc::EOPNOTSUPP,
-                "Secure Boot (--secure-boot=yes, --firmware-features=secure-boot) requires SMM, \
-                 which rvmspawn does not support yet.",
-            ));
-        }
         // vmspawn's UID mapping is for the root directory's virtiofsd.
         if self.private_users.is_some() && self.directory.is_none() {
             return einval("--private-users= requires --directory=.");
@@ -746,10 +743,12 @@ impl Settings {
             return Ok(None);
         }
         let selection = self.select_firmware(host)?;
-        if let Some(theirs) = selection.vmspawn_choice() {
+        if let (Some(theirs), firmware::SmmSupport::Unavailable(why)) =
+            (selection.vmspawn_choice(), &host.smm)
+        {
             eprintln!(
-                "Note: systemd-vmspawn would choose '{}', which requires SMM; rvmspawn does not \
-                 support SMM yet and passed it over.",
+                "Note: systemd-vmspawn would choose '{}', which requires SMM; {why}, so it was \
+                 passed over.",
                 theirs.display()
             );
         }
@@ -760,7 +759,7 @@ impl Settings {
 
     /// vmspawn's selection over the search path, with the reasons at debug level.
     fn select_firmware(&self, host: &Host) -> Result<firmware::Selection, Failure> {
-        let selection = firmware::select(&host.firmware_search, &self.firmware_request)?;
+        let selection = firmware::select(&host.firmware_search, &self.firmware_request, &host.smm)?;
         if host.debug {
             for skipped in &selection.skipped {
                 eprintln!(
@@ -800,7 +799,7 @@ impl Settings {
             return Ok(None);
         };
         let chosen = match &self.firmware {
-            Firmware::Descriptor(path) => firmware::load(path)?,
+            Firmware::Descriptor(path) => firmware::load(path, &host.smm)?,
             _ => self.select_firmware(host)?.chosen,
         };
         let template = self.efi_nvram_template.as_deref();
@@ -831,6 +830,7 @@ impl Settings {
             vars,
             descriptor: chosen.descriptor.path,
             kernel_through_firmware: kernel,
+            smm: chosen.smm,
         }))
     }
 
@@ -1355,6 +1355,7 @@ mod tests {
             kernel_extraction: vmm::KernelExtraction::Off,
             term: None,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
+            smm: firmware::SmmSupport::Unavailable("this test host has no SMM".into()),
         }
     }
 
@@ -1841,18 +1842,12 @@ mod tests {
             "{}",
             f.message
         );
+        // Secure Boot is for the firmware selection to grant or refuse (it needs SMM).
         for argv in [
             &["-i", "/os.raw", "--secure-boot=yes"][..],
             &["-i", "/os.raw", "--firmware-features=secure-boot"],
             &["--linux=/k", "--secure-boot=1"],
-        ] {
-            let f = failure(argv);
-            assert_eq!(f.errno, EOPNOTSUPP, "{argv:?}");
-            assert!(f.message.contains("requires SMM"), "{}", f.message);
-        }
-        // no, auto, and a later auto or "" undo it.
-        for argv in [
-            &["-i", "/os.raw", "--secure-boot=no"][..],
+            &["-i", "/os.raw", "--secure-boot=no"],
             &["-i", "/os.raw", "--secure-boot=auto"],
             &["-i", "/os.raw", "--secure-boot=yes", "--secure-boot="],
             &["-i", "/os.raw", "--secure-boot=yes", "--firmware-features="],
@@ -2071,12 +2066,33 @@ mod tests {
                 t.path("GONE.fd")
             )
         );
-        // ... unless it needs SMM.
+        // ... unless it needs SMM, which this host lacks.
         let smm = format!("--firmware={}", t.path("descriptors/50-smm.json"));
         let s = t.settings(&["-i", &image, &smm]);
         let f = s.firmware_boot(&t.host).unwrap_err();
         assert_eq!(f.errno, EOPNOTSUPP);
         assert!(f.message.contains("SMM"), "{}", f.message);
+        // With SMM the Secure Boot firmware is vmspawn's first choice, and asks for SMM.
+        fs::write(t.dir.join("SMM.fd"), b"code").unwrap();
+        let with_smm = Host {
+            smm: firmware::SmmSupport::Available,
+            ..t.host.clone()
+        };
+        let s = settings_on(&with_smm, &["-i", &image, "--efi-nvram-state=off"]).unwrap();
+        let boot = s.firmware_boot(&with_smm).unwrap().unwrap();
+        assert_eq!(boot.code, t.dir.join("SMM.fd"));
+        assert!(boot.smm);
+        // Without: --secure-boot=yes fails with vmspawn's message and the reason.
+        let s = t.settings(&["-i", &image, "--secure-boot=yes"]);
+        let f = s.firmware_boot(&t.host).unwrap_err();
+        assert_eq!(f.errno, EOPNOTSUPP);
+        assert!(
+            f.message.starts_with(
+                "Secure Boot requested, but selected OVMF firmware doesn't support it."
+            ) && f.message.contains("this test host has no SMM"),
+            "{}",
+            f.message
+        );
         // Nothing matches: ENOENT, with the reasons.
         let s = t.settings(&["-i", &image, "--firmware-features=nothing-has-this"]);
         let f = s.firmware_boot(&t.host).unwrap_err();

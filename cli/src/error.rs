@@ -121,8 +121,16 @@ mod tests {
             "Failed to open firmware code '/usr/share/OVMF/OVMF_CODE_4M.fd': No such file or \
              directory"
         );
-        let f = Failure::from(firmware::Error::SecureBootUnsupported);
+        let f = Failure::from(firmware::Error::SecureBootUnsupported {
+            why: "no SMM here".into(),
+        });
         assert_eq!(f.errno, libc::EOPNOTSUPP);
-        assert!(f.message.ends_with("does not support yet"), "{}", f.message);
+        assert!(
+            f.message.starts_with(
+                "Secure Boot requested, but selected OVMF firmware doesn't support it."
+            ) && f.message.ends_with("but no SMM here.)"),
+            "{}",
+            f.message
+        );
     }
 }

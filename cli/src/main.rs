@@ -106,7 +106,15 @@ fn prepare(
     args: Args,
     passed: Result<ListenFds, Failure>,
 ) -> Result<Option<(vmm::VmConfig, Background)>, Failure> {
-    let host = Host::detect()?;
+    let mut host = Host::detect()?;
+    // Firmware selection depends on it: the run's KVM is the passed one, if any.
+    host.smm = vmm::smm_support(
+        passed
+            .as_ref()
+            .ok()
+            .and_then(|p| p.kvm.as_ref())
+            .map(std::os::fd::AsFd::as_fd),
+    );
     let settings = Settings::from_args(args, &host)?;
     if let Some(text) = settings.informational(&host)? {
         print!("{text}");

@@ -8,7 +8,7 @@
 //! configuration space) or all ones (I/O), and writes to it are dropped. The identity matches
 //! what systemd-vmspawn's QEMU `-M q35` shows, so OVMF takes its Q35 code paths.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -32,6 +32,43 @@ pub const LPC_SLOT: u8 = 0x1f;
 /// PCIEXBAR in the MCH's configuration space (64 bits).
 const PCIEXBAR: usize = 0x60;
 const PCIEXBAR_ENABLE: u64 = 1;
+
+/// SMRAM registers of the MCH (a Secure Boot firmware's SMM keeps its code and data in TSEG).
+const EXT_TSEG_MBYTES: usize = 0x50;
+const EXT_TSEG_QUERY: u16 = 0xffff;
+const GGC: usize = 0x52;
+const SMRAM: usize = 0x9d;
+const SMRAM_D_OPEN: u8 = 1 << 6;
+const SMRAM_D_CLS: u8 = 1 << 5;
+const SMRAM_D_LCK: u8 = 1 << 4;
+const SMRAM_G_SMRAME: u8 = 1 << 3;
+/// C_BASE_SEG: the legacy SMRAM segment is at 0xA0000 (read-only).
+const SMRAM_DEFAULT: u8 = 0x02;
+const ESMRAMC: usize = 0x9e;
+const ESMRAMC_H_SMRAME: u8 = 1 << 7;
+/// SM_CACHE, SM_L1 and SM_L2 read as ones: OVMF takes them as "this Q35 has SMRAM".
+const ESMRAMC_DEFAULT: u8 = 0x38;
+const ESMRAMC_TSEG_SZ: u8 = 0x06;
+const ESMRAMC_T_EN: u8 = 1;
+/// GBSM, BGSM, TSEGMB (32 bits each, megabytes in bits 31:20) and TOLUD (16 bits, 15:4).
+const GBSM: usize = 0xa4;
+const BGSM: usize = 0xa8;
+const TSEGMB: usize = 0xac;
+const TOLUD: usize = 0xb0;
+
+/// The LPC bridge's GEN_PMCON_1 and its SMI_LOCK bit, which freezes GBL_SMI_EN until reset.
+const GEN_PMCON_1: usize = 0xa0;
+const GEN_PMCON_1_SMI_LOCK: u8 = 1 << 4;
+
+/// SMI_EN in the PM block, and its bits.
+const SMI_EN: usize = 0x30;
+const SMI_EN_GBL: u32 = 1;
+const SMI_EN_APMC: u32 = 1 << 5;
+
+/// The APM control and status ports: a write to control raises an SMI (when SMI_EN allows).
+pub const APM_PORT: u64 = 0xb2;
+/// Control and status.
+pub const APM_PORTS: u64 = 2;
 
 /// Where OVMF puts ECAM (`PcdPciExpressBaseAddress`), and the size it asks for.
 pub const ECAM_BASE: u64 = 0xb000_0000;
@@ -83,11 +120,33 @@ fn chipset_config(device: u16, class: u32) -> PciConfig {
     })
 }
 
+/// What the MCH's SMRAM control registers steer outside the MCH: whether TSEG, the top
+/// [`Tseg::mbytes`] of RAM below 4 GiB, can be reached from outside SMM.
+pub trait TsegControl: Send {
+    /// TSEG closed (`T_EN` set: outside SMM it is a hole that reads all ones and drops writes,
+    /// DMA included) or open (plain RAM for everyone).
+    fn set_closed(&mut self, closed: bool);
+}
+
+/// TSEG, for an MCH with SMRAM: its size and what opens and closes it.
+pub struct Tseg {
+    /// Megabytes at the top of RAM below 4 GiB, as the MCH's extended-TSEG register reports
+    /// them (QEMU's default is 16).
+    pub mbytes: u16,
+    /// Told whenever `T_EN` changes.
+    pub control: Box<dyn TsegControl>,
+}
+
 /// The MCH (host bridge, 00:00.0). Its PCIEXBAR value is shared with [`Q35Hole`], which
-/// decodes ECAM where it says.
+/// decodes ECAM where it says. With SMM ([`Mch::with_tseg`]) it also has QEMU's SMRAM
+/// registers: the extended TSEG size query, SMRAM (`D_LCK`, `G_SMRAME`, `D_OPEN`) and ESMRAMC
+/// (`T_EN`, the TSEG size), whose lock freezes both until reset.
 pub struct Mch {
     config: PciConfig,
     pciexbar: Arc<AtomicU64>,
+    tseg: Option<Tseg>,
+    /// Whether TSEG was last reported closed.
+    tseg_closed: bool,
 }
 
 impl std::fmt::Debug for Mch {
@@ -107,7 +166,68 @@ impl Mch {
         // PAM0-6: the firmware may program shadowing; RAM stays RAM here.
         config.allow_writes(0x90, &[0xff; 7]);
         pciexbar.store(0, Ordering::Release);
-        Mch { config, pciexbar }
+        Mch {
+            config,
+            pciexbar,
+            tseg: None,
+            tseg_closed: false,
+        }
+    }
+
+    /// A host bridge with SMRAM registers and `tseg` below them, TSEG open as at power-on.
+    pub fn with_tseg(pciexbar: Arc<AtomicU64>, tseg: Tseg) -> Self {
+        let mut mch = Mch::new(pciexbar);
+        let c = &mut mch.config;
+        c.allow_writes(EXT_TSEG_MBYTES, &[0xff, 0xff]);
+        c.allow_writes(GGC, &[0xff, 0xff]);
+        c.allow_writes(
+            SMRAM,
+            &[SMRAM_D_OPEN | SMRAM_D_CLS | SMRAM_D_LCK | SMRAM_G_SMRAME],
+        );
+        c.allow_writes(
+            ESMRAMC,
+            &[ESMRAMC_H_SMRAME | ESMRAMC_TSEG_SZ | ESMRAMC_T_EN],
+        );
+        for reg in [GBSM, BGSM, TSEGMB] {
+            c.allow_writes(reg, &[0x00, 0x00, 0xf0, 0xff]);
+        }
+        c.allow_writes(TOLUD, &[0xf0, 0xff]);
+        if let Some(r) = c.raw_mut(SMRAM, 2) {
+            r.copy_from_slice(&[SMRAM_DEFAULT, ESMRAMC_DEFAULT]);
+        }
+        mch.tseg = Some(tseg);
+        mch
+    }
+
+    /// After a write: the extended TSEG query, the lock, and TSEG's visibility.
+    fn update_smram(&mut self, offset: usize, end: usize) {
+        let Some(tseg) = &mut self.tseg else {
+            return;
+        };
+        let c = &mut self.config;
+        // Writing the query value asks for the size, which then reads back (QEMU's
+        // extended TSEG); any other value stays as written.
+        if offset < EXT_TSEG_MBYTES + 2
+            && EXT_TSEG_MBYTES < end
+            && c.read_u16(EXT_TSEG_MBYTES) == EXT_TSEG_QUERY
+            && let Some(r) = c.raw_mut(EXT_TSEG_MBYTES, 2)
+        {
+            r.copy_from_slice(&tseg.mbytes.to_le_bytes());
+        }
+        if c.read_u8(SMRAM) & SMRAM_D_LCK != 0 {
+            // Locked until reset: D_OPEN clears and stays clear, and of both registers only
+            // D_CLS can change.
+            if let Some(r) = c.raw_mut(SMRAM, 1) {
+                r[0] &= !SMRAM_D_OPEN;
+            }
+            c.allow_writes(SMRAM, &[SMRAM_D_CLS]);
+            c.allow_writes(ESMRAMC, &[0]);
+        }
+        let closed = c.read_u8(ESMRAMC) & ESMRAMC_T_EN != 0;
+        if closed != self.tseg_closed {
+            self.tseg_closed = closed;
+            tseg.control.set_closed(closed);
+        }
     }
 }
 
@@ -132,6 +252,9 @@ impl PciDevice for Mch {
     fn write_config(&mut self, offset: usize, data: &[u8]) {
         self.config.write(offset, data);
         let end = offset.saturating_add(data.len());
+        if offset < TOLUD + 2 && EXT_TSEG_MBYTES < end {
+            self.update_smram(offset, end);
+        }
         if offset < PCIEXBAR + 8 && PCIEXBAR < end {
             let v = u64::from(self.config.read_u32(PCIEXBAR))
                 | (u64::from(self.config.read_u32(PCIEXBAR + 4)) << 32);
@@ -153,17 +276,19 @@ impl PciDevice for Mch {
 #[derive(Debug)]
 pub struct Ich9Lpc {
     config: PciConfig,
+    /// GEN_PMCON_1's SMI_LOCK, shared with the PM block's SMI_EN.
+    smi_lock: Arc<AtomicBool>,
 }
 
 impl Default for Ich9Lpc {
     fn default() -> Self {
-        Self::new()
+        Self::new(Arc::default())
     }
 }
 
 impl Ich9Lpc {
-    /// The bridge at power-on.
-    pub fn new() -> Self {
+    /// The bridge at power-on; `smi_lock` is set when the firmware sets SMI_LOCK.
+    pub fn new(smi_lock: Arc<AtomicBool>) -> Self {
         let mut config = chipset_config(LPC_DEVICE_ID, 0x06_01_00);
         // Multi-function, as on Q35 (SATA and SMBus are functions 2 and 3; absent here).
         config.set_header_type(0x80);
@@ -186,7 +311,10 @@ impl Ich9Lpc {
         }
         // RCBA: base bits 31:14 and enable.
         config.allow_writes(RCBA, &[0x01, 0xc0, 0xff, 0xff]);
-        Ich9Lpc { config }
+        // GEN_PMCON_1: SMI_LOCK can be set, not cleared (see `write_config`).
+        config.allow_writes(GEN_PMCON_1, &[GEN_PMCON_1_SMI_LOCK]);
+        smi_lock.store(false, Ordering::Release);
+        Ich9Lpc { config, smi_lock }
     }
 }
 
@@ -196,6 +324,10 @@ impl PciDevice for Ich9Lpc {
     }
     fn write_config(&mut self, offset: usize, data: &[u8]) {
         self.config.write(offset, data);
+        if self.config.read_u8(GEN_PMCON_1) & GEN_PMCON_1_SMI_LOCK != 0 {
+            self.config.allow_writes(GEN_PMCON_1, &[0]);
+            self.smi_lock.store(true, Ordering::Release);
+        }
     }
     fn config(&self) -> &PciConfig {
         &self.config
@@ -218,6 +350,8 @@ pub struct Ich9Pm {
     sink: RequestSink,
     sci: Option<IrqLevel>,
     sci_level: bool,
+    /// The LPC bridge's SMI_LOCK: GBL_SMI_EN cannot be cleared while it is set.
+    smi_lock: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Ich9Pm {
@@ -229,13 +363,37 @@ impl std::fmt::Debug for Ich9Pm {
 impl Ich9Pm {
     /// The block at power-on; power-off requests go to `sink`, the SCI's level to `sci`.
     pub fn new(sink: RequestSink, sci: Option<IrqLevel>) -> Self {
+        Self::with_smi_lock(sink, sci, Arc::default())
+    }
+
+    /// As [`Ich9Pm::new`], with SMI_EN's GBL_SMI_EN frozen once `smi_lock` (the LPC bridge's
+    /// GEN_PMCON_1 SMI_LOCK) is set.
+    pub fn with_smi_lock(
+        sink: RequestSink,
+        sci: Option<IrqLevel>,
+        smi_lock: Arc<AtomicBool>,
+    ) -> Self {
         Ich9Pm {
             regs: [0; PM_PORTS as usize],
             epoch: Instant::now(),
             sink,
             sci,
             sci_level: false,
+            smi_lock,
         }
+    }
+
+    /// Whether a write to the APM control port raises an SMI (SMI_EN's APMC_EN and
+    /// GBL_SMI_EN).
+    pub fn apm_raises_smi(&self) -> bool {
+        let want = SMI_EN_APMC | SMI_EN_GBL;
+        self.smi_en() & want == want
+    }
+
+    fn smi_en(&self) -> u32 {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&self.regs[SMI_EN..SMI_EN + 4]);
+        u32::from_le_bytes(b)
     }
 
     /// The fixed power button was pressed and released: `PWRBTN_STS`, and the SCI if enabled.
@@ -287,6 +445,7 @@ impl BusDevice for Ich9Pm {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
+        let gbl_locked = self.smi_lock.load(Ordering::Acquire) && self.smi_en() & SMI_EN_GBL != 0;
         for (i, v) in data.iter().enumerate() {
             let Some(at) = usize::try_from(offset)
                 .ok()
@@ -296,6 +455,8 @@ impl BusDevice for Ich9Pm {
                 return;
             };
             match at {
+                // GBL_SMI_EN stays set once SMI_LOCK is.
+                SMI_EN if gbl_locked => self.regs[at] = *v | SMI_EN_GBL as u8,
                 // Status bits are cleared by writing ones.
                 PM1_STS..=0x01 | 0x20..=0x27 | 0x34..=0x37 => self.regs[at] &= !v,
                 // The timer is read-only.
@@ -316,6 +477,75 @@ impl BusDevice for Ich9Pm {
         }
         if offset < PM1_TMR as u64 {
             self.update_sci();
+        }
+    }
+}
+
+/// Raises an SMI: on every vCPU (`broadcast`, once the firmware negotiated it) or on the one
+/// whose access is being served.
+pub type SmiTrigger = Box<dyn Fn(bool) + Send>;
+
+/// The APM control (0xB2) and status (0xB3) ports. A write to control raises an SMI when the PM
+/// block's SMI_EN allows it (the way OVMF's SMM drivers are called: variable services above
+/// all); status is a scratch byte that carries the caller's argument.
+pub struct Apm {
+    regs: [u8; 2],
+    pm: Arc<Mutex<Ich9Pm>>,
+    broadcast: Arc<AtomicBool>,
+    smi: SmiTrigger,
+}
+
+impl std::fmt::Debug for Apm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Apm")
+            .field("regs", &self.regs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Apm {
+    /// The ports of the PM block `pm`; `broadcast` says whether SMIs go to every vCPU (set by
+    /// the fw_cfg negotiation), `smi` raises them.
+    pub fn new(pm: Arc<Mutex<Ich9Pm>>, broadcast: Arc<AtomicBool>, smi: SmiTrigger) -> Self {
+        Apm {
+            regs: [0; 2],
+            pm,
+            broadcast,
+            smi,
+        }
+    }
+}
+
+impl BusDevice for Apm {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .and_then(|o| self.regs.get(o))
+                .copied()
+                .unwrap_or(0xff);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let mut control = false;
+        for (i, v) in data.iter().enumerate() {
+            let Some(at) = usize::try_from(offset).ok().and_then(|o| o.checked_add(i)) else {
+                return;
+            };
+            if let Some(r) = self.regs.get_mut(at) {
+                *r = *v;
+                control |= at == 0;
+            }
+        }
+        let enabled = self
+            .pm
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .apm_raises_smi();
+        if control && enabled {
+            (self.smi)(self.broadcast.load(Ordering::Acquire));
         }
     }
 }
@@ -510,11 +740,26 @@ impl BusDevice for Q35Hole {
 /// A Q35 PCI bus: the MCH at 00:00.0 and the LPC bridge at 00:1f.0, plus the PCIEXBAR value
 /// [`Q35Hole`] needs.
 pub fn q35_bus() -> (PciBus, Arc<AtomicU64>) {
-    let pciexbar = Arc::new(AtomicU64::new(0));
-    let mut bus = PciBus::with_host_bridge(Arc::new(Mutex::new(Mch::new(pciexbar.clone()))));
-    // Slot 31 of an empty bus is free.
-    let _ = bus.add_at(LPC_SLOT, Arc::new(Mutex::new(Ich9Lpc::new())));
+    let (bus, pciexbar, _) = q35_bus_with(None);
     (bus, pciexbar)
+}
+
+/// [`q35_bus`] with SMRAM in the MCH when `tseg` is given; also returns the LPC bridge's
+/// SMI_LOCK for the PM block ([`Ich9Pm::with_smi_lock`]).
+pub fn q35_bus_with(tseg: Option<Tseg>) -> (PciBus, Arc<AtomicU64>, Arc<AtomicBool>) {
+    let pciexbar = Arc::new(AtomicU64::new(0));
+    let mch = match tseg {
+        Some(t) => Mch::with_tseg(pciexbar.clone(), t),
+        None => Mch::new(pciexbar.clone()),
+    };
+    let mut bus = PciBus::with_host_bridge(Arc::new(Mutex::new(mch)));
+    let smi_lock = Arc::new(AtomicBool::new(false));
+    // Slot 31 of an empty bus is free.
+    let _ = bus.add_at(
+        LPC_SLOT,
+        Arc::new(Mutex::new(Ich9Lpc::new(smi_lock.clone()))),
+    );
+    (bus, pciexbar, smi_lock)
 }
 
 #[cfg(test)]
@@ -683,5 +928,137 @@ mod tests {
         assert_eq!(v, [0x02]);
         p.write(0, &[0x03]);
         assert_eq!(seen.lock().unwrap().len(), 2);
+    }
+
+    /// Records what the MCH tells TSEG's owner.
+    #[derive(Clone, Default)]
+    struct TsegLog(Arc<Mutex<Vec<bool>>>);
+
+    impl TsegControl for TsegLog {
+        fn set_closed(&mut self, closed: bool) {
+            self.0.lock().unwrap().push(closed);
+        }
+    }
+
+    fn smm_bus() -> (PciBus, TsegLog, Arc<AtomicBool>) {
+        let log = TsegLog::default();
+        let (bus, _, lock) = q35_bus_with(Some(Tseg {
+            mbytes: 16,
+            control: Box::new(log.clone()),
+        }));
+        (bus, log, lock)
+    }
+
+    fn cfg_read8(bus: &PciBus, dev: u8, reg: usize) -> u8 {
+        let mut b = [0u8];
+        bus.config_read(0, dev, 0, reg, &mut b);
+        b[0]
+    }
+
+    fn cfg_write8(bus: &PciBus, dev: u8, reg: usize, v: u8) {
+        bus.config_write(0, dev, 0, reg, &[v]);
+    }
+
+    #[test]
+    fn smram_registers_follow_ovmfs_smm_access_pei_and_lock() {
+        let (bus, log, _) = smm_bus();
+        // Power-on: SMRAM present (SM_CACHE/L1/L2), C_BASE_SEG 010, TSEG open.
+        assert_eq!(cfg_read8(&bus, 0, ESMRAMC), 0x38);
+        assert_eq!(cfg_read8(&bus, 0, SMRAM), 0x02);
+        // The extended TSEG query answers the size; another value reads back as written.
+        bus.config_write(0, 0, 0, EXT_TSEG_MBYTES, &0xffffu16.to_le_bytes());
+        assert_eq!(cfg_read32(&bus, 0, EXT_TSEG_MBYTES) & 0xffff, 16);
+        // SmmAccessPei: TSEGMB, ESMRAMC with the extended size and T_EN, G_SMRAME.
+        bus.config_write(0, 0, 0, TSEGMB, &(0x7f0u32 << 20).to_le_bytes());
+        assert_eq!(cfg_read32(&bus, 0, TSEGMB), 0x7f0 << 20);
+        cfg_write8(&bus, 0, ESMRAMC, 0x38 | ESMRAMC_TSEG_SZ | ESMRAMC_T_EN);
+        cfg_write8(&bus, 0, SMRAM, SMRAM_DEFAULT | SMRAM_G_SMRAME);
+        assert_eq!(*log.0.lock().unwrap(), [true]);
+        // SmramAccessOpen/Close: T_EN.
+        cfg_write8(&bus, 0, ESMRAMC, 0x38 | ESMRAMC_TSEG_SZ);
+        cfg_write8(&bus, 0, ESMRAMC, 0x38 | ESMRAMC_TSEG_SZ | ESMRAMC_T_EN);
+        assert_eq!(*log.0.lock().unwrap(), [true, false, true]);
+        // Lock (with D_OPEN set on the way): D_OPEN clears, nothing reopens TSEG.
+        cfg_write8(
+            &bus,
+            0,
+            SMRAM,
+            SMRAM_DEFAULT | SMRAM_G_SMRAME | SMRAM_D_OPEN | SMRAM_D_LCK,
+        );
+        assert_eq!(
+            cfg_read8(&bus, 0, SMRAM) & (SMRAM_D_OPEN | SMRAM_D_LCK),
+            SMRAM_D_LCK
+        );
+        cfg_write8(&bus, 0, ESMRAMC, 0);
+        cfg_write8(&bus, 0, SMRAM, SMRAM_D_OPEN);
+        bus.config_write(0, 0, 0, 0x9c, &[0, 0, 0, 0]);
+        assert_eq!(cfg_read8(&bus, 0, ESMRAMC) & ESMRAMC_T_EN, ESMRAMC_T_EN);
+        assert_eq!(
+            cfg_read8(&bus, 0, SMRAM) & (SMRAM_D_OPEN | SMRAM_D_LCK),
+            SMRAM_D_LCK
+        );
+        assert_eq!(*log.0.lock().unwrap(), [true, false, true]);
+        // No default-SMBASE SMRAM: the query reads back as "not offered".
+        cfg_write8(&bus, 0, 0x9c, 0xff);
+        assert_eq!(cfg_read8(&bus, 0, 0x9c), 0);
+    }
+
+    #[test]
+    fn without_smm_the_mch_has_no_smram() {
+        let (bus, _) = q35_bus();
+        assert_eq!(cfg_read8(&bus, 0, ESMRAMC), 0);
+        bus.config_write(0, 0, 0, EXT_TSEG_MBYTES, &0xffffu16.to_le_bytes());
+        assert_eq!(cfg_read32(&bus, 0, EXT_TSEG_MBYTES) & 0xffff, 0);
+    }
+
+    #[test]
+    fn apm_raises_an_smi_only_as_smi_en_allows_and_smi_lock_holds_it() {
+        let (bus, _, lock) = smm_bus();
+        let (s, _) = sink();
+        let pm = Arc::new(Mutex::new(Ich9Pm::with_smi_lock(s, None, lock)));
+        let smis = Arc::new(Mutex::new(Vec::new()));
+        let seen = smis.clone();
+        let broadcast = Arc::new(AtomicBool::new(false));
+        let mut apm = Apm::new(
+            pm.clone(),
+            broadcast.clone(),
+            Box::new(move |b| seen.lock().unwrap().push(b)),
+        );
+        // SMI_EN clear at reset (else OVMF concludes "no SMI"): no SMI.
+        let mut en = [0u8; 4];
+        pm.lock().unwrap().read(SMI_EN as u64, &mut en);
+        assert_eq!(en, [0; 4]);
+        apm.write(0, &[0x42]);
+        assert!(smis.lock().unwrap().is_empty());
+        // SmmControl2Dxe: APMC_EN | GBL_SMI_EN, SMI_LOCK, then a try to clear GBL_SMI_EN.
+        pm.lock()
+            .unwrap()
+            .write(SMI_EN as u64, &0x21u32.to_le_bytes());
+        bus.config_write(0, LPC_SLOT, 0, GEN_PMCON_1, &[GEN_PMCON_1_SMI_LOCK, 0]);
+        assert_eq!(cfg_read8(&bus, LPC_SLOT, GEN_PMCON_1), GEN_PMCON_1_SMI_LOCK);
+        pm.lock()
+            .unwrap()
+            .write(SMI_EN as u64, &0x20u32.to_le_bytes());
+        pm.lock().unwrap().read(SMI_EN as u64, &mut en);
+        assert_eq!(u32::from_le_bytes(en), 0x21);
+        // SMI_LOCK cannot be cleared.
+        bus.config_write(0, LPC_SLOT, 0, GEN_PMCON_1, &[0, 0]);
+        assert_eq!(cfg_read8(&bus, LPC_SLOT, GEN_PMCON_1), GEN_PMCON_1_SMI_LOCK);
+        // Status is a scratch byte; control raises the SMI, broadcast once negotiated.
+        apm.write(1, &[0x5a]);
+        assert!(smis.lock().unwrap().is_empty());
+        let mut st = [0u8];
+        apm.read(1, &mut st);
+        assert_eq!(st, [0x5a]);
+        apm.write(0, &[0x01]);
+        broadcast.store(true, Ordering::Release);
+        apm.write(0, &[0x01, 0x02]);
+        assert_eq!(*smis.lock().unwrap(), [false, true]);
+        // APMC_EN cleared (not locked): no more SMIs.
+        pm.lock()
+            .unwrap()
+            .write(SMI_EN as u64, &0x01u32.to_le_bytes());
+        apm.write(0, &[0x01]);
+        assert_eq!(smis.lock().unwrap().len(), 2);
     }
 }

@@ -151,6 +151,8 @@ pub struct Cfi01Flash {
     block_size: u64,
     mode: Mode,
     status: u8,
+    /// Programmable from SMM only ([`Cfi01Flash::secure`]).
+    secure: bool,
 }
 
 impl fmt::Debug for Cfi01Flash {
@@ -177,7 +179,23 @@ impl Cfi01Flash {
             block_size: block_size.max(1),
             mode: Mode::ReadArray,
             status: STATUS_READY,
+            secure: false,
         }
+    }
+
+    /// Take commands only from System Management Mode, as QEMU's `cfi.pflash01` with
+    /// `secure=on` under a Secure Boot firmware: a write from outside SMM is dropped, and a read
+    /// from outside SMM gets the contents whatever mode the SMM code left the flash in. So an
+    /// OS can neither change the variable store behind the firmware's back nor see it in the
+    /// middle of an update.
+    pub fn secure(mut self) -> Self {
+        self.secure = true;
+        self
+    }
+
+    /// Whether this access must be kept from the command state machine.
+    fn outsider(&self) -> bool {
+        self.secure && !crate::smm::access_from_smm()
     }
 
     /// Whether guest reads may be served from the read-only mapping of the backing.
@@ -228,7 +246,12 @@ impl Cfi01Flash {
 
 impl BusDevice for Cfi01Flash {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        match self.mode {
+        let mode = if self.outsider() {
+            Mode::ReadArray
+        } else {
+            self.mode
+        };
+        match mode {
             Mode::ReadArray => {
                 data.fill(0xff);
                 let room = self.len.saturating_sub(offset);
@@ -246,6 +269,9 @@ impl BusDevice for Cfi01Flash {
         let Some(&cmd) = data.first() else {
             return;
         };
+        if self.outsider() {
+            return;
+        }
         match self.mode {
             Mode::ProgramSetup => {
                 self.program(offset, data);
@@ -519,5 +545,40 @@ mod tests {
         assert_eq!(contents.len(), 4196);
         assert!(contents[4096..].iter().all(|&b| b == 0xff));
         assert!(contents[..4096].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn a_secure_flash_takes_commands_only_from_smm() {
+        let bytes = vec![0x11u8; LEN];
+        let (dev, backing, log) = flash(bytes.clone());
+        let mut dev = dev.secure();
+        // Outside SMM: program and erase are dropped, the device never leaves read-array mode
+        // (so the read-only mapping is never taken away) and the contents stay.
+        crate::smm::with_access_from_smm(false, || {
+            for (at, cmd) in [(0x10, 0x10u8), (0x10, 0x42), (0x1000, 0x20), (0x1000, 0xd0)] {
+                guest_write(&mut dev, at, cmd);
+            }
+            assert!(dev.read_array());
+            assert_eq!(ovmf_detect(&mut dev, &backing, &log), Detected::Rom);
+        });
+        assert!(log.calls().is_empty(), "{:?}", log.calls());
+        assert_eq!(backing.contents(), bytes);
+        // From SMM it is the flash it always was.
+        crate::smm::with_access_from_smm(true, || {
+            guest_write(&mut dev, 0x10, 0x10);
+            guest_write(&mut dev, 0x10, 0x42);
+        });
+        assert_eq!(backing.contents()[0x10], 0x42);
+        assert!(!dev.read_array());
+        // In the middle of the update (status mode) an outsider still reads the contents,
+        // where SMM reads the status.
+        let mut b = [0u8];
+        crate::smm::with_access_from_smm(false, || dev.read(0x10, &mut b));
+        assert_eq!(b, [0x42]);
+        crate::smm::with_access_from_smm(true, || dev.read(0x10, &mut b));
+        assert_eq!(b[0] & STATUS_READY, STATUS_READY);
+        // And an outsider cannot end the update either.
+        crate::smm::with_access_from_smm(false, || guest_write(&mut dev, 0, 0xff));
+        assert!(!dev.read_array());
     }
 }

@@ -26,6 +26,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
@@ -161,6 +162,24 @@ pub struct FwCfg {
     offset: usize,
     /// DMA address register, assembled from the two 32-bit halves.
     dma_address: u64,
+    /// The SMI feature negotiation, when the machine has SMM.
+    smi: Option<SmiNegotiation>,
+}
+
+/// QEMU's ICH9 SMI feature bits: SMIs go to every CPU.
+pub const SMI_F_BROADCAST: u64 = 1;
+
+/// The SMI feature negotiation (QEMU's `etc/smi/*` files, as OVMF's `SmmControl2Dxe` drives
+/// it): the firmware reads `supported-features`, writes the subset it wants to
+/// `requested-features`, then selects `features-ok`, which validates the request and, if it
+/// is a subset, locks it in until reset and reads 1.
+struct SmiNegotiation {
+    supported: u64,
+    requested: u16,
+    ok: u16,
+    /// Set when broadcast SMIs were negotiated.
+    broadcast: Arc<AtomicBool>,
+    done: bool,
 }
 
 impl fmt::Debug for FwCfg {
@@ -192,6 +211,7 @@ impl FwCfg {
             selector: KEY_SIGNATURE,
             offset: 0,
             dma_address: 0,
+            smi: None,
         };
         fw.add_item(KEY_SIGNATURE, b"QEMU".to_vec());
         fw.add_item(KEY_ID, (ID_TRADITIONAL | ID_DMA).to_le_bytes().to_vec());
@@ -224,6 +244,57 @@ impl FwCfg {
     /// for e.g. WRITE_POINTER targets); the VMM reads it back with [`FwCfg::item`].
     pub fn add_writable_file(&mut self, name: &str, data: Vec<u8>) -> Result<u16, FwCfgError> {
         self.insert_file(name, data, true)
+    }
+
+    /// Offer SMI features `supported` (LE64) through QEMU's three `etc/smi/` files; once the
+    /// firmware has negotiated broadcast SMIs, `broadcast` is set.
+    pub fn add_smi_negotiation(
+        &mut self,
+        supported: u64,
+        broadcast: Arc<AtomicBool>,
+    ) -> Result<(), FwCfgError> {
+        self.add_file(
+            "etc/smi/supported-features",
+            supported.to_le_bytes().to_vec(),
+        )?;
+        let requested = self.add_writable_file("etc/smi/requested-features", vec![0; 8])?;
+        let ok = self.add_file("etc/smi/features-ok", vec![0])?;
+        self.smi = Some(SmiNegotiation {
+            supported,
+            requested,
+            ok,
+            broadcast,
+            done: false,
+        });
+        Ok(())
+    }
+
+    /// Selecting `features-ok` validates the requested SMI features (once: after success the
+    /// choice holds until reset, as in QEMU).
+    fn negotiate_smi(&mut self) {
+        let Some(neg) = &mut self.smi else {
+            return;
+        };
+        if neg.done || self.selector != neg.ok {
+            return;
+        }
+        let Some(requested) = self
+            .items
+            .get(&neg.requested)
+            .and_then(|i| <[u8; 8]>::try_from(&i.data[..]).ok())
+            .map(u64::from_le_bytes)
+        else {
+            return;
+        };
+        if requested & !neg.supported != 0 {
+            return;
+        }
+        neg.done = true;
+        neg.broadcast
+            .store(requested & SMI_F_BROADCAST != 0, Ordering::Release);
+        if let Some(item) = self.items.get_mut(&neg.ok) {
+            item.data = Arc::from(&[1u8][..]);
+        }
     }
 
     /// The current contents of item `key`, if there is one.
@@ -296,6 +367,7 @@ impl FwCfg {
     fn select(&mut self, key: u16) {
         self.selector = key & !SELECTOR_WRITE_CHANNEL;
         self.offset = 0;
+        self.negotiate_smi();
     }
 
     /// The unread rest of the selected item (empty if none is selected or it is all read).

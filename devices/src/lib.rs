@@ -9,6 +9,7 @@ pub mod flash;
 pub mod fw_cfg;
 pub mod legacy;
 pub mod pci;
+pub mod smm;
 pub mod thread;
 pub mod tpm;
 pub mod virtio;

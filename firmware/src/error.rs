@@ -34,9 +34,16 @@ pub enum Error {
         /// Why not, e.g. another architecture or SMM.
         reason: String,
     },
-    /// Secure Boot was asked for; every Secure Boot build of OVMF needs SMM.
-    #[error("Secure Boot requires SMM, which rvmspawn does not support yet")]
-    SecureBootUnsupported,
+    /// Secure Boot was asked for; every Secure Boot build of OVMF needs SMM, which the host
+    /// lacks.
+    #[error(
+        "Secure Boot requested, but selected OVMF firmware doesn't support it. (Every Secure \
+         Boot firmware requires SMM, but {why}.)"
+    )]
+    SecureBootUnsupported {
+        /// Why there is no SMM.
+        why: String,
+    },
     /// No descriptor in the search path is usable with the requested features.
     #[error("{}", not_found(.dirs, .skipped))]
     NotFound {
@@ -112,7 +119,7 @@ impl Error {
             Error::Malformed { .. } | Error::Invalid { .. } | Error::SizeMismatch { .. } => {
                 libc::EINVAL
             }
-            Error::Unsuitable { .. } | Error::SecureBootUnsupported => libc::EOPNOTSUPP,
+            Error::Unsuitable { .. } | Error::SecureBootUnsupported { .. } => libc::EOPNOTSUPP,
             Error::NotFound { .. } => libc::ENOENT,
             Error::Busy { .. } => libc::EBUSY,
         }

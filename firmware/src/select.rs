@@ -6,8 +6,9 @@
 //! file or a symbolic link to `/dev/null` masks the name, and the result is sorted by file name.
 //! Selection walks that list and takes the first descriptor that is UEFI for x86_64 on q35 as
 //! split raw flash (see [`Descriptor::platform_files`]), has every required feature and no
-//! excluded one (`enrolled-keys` is excluded unless asked for), and, unlike vmspawn, does not
-//! require SMM.
+//! excluded one (`enrolled-keys` is excluded unless asked for). Firmware that requires SMM
+//! (every Secure Boot build of OVMF) is taken when the host's KVM has SMM, as vmspawn takes it;
+//! without SMM it is passed over with the reason ([`SmmSupport`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
@@ -26,9 +27,28 @@ pub const SECURE_BOOT: &str = "secure-boot";
 /// trouble (vmspawn's default since systemd v257).
 pub const ENROLLED_KEYS: &str = "enrolled-keys";
 
-/// Why a descriptor that requires SMM is passed over.
-const SMM_REASON: &str =
-    "requires SMM (feature 'requires-smm'), which rvmspawn does not support yet";
+/// Whether the machine can run firmware that requires SMM: the host's KVM must emulate it
+/// (`KVM_CAP_X86_SMM`; kernels built without `CONFIG_KVM_SMM`, and some hypervisors' `/dev/kvm`,
+/// lack it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SmmSupport {
+    /// SMM firmware can run.
+    Available,
+    /// It cannot; why not, as a clause ("this host's KVM has no SMM (KVM_CAP_X86_SMM)").
+    Unavailable(String),
+}
+
+impl SmmSupport {
+    /// Why a descriptor that requires SMM is passed over, if it is.
+    fn refusal(&self) -> Option<String> {
+        match self {
+            SmmSupport::Available => None,
+            SmmSupport::Unavailable(why) => {
+                Some(format!("requires SMM (feature 'requires-smm'), but {why}"))
+            }
+        }
+    }
+}
 
 /// The directories descriptors are searched in, highest priority first.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,8 +212,7 @@ impl Request {
         };
     }
 
-    /// Whether Secure Boot firmware is required, which rvmspawn cannot run yet (every Secure
-    /// Boot build of OVMF requires SMM).
+    /// Whether Secure Boot firmware is required (every Secure Boot build of OVMF requires SMM).
     pub fn wants_secure_boot(&self) -> bool {
         self.features_required.contains(SECURE_BOOT)
     }
@@ -225,7 +244,8 @@ pub struct Skipped {
     pub path: PathBuf,
     /// One short clause, e.g. "not for x86_64 (architectures: i386)".
     pub reason: String,
-    /// Passed over only because it requires SMM: vmspawn would have taken it.
+    /// Passed over only because it requires SMM, which the host lacks: vmspawn would have
+    /// taken it.
     pub requires_smm: bool,
 }
 
@@ -238,6 +258,9 @@ pub struct Firmware {
     pub code: PathBuf,
     /// The variable store template (`OVMF_VARS_4M.fd`).
     pub vars_template: PathBuf,
+    /// It requires SMM (`requires-smm`): the machine gets SMRAM and a variable store only SMM
+    /// can program.
+    pub smm: bool,
 }
 
 impl Firmware {
@@ -270,9 +293,9 @@ pub(crate) fn check_readable(what: &'static str, path: &Path) -> Result<fs::File
 }
 
 /// Loads the descriptor given with `--firmware=PATH`. vmspawn takes it as it is; rvmspawn
-/// checks what its machine can run ([`Descriptor::platform_files`], no SMM) and refuses the
-/// rest with EOPNOTSUPP. The feature request does not apply to an explicit choice.
-pub fn load(path: &Path) -> Result<Firmware, Error> {
+/// checks what its machine can run ([`Descriptor::platform_files`], SMM as `smm` says) and
+/// refuses the rest with EOPNOTSUPP. The feature request does not apply to an explicit choice.
+pub fn load(path: &Path, smm: &SmmSupport) -> Result<Firmware, Error> {
     let descriptor = Descriptor::load(path)?;
     let unsuitable = |reason: String| Error::Unsuitable {
         path: path.to_owned(),
@@ -280,13 +303,15 @@ pub fn load(path: &Path) -> Result<Firmware, Error> {
     };
     let (code, vars) = descriptor.platform_files().map_err(unsuitable)?;
     let (code, vars_template) = (code.to_owned(), vars.to_owned());
-    if descriptor.requires_smm() {
-        return Err(unsuitable(format!("the firmware {SMM_REASON}")));
+    let needs_smm = descriptor.requires_smm();
+    if let Some(why) = smm.refusal().filter(|_| needs_smm) {
+        return Err(unsuitable(format!("the firmware {why}")));
     }
     Ok(Firmware {
         descriptor,
         code,
         vars_template,
+        smm: needs_smm,
     })
 }
 
@@ -301,7 +326,7 @@ pub struct Selection {
 
 impl Selection {
     /// The descriptor vmspawn would have chosen instead, when rvmspawn passed it over only
-    /// because it requires SMM (on Debian: `50-edk2-x86_64-secure.json`).
+    /// because it requires SMM and the host lacks it (on Debian: `50-edk2-x86_64-secure.json`).
     pub fn vmspawn_choice(&self) -> Option<&Path> {
         self.skipped
             .iter()
@@ -310,12 +335,17 @@ impl Selection {
     }
 }
 
-/// Picks the firmware for a boot: the first descriptor of [`list`] that rvmspawn can run and
-/// that satisfies `request`. Asking for Secure Boot fails right away (EOPNOTSUPP); finding
-/// nothing fails with ENOENT and every reason.
-pub fn select(search: &SearchPath, request: &Request) -> Result<Selection, Error> {
-    if request.wants_secure_boot() {
-        return Err(Error::SecureBootUnsupported);
+/// Picks the firmware for a boot: the first descriptor of [`list`] that rvmspawn can run (SMM
+/// as `smm` says) and that satisfies `request`. Asking for Secure Boot without SMM fails right
+/// away (EOPNOTSUPP, vmspawn's message and the reason); finding nothing fails with ENOENT and
+/// every reason.
+pub fn select(
+    search: &SearchPath,
+    request: &Request,
+    smm: &SmmSupport,
+) -> Result<Selection, Error> {
+    if let (true, SmmSupport::Unavailable(why)) = (request.wants_secure_boot(), smm) {
+        return Err(Error::SecureBootUnsupported { why: why.clone() });
     }
     let mut skipped = Vec::new();
     let mut skip = |path: PathBuf, reason: String, requires_smm: bool| {
@@ -345,8 +375,9 @@ pub fn select(search: &SearchPath, request: &Request) -> Result<Selection, Error
             continue;
         }
         // Last, so that everything passed over for SMM alone is what vmspawn would take.
-        if descriptor.requires_smm() {
-            skip(path, SMM_REASON.to_owned(), true);
+        let needs_smm = descriptor.requires_smm();
+        if let Some(why) = smm.refusal().filter(|_| needs_smm) {
+            skip(path, why, true);
             continue;
         }
         return Ok(Selection {
@@ -354,6 +385,7 @@ pub fn select(search: &SearchPath, request: &Request) -> Result<Selection, Error
                 descriptor,
                 code,
                 vars_template: vars,
+                smm: needs_smm,
             },
             skipped,
         });
@@ -573,10 +605,45 @@ pub(crate) mod tests {
         );
     }
 
+    /// A host without SMM, as this project's build machines' `/dev/kvm`.
+    fn no_smm() -> SmmSupport {
+        SmmSupport::Unavailable("this host's KVM has no SMM".into())
+    }
+
+    #[test]
+    fn with_smm_the_selection_is_vmspawns() {
+        let t = Tree::debian_like("select-smm");
+        let s = select(&t.search, &Request::default(), &SmmSupport::Available).unwrap();
+        assert_eq!(
+            t.names(std::slice::from_ref(&s.chosen.descriptor.path)),
+            ["usr/50-edk2-x86_64-secure.json"]
+        );
+        assert!(s.chosen.smm);
+        assert_eq!(s.vmspawn_choice(), None);
+        // --secure-boot=no: the plain build, which needs no SMM.
+        let mut r = Request::default();
+        r.set_secure_boot(Some(false));
+        let s = select(&t.search, &r, &SmmSupport::Available).unwrap();
+        assert_eq!(s.chosen.code, Path::new("/fw/CODE.fd"));
+        assert!(!s.chosen.smm);
+        // --secure-boot=yes: the same Secure Boot build (enrolled keys stay excluded).
+        r.set_secure_boot(Some(true));
+        let s = select(&t.search, &r, &SmmSupport::Available).unwrap();
+        assert_eq!(
+            t.names(std::slice::from_ref(&s.chosen.descriptor.path)),
+            ["usr/50-edk2-x86_64-secure.json"]
+        );
+        // Asking for enrolled keys gets that build.
+        r.add_features("enrolled-keys");
+        let s = select(&t.search, &r, &SmmSupport::Available).unwrap();
+        assert!(s.chosen.descriptor.has_feature("enrolled-keys"));
+        assert!(s.chosen.smm);
+    }
+
     #[test]
     fn selection_is_vmspawns_without_smm() {
         let t = Tree::debian_like("select");
-        let s = select(&t.search, &Request::default()).unwrap();
+        let s = select(&t.search, &Request::default(), &no_smm()).unwrap();
         assert_eq!(s.chosen.code, Path::new("/fw/CODE.fd"));
         assert_eq!(s.chosen.vars_template, Path::new("/fw/VARS.fd"));
         assert_eq!(
@@ -599,7 +666,10 @@ pub(crate) mod tests {
         assert!(skipped[1].1.contains("q35"), "{skipped:?}");
         assert!(skipped[2].1.starts_with("malformed: "), "{skipped:?}");
         assert!(skipped[3].1.contains("'enrolled-keys'"), "{skipped:?}");
-        assert!(skipped[4].1.contains("requires SMM"), "{skipped:?}");
+        assert!(
+            skipped[4].1.contains("requires SMM") && skipped[4].1.contains("has no SMM"),
+            "{skipped:?}"
+        );
         assert_eq!(
             s.skipped.iter().map(|k| k.requires_smm).collect::<Vec<_>>(),
             [false, false, false, false, true]
@@ -612,7 +682,7 @@ pub(crate) mod tests {
     }
 
     fn chosen_code(t: &Tree, request: &Request) -> Result<PathBuf, Error> {
-        select(&t.search, request).map(|s| s.chosen.code)
+        select(&t.search, request, &no_smm()).map(|s| s.chosen.code)
     }
 
     #[test]
@@ -648,7 +718,7 @@ pub(crate) mod tests {
         let r = with(&["~verbose-dynamic", "verbose-dynamic"]);
         assert_eq!(chosen_code(&t, &r).unwrap(), Path::new("/fw/CODE.fd"));
         // Without the default exclusion the enrolled-keys descriptor is only passed over for SMM.
-        let s = select(&t.search, &with(&[""])).unwrap();
+        let s = select(&t.search, &with(&[""]), &no_smm()).unwrap();
         assert!(s.skipped[3].requires_smm, "{:?}", s.skipped);
     }
 
@@ -659,9 +729,13 @@ pub(crate) mod tests {
         r.set_secure_boot(Some(true));
         assert!(r.wants_secure_boot());
         let err = chosen_code(&t, &r).unwrap_err();
-        assert!(matches!(err, Error::SecureBootUnsupported));
+        assert!(matches!(err, Error::SecureBootUnsupported { .. }));
         assert_eq!(err.errno(), libc::EOPNOTSUPP);
-        assert!(err.to_string().contains("SMM"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "Secure Boot requested, but selected OVMF firmware doesn't support it. (Every \
+             Secure Boot firmware requires SMM, but this host's KVM has no SMM.)"
+        );
         // The same through --firmware-features=.
         let mut r = Request::default();
         r.add_features("secure-boot");
@@ -670,7 +744,7 @@ pub(crate) mod tests {
         r.set_secure_boot(Some(false));
         assert!(r.features_excluded.contains(SECURE_BOOT));
         assert!(!r.wants_secure_boot());
-        let s = select(&t.search, &r).unwrap();
+        let s = select(&t.search, &r, &no_smm()).unwrap();
         assert_eq!(s.chosen.code, Path::new("/fw/CODE.fd"));
         assert!(
             s.skipped[4].reason.contains("'secure-boot'"),
@@ -710,22 +784,24 @@ pub(crate) mod tests {
         let t = Tree::debian_like("explicit");
         let usr = &t.search.dirs[2];
         // Features do not matter for an explicit choice; the platform and SMM do.
-        let fw = load(&usr.join("60-edk2-x86_64.json")).unwrap();
+        let fw = load(&usr.join("60-edk2-x86_64.json"), &no_smm()).unwrap();
         assert_eq!(fw.code, Path::new("/fw/CODE.fd"));
-        let err = load(&usr.join("50-edk2-x86_64-secure.json")).unwrap_err();
+        let secure = usr.join("50-edk2-x86_64-secure.json");
+        assert!(load(&secure, &SmmSupport::Available).unwrap().smm);
+        let err = load(&secure, &no_smm()).unwrap_err();
         assert_eq!(err.errno(), libc::EOPNOTSUPP);
         let text = err.to_string();
         assert!(
             text.contains("50-edk2-x86_64-secure.json") && text.contains("SMM"),
             "{text}"
         );
-        let err = load(&usr.join("20-ia32.json")).unwrap_err();
+        let err = load(&usr.join("20-ia32.json"), &no_smm()).unwrap_err();
         assert_eq!(err.errno(), libc::EOPNOTSUPP);
         assert!(err.to_string().contains("i386"), "{err}");
-        let err = load(&usr.join("30-broken.json")).unwrap_err();
+        let err = load(&usr.join("30-broken.json"), &no_smm()).unwrap_err();
         assert_eq!(err.errno(), libc::EINVAL);
         assert!(err.to_string().contains("30-broken.json"), "{err}");
-        let err = load(&usr.join("nonexistent.json")).unwrap_err();
+        let err = load(&usr.join("nonexistent.json"), &no_smm()).unwrap_err();
         assert_eq!(err.errno(), libc::ENOENT);
         assert!(err.to_string().contains("nonexistent.json"), "{err}");
     }
@@ -740,6 +816,7 @@ pub(crate) mod tests {
                 .unwrap(),
             code: code.clone(),
             vars_template: vars.clone(),
+            smm: false,
         };
         fw.check_files(None).unwrap();
         let missing = t.root.0.join("missing.fd");

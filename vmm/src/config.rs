@@ -220,6 +220,8 @@ pub struct FirmwareBoot {
     /// Hand `kernel`, `initrds` and the command line to the firmware (fw_cfg, as QEMU's
     /// `-kernel`), which then boots them; false: the firmware boots from the disks.
     pub kernel_through_firmware: bool,
+    /// The firmware requires SMM (its descriptor says `requires-smm`).
+    pub smm: bool,
 }
 
 /// Whether the guest gets a vsock device (`--qemu-vsock=`).

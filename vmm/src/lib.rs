@@ -40,6 +40,7 @@ pub use config::{
     KvmSource, Network, SshKeyConfig, TpmConfig, TpmMode, TpmState, VmConfig, VsockConfig,
     VsockMode, term_valid,
 };
+pub use kvm::smm_support;
 pub use machined::{REGISTRAR_ENV, REGISTRAR_ROLE, RegisterMode, registrar_main};
 pub use net::{format_mac, guest_mac, parse_mac, tap_name};
 
@@ -665,6 +666,7 @@ fn run_vm(mut config: VmConfig) -> Result<RunOutcome, Error> {
                 code: std::sync::Arc::new(code),
                 vars: std::sync::Arc::new(fw.vars.file),
                 kernel,
+                smm: fw.smm,
             })
         }
     };

@@ -194,8 +194,18 @@ impl Machine {
             BootSpec::Firmware(_) => MemoryLayout::q35(spec.mem_bytes),
         };
         let ram = memory::create(&layout, spec.memory)?;
-        let mem = &ram.mem;
-        memory::register(&vm, mem)?;
+        // A firmware that needs SMM gets TSEG at the top of RAM below 4 GiB, out of the
+        // devices' reach (`memory::without`).
+        let tseg = match &spec.boot {
+            BootSpec::Firmware(f) if f.smm => Some(memory::TsegRange {
+                start: layout.low_ram_end().saturating_sub(crate::q35::TSEG_BYTES),
+                len: crate::q35::TSEG_BYTES,
+            }),
+            _ => None,
+        };
+        let tseg_region = memory::register(&vm, &ram.mem, tseg)?;
+        let device_view = tseg.map(|t| memory::without(&ram.mem, t)).transpose()?;
+        let mem = device_view.as_ref().unwrap_or(&ram.mem);
         crate::log::phase("memory mapped");
         // Memory first, the in-kernel IRQCHIP after: KVM_SET_USER_MEMORY_REGION on a VM that has
         // an IRQCHIP already waited 7 ms in KVM, before it 0.2 ms (scripts/bench-tiny.sh); that
@@ -253,7 +263,11 @@ impl Machine {
             input_drained.try_clone().map_err(host_err("eventfd"))?,
             uart_out,
         );
-        let rtc = Cmos::new();
+        let mut rtc = Cmos::new();
+        rtc.set_memory_size(
+            layout.low_ram_end(),
+            layout.ram[1..].iter().map(|r| r.size).sum(),
+        );
         // The registration list: every device that describes itself in the ACPI tables or
         // fw_cfg (`devices::AcpiDevice`), in DSDT order. A new device is one entry here.
         let crb = spec.tpm.as_ref().map(|t| t.crb());
@@ -357,6 +371,7 @@ impl Machine {
             smbios: &smbios,
             sink,
             contributions,
+            tseg: tseg_region,
         };
         let platform = match &spec.boot {
             BootSpec::Direct(d) => crate::direct::build(&ctx, d, virtio, &mut io, &mut mmio)?,

@@ -198,25 +198,141 @@ pub fn create(layout: &MemoryLayout, backing: Backing) -> Result<GuestRam, Error
     })
 }
 
-/// Tell KVM about every region of `mem`.
-pub fn register(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), Error> {
+/// TSEG: the top of RAM below 4 GiB, which a machine with SMM keeps for SMM's code and data
+/// (see `devices::chipset::Tseg`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TsegRange {
+    /// First guest-physical address.
+    pub start: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// KVM's address space for vCPUs in SMM (the slot number's bits 16 and up).
+pub const SMM_ADDRESS_SPACE: u32 = 1 << 16;
+/// The slot of TSEG in the normal address space, present only while TSEG is open.
+const TSEG_SLOT: u32 = 10;
+
+/// Tell KVM about every region of `mem`. With `tseg` (a machine with SMM), every region is
+/// also in the SMM address space, and TSEG, in the normal one, is a slot of its own, whose
+/// region is returned for [`TsegSlot`] to take away and give back.
+pub fn register(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    tseg: Option<TsegRange>,
+) -> Result<Option<kvm_userspace_memory_region>, Error> {
+    let mut tseg_region = None;
     for (slot, region) in mem.iter().enumerate() {
         let host = mem
             .get_host_address(region.start_addr())
             .map_err(|_| Error::Memory(libc::EFAULT))?;
-        let region = kvm_userspace_memory_region {
+        let whole = kvm_userspace_memory_region {
             slot: slot as u32,
             flags: 0,
             guest_phys_addr: region.start_addr().0,
             memory_size: region.len(),
             userspace_addr: host as u64,
         };
-        // SAFETY: the region describes a live mapping owned by `GuestRam`, which the machine
-        // drops only after the VM, and slots do not overlap.
-        unsafe { vm.set_user_memory_region(region) }
-            .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION", e.errno()))?;
+        let mut regions = vec![whole];
+        if let Some(t) = tseg {
+            regions.push(kvm_userspace_memory_region {
+                slot: SMM_ADDRESS_SPACE | whole.slot,
+                ..whole
+            });
+            let end = whole.guest_phys_addr + whole.memory_size;
+            if t.start > whole.guest_phys_addr && t.start + t.len == end {
+                let below = t.start - whole.guest_phys_addr;
+                regions[0].memory_size = below;
+                let top = kvm_userspace_memory_region {
+                    slot: TSEG_SLOT,
+                    flags: 0,
+                    guest_phys_addr: t.start,
+                    memory_size: t.len,
+                    userspace_addr: whole.userspace_addr + below,
+                };
+                regions.push(top);
+                tseg_region = Some(top);
+            }
+        }
+        for r in regions {
+            // SAFETY: the region describes (part of) a live mapping owned by `GuestRam`, which
+            // the machine drops only after the VM, and slots of one address space do not
+            // overlap.
+            unsafe { vm.set_user_memory_region(r) }
+                .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION", e.errno()))?;
+        }
     }
-    Ok(())
+    if tseg.is_some() && tseg_region.is_none() {
+        return Err(Error::Memory(libc::EINVAL));
+    }
+    Ok(tseg_region)
+}
+
+/// TSEG's slot in the normal address space: there while TSEG is open, gone while it is closed,
+/// so that only vCPUs in SMM (whose address space always has it) reach it; an access from
+/// outside SMM then exits to the VMM, where nothing answers it (all ones, writes dropped), as
+/// QEMU's TSEG "blackhole" does. A separate slot, so that the rest of RAM never goes away, not
+/// even for an instant.
+pub struct TsegSlot {
+    /// The VM.
+    pub vm: std::sync::Arc<VmFd>,
+    /// The slot as [`register`] made it.
+    pub region: kvm_userspace_memory_region,
+}
+
+impl devices::chipset::TsegControl for TsegSlot {
+    fn set_closed(&mut self, closed: bool) {
+        let mut r = self.region;
+        if closed {
+            r.memory_size = 0;
+        }
+        // SAFETY: the region describes part of the live RAM mapping, as `register` made it;
+        // size 0 deletes the slot.
+        if let Err(e) = unsafe { self.vm.set_user_memory_region(r) } {
+            // Left as it was: closed stays closed; open stays open (the firmware's own
+            // check, reading the register, still sees what it wrote).
+            debug!("Failed to switch TSEG's memory slot: {e}");
+        }
+    }
+}
+
+/// A view of `mem` without `hole` at the end of one of its regions, for the devices: their DMA
+/// (and the fw_cfg device's) cannot reach TSEG, as in QEMU, where device DMA goes through the
+/// address space in which closed TSEG is a hole. Only while TSEG is open could the firmware
+/// want DMA there, and OVMF never does. The view's regions point into the same mappings and
+/// own nothing, like every region [`create`] makes.
+pub fn without(mem: &GuestMemoryMmap, hole: TsegRange) -> Result<GuestMemoryMmap, Error> {
+    let mut regions = Vec::with_capacity(mem.num_regions());
+    for region in mem.iter() {
+        let start = region.start_addr().0;
+        let end = start + region.len();
+        let len = if hole.start > start && hole.start + hole.len == end {
+            hole.start - start
+        } else {
+            region.len()
+        };
+        let size = usize::try_from(len).map_err(|_| Error::Memory(libc::EINVAL))?;
+        let mut builder = MmapRegionBuilder::new(size)
+            .with_mmap_prot(region.prot())
+            .with_mmap_flags(region.flags());
+        if let Some(f) = region.file_offset() {
+            let file = f
+                .file()
+                .try_clone()
+                .map_err(|e| Error::Memory(e.raw_os_error().unwrap_or(libc::EMFILE)))?;
+            builder = builder.with_file_offset(FileOffset::new(file, f.start()));
+        }
+        // SAFETY: the pointer is the start of a live region of `mem` at least `size` bytes
+        // long, owned by the same `GuestRam` as `mem`'s regions, which outlives every user
+        // of guest memory (the devices are dropped with the machine, before its RAM).
+        let view = unsafe { builder.with_raw_mmap_pointer(region.as_ptr()) }
+            .build()
+            .map_err(|_| Error::Memory(libc::EINVAL))?;
+        regions.push(
+            GuestRegionMmap::new(view, region.start_addr()).ok_or(Error::Memory(libc::EINVAL))?,
+        );
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|_| Error::Memory(libc::EINVAL))
 }
 
 #[cfg(test)]

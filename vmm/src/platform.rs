@@ -27,6 +27,8 @@ pub struct Context<'a> {
     /// What the registered devices contribute to the ACPI tables and fw_cfg (see
     /// `Machine::build`).
     pub contributions: Contributions,
+    /// With SMM: TSEG's slot in the normal address space, for the MCH to open and close.
+    pub tseg: Option<kvm_bindings::kvm_userspace_memory_region>,
 }
 
 /// A built platform.

@@ -18,12 +18,13 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use boot::x86_64::layout::{FLASH_REGION_START, HIGH_RAM_START, IOAPIC_START};
 use devices::Bus;
 use devices::chipset::{
-    self, ConfigAndReset, Ich9Pm, Ich9PowerButton, PM_BASE, PM_PORTS, Port92, Q35Hole,
+    self, Apm, ConfigAndReset, Ich9Pm, Ich9PowerButton, PM_BASE, PM_PORTS, Port92, Q35Hole,
 };
 use devices::flash::{Cfi01Flash, FlashBacking, RomMode};
 use devices::fw_cfg::{FW_CFG_PORT, FW_CFG_PORTS, FwCfg};
@@ -48,6 +49,14 @@ const SCI_IRQ: u8 = 9;
 const RESET_VALUE: u8 = 0x06;
 /// The I/O window OVMF assigns PCI I/O BARs from on Q35.
 const PCI_IO_WINDOW: (u16, u16) = (0x6000, 0xffff);
+/// TSEG's size with SMM: QEMU's default extended TSEG for `-M q35` (16 MiB).
+pub const TSEG_MBYTES: u16 = 16;
+/// The same in bytes.
+pub const TSEG_BYTES: u64 = (TSEG_MBYTES as u64) << 20;
+/// An MSI that delivers an SMI: delivery mode 010 in bits 10:8 of the data; the address
+/// names the APIC ID in bits 19:12.
+const MSI_ADDRESS_BASE: u32 = 0xfee0_0000;
+const MSI_DATA_SMI: u32 = 0x200;
 
 /// fw_cfg item keys (QEMU's numbering, which OVMF reads).
 mod key {
@@ -72,6 +81,9 @@ pub struct Firmware {
     pub vars: Arc<File>,
     /// A kernel booted through the firmware (`--linux` with `--firmware=uefi|PATH`).
     pub kernel: Option<Arc<FirmwareKernel>>,
+    /// The firmware needs SMM (its descriptor's `requires-smm`: every Secure Boot build of
+    /// OVMF): SMRAM in TSEG, SMIs from the APM port, a variable store only SMM can program.
+    pub smm: bool,
 }
 
 /// A kernel for the firmware to boot, read once at start (a guest reboot boots the same one).
@@ -120,6 +132,15 @@ impl Mapping {
             addr: p.cast(),
             len,
         })
+    }
+
+    /// The slot in the normal address space and, with SMM, the same in SMM's.
+    fn regions(&self, slot: u32, gpa: u64, smm: bool) -> Vec<kvm_userspace_memory_region> {
+        let mut v = vec![self.region(slot, gpa)];
+        if smm {
+            v.push(self.region(crate::memory::SMM_ADDRESS_SPACE | slot, gpa));
+        }
+        v
     }
 
     fn region(&self, slot: u32, gpa: u64) -> kvm_userspace_memory_region {
@@ -183,20 +204,24 @@ struct VarsSlot {
     vm: Arc<VmFd>,
     mapping: Arc<Mapping>,
     gpa: u64,
+    /// The slot is in SMM's address space too.
+    smm: bool,
 }
 
 impl RomMode for VarsSlot {
     fn set_read_array(&mut self, read_array: bool) {
-        let mut region = self.mapping.region(VARS_SLOT, self.gpa);
-        if !read_array {
-            region.memory_size = 0;
-        }
-        // SAFETY: the region describes our live mapping (kept alive by `self.mapping`, which
-        // the device and so this hook hold for as long as the VM); size 0 deletes the slot.
-        if let Err(e) = unsafe { self.vm.set_user_memory_region(region) } {
-            // The guest then reads the flash through the device (slot still there) or the
-            // device answers every read (slot gone): slower, never wrong.
-            debug!("Failed to switch the variable store's memory slot: {e}");
+        for mut region in self.mapping.regions(VARS_SLOT, self.gpa, self.smm) {
+            if !read_array {
+                region.memory_size = 0;
+            }
+            // SAFETY: the region describes our live mapping (kept alive by `self.mapping`,
+            // which the device and so this hook hold for as long as the VM); size 0 deletes
+            // the slot.
+            if let Err(e) = unsafe { self.vm.set_user_memory_region(region) } {
+                // The guest then reads the flash through the device (slot still there) or the
+                // device answers every read (slot gone): slower, never wrong.
+                debug!("Failed to switch the variable store's memory slot: {e}");
+            }
         }
     }
 }
@@ -260,21 +285,30 @@ pub fn build(
     let (code_gpa, vars_gpa) = flash_layout(code_len, vars_len)?;
     let code = Arc::new(Mapping::new(&boot.code, code_len as usize, false)?);
     let vars = Arc::new(Mapping::new(&boot.vars, vars_len as usize, true)?);
+    let smm = ctx.tseg.is_some();
     for (m, slot, gpa) in [(&code, CODE_SLOT, code_gpa), (&vars, VARS_SLOT, vars_gpa)] {
-        // SAFETY: the region describes a live mapping that `Platform::resources` keeps until
-        // after the VM is gone; the flash range lies above RAM and the hole's devices.
-        unsafe { ctx.vm.set_user_memory_region(m.region(slot, gpa)) }
-            .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION (flash)", e.errno()))?;
+        for region in m.regions(slot, gpa, smm) {
+            // SAFETY: the region describes a live mapping that `Platform::resources` keeps
+            // until after the VM is gone; the flash range lies above RAM and the hole's
+            // devices.
+            unsafe { ctx.vm.set_user_memory_region(region) }
+                .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION (flash)", e.errno()))?;
+        }
     }
-    let flash = Cfi01Flash::new(
+    let mut flash = Cfi01Flash::new(
         Box::new(VarsBacking(vars.clone())),
         Box::new(VarsSlot {
             vm: ctx.vm.clone(),
             mapping: vars.clone(),
             gpa: vars_gpa,
+            smm,
         }),
         FLASH_BLOCK,
     );
+    if smm {
+        // As QEMU's `-drive if=pflash` with `secure=on`, which vmspawn asks for with SMM.
+        flash = flash.secure();
+    }
     attach(
         mmio,
         "flash",
@@ -283,7 +317,14 @@ pub fn build(
         Arc::new(Mutex::new(flash)),
     )?;
 
-    let (mut bus, pciexbar) = chipset::q35_bus();
+    let tseg = ctx.tseg.map(|region| chipset::Tseg {
+        mbytes: TSEG_MBYTES,
+        control: Box::new(crate::memory::TsegSlot {
+            vm: ctx.vm.clone(),
+            region,
+        }),
+    });
+    let (mut bus, pciexbar, smi_lock) = chipset::q35_bus_with(tseg);
     let slots = crate::pci::add_virtio(&mut bus, ctx.vm, ctx.mem, virtio, true)?;
     let pci = Arc::new(bus);
     let sink = &ctx.sink;
@@ -299,8 +340,27 @@ pub fn build(
     let sci: devices::IrqLevel = Box::new(move |level| {
         let _ = vm.set_irq_line(u32::from(SCI_IRQ), level);
     });
-    let pm = Arc::new(Mutex::new(Ich9Pm::new(sink.clone(), Some(sci))));
+    let pm = Arc::new(Mutex::new(Ich9Pm::with_smi_lock(
+        sink.clone(),
+        Some(sci),
+        smi_lock,
+    )));
     attach(io, "ich9-pm", PM_BASE, PM_PORTS, pm.clone())?;
+    // SMIs: broadcast once the firmware negotiates it through fw_cfg (below).
+    let smi_broadcast = Arc::new(AtomicBool::new(false));
+    if smm {
+        attach(
+            io,
+            "apm",
+            chipset::APM_PORT,
+            chipset::APM_PORTS,
+            Arc::new(Mutex::new(Apm::new(
+                pm.clone(),
+                smi_broadcast.clone(),
+                smi_trigger(ctx.vm.clone(), ctx.vcpus),
+            ))),
+        )?;
+    }
     attach(
         io,
         "port92",
@@ -325,6 +385,13 @@ pub fn build(
     )?;
 
     let mut fw_cfg = FwCfg::new(ctx.mem.clone());
+    if smm {
+        // Broadcast only: QEMU also offers SMIs on CPU hotplug and unplug, which need its CPU
+        // hotplug controller; a machine without CPU hotplug offers neither.
+        fw_cfg
+            .add_smi_negotiation(devices::fw_cfg::SMI_F_BROADCAST, smi_broadcast)
+            .map_err(fw_cfg_err)?;
+    }
     let cpus = u16::from(ctx.vcpus).to_le_bytes().to_vec();
     fw_cfg.add_item(key::NB_CPUS, cpus.clone());
     fw_cfg.add_item(key::MAX_CPUS, cpus);
@@ -385,6 +452,33 @@ pub fn build(
         entry: None,
         resources: Box::new((code, vars)),
         power_button: Arc::new(Ich9PowerButton(pm)),
+    })
+}
+
+/// Raise SMIs with KVM_SIGNAL_MSI (delivery mode SMI): the in-kernel local APIC makes the
+/// target vCPU enter SMM before its next instruction, from any thread, without taking the vCPU
+/// out of KVM_RUN first (what KVM_SMI, a vCPU ioctl, would need). Without broadcast only the
+/// vCPU whose port write this is gets it, as on QEMU.
+fn smi_trigger(vm: Arc<VmFd>, vcpus: u8) -> chipset::SmiTrigger {
+    Box::new(move |broadcast| {
+        let targets = if broadcast {
+            0..u32::from(vcpus)
+        } else {
+            match crate::vcpu::current() {
+                Some(id) => id..id + 1,
+                None => return,
+            }
+        };
+        for id in targets {
+            let msi = kvm_bindings::kvm_msi {
+                address_lo: MSI_ADDRESS_BASE | (id << 12),
+                data: MSI_DATA_SMI,
+                ..Default::default()
+            };
+            if let Err(e) = vm.signal_msi(msi) {
+                debug!("Failed to raise an SMI on vCPU {id}: {e}");
+            }
+        }
     })
 }
 

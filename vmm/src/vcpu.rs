@@ -192,6 +192,7 @@ pub fn spawn(
         .name(format!("vcpu{id}"))
         .spawn(move || {
             crate::seccomp::enter(crate::seccomp::Kind::Vcpu);
+            CURRENT.with(|c| c.set(Some(id)));
             let _finish = finish;
             let mut vcpu = vcpu;
             // Dropped before `vcpu`: the handler never sees a pointer into an unmapped run.
@@ -259,8 +260,25 @@ fn unclaimed(space: &str, addr: u64, write: bool, len: usize) {
     }
 }
 
+/// The vCPU this thread runs (its APIC ID), for a device that must act on "the current CPU":
+/// an SMI the APM port raises without broadcast.
+pub fn current() -> Option<u32> {
+    CURRENT.with(std::cell::Cell::get)
+}
+
+thread_local! {
+    static CURRENT: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+}
+
 fn run_once(id: u32, vcpu: &mut VcpuFd, buses: &Buses) -> Option<MachineEvent> {
-    let io_port = match vcpu.run() {
+    let run: *const kvm_run = vcpu.get_kvm_run();
+    let exit = vcpu.run();
+    // SAFETY: `run` is this vCPU's kvm_run mapping, which lives as long as `vcpu`; KVM wrote it
+    // before KVM_RUN returned and leaves it alone until the next KVM_RUN. `flags` is plain data.
+    let flags = unsafe { std::ptr::addr_of!((*run).flags).read_volatile() };
+    // The devices' view of this exit's accesses (the variable store takes writes only from SMM).
+    devices::smm::set_access_from_smm(u32::from(flags) & kvm_bindings::KVM_RUN_X86_SMM != 0);
+    let io_port = match exit {
         Ok(VcpuExit::IoIn(port, _)) | Ok(VcpuExit::IoOut(port, _)) => Some(port),
         Ok(VcpuExit::MmioRead(addr, data)) => {
             if !buses.mmio.read(addr, data) {

@@ -347,3 +347,93 @@ fn file_name_rules() {
     fw.add_item(0x21, vec![1]);
     assert_eq!(fw.add_file("b", vec![]), Ok(0x22));
 }
+
+/// OVMF's `NegotiateSmiFeatures`: read the supported set, write the wanted subset by DMA, select
+/// `features-ok` and read one byte.
+fn negotiate(fw: &mut FwCfg, mem: &GuestMemoryMmap, want: u64) -> (u64, u8) {
+    let keys = |fw: &FwCfg, name: &str| {
+        fw.files
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, k)| *k)
+            .unwrap()
+    };
+    let (sup, req, ok) = (
+        keys(fw, "etc/smi/supported-features"),
+        keys(fw, "etc/smi/requested-features"),
+        keys(fw, "etc/smi/features-ok"),
+    );
+    select(fw, sup);
+    let supported = u64::from_le_bytes(pio_read(fw, 8).try_into().unwrap());
+    mem.write_slice(&(supported & want).to_le_bytes(), GuestAddress(0x2000))
+        .unwrap();
+    let status = dma(
+        fw,
+        mem,
+        DESC,
+        CTL_SELECT | CTL_WRITE | (u32::from(req) << 16),
+        8,
+        0x2000,
+    );
+    assert_eq!(status, 0);
+    select(fw, ok);
+    (supported, pio_read(fw, 1)[0])
+}
+
+#[test]
+fn smi_negotiation_accepts_a_subset_once_and_says_broadcast() {
+    let mem = memory();
+    let mut fw = FwCfg::new(mem.clone());
+    let broadcast = Arc::new(AtomicBool::new(false));
+    fw.add_smi_negotiation(SMI_F_BROADCAST, broadcast.clone())
+        .unwrap();
+    // OVMF asks for broadcast and CPU hotplug, masked by what is offered (broadcast only:
+    // this machine has no CPU hotplug).
+    let (supported, ok) = negotiate(&mut fw, &mem, !0);
+    assert_eq!(supported, SMI_F_BROADCAST);
+    assert_eq!(ok, 1, "the subset of what is supported");
+    assert!(broadcast.load(Ordering::Acquire));
+    // Locked: a later request (here: nothing) changes nothing.
+    let (_, ok) = negotiate(&mut fw, &mem, 0);
+    assert_eq!(ok, 1);
+    assert!(broadcast.load(Ordering::Acquire));
+}
+
+#[test]
+fn smi_negotiation_refuses_unsupported_features() {
+    let mem = memory();
+    let mut fw = FwCfg::new(mem.clone());
+    let broadcast = Arc::new(AtomicBool::new(false));
+    fw.add_smi_negotiation(SMI_F_BROADCAST, broadcast.clone())
+        .unwrap();
+    let req = fw
+        .files
+        .iter()
+        .find(|(n, _)| n == "etc/smi/requested-features")
+        .map(|(_, k)| *k)
+        .unwrap();
+    let ok = fw
+        .files
+        .iter()
+        .find(|(n, _)| n == "etc/smi/features-ok")
+        .map(|(_, k)| *k)
+        .unwrap();
+    mem.write_slice(&3u64.to_le_bytes(), GuestAddress(0x2000))
+        .unwrap();
+    let status = dma(
+        &mut fw,
+        &mem,
+        DESC,
+        CTL_SELECT | CTL_WRITE | (u32::from(req) << 16),
+        8,
+        0x2000,
+    );
+    assert_eq!(status, 0);
+    select(&mut fw, ok);
+    assert_eq!(pio_read(&mut fw, 1), [0]);
+    assert!(!broadcast.load(Ordering::Acquire));
+    // Then the broadcast-only request goes through.
+    let (_, ok) = negotiate(&mut fw, &mem, SMI_F_BROADCAST);
+    assert_eq!(ok, 1);
+    assert!(broadcast.load(Ordering::Acquire));
+}

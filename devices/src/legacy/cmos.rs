@@ -61,6 +61,26 @@ impl Cmos {
         Self::default()
     }
 
+    /// Record the machine's RAM in the CMOS bytes where a PC BIOS leaves it, as QEMU does:
+    /// base memory (0x15/0x16, 640 KiB), memory above 1 MiB in KiB (0x17/0x18 and 0x30/0x31,
+    /// at most 65535), memory from 16 MiB to `below_4g` in 64 KiB units (0x34/0x35, at most
+    /// 0xffff) and `above_4g` in 64 KiB units (0x5b-0x5d). OVMF's SMM access module reads the
+    /// top of low RAM from 0x34/0x35 (it places TSEG below it), whatever fw_cfg says.
+    pub fn set_memory_size(&mut self, below_4g: u64, above_4g: u64) {
+        const KIB: u64 = 1 << 10;
+        const MIB: u64 = 1 << 20;
+        let mut put =
+            |at: usize, bytes: &[u8]| self.ram[at..at + bytes.len()].copy_from_slice(bytes);
+        put(0x15, &640u16.to_le_bytes());
+        let ext = (below_4g.saturating_sub(MIB) / KIB).min(0xffff) as u16;
+        put(0x17, &ext.to_le_bytes());
+        put(0x30, &ext.to_le_bytes());
+        let mid = (below_4g.saturating_sub(16 * MIB) / (64 * KIB)).min(0xffff) as u16;
+        put(0x34, &mid.to_le_bytes());
+        let high = (above_4g / (64 * KIB)).min(0xff_ffff) as u32;
+        put(0x5b, &high.to_le_bytes()[..3]);
+    }
+
     fn with_clock(now: fn() -> u64) -> Self {
         Cmos {
             index: 0,
@@ -175,6 +195,39 @@ impl AcpiDevice for Cmos {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A register as the guest reads it through the ports.
+    fn guest_read(c: &mut Cmos, reg: u8) -> u8 {
+        c.write(0, &[reg]);
+        let mut b = [0u8];
+        c.read(1, &mut b);
+        b[0]
+    }
+
+    #[test]
+    fn memory_size_bytes_are_where_ovmf_and_a_bios_read_them() {
+        let mut c = Cmos::new();
+        // 1 GiB below 4 GiB, 1 GiB above.
+        c.set_memory_size(1 << 30, 1 << 30);
+        // OVMF's SmmAccessPei: ((0x35 << 8 | 0x34) << 16) + 16 MiB is the top of low RAM.
+        let mid = u64::from(guest_read(&mut c, 0x35)) << 8 | u64::from(guest_read(&mut c, 0x34));
+        assert_eq!((mid << 16) + (16 << 20), 1 << 30);
+        assert_eq!(
+            [0x15, 0x16].map(|r| guest_read(&mut c, r)),
+            640u16.to_le_bytes()
+        );
+        assert_eq!(
+            [0x30, 0x31].map(|r| guest_read(&mut c, r)),
+            0xffffu16.to_le_bytes()
+        );
+        assert_eq!(
+            [0x5b, 0x5c, 0x5d].map(|r| guest_read(&mut c, r)),
+            [0, 0x40, 0]
+        );
+        // Small machines do not wrap.
+        c.set_memory_size(8 << 20, 0);
+        assert_eq!([0x34, 0x35].map(|r| guest_read(&mut c, r)), [0, 0]);
+    }
 
     #[test]
     fn civil_dates() {

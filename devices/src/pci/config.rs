@@ -148,6 +148,11 @@ impl PciConfig {
         self.regs[offset..offset + 4].copy_from_slice(&v.to_le_bytes());
     }
 
+    /// An 8-bit register (panics only on an offset the device itself got wrong).
+    pub fn read_u8(&self, offset: usize) -> u8 {
+        self.regs[offset]
+    }
+
     /// Little-endian 16-bit register (panics only on an offset the device itself got wrong).
     pub fn read_u16(&self, offset: usize) -> u16 {
         u16::from_le_bytes([self.regs[offset], self.regs[offset + 1]])
