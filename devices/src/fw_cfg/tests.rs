@@ -348,20 +348,22 @@ fn file_name_rules() {
     assert_eq!(fw.add_file("b", vec![]), Ok(0x22));
 }
 
+/// The selector of file `name`.
+fn file_key(fw: &FwCfg, name: &str) -> u16 {
+    fw.files
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, k)| *k)
+        .unwrap()
+}
+
 /// OVMF's `NegotiateSmiFeatures`: read the supported set, write the wanted subset by DMA, select
 /// `features-ok` and read one byte.
 fn negotiate(fw: &mut FwCfg, mem: &GuestMemoryMmap, want: u64) -> (u64, u8) {
-    let keys = |fw: &FwCfg, name: &str| {
-        fw.files
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, k)| *k)
-            .unwrap()
-    };
     let (sup, req, ok) = (
-        keys(fw, "etc/smi/supported-features"),
-        keys(fw, "etc/smi/requested-features"),
-        keys(fw, "etc/smi/features-ok"),
+        file_key(fw, "etc/smi/supported-features"),
+        file_key(fw, "etc/smi/requested-features"),
+        file_key(fw, "etc/smi/features-ok"),
     );
     select(fw, sup);
     let supported = u64::from_le_bytes(pio_read(fw, 8).try_into().unwrap());
@@ -406,18 +408,8 @@ fn smi_negotiation_refuses_unsupported_features() {
     let broadcast = Arc::new(AtomicBool::new(false));
     fw.add_smi_negotiation(SMI_F_BROADCAST, broadcast.clone())
         .unwrap();
-    let req = fw
-        .files
-        .iter()
-        .find(|(n, _)| n == "etc/smi/requested-features")
-        .map(|(_, k)| *k)
-        .unwrap();
-    let ok = fw
-        .files
-        .iter()
-        .find(|(n, _)| n == "etc/smi/features-ok")
-        .map(|(_, k)| *k)
-        .unwrap();
+    let req = file_key(&fw, "etc/smi/requested-features");
+    let ok = file_key(&fw, "etc/smi/features-ok");
     mem.write_slice(&3u64.to_le_bytes(), GuestAddress(0x2000))
         .unwrap();
     let status = dma(
