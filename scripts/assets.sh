@@ -372,6 +372,15 @@ build_bench_net() {
 #                    loader/entries/test.conf  options FW_TEST_OPTIONS
 #                    loader/entries/nvram.conf options FW_NVRAM_OPTIONS
 #   esp-nvram.raw    the same with "default nvram.conf"
+#   sb/              Secure Boot test keys made here (openssl, efitools):
+#                    PK, KEK and db (RSA 2048, self-signed), their
+#                    authenticated variable updates PK.auth (signed by PK),
+#                    KEK.auth (by PK), db.auth (by KEK) for a guest in setup
+#                    mode to enroll, uki-signed.efi, uki.efi signed with the
+#                    db key (sbsign), and uki-enroll.efi, an unsigned UKI whose
+#                    .cmdline is FW_SB_ENROLL_CMDLINE (systemd 252's stub takes
+#                    no extra arguments from SMBIOS). Needs openssl, efitools,
+#                    sbsigntool.
 # The tests compare what the guest prints with these strings: change both.
 # rvmspawn.notify=42 (test.conf): the guest sends EXIT_STATUS=42 to the notify
 # socket in its SMBIOS credential (rvmspawn's; under QEMU it finds none and
@@ -379,6 +388,9 @@ build_bench_net() {
 FW_UKI_CMDLINE="console=ttyS0 rvmspawn.efi=1 rvmspawn.smbios=1 rvmspawn.entry=uki"
 FW_TEST_OPTIONS="console=ttyS0 rvmspawn.efi=1 rvmspawn.smbios=1 rvmspawn.notify=42 rvmspawn.entry=test"
 FW_NVRAM_OPTIONS="console=ttyS0 rvmspawn.efi=1 rvmspawn.efivar-persist=kept-across-boots rvmspawn.entry=nvram"
+# Enroll the keys from credentials; try to program a variable store byte from
+# outside SMM (tests/tests/firmware.rs, FLASH_POKE_ADDR).
+FW_SB_ENROLL_CMDLINE="$FW_UKI_CMDLINE rvmspawn.sb-enroll=1 rvmspawn.flash-poke=0xffc3f000"
 FW_ESP_PARTUUID=7a3e1c54-9b2d-4f60-8e15-3c9d0b6a2f71
 FW_ESP_DISKUUID=52564d53-5041-574e-8000-00000000d15c
 FW_STUB=/usr/lib/systemd/boot/efi/linuxx64.efi.stub
@@ -446,7 +458,8 @@ make_esp() { # OUT DEFAULT
 build_firmware() {
     local dir=$assets/firmware tool missing=() hash
     for tool in objcopy:binutils objdump:binutils mkfs.vfat:dosfstools mcopy:mtools \
-        mmd:mtools sfdisk:fdisk; do
+        mmd:mtools sfdisk:fdisk openssl:openssl cert-to-efi-sig-list:efitools \
+        sign-efi-sig-list:efitools sbsign:sbsigntool; do
         command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
     done
     [ -f "$FW_STUB" ] && [ -f "$FW_SDBOOT" ] || missing+=(systemd-boot-efi)
@@ -459,7 +472,7 @@ build_firmware() {
     # Rebuilt when the guest or the systemd-boot binaries change.
     hash=$( { echo "$guest_hash"; stat -L -c '%n %s %Y' "$FW_STUB" "$FW_SDBOOT"; } |
         sha256sum | cut -c1-16)
-    if stamp_ok firmware "$cloud_kver" "$hash" && [ -f "$dir/esp-nvram.raw" ]; then
+    if stamp_ok firmware "$cloud_kver" "$hash" && [ -f "$dir/sb/uki-enroll.efi" ]; then
         return
     fi
     log "building UEFI boot assets (UKI, ESP images)"
@@ -471,7 +484,32 @@ build_firmware() {
     rm -f "$dir/cmdline.tmp" "$dir/os-release.tmp"
     make_esp "$dir/esp.raw" test.conf
     make_esp "$dir/esp-nvram.raw" nvram.conf
+    make_sb_keys "$dir/sb" "$dir/uki.efi"
     stamp_set firmware "$cloud_kver" "$hash"
+}
+
+# Test keys for Secure Boot (never a real one: made here, cached, not committed).
+make_sb_keys() { # DIR UKI
+    local dir=$1 uki=$2 k owner=52564d53-5041-574e-8000-00000000005b
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    for k in PK KEK db; do
+        openssl req -quiet -new -x509 -newkey rsa:2048 -nodes -days 3650 -sha256 \
+            -subj "/CN=rvmspawn test $k/" -keyout "$dir/$k.key" -out "$dir/$k.crt" 2>/dev/null &&
+            cert-to-efi-sig-list -g "$owner" "$dir/$k.crt" "$dir/$k.esl" >/dev/null ||
+            die "could not make the Secure Boot test key $k"
+    done
+    sign-efi-sig-list -g "$owner" -k "$dir/PK.key" -c "$dir/PK.crt" PK "$dir/PK.esl" "$dir/PK.auth" >/dev/null &&
+        sign-efi-sig-list -g "$owner" -k "$dir/PK.key" -c "$dir/PK.crt" KEK "$dir/KEK.esl" "$dir/KEK.auth" >/dev/null &&
+        sign-efi-sig-list -g "$owner" -k "$dir/KEK.key" -c "$dir/KEK.crt" db "$dir/db.esl" "$dir/db.auth" >/dev/null ||
+        die "sign-efi-sig-list failed"
+    sbsign --key "$dir/db.key" --cert "$dir/db.crt" --output "$dir/uki-signed.efi" "$uki" 2>/dev/null ||
+        die "sbsign could not sign $uki"
+    printf '%s' "$FW_SB_ENROLL_CMDLINE" >"$dir/cmdline.tmp"
+    printf 'ID=rvmspawn-test\nNAME="rvmspawn test guest"\n' >"$dir/os-release.tmp"
+    make_uki "$FW_STUB" "$dir/uki-enroll.efi" .osrel="$dir/os-release.tmp" .cmdline="$dir/cmdline.tmp" \
+        .linux="$assets/guest/vmlinuz" .initrd="$assets/guest/initramfs.cpio.gz"
+    rm -f "$dir/cmdline.tmp" "$dir/os-release.tmp"
 }
 
 # --- test host ------------------------------------------------------------------

@@ -1,5 +1,7 @@
-//! Booting through UEFI firmware: Debian's stock OVMF (`OVMF_CODE_4M.fd` + `OVMF_VARS_4M.fd`,
-//! chosen from `/usr/share/qemu/firmware/60-edk2-x86_64.json`), checked from inside the guest.
+//! Booting through UEFI firmware: Debian's stock OVMF, checked from inside the guest. The test
+//! host's KVM has SMM, so every boot here uses vmspawn's default choice, the Secure Boot build
+//! (`OVMF_CODE_4M.secboot.fd` + `OVMF_VARS_4M.fd`, from `50-edk2-x86_64-secure.json`: SMM,
+//! a variable store only SMM can program), in setup mode unless a step enrolls keys.
 //!
 //! The guest's /init prints what the firmware and the boot loader left behind
 //! (`rvmspawn.efi=1`: `/sys/firmware/efi`, systemd's loader variables through efivarfs) and
@@ -40,6 +42,12 @@ const SD_BOOT_INITRD_ARG: &str = "initrd=\\initramfs.cpio.gz";
 const UKI_CMDLINE: &str = "console=ttyS0 rvmspawn.efi=1 rvmspawn.smbios=1 rvmspawn.entry=uki";
 /// The PARTUUID of the ESP in both images (FW_ESP_PARTUUID); systemd-boot reports it upper case.
 const ESP_PARTUUID: &str = "7A3E1C54-9B2D-4F60-8E15-3C9D0B6A2F71";
+/// The flash byte the guest tries to program from outside SMM (`rvmspawn.flash-poke=0xffc3f000`
+/// in `sb/uki-enroll.efi`'s command line, scripts/assets.sh FW_SB_ENROLL_CMDLINE): near the end
+/// of the 256 KiB variable store of `OVMF_VARS_4M.fd` (at 0xFFC00000), free space (0xFF) in the
+/// template. Its offset in the state file:
+const FLASH_POKE_OFFSET: u32 = 0x3_f000;
+
 /// What `esp-nvram.raw`'s entry writes (`rvmspawn.efivar-persist=kept-across-boots`).
 const NVRAM_VALUE: &str = "kept-across-boots";
 
@@ -97,6 +105,48 @@ rm -rf "$D""#
                 ),
             )
             .step(
+                // The default choice where KVM has SMM (the test host's does) is vmspawn's:
+                // the Secure Boot build; --secure-boot=no gets the plain one. No VM.
+                "describe",
+                r#"D=$(mktemp -d)
+code() { XDG_CONFIG_HOME="$D" "$RVMSPAWN" --firmware=describe "$@" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["mapping"]["executable"]["filename"])'; }
+echo "DEFAULT-CODE=$(code)"
+echo "NO-SB-CODE=$(code --secure-boot=no)"
+echo "ENROLLED-CODE=$(code --secure-boot=yes --firmware-features=enrolled-keys)"
+rm -rf "$D""#
+                    .to_owned(),
+            )
+            .step(
+                // Secure Boot with keys the guest enrolls. Run 1: the Secure Boot firmware
+                // starts in setup mode (no PK), so an unsigned UKI boots; the guest enrolls
+                // db, KEK and PK from credentials (authenticated variables, written through
+                // SMM into the state file) and, from outside SMM, tries to program a byte of
+                // the variable store's flash. Run 2 (a restart on the same store): the UKI
+                // signed with the enrolled db key boots with Secure Boot enforced. Run 3: the
+                // unsigned UKI is refused, and rvmspawn ends when the firmware gives up.
+                "secure-boot",
+                format!(
+                    r#"D=$(mktemp -d)
+SB='{fw}/sb'
+SBARGS="--firmware=uefi --secure-boot=yes --efi-nvram-state=$D/sb.vars"
+{T1} "$RVMSPAWN" -q --linux="$SB/uki-enroll.efi" $SBARGS --load-credential=sb.db:$SB/db.auth \
+    --load-credential=sb.KEK:$SB/KEK.auth --load-credential=sb.PK:$SB/PK.auth >"$D/run1" 2>&1
+echo "RUN1-RC=$?"
+echo "STATE-POKED-BYTE=$(od -An -tx1 -j {FLASH_POKE_OFFSET} -N1 "$D/sb.vars" | tr -d ' ')"
+{T1} "$RVMSPAWN" -q --linux="$SB/uki-signed.efi" $SBARGS >"$D/run2" 2>&1
+echo "RUN2-RC=$?"
+t0=$(date +%s)
+{T1} "$RVMSPAWN" -q --linux='{fw}/uki.efi' $SBARGS </dev/null >"$D/run3" 2>&1
+echo "RUN3-RC=$?"
+echo "RUN3-SECS=$(($(date +%s) - t0))"
+sed 's/^/RUN1: /' "$D/run1"
+sed 's/^/RUN2: /' "$D/run2"
+sed 's/^/RUN3: /' "$D/run3"
+rm -rf "$D""#
+                ),
+            )
+            .step(
                 // off: a private copy for the run only. A guest reboot keeps the variable
                 // (same run), a second run starts from the template again.
                 "nvram-off",
@@ -128,11 +178,19 @@ python3 -c 'import sys; print("STATE-HAS-VAR=%d" % (open(sys.argv[1], "rb").read
 fn preflight() {
     rvmspawn_tests::ensure_assets();
     let fw = firmware_assets();
-    for f in ["esp.raw", "esp-nvram.raw", "uki.efi"] {
+    for f in [
+        "esp.raw",
+        "esp-nvram.raw",
+        "uki.efi",
+        "sb/uki-signed.efi",
+        "sb/uki-enroll.efi",
+        "sb/PK.auth",
+    ] {
         assert!(
             fw.join(f).is_file(),
-            "{} is missing: scripts/assets.sh builds it when ovmf, dosfstools, mtools, fdisk \
-             and systemd-boot-efi are installed (scripts/install-deps.sh)",
+            "{} is missing: scripts/assets.sh builds it when ovmf, dosfstools, mtools, fdisk, \
+             systemd-boot-efi, openssl, efitools and sbsigntool are installed \
+             (scripts/install-deps.sh)",
             fw.join(f).display()
         );
     }
@@ -283,6 +341,104 @@ fn nvram_survives_reboot_and_restart() {
     // The store has the template's size (OVMF_VARS_4M.fd: 540672 bytes) and holds the variable.
     assert_eq!(r.value("STATE-SIZE"), Some("540672"), "{}", r.output);
     assert_eq!(r.value("STATE-HAS-VAR"), Some("1"), "{}", r.output);
+}
+
+#[test]
+fn with_smm_the_default_firmware_is_vmspawns_secure_boot_build() {
+    let r = results().step("describe");
+    assert_eq!(
+        r.value("DEFAULT-CODE"),
+        Some("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"),
+        "{}",
+        r.output
+    );
+    assert_eq!(
+        r.value("NO-SB-CODE"),
+        Some("/usr/share/OVMF/OVMF_CODE_4M.fd"),
+        "{}",
+        r.output
+    );
+    assert_eq!(
+        r.value("ENROLLED-CODE"),
+        Some("/usr/share/OVMF/OVMF_CODE_4M.ms.fd"),
+        "{}",
+        r.output
+    );
+}
+
+#[test]
+fn secure_boot_keys_enrolled_by_the_guest_persist_and_are_enforced() {
+    let r = results().step("secure-boot");
+    // Run 1, setup mode: the unsigned UKI runs and enrolls the keys.
+    let run1 = r.part("RUN1");
+    assert_eq!(r.value("RUN1-RC"), Some("0"), "{}", r.output);
+    assert_eq!(
+        run1.value("RVMSPAWN-EFI-SetupMode"),
+        Some("1"),
+        "{}",
+        r.output
+    );
+    assert_eq!(
+        run1.value("RVMSPAWN-EFI-SecureBoot"),
+        Some("0"),
+        "{}",
+        r.output
+    );
+    for v in ["db", "KEK", "PK"] {
+        assert_eq!(
+            run1.value(&format!("RVMSPAWN-SB-ENROLL-{v}")),
+            Some("ok"),
+            "{v}
+{}",
+            r.output
+        );
+    }
+    // Run 2, a new rvmspawn on the same store: the keys are there, Secure Boot is on, and the
+    // UKI signed with the db key runs.
+    let run2 = r.part("RUN2");
+    assert_eq!(r.value("RUN2-RC"), Some("0"), "{}", r.output);
+    assert_eq!(run2.count_lines("RVMSPAWN-GUEST-INIT"), 1, "{}", r.output);
+    assert_eq!(
+        run2.value("RVMSPAWN-EFI-SecureBoot"),
+        Some("1"),
+        "{}",
+        r.output
+    );
+    assert_eq!(
+        run2.value("RVMSPAWN-EFI-SetupMode"),
+        Some("0"),
+        "{}",
+        r.output
+    );
+    // Run 3: the unsigned UKI never runs; rvmspawn says why and exits ENOEXEC, long before
+    // the step's timeout.
+    let run3 = r.part("RUN3");
+    assert_eq!(run3.count_lines("RVMSPAWN-GUEST-INIT"), 0, "{}", r.output);
+    assert!(
+        run3.output
+            .contains("The firmware found nothing it could boot"),
+        "{}",
+        r.output
+    );
+    assert_eq!(r.value("RUN3-RC"), Some("8"), "{}", r.output);
+    let secs: u64 = r
+        .value("RUN3-SECS")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(999);
+    assert!(secs < 150, "{secs} s\n{}", r.output);
+}
+
+#[test]
+fn the_variable_store_takes_no_writes_from_outside_smm() {
+    let r = results().step("secure-boot");
+    // The guest's own read-back, and the state file after the run: still erased flash.
+    assert_eq!(
+        r.part("RUN1").value("RVMSPAWN-FLASH-POKE"),
+        Some("0xFF"),
+        "{}",
+        r.output
+    );
+    assert_eq!(r.value("STATE-POKED-BYTE"), Some("ff"), "{}", r.output);
 }
 
 #[test]

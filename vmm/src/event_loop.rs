@@ -348,6 +348,12 @@ impl Console {
                                 return Ok(Outcome::Reset);
                             }
                             Some(MachineEvent::Failed(why)) => return Err(Error::Guest(why)),
+                            Some(MachineEvent::NothingToBoot) => {
+                                return Err(Error::Firmware(
+                                    crate::firmware_watch::GAVE_UP.to_owned(),
+                                    libc::ENOEXEC,
+                                ));
+                            }
                             None => {}
                         }
                     }

@@ -11,6 +11,7 @@ mod config;
 mod console;
 mod direct;
 mod event_loop;
+mod firmware_watch;
 mod helper;
 mod journal;
 mod kvm;
@@ -704,6 +705,13 @@ fn run_vm(mut config: VmConfig) -> Result<RunOutcome, Error> {
         } else {
             memory::Backing::Private
         },
+        // Only where nobody can press the key the firmware then waits for: a console that
+        // takes no input, or standard input that is no terminal.
+        watch_boot_failure: firmware_boot
+            && !(matches!(
+                config.console.mode,
+                ConsoleMode::Interactive | ConsoleMode::Native
+            ) && std::io::IsTerminal::is_terminal(&std::io::stdin())),
     };
     // Declared after `console`, so dropped (and drained) before the terminal is restored.
     let output = console::ConsoleOutput::start(Box::new(std::io::stdout()))

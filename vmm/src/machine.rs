@@ -59,6 +59,9 @@ pub struct MachineSpec {
     pub tpm: Option<Arc<devices::tpm::Tpm>>,
     /// The guest's console device.
     pub console: ConsoleSpec,
+    /// End the run when the firmware says it found nothing to boot (a firmware boot where
+    /// nobody can press the key it then waits for).
+    pub watch_boot_failure: bool,
 }
 
 /// Which device is the guest's console. COM1 is there in every case (a guest may print to it
@@ -254,10 +257,16 @@ impl Machine {
         vm.register_irqfd(&serial_irq, COM1_IRQ)
             .map_err(kvm_err("KVM_IRQFD"))?;
         let input_drained = new_eventfd()?;
-        let uart_out: Box<dyn std::io::Write + Send> = match spec.console {
+        let mut uart_out: Box<dyn std::io::Write + Send> = match spec.console {
             ConsoleSpec::Headless => Box::new(std::io::sink()),
             ConsoleSpec::Virtio | ConsoleSpec::Serial => Box::new(console.clone()),
         };
+        if spec.watch_boot_failure {
+            uart_out = Box::new(crate::firmware_watch::BootFailureWatch::new(
+                uart_out,
+                events.clone(),
+            ));
+        }
         let serial = SerialConsole::new(
             serial_irq,
             input_drained.try_clone().map_err(host_err("eventfd"))?,

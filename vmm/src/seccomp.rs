@@ -298,6 +298,20 @@ fn runtime() -> Vec<Allow> {
     ]
 }
 
+/// What debug builds need besides [`runtime`]: std checks that a descriptor is open (`fcntl`
+/// `F_GETFD`) before it closes it (seen ending the TPM thread). Release builds, whose lists
+/// docs/seccomp.md shows, never make that call.
+fn debug_build_extra() -> Vec<Allow> {
+    if !cfg!(debug_assertions) {
+        return Vec::new();
+    }
+    vec![allow!(
+        SYS_fcntl,
+        Args::OneOf(1, &[libc::F_GETFD as u64]),
+        "debug builds: std's check before close"
+    )]
+}
+
 /// What one kind's threads do themselves (its list is this, the runtime's and the lists of the
 /// kinds it starts).
 #[allow(clippy::unnecessary_cast)]
@@ -619,7 +633,7 @@ fn rule_map(
     pid: u32,
 ) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
     let mut map: BTreeMap<i64, Option<Vec<SeccompRule>>> = BTreeMap::new();
-    for a in list(kind) {
+    for a in list(kind).into_iter().chain(debug_build_extra()) {
         let r = rules(a.args, pid)?;
         let entry = map.entry(a.nr).or_insert_with(|| Some(Vec::new()));
         if r.is_empty() {

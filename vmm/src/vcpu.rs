@@ -36,6 +36,8 @@ pub enum MachineEvent {
     Reset,
     /// A vCPU failed in a way the guest cannot recover from.
     Failed(String),
+    /// The firmware gave up: it found nothing it could boot (`firmware_watch`).
+    NothingToBoot,
 }
 
 /// Where vCPUs and devices report a [`MachineEvent`]; wakes the VMM's event loop.
