@@ -42,12 +42,19 @@
 # boot), against QEMU -M q35 with the same CODE on pflash and a fresh copy of
 # the VARS template. Every boot gets its own fresh copy of the image (and
 # QEMU's of VARS), made before the clock starts. No vsock for either.
+#
+# --secure-boot: the same image through the Secure Boot build (SMM) as
+# 50-edk2-x86_64-secure.json names it: rvmspawn -i with that descriptor
+# (rvmspawn-sb), rvmspawn with the plain one as above, and QEMU
+# -M q35,smm=on with cfi.pflash01 secure=on and the same secboot CODE
+# (qemu-q35-smm), as vmspawn runs it.
 set -euo pipefail
 
-directory=0 firmware=0 console=0
+directory=0 firmware=0 console=0 secure=0
 case ${1:-} in
     --directory) directory=1; shift ;;
     --firmware) firmware=1; shift ;;
+    --secure-boot) firmware=1 secure=1; shift ;;
     --console) console=1; shift ;;
 esac
 runs=${1:-5}
@@ -172,6 +179,21 @@ print(m["executable"]["filename"], m["nvram-template"]["filename"])' "$descripto
         -drive "if=pflash,format=raw,unit=1,file=$out/qemu-vars.fd"
         -drive "file=$out/qemu.raw,format=raw,if=virtio")
     labels=(rvmspawn qemu-q35)
+    if [ "$secure" = 1 ]; then
+        sb_descriptor=/usr/share/qemu/firmware/50-edk2-x86_64-secure.json
+        sb_code=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["mapping"]["executable"]["filename"])' "$sb_descriptor") ||
+            { echo "bench-boot: cannot read $sb_descriptor" >&2; exit 1; }
+        echo "bench-boot: Secure Boot OVMF $sb_code"
+        cmd_rvmspawn_sb=("$rvmspawn" -q --tpm=no --pass-ssh-key=no --qemu-mem=512M --qemu-smp=1
+            "--firmware=$sb_descriptor" --efi-nvram-state=off --qemu-vsock=no -i "$out/rvmspawn.raw")
+        # shellcheck disable=SC2054 # the commas belong to QEMU's values
+        cmd_q35_smm=(qemu-system-x86_64 -enable-kvm -cpu host -M q35,smm=on -m 512 -smp 1 -nodefaults
+            -nographic -no-reboot -serial stdio -global driver=cfi.pflash01,property=secure,value=on
+            -drive "if=pflash,format=raw,unit=0,readonly=on,file=$sb_code"
+            -drive "if=pflash,format=raw,unit=1,file=$out/qemu-vars.fd"
+            -drive "file=$out/qemu.raw,format=raw,if=virtio")
+        labels=(rvmspawn-sb rvmspawn qemu-q35-smm)
+    fi
 fi
 results=$out/results
 # Extracted kernels are cached per user; root's cache (/var/cache) is read-only in the test
@@ -203,9 +225,11 @@ boot() { # LABEL RESULTS-FILE
         qemu-microvm) cmd=("${cmd_microvm[@]}") ;;
         qemu-pc) cmd=("${cmd_pc[@]}") ;;
         qemu-q35) cmd=("${cmd_q35[@]}") ;;
+        rvmspawn-sb) cmd=("${cmd_rvmspawn_sb[@]}") ;;
+        qemu-q35-smm) cmd=("${cmd_q35_smm[@]}") ;;
     esac
     if [ "$firmware" = 1 ]; then # fresh copies, before the clock starts
-        if [ "$1" = rvmspawn ]; then
+        if [ "$1" = rvmspawn ] || [ "$1" = rvmspawn-sb ]; then
             cp --sparse=always "$esp" "$out/rvmspawn.raw"
         else
             cp --sparse=always "$esp" "$out/qemu.raw"
