@@ -61,8 +61,7 @@ fuzz_target!(|data: &[u8]| {
         .unwrap();
     let files: Vec<u16> = (0x20..0x23).collect();
     let backing = VecBacking::new(vec![0x5a; FLASH]);
-    let mut flash =
-        Cfi01Flash::new(Box::new(backing.clone()), Box::new(NoRomMode), 4096).secure();
+    let mut flash = Cfi01Flash::new(Box::new(backing.clone()), Box::new(NoRomMode), 4096).secure();
     let mut smm_wrote_flash = false;
 
     // Each operation: kind, flags (width code, SMM), 2 offset bytes, 8 bytes of payload.
@@ -148,6 +147,9 @@ fuzz_target!(|data: &[u8]| {
     if !smm_wrote_flash {
         let mut now = vec![0u8; FLASH];
         backing.read(0, &mut now);
-        assert!(now.iter().all(|&b| b == 0x5a), "the flash changed without SMM");
+        assert!(
+            now.iter().all(|&b| b == 0x5a),
+            "the flash changed without SMM"
+        );
     }
 });
