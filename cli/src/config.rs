@@ -139,7 +139,8 @@ impl Host {
             )?,
             term: std::env::var("TERM").ok().filter(|t| vmm::term_valid(t)),
             stop_timeout: stop_timeout(std::env::var_os(STOP_TIMEOUT_ENV).as_deref())?,
-            // Until `main` knows which KVM the run uses (`vmm::smm_support`).
+            // Set by `main` (`vmm::smm_support`) once it knows which KVM the run uses, when the
+            // run selects a firmware (`Settings::selects_firmware`).
             smm: firmware::SmmSupport::Available,
         })
     }
@@ -721,6 +722,12 @@ impl Settings {
             (true, true) => BootMode::Firmware { kernel: true },
             (false, _) => BootMode::Firmware { kernel: false },
         }
+    }
+
+    /// Whether this run selects a firmware descriptor (a firmware boot, or
+    /// `--firmware=describe`), which is when the host's SMM support matters.
+    pub fn selects_firmware(&self) -> bool {
+        matches!(self.boot_mode(), BootMode::Firmware { .. }) || self.firmware == Firmware::Describe
     }
 
     /// What `--firmware=list`, `--firmware-features=list` or `--firmware=describe` print on

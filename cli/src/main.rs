@@ -107,15 +107,18 @@ fn prepare(
     passed: Result<ListenFds, Failure>,
 ) -> Result<Option<(vmm::VmConfig, Background)>, Failure> {
     let mut host = Host::detect()?;
-    // Firmware selection depends on it: the run's KVM is the passed one, if any.
-    host.smm = vmm::smm_support(
-        passed
-            .as_ref()
-            .ok()
-            .and_then(|p| p.kvm.as_ref())
-            .map(std::os::fd::AsFd::as_fd),
-    );
     let settings = Settings::from_args(args, &host)?;
+    // Firmware selection depends on it (the run's KVM is the passed one, if any); a direct boot
+    // does not open /dev/kvm for it.
+    if settings.selects_firmware() {
+        host.smm = vmm::smm_support(
+            passed
+                .as_ref()
+                .ok()
+                .and_then(|p| p.kvm.as_ref())
+                .map(std::os::fd::AsFd::as_fd),
+        );
+    }
     if let Some(text) = settings.informational(&host)? {
         print!("{text}");
         return Ok(None);

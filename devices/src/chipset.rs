@@ -539,12 +539,13 @@ impl BusDevice for Apm {
                 control |= at == 0;
             }
         }
-        let enabled = self
-            .pm
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .apm_raises_smi();
-        if control && enabled {
+        if control
+            && self
+                .pm
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .apm_raises_smi()
+        {
             (self.smi)(self.broadcast.load(Ordering::Acquire));
         }
     }

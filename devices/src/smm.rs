@@ -2,7 +2,8 @@
 //! vCPU in SMM.
 //!
 //! KVM marks every exit of a vCPU in SMM (`KVM_RUN_X86_SMM` in `kvm_run.flags`). The vCPU
-//! thread records that here before it dispatches the exit's access to a bus, so that a device
+//! thread records that here before it dispatches an MMIO exit's access to the bus (no port
+//! device asks, so port exits leave it as it was), so that a device
 //! can treat SMM accesses apart (QEMU passes the same as the access's `secure` attribute): the
 //! variable store's flash takes writes only from SMM. A thread-local rather than an argument to
 //! every `BusDevice` call, because one device in the whole machine asks.

@@ -275,20 +275,26 @@ thread_local! {
 fn run_once(id: u32, vcpu: &mut VcpuFd, buses: &Buses) -> Option<MachineEvent> {
     let run: *const kvm_run = vcpu.get_kvm_run();
     let exit = vcpu.run();
-    // SAFETY: `run` is this vCPU's kvm_run mapping, which lives as long as `vcpu`; KVM wrote it
-    // before KVM_RUN returned and leaves it alone until the next KVM_RUN. `flags` is plain data.
-    let flags = unsafe { std::ptr::addr_of!((*run).flags).read_volatile() };
-    // The devices' view of this exit's accesses (the variable store takes writes only from SMM).
-    devices::smm::set_access_from_smm(u32::from(flags) & kvm_bindings::KVM_RUN_X86_SMM != 0);
+    // Whether an MMIO access comes from SMM, for the devices (the variable store takes writes
+    // only from SMM; no port device asks, so port exits skip this).
+    let record_smm = || {
+        // SAFETY: `run` is this vCPU's kvm_run mapping, which lives as long as `vcpu`; KVM
+        // wrote it before KVM_RUN returned and leaves it alone until the next KVM_RUN.
+        // `flags` is plain data, read by value.
+        let flags = unsafe { std::ptr::addr_of!((*run).flags).read_volatile() };
+        devices::smm::set_access_from_smm(u32::from(flags) & kvm_bindings::KVM_RUN_X86_SMM != 0);
+    };
     let io_port = match exit {
         Ok(VcpuExit::IoIn(port, _)) | Ok(VcpuExit::IoOut(port, _)) => Some(port),
         Ok(VcpuExit::MmioRead(addr, data)) => {
+            record_smm();
             if !buses.mmio.read(addr, data) {
                 unclaimed("MMIO", addr, false, data.len());
             }
             None
         }
         Ok(VcpuExit::MmioWrite(addr, data)) => {
+            record_smm();
             if !buses.mmio.write(addr, data) {
                 unclaimed("MMIO", addr, true, data.len());
             }

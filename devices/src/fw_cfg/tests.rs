@@ -357,29 +357,22 @@ fn file_key(fw: &FwCfg, name: &str) -> u16 {
         .unwrap()
 }
 
-/// OVMF's `NegotiateSmiFeatures`: read the supported set, write the wanted subset by DMA, select
-/// `features-ok` and read one byte.
-fn negotiate(fw: &mut FwCfg, mem: &GuestMemoryMmap, want: u64) -> (u64, u8) {
-    let (sup, req, ok) = (
-        file_key(fw, "etc/smi/supported-features"),
-        file_key(fw, "etc/smi/requested-features"),
-        file_key(fw, "etc/smi/features-ok"),
-    );
-    select(fw, sup);
-    let supported = u64::from_le_bytes(pio_read(fw, 8).try_into().unwrap());
-    mem.write_slice(&(supported & want).to_le_bytes(), GuestAddress(0x2000))
+/// Write `features` to `requested-features` by DMA, select `features-ok` and read its byte.
+fn request(fw: &mut FwCfg, mem: &GuestMemoryMmap, features: u64) -> u8 {
+    let req = file_key(fw, "etc/smi/requested-features");
+    mem.write_slice(&features.to_le_bytes(), GuestAddress(0x2000))
         .unwrap();
-    let status = dma(
-        fw,
-        mem,
-        DESC,
-        CTL_SELECT | CTL_WRITE | (u32::from(req) << 16),
-        8,
-        0x2000,
-    );
-    assert_eq!(status, 0);
-    select(fw, ok);
-    (supported, pio_read(fw, 1)[0])
+    let control = CTL_SELECT | CTL_WRITE | (u32::from(req) << 16);
+    assert_eq!(dma(fw, mem, DESC, control, 8, 0x2000), 0);
+    select(fw, file_key(fw, "etc/smi/features-ok"));
+    pio_read(fw, 1)[0]
+}
+
+/// OVMF's `NegotiateSmiFeatures`: read the supported set, request the wanted subset of it.
+fn negotiate(fw: &mut FwCfg, mem: &GuestMemoryMmap, want: u64) -> (u64, u8) {
+    select(fw, file_key(fw, "etc/smi/supported-features"));
+    let supported = u64::from_le_bytes(pio_read(fw, 8).try_into().unwrap());
+    (supported, request(fw, mem, supported & want))
 }
 
 #[test]
@@ -408,21 +401,8 @@ fn smi_negotiation_refuses_unsupported_features() {
     let broadcast = Arc::new(AtomicBool::new(false));
     fw.add_smi_negotiation(SMI_F_BROADCAST, broadcast.clone())
         .unwrap();
-    let req = file_key(&fw, "etc/smi/requested-features");
-    let ok = file_key(&fw, "etc/smi/features-ok");
-    mem.write_slice(&3u64.to_le_bytes(), GuestAddress(0x2000))
-        .unwrap();
-    let status = dma(
-        &mut fw,
-        &mem,
-        DESC,
-        CTL_SELECT | CTL_WRITE | (u32::from(req) << 16),
-        8,
-        0x2000,
-    );
-    assert_eq!(status, 0);
-    select(&mut fw, ok);
-    assert_eq!(pio_read(&mut fw, 1), [0]);
+    // Broadcast and CPU hotplug (bit 1), which is not offered: refused, nothing locked in.
+    assert_eq!(request(&mut fw, &mem, 3), 0);
     assert!(!broadcast.load(Ordering::Acquire));
     // Then the broadcast-only request goes through.
     let (_, ok) = negotiate(&mut fw, &mem, SMI_F_BROADCAST);
