@@ -7,6 +7,11 @@
 #                            + /bin/rvmspawn-guest
 #   guest/rvmspawn-guest     the static test program from guest-tools/ (notify,
 #                            vsock CID and streams); runs on the host side too
+#   gui/vmlinuz              Debian generic kernel (bzImage): the cloud kernel has
+#                            no DRM; for the graphical console's tests
+#   gui/initramfs.cpio.gz    the guest initramfs, its modules from the generic
+#                            kernel, plus virtio-gpu (DRM, fbdev emulation:
+#                            /dev/fb0, fbcon) and virtio_input (evdev nodes)
 #   testhost/vmlinuz         Debian generic kernel for the nested test host
 #   testhost/vmlinux         the ELF inside it, which testhost.sh boots (PVH)
 #   testhost/initramfs.cpio.gz  busybox + kvm-amd, vhost, 9p... + /init
@@ -73,6 +78,10 @@ GUEST_MODULES=(virtio_pci virtio_console virtio_blk virtio_rng vmw_vsock_virtio_
 # asks for EFI variables (rvmspawn.efi=1 and the efivar switches): efivarfs
 # (=m in the cloud kernel) refuses to load without EFI runtime services.
 GUEST_EFI_MODULES=(efivarfs)
+# Added to GUEST_MODULES in the gui guest (generic kernel): the virtio GPU (module file
+# virtio-gpu.ko; drm, drm_kms_helper, drm_shmem_helper and virtio_dma_buf come as
+# dependencies) and the virtio keyboard and tablet.
+GUI_MODULES=(virtio_gpu virtio_input)
 
 mkdir -p "$assets"
 # Serialise concurrent callers (two testhost.sh runs at once) on a lock.
@@ -257,39 +266,64 @@ build_guest_tools() {
 }
 
 # --- guest --------------------------------------------------------------------
-build_guest() {
-    local dir=$assets/guest work=$assets/work/guest
-    if stamp_ok guest "$cloud_kver" "$guest_hash" && [ -f "$dir/initramfs.cpio.gz" ]; then
+# Build NAME/ unless its stamp holds KVER and HASH: vmlinuz (KVER's bzImage), with PVH=1
+# vmlinux too (the ELF inside it, PVH note checked), initramfs.cpio.gz (the tree that
+# TREE-FUNCTION WORKDIR [ARG...] makes) and kernel-version.
+build_boot_assets() { # NAME KVER HASH PVH TREE-FUNCTION [ARG...]
+    local name=$1 kver=$2 hash=$3 pvh=$4 dir=$assets/$1 work=$assets/work/$1 out
+    shift 4
+    if stamp_ok "$name" "$kver" "$hash" && [ -f "$dir/initramfs.cpio.gz" ]; then
         return
     fi
-    unpack_kernel "$cloud_kver"
-    log "building guest assets for $cloud_kver"
+    unpack_kernel "$kver"
+    log "building $name assets for $kver"
     mkdir -p "$dir"
-    install_file "$assets/extract/$cloud_kver/boot/vmlinuz-$cloud_kver" "$dir/vmlinuz"
-    local out
-    out=$(python3 "$scripts/extract-vmlinux.py" "$dir/vmlinuz" "$dir/vmlinux")
-    log "$out"
-    # Cross-check the PVH note with binutils where it is installed.
-    if command -v readelf >/dev/null; then
-        readelf -n "$dir/vmlinux" | grep -Eq '^ *Xen[[:space:]].*(0x00000012|PHYS32_ENTRY)' ||
-            die "readelf finds no XEN_ELFNOTE_PHYS32_ENTRY note in guest/vmlinux"
+    install_file "$assets/extract/$kver/boot/vmlinuz-$kver" "$dir/vmlinuz"
+    if [ "$pvh" = 1 ]; then
+        out=$(python3 "$scripts/extract-vmlinux.py" "$dir/vmlinuz" "$dir/vmlinux")
+        log "$out"
+        # Cross-check the PVH note with binutils where it is installed.
+        if command -v readelf >/dev/null; then
+            readelf -n "$dir/vmlinux" | grep -Eq '^ *Xen[[:space:]].*(0x00000012|PHYS32_ENTRY)' ||
+                die "readelf finds no XEN_ELFNOTE_PHYS32_ENTRY note in $name/vmlinux"
+        fi
     fi
-    guest_tree "$work"
+    "$1" "$work" "${@:2}"
     pack_initramfs "$work" "$dir/initramfs.cpio.gz"
     rm -rf "$work"
-    echo "$cloud_kver" >"$dir/kernel-version"
-    stamp_set guest "$cloud_kver" "$guest_hash"
+    echo "$kver" >"$dir/kernel-version"
+    stamp_set "$name" "$kver" "$hash"
 }
 
-# The guest initramfs tree: busybox, /init, rvmspawn-guest, GUEST_MODULES.
-guest_tree() { # DIR
-    init_tree "$1"
-    install -m 755 "$scripts/initramfs/guest-init" "$1/init"
-    install -m 755 "$assets/guest/rvmspawn-guest" "$1/bin/rvmspawn-guest"
-    if [ "${#GUEST_MODULES[@]}" -gt 0 ]; then
-        add_modules "$1" "$cloud_kver" "${GUEST_MODULES[@]}"
-    fi
-    MODULES_LIST=etc/modules.efi add_modules "$1" "$cloud_kver" "${GUEST_EFI_MODULES[@]}"
+build_guest() {
+    build_boot_assets guest "$cloud_kver" "$guest_hash" 1 guest_tree "$cloud_kver"
+}
+
+# The guest initramfs tree: busybox, /init, rvmspawn-guest, GUEST_MODULES and then
+# MODULE... from kernel KVER.
+guest_tree() { # DIR KVER [MODULE...]
+    local dir=$1 kver=$2
+    shift 2
+    init_tree "$dir"
+    install -m 755 "$scripts/initramfs/guest-init" "$dir/init"
+    install -m 755 "$assets/guest/rvmspawn-guest" "$dir/bin/rvmspawn-guest"
+    add_modules "$dir" "$kver" "${GUEST_MODULES[@]}" "$@"
+    MODULES_LIST=etc/modules.efi add_modules "$dir" "$kver" "${GUEST_EFI_MODULES[@]}"
+}
+
+# --- graphical guest (the graphical console's tests) ------------------------------
+# The guest initramfs on Debian's generic kernel, whose virtio-gpu driver (=m, with
+# DRM_FBDEV_EMULATION and FRAMEBUFFER_CONSOLE built in) gives the guest /dev/fb0 and
+# whose virtio_input gives it the keyboard and tablet; the cloud kernel has neither.
+# No vmlinux: the bzImage is what it boots.
+build_gui() {
+    build_boot_assets gui "$generic_kver" "$guest_hash" 0 gui_tree
+}
+
+gui_tree() { # DIR
+    guest_tree "$1" "$generic_kver" "${GUI_MODULES[@]}"
+    grep -q '/virtio-gpu\.ko$' "$1/etc/modules.list" ||
+        die "virtio-gpu missing from the gui initramfs"
 }
 
 # --- benchmark guests (--bench-blk, --bench-net) -----------------------------------
@@ -318,7 +352,7 @@ build_bench_initramfs() { # NAME PROGRAM DEST
     log "building the $name initramfs ($prog)"
     unpack_kernel "$cloud_kver"
     mkdir -p "$dir"
-    guest_tree "$work"
+    guest_tree "$work" "$cloud_kver"
     install -D -m 755 "$prog" "$work$dest"
     for lib in $libs; do
         # -L: the file a symlink names, stored under the name the loader asks for.
@@ -513,32 +547,22 @@ make_sb_keys() { # DIR UKI
 }
 
 # --- test host ------------------------------------------------------------------
+# testhost.sh boots the ELF through its PVH entry: under TCG that saves the ~2.5 s
+# the bzImage spends decompressing itself.
 build_testhost() {
-    local dir=$assets/testhost work=$assets/work/testhost
-    if stamp_ok testhost "$generic_kver" && [ -f "$dir/initramfs.cpio.gz" ]; then
-        return
-    fi
-    unpack_kernel "$generic_kver"
-    log "building test-host assets for $generic_kver"
-    mkdir -p "$dir"
-    install_file "$assets/extract/$generic_kver/boot/vmlinuz-$generic_kver" "$dir/vmlinuz"
-    # testhost.sh boots the ELF through its PVH entry: under TCG that saves
-    # the ~2.5 s the bzImage spends decompressing itself.
-    local out
-    out=$(python3 "$scripts/extract-vmlinux.py" "$dir/vmlinuz" "$dir/vmlinux")
-    log "$out"
-    init_tree "$work"
-    install -m 755 "$scripts/initramfs/testhost-init" "$work/init"
-    add_modules "$work" "$generic_kver" "${TESTHOST_MODULES[@]}"
-    grep -q kvm-amd "$work/etc/modules.list" || die "kvm-amd missing from the test-host initramfs"
-    pack_initramfs "$work" "$dir/initramfs.cpio.gz"
-    rm -rf "$work"
-    echo "$generic_kver" >"$dir/kernel-version"
-    stamp_set testhost "$generic_kver"
+    build_boot_assets testhost "$generic_kver" "$inputs_hash" 1 testhost_tree
+}
+
+testhost_tree() { # DIR
+    init_tree "$1"
+    install -m 755 "$scripts/initramfs/testhost-init" "$1/init"
+    add_modules "$1" "$generic_kver" "${TESTHOST_MODULES[@]}"
+    grep -q kvm-amd "$1/etc/modules.list" || die "kvm-amd missing from the test-host initramfs"
 }
 
 build_guest_tools
 build_guest
+build_gui
 build_firmware
 build_testhost
 # The real systemd guest (a Debian trixie tree and disk image; its own stamp).
@@ -557,4 +581,4 @@ for d in "$assets"/extract/*; do
             rm -rf "$d" "$assets/debs/linux-image-${d##*/}_"*.deb "$assets/stamps/extract-${d##*/}" ;;
     esac
 done
-log "ready: guest $cloud_kver, test host $generic_kver in $assets"
+log "ready: guest $cloud_kver, gui guest and test host $generic_kver in $assets"

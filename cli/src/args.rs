@@ -338,6 +338,15 @@ impl Args {
                 ("set_credential", CredentialArg::Set),
             ],
         );
+        // --qemu-gui is --console=gui (vmspawn v256): the later of the two wins.
+        if let Some(gui_at) = matches.index_of("qemu_gui").filter(|_| args.qemu_gui) {
+            let console_at = matches
+                .indices_of("console")
+                .and_then(|mut i| i.next_back());
+            if console_at.is_none_or(|c| c < gui_at) {
+                args.console.push("gui".into());
+            }
+        }
         args.firmware_options = in_order(
             &matches,
             &[

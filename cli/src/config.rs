@@ -219,9 +219,8 @@ pub struct Settings {
     pub tpm_state: vmm::TpmState,
     pub linux: Option<PathBuf>,
     pub initrds: Vec<PathBuf>,
-    pub gui: bool,
     /// `--console=`.
-    pub console: parse::ConsoleChoice,
+    pub console: vmm::ConsoleMode,
     /// `--console-transport=`.
     pub console_transport: vmm::ConsoleTransport,
     /// `-n`/`--network-tap` or `--network-user-mode`, whichever came last.
@@ -558,9 +557,8 @@ impl Settings {
             tpm_state,
             linux,
             initrds,
-            gui: args.qemu_gui,
             console: last_value("console", &args.console, |v| parse::parse_console_mode(v))?
-                .unwrap_or(parse::ConsoleChoice::Mode(vmm::ConsoleMode::Interactive)),
+                .unwrap_or_default(),
             console_transport: last_value("console-transport", &args.console_transport, |v| {
                 parse::parse_console_transport(v)
             })?
@@ -634,9 +632,6 @@ impl Settings {
         if self.private_users.is_some() && self.directory.is_none() {
             return einval("--private-users= requires --directory=.");
         }
-        if self.gui {
-            return Err(Failure::unsupported("--qemu-gui"));
-        }
         if self.ephemeral && !self.extra_drives.is_empty() {
             return einval("Cannot use --ephemeral with --extra-drive=.");
         }
@@ -653,12 +648,6 @@ impl Settings {
             return Err(Failure::new(
                 libc::EOPNOTSUPP,
                 format!("{first} is not supported: {}", refusal_reason(first)),
-            ));
-        }
-        if self.console == parse::ConsoleChoice::Gui {
-            return Err(Failure::new(
-                libc::EOPNOTSUPP,
-                "--console=gui is not supported: rvmspawn has no graphical display.",
             ));
         }
         Ok(())
@@ -1134,12 +1123,9 @@ impl Settings {
         }
     }
 
-    /// `--console=` (gui is refused by [`Settings::check`]).
+    /// `--console=`, or `--qemu-gui` after the last `--console=`.
     pub fn console_mode(&self) -> vmm::ConsoleMode {
-        match self.console {
-            parse::ConsoleChoice::Mode(m) => m,
-            parse::ConsoleChoice::Gui => vmm::ConsoleMode::Interactive,
-        }
+        self.console
     }
 
     /// `--tpm-state=` with `auto` resolved: `<image-or-dir>.tpmstate` beside the `-i` image or
@@ -2350,16 +2336,25 @@ mod tests {
     }
 
     #[test]
-    fn unimplemented_options_are_refused() {
-        let cases: [(&[&str], &str); 1] = [(&["--qemu-gui"], "--qemu-gui")];
-        for (argv, option) in cases {
+    fn qemu_gui_is_console_gui_and_the_later_option_wins() {
+        let mode = |argv: &[&str]| {
             let mut argv = argv.to_vec();
             argv.push("--linux=/k");
-            let f = failure(&argv);
-            assert_eq!(f.errno, EOPNOTSUPP, "{argv:?}");
-            assert!(f.message.starts_with(option), "{argv:?}: {}", f.message);
-            assert!(f.message.contains("not supported yet"), "{}", f.message);
-        }
+            vm_config(&argv).console.mode
+        };
+        assert_eq!(mode(&["--qemu-gui"]), vmm::ConsoleMode::Gui);
+        assert_eq!(mode(&["--console=gui"]), vmm::ConsoleMode::Gui);
+        assert_eq!(
+            mode(&["--console=read-only", "--qemu-gui"]),
+            vmm::ConsoleMode::Gui
+        );
+        assert_eq!(
+            mode(&["--qemu-gui", "--console=read-only"]),
+            vmm::ConsoleMode::ReadOnly
+        );
+        // gui has no console= argument (and so no TERM= either).
+        let c = vm_config(&["--linux=/k", "--console=gui"]).console;
+        assert_eq!(c.tty(), None);
     }
 
     #[test]
@@ -2382,14 +2377,6 @@ mod tests {
         }
         let c = vm_config(&["--linux=/k", "--console-transport=serial"]).console;
         assert_eq!(c.transport, vmm::ConsoleTransport::Serial);
-        // gui parses, as in vmspawn, and is refused with the reason.
-        let f = failure(&["--linux=/k", "--console=gui"]);
-        assert_eq!(f.errno, EOPNOTSUPP);
-        assert!(
-            f.message.contains("--console=gui") && f.message.contains("display"),
-            "{}",
-            f.message
-        );
     }
 
     #[test]

@@ -31,12 +31,6 @@ impl Failure {
         )
     }
 
-    /// Something vmspawn can do that rvmspawn cannot do yet. Refusing beats ignoring: a
-    /// VM without the TPM or mount the user asked for would misbehave in confusing ways.
-    pub fn unsupported(what: &str) -> Failure {
-        Failure::new(libc::EOPNOTSUPP, format!("{what} is not supported yet."))
-    }
-
     /// A failed system call, described like systemd's `%m`.
     pub fn io(context: impl fmt::Display, err: &io::Error) -> Failure {
         let errno = err.raw_os_error().unwrap_or(libc::EIO);
@@ -89,9 +83,6 @@ mod tests {
             f.to_string(),
             "Failed to parse --qemu-mem= value 'banana': not a size"
         );
-        let f = Failure::unsupported("--bind=");
-        assert_eq!(f.errno, libc::EOPNOTSUPP);
-        assert_eq!(f.to_string(), "--bind= is not supported yet.");
     }
 
     #[test]

@@ -171,7 +171,7 @@ fn status_lines(config: &vmm::VmConfig) -> String {
     let hint = match config.console.mode {
         vmm::ConsoleMode::Interactive => "Press Ctrl-] three times within 1s to kill VM.\n",
         vmm::ConsoleMode::Native => "Press Ctrl-a x to kill VM.\n",
-        vmm::ConsoleMode::ReadOnly | vmm::ConsoleMode::Headless => "",
+        vmm::ConsoleMode::ReadOnly | vmm::ConsoleMode::Headless | vmm::ConsoleMode::Gui => "",
     };
     format!(
         "Spawning VM {} on {} with {} {cpus} and {} MiB.\n{hint}",

@@ -59,29 +59,20 @@ pub fn parse_tristate(s: &str) -> Result<Option<bool>, Invalid> {
     }
 }
 
-/// vmspawn's `--console=` names. `gui` parses (vmspawn knows it); [`crate::config`] refuses it.
-pub fn parse_console_mode(s: &str) -> Result<ConsoleChoice, Invalid> {
+/// vmspawn's `--console=` names.
+pub fn parse_console_mode(s: &str) -> Result<vmm::ConsoleMode, Invalid> {
     Ok(match s {
-        "interactive" => ConsoleChoice::Mode(vmm::ConsoleMode::Interactive),
-        "read-only" => ConsoleChoice::Mode(vmm::ConsoleMode::ReadOnly),
-        "native" => ConsoleChoice::Mode(vmm::ConsoleMode::Native),
-        "headless" => ConsoleChoice::Mode(vmm::ConsoleMode::Headless),
-        "gui" => ConsoleChoice::Gui,
+        "interactive" => vmm::ConsoleMode::Interactive,
+        "read-only" => vmm::ConsoleMode::ReadOnly,
+        "native" => vmm::ConsoleMode::Native,
+        "headless" => vmm::ConsoleMode::Headless,
+        "gui" => vmm::ConsoleMode::Gui,
         _ => {
             return Err(Invalid::syntax(
                 "expected interactive, read-only, native, gui or headless",
             ));
         }
     })
-}
-
-/// `--console=` as given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConsoleChoice {
-    /// A mode rvmspawn has.
-    Mode(vmm::ConsoleMode),
-    /// A graphical console: there is no display yet.
-    Gui,
 }
 
 /// vmspawn's `--console-transport=` names.

@@ -12,6 +12,7 @@ const ERANGE: i32 = 34;
 const ENOENT: i32 = 2;
 const ENOTDIR: i32 = 20;
 const EOPNOTSUPP: i32 = 95;
+const ENXIO: i32 = 6;
 
 /// Every long option of systemd-vmspawn(1) v256, which rvmspawn must all accept, and the
 /// newer ones rvmspawn has taken on (`--tpm-state=`, v258).
@@ -201,15 +202,28 @@ fn missing_kernel_exits_with_errno() {
 }
 
 #[test]
-fn unimplemented_options_exit_eopnotsupp() {
-    let kernel = TempFile::new("kernel-unsupported");
+fn the_graphical_console_without_a_display_exits_enxio_naming_the_variables() {
+    let kernel = TempFile::new("kernel-gui");
     let linux = kernel.linux_arg();
-    // The firmware options' refusals are in tests/firmware.rs.
-    let cases: [(&[&str], &str); 1] = [(&["--qemu-gui"], "--qemu-gui")];
-    for (args, option) in cases {
-        let mut args = args.to_vec();
-        args.push(&linux);
-        assert_one_line_error(&args, EOPNOTSUPP, &[option, "not supported"]);
+    for option in ["--qemu-gui", "--console=gui"] {
+        let out = Command::new(BIN)
+            .args(["-q", option, &linux])
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY")
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_FDNAMES")
+            .output()
+            .expect("run rvmspawn");
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(ENXIO), "{option}: {err}");
+        assert_eq!(err.lines().count(), 1, "{option}: {err}");
+        assert!(
+            err.starts_with("rvmspawn: ")
+                && err.contains("$WAYLAND_DISPLAY")
+                && err.contains("$DISPLAY"),
+            "{option}: {err}"
+        );
     }
 }
 

@@ -22,6 +22,8 @@
 //! rvmspawn-guest nv-read INDEX [--device DEV]
 //! rvmspawn-guest power-button [--timeout SECS]
 //! rvmspawn-guest find-partuuid UUID
+//! rvmspawn-guest fb [--frames N]
+//! rvmspawn-guest input --keys N [--timeout SECS] [--keyboard NAME] [--tablet NAME]
 //! ```
 //!
 //! `find-partuuid` prints the device node (`/dev/vda2`) of the GPT partition whose unique
@@ -32,6 +34,17 @@
 //! `RVMSPAWN-POWER-BUTTON=waiting` once it reads the device and `=pressed` on a press, or
 //! `=missing` when there is no such device (after waiting up to `--timeout` seconds, default
 //! 5, for it to appear), exiting 0 only on a press.
+//!
+//! `fb` and `input` are the guest side of the graphical console's tests (the gui initramfs:
+//! Debian's generic kernel with virtio-gpu and virtio-input). `fb` waits up to 20 s for the
+//! virtio-gpu framebuffer, switches the console to graphics mode, draws four quadrants (red,
+//! green, blue, white from the top left) and then N whole-screen frames of known colours, each
+//! followed by a 400 ms pause (see `fb.rs`). `input` waits up to 20 s for rvmspawn's virtio
+//! keyboard and tablet (by name; `--keyboard`/`--tablet` for others), then reports the first N
+//! key presses and every left click with the tablet's position, until it has both or after
+//! `--timeout` seconds (default 60; see `input.rs`). Both print `RVMSPAWN-FB-*`,
+//! `RVMSPAWN-INPUT-*`, `RVMSPAWN-KEYS=` and `RVMSPAWN-CLICK=` lines and exit 1 on an error or
+//! a timeout.
 //!
 //! It runs on the host side too (it only needs AF_VSOCK), e.g. as the peer of the guest's
 //! `stream-send`/`stream-recv` in the test host. With `--unix` the host side talks to
@@ -50,6 +63,8 @@
 //! defines the index (owner hierarchy, empty password, the text's size) when it is not
 //! defined yet.
 
+mod fb;
+mod input;
 mod notify;
 mod raw;
 mod sha256;
@@ -84,6 +99,8 @@ const USAGE: &str = "usage:
   rvmspawn-guest nv-read INDEX [--device DEV]
   rvmspawn-guest power-button [--timeout SECS]
   rvmspawn-guest find-partuuid UUID
+  rvmspawn-guest fb [--frames N]
+  rvmspawn-guest input --keys N [--timeout SECS] [--keyboard NAME] [--tablet NAME]
 (TPM commands: DEV defaults to /dev/tpmrm0; PCR and INDEX decimal or 0x-hex. N may end in K, M or G: powers of 1024. --unix, for the userspace vsock device: its
 socket for stream-send, <its socket>_<host port> for stream-recv. IPv6: [ADDR]:PORT)";
 
@@ -186,6 +203,56 @@ fn line(text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{text}");
     let _ = out.flush();
+}
+
+/// Ask `find` every `interval` until it answers, for up to `wait` (at least once).
+fn wait_for<T>(
+    wait: Duration,
+    interval: Duration,
+    mut find: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(found) = find() {
+            return Some(found);
+        }
+        if start.elapsed() >= wait {
+            return None;
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+/// The devices of sysfs class directory `dir` (`/sys/class/input`) whose entry `keep` takes,
+/// each with its file `name_file` (relative to the entry; the first line): (entry, name),
+/// sorted.
+fn class_devices(dir: &str, name_file: &str, keep: impl Fn(&str) -> bool) -> Vec<(String, String)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut list: Vec<(String, String)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let entry = e.file_name().into_string().ok()?;
+            keep(&entry).then_some(())?;
+            let name = std::fs::read_to_string(e.path().join(name_file)).ok()?;
+            Some((entry, name.lines().next().unwrap_or("").to_string()))
+        })
+        .collect();
+    list.sort();
+    list
+}
+
+/// `entry="name"`, blank-separated, for a message; `none` for none.
+fn listing(devices: &[(String, String)]) -> String {
+    if devices.is_empty() {
+        return "none".into();
+    }
+    let items: Vec<String> = devices
+        .iter()
+        .map(|(e, n)| format!("{e}=\"{n}\""))
+        .collect();
+    items.join(" ")
 }
 
 fn status(ok: bool) -> ExitCode {
@@ -500,6 +567,16 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
         "get-random" | "pcr-extend" | "pcr-read" | "nv-write" | "nv-read" => cmd_tpm(cmd, rest),
         "stream-hash" => cmd_stream_hash(&Options::parse(rest, &["bytes", "seed"], &[])?),
         "power-button" => cmd_power_button(&Options::parse(rest, &["timeout"], &[])?),
+        "fb" => {
+            let opts = Options::parse(rest, &["frames"], &[])?;
+            let frames = opts.number("frames")?.unwrap_or(0);
+            Ok(status(fb::run(frames)))
+        }
+        "input" => cmd_input(&Options::parse(
+            rest,
+            &["keys", "timeout", "keyboard", "tablet"],
+            &[],
+        )?),
         "find-partuuid" => match rest {
             [uuid] => Ok(cmd_find_partuuid(uuid)),
             _ => Err("find-partuuid: one UUID".into()),
@@ -587,47 +664,45 @@ fn gpt_partition_index(dev: &Path, want: &str) -> Option<usize> {
     None
 }
 
-/// The evdev node of the input device named "Power Button", if there is one.
-fn find_power_button() -> Option<std::path::PathBuf> {
-    let entries = std::fs::read_dir("/sys/class/input").ok()?;
-    entries.flatten().find_map(|e| {
-        let name = e.file_name().into_string().ok()?;
-        if !name.starts_with("event") {
-            return None;
-        }
-        let dev_name = std::fs::read_to_string(e.path().join("device/name")).ok()?;
-        (dev_name.trim_end() == "Power Button").then(|| Path::new("/dev/input").join(name))
-    })
+/// `input`: see `input::run`.
+fn cmd_input(opts: &Options) -> Result<ExitCode, String> {
+    let keys = usize::try_from(opts.required("keys")?).map_err(|_| "--keys is out of range")?;
+    let timeout = match opts.number("timeout")? {
+        Some(secs) => Duration::from_secs(secs),
+        None => input::DEFAULT_TIMEOUT,
+    };
+    Ok(status(input::run(
+        keys,
+        opts.get("keyboard").unwrap_or(input::KEYBOARD_NAME),
+        opts.get("tablet").unwrap_or(input::TABLET_NAME),
+        timeout,
+    )))
 }
 
 /// `power-button`: wait for a press of the power button (an `EV_KEY` event of `KEY_POWER`
 /// with value 1 in the evdev stream: 24-byte `struct input_event`s on x86_64).
 fn cmd_power_button(opts: &Options) -> Result<ExitCode, String> {
-    const EV_KEY: u16 = 1;
     const KEY_POWER: u16 = 116;
     let timeout = opts.number("timeout")?.unwrap_or(5);
-    let start = std::time::Instant::now();
-    let path = loop {
-        if let Some(p) = find_power_button() {
-            break p;
-        }
-        if start.elapsed() >= Duration::from_secs(timeout) {
-            line("RVMSPAWN-POWER-BUTTON=missing");
-            return Ok(ExitCode::FAILURE);
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let found = wait_for(
+        Duration::from_secs(timeout),
+        Duration::from_millis(100),
+        || input::find("Power Button"),
+    );
+    let Some(node) = found else {
+        line("RVMSPAWN-POWER-BUTTON=missing");
+        return Ok(ExitCode::FAILURE);
     };
+    let path = input::dev_path(&node);
     let mut dev = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     // From here on a press is seen (the tests wait for this line before they press).
     line("RVMSPAWN-POWER-BUTTON=waiting");
-    let mut event = [0u8; 24];
+    let mut event = [0u8; input::EVENT_SIZE];
     loop {
         std::io::Read::read_exact(&mut dev, &mut event)
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        let kind = u16::from_ne_bytes([event[16], event[17]]);
-        let code = u16::from_ne_bytes([event[18], event[19]]);
-        let value = i32::from_ne_bytes([event[20], event[21], event[22], event[23]]);
-        if kind == EV_KEY && code == KEY_POWER && value == 1 {
+        let e = input::Event::parse(&event);
+        if e.is_press() && e.code == KEY_POWER {
             line("RVMSPAWN-POWER-BUTTON=pressed");
             return Ok(ExitCode::SUCCESS);
         }
@@ -723,6 +798,21 @@ mod tests {
         list.iter().map(|s| s.to_string()).collect()
     }
 
+    /// What `run` says of the command line `cmd` (words split on blanks), which must fail.
+    fn usage_error(cmd: &str) -> String {
+        run(&args(&cmd.split(' ').collect::<Vec<_>>()))
+            .err()
+            .unwrap()
+    }
+
+    /// Each command line fails with an error that contains its text.
+    fn expect_usage_errors(cases: &[(&str, &str)]) {
+        for (cmd, want) in cases {
+            let err = usage_error(cmd);
+            assert!(err.contains(want), "{cmd}: {err}");
+        }
+    }
+
     #[test]
     fn options() {
         let o = Options::parse(
@@ -755,9 +845,7 @@ mod tests {
         let send = "stream-send --unix /x --cid 3 --port 1 --bytes 1";
         let recv = "stream-recv --unix /x --port 1";
         for cmd in [send, recv] {
-            let err = run(&args(&cmd.split(' ').collect::<Vec<_>>()))
-                .err()
-                .unwrap();
+            let err = usage_error(cmd);
             assert!(err.contains("--unix and --"), "{err}");
         }
         assert!(run(&args(&["stream-send", "--port", "1", "--bytes", "1"])).is_err());
@@ -766,7 +854,7 @@ mod tests {
 
     #[test]
     fn tcp_excludes_the_other_addresses() {
-        for (cmd, want) in [
+        expect_usage_errors(&[
             (
                 "stream-send --tcp 127.0.0.1:1 --cid 3 --bytes 1",
                 "--tcp and --cid",
@@ -800,12 +888,7 @@ mod tests {
                 "--tcp-listen: not an IP address and port",
             ),
             ("stream-send --tcp=10.0.2.2:5000", "--bytes is required"),
-        ] {
-            let err = run(&args(&cmd.split(' ').collect::<Vec<_>>()))
-                .err()
-                .unwrap();
-            assert!(err.contains(want), "{cmd}: {err}");
-        }
+        ]);
     }
 
     #[test]
@@ -819,7 +902,7 @@ mod tests {
 
     #[test]
     fn raw_frame_usage_errors() {
-        for (cmd, want) in [
+        expect_usage_errors(&[
             ("raw-frame --bytes 100", "--if is required"),
             (
                 "raw-frame --if ../x --bytes 100",
@@ -830,29 +913,30 @@ mod tests {
                 "raw-frame --if lo --bytes 100 --to 1:2",
                 "--to: not a MAC address",
             ),
-        ] {
-            let err = run(&args(&cmd.split(' ').collect::<Vec<_>>()))
-                .err()
-                .unwrap();
-            assert!(err.contains(want), "{cmd}: {err}");
-        }
+        ]);
     }
 
     #[test]
     fn tpm_usage_errors_come_before_the_device() {
-        for (cmd, want) in [
+        expect_usage_errors(&[
             ("get-random", "1 argument(s) needed"),
             ("get-random 0", "1 to 65536 bytes"),
             ("pcr-extend 16 abcd", "not 64 hex digits"),
             ("pcr-read x", "PCR: not a number"),
             ("nv-write 0x1500016", "2 argument(s) needed"),
             ("nv-read 1 --bogus", "unknown option"),
-        ] {
-            let err = run(&args(&cmd.split(' ').collect::<Vec<_>>()))
-                .err()
-                .unwrap();
-            assert!(err.contains(want), "{cmd}: {err}");
-        }
+        ]);
+    }
+
+    #[test]
+    fn gui_usage_errors() {
+        expect_usage_errors(&[
+            ("input", "--keys is required"),
+            ("input --keys x", "--keys: not a number"),
+            ("input --keys 3 --wait 1", "unknown option"),
+            ("fb --frames many", "--frames: not a number"),
+            ("fb 3", "unexpected argument"),
+        ]);
     }
 
     #[test]

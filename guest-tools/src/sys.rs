@@ -1,7 +1,8 @@
 //! AF_VSOCK sockets through the C library's socket calls (std has no vsock), declared here so
 //! that the program needs no crates, the socket timeouts std cannot set (on a listener, or
-//! zero for none), and an AF_PACKET socket that sends one raw Ethernet frame. x86_64 Linux
-//! values throughout (the only target the guest runs).
+//! zero for none), an AF_PACKET socket that sends one raw Ethernet frame, and the ioctls and
+//! `poll` of the graphical console's checks (fbdev screen information, the VT's graphics mode,
+//! an evdev axis). x86_64 Linux values throughout (the only target the guest runs).
 
 use std::ffi::{CString, c_char, c_int, c_uint, c_ulong, c_void};
 use std::fs::File;
@@ -85,6 +86,7 @@ unsafe extern "C" {
         addr_len: u32,
     ) -> isize;
     fn if_nametoindex(name: *const c_char) -> c_uint;
+    fn poll(fds: *mut PollFd, nfds: c_ulong, timeout: c_int) -> c_int;
 }
 
 #[cfg(test)]
@@ -328,4 +330,171 @@ pub fn send_raw_frame(ifname: &str, frame: &[u8]) -> io::Result<usize> {
         return Err(io::Error::last_os_error());
     }
     Ok(sent as usize)
+}
+
+/// `open` flags for `OpenOptionsExt::custom_flags`.
+pub const O_NONBLOCK: c_int = 0o4_000;
+pub const O_NOCTTY: c_int = 0o400;
+
+/// `FBIOGET_VSCREENINFO` and `FBIOGET_FSCREENINFO` (`<linux/fb.h>`: plain numbers, not `_IOR`).
+const FBIOGET_VSCREENINFO: c_ulong = 0x4600;
+const FBIOGET_FSCREENINFO: c_ulong = 0x4602;
+/// `KDSETMODE` and its argument `KD_GRAPHICS` (`<linux/kd.h>`), passed by value.
+const KDSETMODE: c_ulong = 0x4b3a;
+const KD_GRAPHICS: c_ulong = 1;
+/// `EVIOCGABS(0)` (`<linux/input.h>`): `_IOR('E', 0x40 + axis, struct input_absinfo)`.
+const EVIOCGABS_0: c_ulong = 0x8018_4540;
+
+/// `struct fb_bitfield` from `<linux/fb.h>`: where a colour's bits are in a pixel.
+#[repr(C)]
+#[derive(Default, Clone, Copy, Debug)]
+pub struct FbBitfield {
+    pub offset: u32,
+    pub length: u32,
+    pub msb_right: u32,
+}
+
+/// `struct fb_var_screeninfo` from `<linux/fb.h>` (the fields read here are public).
+#[repr(C)]
+#[derive(Default, Debug)]
+pub struct FbVarScreeninfo {
+    pub xres: u32,
+    pub yres: u32,
+    pub xres_virtual: u32,
+    pub yres_virtual: u32,
+    pub xoffset: u32,
+    pub yoffset: u32,
+    pub bits_per_pixel: u32,
+    grayscale: u32,
+    pub red: FbBitfield,
+    pub green: FbBitfield,
+    pub blue: FbBitfield,
+    transp: FbBitfield,
+    nonstd: u32,
+    activate: u32,
+    height: u32,
+    width: u32,
+    accel_flags: u32,
+    /// pixclock, left/right/upper/lower margins, hsync_len, vsync_len, sync, vmode, rotate,
+    /// colorspace.
+    timing: [u32; 11],
+    reserved: [u32; 4],
+}
+
+const _: () = assert!(size_of::<FbVarScreeninfo>() == 160);
+const _: () = assert!(std::mem::offset_of!(FbVarScreeninfo, bits_per_pixel) == 24);
+const _: () = assert!(std::mem::offset_of!(FbVarScreeninfo, red) == 32);
+
+/// `struct fb_fix_screeninfo` from `<linux/fb.h>` (the fields read here are public).
+#[repr(C)]
+#[derive(Default, Debug)]
+pub struct FbFixScreeninfo {
+    pub id: [u8; 16],
+    smem_start: c_ulong,
+    pub smem_len: u32,
+    fb_type: u32,
+    type_aux: u32,
+    visual: u32,
+    xpanstep: u16,
+    ypanstep: u16,
+    ywrapstep: u16,
+    /// Bytes from one line to the next (the stride).
+    pub line_length: u32,
+    mmio_start: c_ulong,
+    mmio_len: u32,
+    accel: u32,
+    capabilities: u16,
+    reserved: [u16; 2],
+}
+
+const _: () = assert!(size_of::<FbFixScreeninfo>() == 80);
+const _: () = assert!(std::mem::offset_of!(FbFixScreeninfo, smem_len) == 24);
+const _: () = assert!(std::mem::offset_of!(FbFixScreeninfo, line_length) == 48);
+
+/// The framebuffer's variable and fixed screen information (`FBIOGET_VSCREENINFO`,
+/// `FBIOGET_FSCREENINFO`); the error names the ioctl that failed.
+pub fn fb_screeninfo(fb: &File) -> Result<(FbVarScreeninfo, FbFixScreeninfo), String> {
+    let mut var = FbVarScreeninfo::default();
+    let mut fix = FbFixScreeninfo::default();
+    // SAFETY: this ioctl writes one `struct fb_var_screeninfo` (160 bytes, checked above)
+    // through the pointer, which points at `var`.
+    check(unsafe { ioctl(fb.as_raw_fd(), FBIOGET_VSCREENINFO, &raw mut var) })
+        .map_err(|e| format!("ioctl FBIOGET_VSCREENINFO: {e}"))?;
+    // SAFETY: this ioctl writes one `struct fb_fix_screeninfo` (80 bytes, checked above)
+    // through the pointer, which points at `fix`.
+    check(unsafe { ioctl(fb.as_raw_fd(), FBIOGET_FSCREENINFO, &raw mut fix) })
+        .map_err(|e| format!("ioctl FBIOGET_FSCREENINFO: {e}"))?;
+    Ok((var, fix))
+}
+
+/// Put the virtual console `tty` (e.g. `/dev/tty0`, the current one) in graphics mode
+/// (`KDSETMODE` `KD_GRAPHICS`): the kernel's console stops drawing text and its cursor on the
+/// framebuffer.
+pub fn kd_set_graphics(tty: &File) -> io::Result<()> {
+    // SAFETY: no pointers: the mode is passed by value.
+    check(unsafe { ioctl(tty.as_raw_fd(), KDSETMODE, KD_GRAPHICS) }).map(|_| ())
+}
+
+/// `struct input_absinfo` from `<linux/input.h>`.
+#[repr(C)]
+#[derive(Default, Debug, Clone, Copy)]
+pub struct InputAbsinfo {
+    pub value: i32,
+    pub minimum: i32,
+    pub maximum: i32,
+    fuzz: i32,
+    flat: i32,
+    resolution: i32,
+}
+
+const _: () = assert!(size_of::<InputAbsinfo>() == 24);
+
+/// The current state of absolute axis `axis` (`ABS_X` = 0, `ABS_Y` = 1...) of an evdev device
+/// (`EVIOCGABS`).
+pub fn evdev_abs(dev: &File, axis: u8) -> io::Result<InputAbsinfo> {
+    let mut info = InputAbsinfo::default();
+    // SAFETY: this ioctl writes one `struct input_absinfo` (24 bytes, the size encoded in the
+    // request) through the pointer, which points at `info`.
+    check(unsafe {
+        ioctl(
+            dev.as_raw_fd(),
+            EVIOCGABS_0 + c_ulong::from(axis),
+            &raw mut info,
+        )
+    })?;
+    Ok(info)
+}
+
+/// `struct pollfd`.
+#[repr(C)]
+struct PollFd {
+    fd: c_int,
+    events: i16,
+    revents: i16,
+}
+
+const POLLIN: i16 = 1;
+
+/// Wait up to `timeout` until one of `fds` can be read (or has an error or hung up, which the
+/// read then tells); which ones can. All false after the timeout or an interrupting signal.
+pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Duration) -> io::Result<Vec<bool>> {
+    let mut pfds: Vec<PollFd> = fds
+        .iter()
+        .map(|fd| PollFd {
+            fd: fd.as_raw_fd(),
+            events: POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // Rounded up, so that a wait for less than a millisecond does not spin.
+    let ms = timeout.as_micros().div_ceil(1000).min(c_int::MAX as u128) as c_int;
+    // SAFETY: `pfds` is a live, writable array of `pfds.len()` `struct pollfd`s.
+    let ret = unsafe { poll(pfds.as_mut_ptr(), pfds.len() as c_ulong, ms) };
+    if ret < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(pfds.iter().map(|p| ret > 0 && p.revents != 0).collect())
 }

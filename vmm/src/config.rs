@@ -95,6 +95,9 @@ pub enum ConsoleMode {
     Native,
     /// No console device, no `console=` argument, nothing of the guest's printed.
     Headless,
+    /// A window shows the guest's display (virtio-gpu) and takes its keyboard and pointer
+    /// (virtio-input); no `console=` argument, the terminal stays as it is and shows COM1.
+    Gui,
 }
 
 /// `--console-transport=`: the device behind the guest's console.
@@ -123,7 +126,7 @@ impl ConsoleConfig {
     /// The guest's console device name, `None` when it has none (headless).
     pub fn tty(&self) -> Option<&'static str> {
         match (self.mode, self.transport) {
-            (ConsoleMode::Headless, _) => None,
+            (ConsoleMode::Headless | ConsoleMode::Gui, _) => None,
             (_, ConsoleTransport::Virtio) => Some("hvc0"),
             (_, ConsoleTransport::Serial) => Some("ttyS0"),
         }

@@ -21,6 +21,8 @@ const TOKEN_MACHINE: u64 = 0;
 const TOKEN_SIGNAL: u64 = 1;
 const TOKEN_STDIN: u64 = 2;
 const TOKEN_INPUT_DRAINED: u64 = 3;
+/// The graphical console's window was closed.
+const TOKEN_WINDOW_CLOSED: u64 = 4;
 /// Helper `i`'s pidfd has token `TOKEN_HELPER + i`.
 const TOKEN_HELPER: u64 = 16;
 
@@ -261,6 +263,13 @@ impl Console {
         .map_err(|e| Error::Host("epoll", e))
     }
 
+    /// Watch the graphical console's window: its closing (`fd` becomes readable) ends the VM
+    /// as Ctrl-] three times does.
+    pub fn watch_window(&mut self, fd: RawFd) -> Result<(), Error> {
+        epoll_ctl(&self.epoll, ControlOperation::Add, fd, TOKEN_WINDOW_CLOSED)
+            .map_err(|e| Error::Host("epoll", e))
+    }
+
     /// The terminal's size as (columns, rows), when the guest is to follow it.
     pub fn window_size(&self) -> Option<(u16, u16)> {
         if !self.track_size {
@@ -374,6 +383,7 @@ impl Console {
                         }
                         self.feed_guest(machine);
                     }
+                    TOKEN_WINDOW_CLOSED => return Ok(Outcome::Exit(VmExit::ConsoleKill)),
                     TOKEN_INPUT_DRAINED => {
                         let _ = machine.input_drained.read();
                         self.feed_guest(machine);

@@ -12,6 +12,7 @@ mod console;
 mod direct;
 mod event_loop;
 mod firmware_watch;
+mod gui;
 mod helper;
 mod journal;
 mod kvm;
@@ -110,6 +111,9 @@ pub enum Error {
     /// The TPM could not be started, or a command of ours to it failed.
     #[error("{0}")]
     Tpm(String, i32),
+    /// The graphical console's window could not be opened.
+    #[error("{0}")]
+    Display(String, i32),
     /// The firmware, its variable store or a kernel for it cannot be used.
     #[error("{0}")]
     Firmware(String, i32),
@@ -143,6 +147,7 @@ impl Error {
             | Error::Runtime(_, errno)
             | Error::Helper(_, errno)
             | Error::Tpm(_, errno)
+            | Error::Display(_, errno)
             | Error::Firmware(_, errno)
             | Error::Seccomp(_, errno) => *errno,
             // vmspawn reports a VMM that died abnormally as EPROTO.
@@ -397,6 +402,15 @@ fn run_vm(mut config: VmConfig) -> Result<RunOutcome, Error> {
     // that takes time or holds resources, so an early SIGTERM still ends the run cleanly.
     let mut console = event_loop::Console::new(config.console.mode)?;
     console.set_stop_timeout(config.stop_timeout, config.quiet);
+    // The window, before the helpers and the main thread's filter: its thread runs the window
+    // system's client libraries, which the filters do not confine (docs/security.md).
+    let gui = match config.console.mode {
+        ConsoleMode::Gui => Some(gui::Gui::open(&config.name)?),
+        _ => None,
+    };
+    if let Some(gui) = &gui {
+        console.watch_window(gui.closed_fd())?;
+    }
     let firmware = config.firmware.take();
     // The kernel rvmspawn is handed, if any: booted directly, or through the firmware.
     let has_kernel = firmware.as_ref().is_none_or(|f| f.kernel_through_firmware);
@@ -697,6 +711,7 @@ fn run_vm(mut config: VmConfig) -> Result<RunOutcome, Error> {
         tpm: tpm.clone(),
         console: match (config.console.mode, config.console.transport) {
             (ConsoleMode::Headless, _) => machine::ConsoleSpec::Headless,
+            (ConsoleMode::Gui, _) => machine::ConsoleSpec::Gui,
             (_, ConsoleTransport::Serial) => machine::ConsoleSpec::Serial,
             (_, ConsoleTransport::Virtio) => machine::ConsoleSpec::Virtio,
         },
@@ -707,6 +722,7 @@ fn run_vm(mut config: VmConfig) -> Result<RunOutcome, Error> {
         },
         // Only where nobody can press the key the firmware then waits for: a console that
         // takes no input, or standard input that is no terminal.
+        gui: gui.as_ref().map(gui::Gui::devices),
         watch_boot_failure: firmware_boot
             && !(matches!(
                 config.console.mode,

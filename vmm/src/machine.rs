@@ -59,6 +59,8 @@ pub struct MachineSpec {
     pub tpm: Option<Arc<devices::tpm::Tpm>>,
     /// The guest's console device.
     pub console: ConsoleSpec,
+    /// The graphical console's devices (`--console=gui`): virtio-gpu, keyboard and tablet.
+    pub gui: Option<crate::gui::GuiDevices>,
     /// End the run when the firmware says it found nothing to boot (a firmware boot where
     /// nobody can press the key it then waits for).
     pub watch_boot_failure: bool,
@@ -74,6 +76,9 @@ pub enum ConsoleSpec {
     Serial,
     /// No console device and no input; COM1's output is dropped.
     Headless,
+    /// The window is the console (`--console=gui`): no console device, COM1's output is
+    /// printed, no typed input.
+    Gui,
 }
 
 /// Where the user's typed input goes.
@@ -259,7 +264,9 @@ impl Machine {
         let input_drained = new_eventfd()?;
         let mut uart_out: Box<dyn std::io::Write + Send> = match spec.console {
             ConsoleSpec::Headless => Box::new(std::io::sink()),
-            ConsoleSpec::Virtio | ConsoleSpec::Serial => Box::new(console.clone()),
+            ConsoleSpec::Virtio | ConsoleSpec::Serial | ConsoleSpec::Gui => {
+                Box::new(console.clone())
+            }
         };
         if spec.watch_boot_failure {
             uart_out = Box::new(crate::firmware_watch::BootFailureWatch::new(
@@ -353,6 +360,15 @@ impl Machine {
             }
             None => {}
         }
+        if let Some(gui) = &spec.gui {
+            use devices::virtio::input::{Input, InputKind};
+            virtio.push(Box::new(devices::virtio::gpu::Gpu::new(gui.screen.clone())));
+            virtio.push(Box::new(Input::new(
+                InputKind::Keyboard,
+                gui.keyboard.clone(),
+            )));
+            virtio.push(Box::new(Input::new(InputKind::Tablet, gui.tablet.clone())));
+        }
         let input = match spec.console {
             ConsoleSpec::Virtio => {
                 let port = Arc::new(
@@ -370,7 +386,7 @@ impl Machine {
                 ConsoleInput::Virtio(port)
             }
             ConsoleSpec::Serial => ConsoleInput::Serial(serial.clone()),
-            ConsoleSpec::Headless => ConsoleInput::None,
+            ConsoleSpec::Headless | ConsoleSpec::Gui => ConsoleInput::None,
         };
         let ctx = crate::platform::Context {
             vm: &vm,

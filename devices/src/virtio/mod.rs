@@ -8,9 +8,13 @@
 pub mod block;
 pub mod console;
 pub mod fs;
+pub mod gpu;
+pub mod input;
 pub mod net;
 pub mod pci;
 pub mod rng;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod vhost_kern;
 pub mod vsock;
 pub mod vsock_user;
@@ -21,7 +25,7 @@ use std::sync::Arc;
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
-pub use worker::{QueueWorker, serve_queue};
+pub use worker::{QueueWorker, serve_queue, wait_ready};
 
 /// Guest memory as devices see it.
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;

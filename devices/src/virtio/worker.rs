@@ -123,6 +123,47 @@ impl Drop for QueueWorker {
     }
 }
 
+/// Wait, in a [`QueueWorker::spawn_loop`] body, until the stop eventfd `kill` or one of the
+/// watched `fds` is readable (an fd paired with `false` is not watched: a broken queue). On
+/// return `ready[i]` says whether `fds[i]` is readable; the result is false when the thread is
+/// to stop (`kill` signalled, or `poll` failed). `poll` is in the queue workers' seccomp list;
+/// epoll is not.
+pub fn wait_ready(
+    kill: &EventFd,
+    fds: &[(std::os::fd::RawFd, bool)],
+    ready: &mut Vec<bool>,
+) -> bool {
+    let mut pfds = Vec::with_capacity(fds.len() + 1);
+    pfds.push(libc::pollfd {
+        fd: kill.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    for &(fd, watched) in fds {
+        pfds.push(libc::pollfd {
+            fd,
+            events: if watched { libc::POLLIN } else { 0 },
+            revents: 0,
+        });
+    }
+    loop {
+        // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs for the whole call.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
+        if n >= 0 {
+            break;
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return false;
+        }
+    }
+    if pfds[0].revents != 0 {
+        return false;
+    }
+    ready.clear();
+    ready.extend(pfds[1..].iter().map(|p| p.revents & libc::POLLIN != 0));
+    true
+}
+
 /// Drain a queue: hand every available chain to `process`, return it to the used ring with the
 /// length `process` wrote, and interrupt the driver when it asked for it. Returns false when the
 /// driver broke the ring (the device then asks for a reset and serves the queue no more).

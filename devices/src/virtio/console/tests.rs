@@ -1,36 +1,15 @@
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
 
 use vm_memory::Address;
 
 use super::*;
 use crate::virtio::ActiveQueue;
+use crate::virtio::testing::{Counts, F_NEXT, F_WRITE, QSIZE, Ring, activate_two, wait};
 
 const MEM: usize = 0x10_0000;
 /// Each queue's rings: descriptor table, avail, used.
 const RX_AT: [u64; 3] = [0x1000, 0x2000, 0x3000];
 const TX_AT: [u64; 3] = [0x4000, 0x5000, 0x6000];
-const QSIZE: u16 = 16;
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
-
-#[derive(Default)]
-struct Counts {
-    queue: [AtomicU32; 2],
-    config: AtomicU32,
-    reset: AtomicU32,
-}
-impl Interrupt for Counts {
-    fn queue(&self, index: u16) {
-        self.queue[usize::from(index)].fetch_add(1, Ordering::SeqCst);
-    }
-    fn config(&self) {
-        self.config.fetch_add(1, Ordering::SeqCst);
-    }
-    fn needs_reset(&self) {
-        self.reset.fetch_add(1, Ordering::SeqCst);
-    }
-}
 
 #[derive(Clone, Default)]
 struct Collect(Arc<Mutex<Vec<u8>>>);
@@ -41,69 +20,6 @@ impl Write for Collect {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
-    }
-}
-
-/// The driver's side of one split queue.
-struct Ring {
-    at: [u64; 3],
-    next_desc: u16,
-    avail_idx: u16,
-}
-
-impl Ring {
-    fn new(at: [u64; 3]) -> Ring {
-        Ring {
-            at,
-            next_desc: 0,
-            avail_idx: 0,
-        }
-    }
-
-    fn queue(&self, mem: &GuestMemoryMmap) -> Queue {
-        let mut q = Queue::new(QSIZE).unwrap();
-        q.set_desc_table_address(Some(self.at[0] as u32), Some(0));
-        q.set_avail_ring_address(Some(self.at[1] as u32), Some(0));
-        q.set_used_ring_address(Some(self.at[2] as u32), Some(0));
-        q.set_ready(true);
-        assert!(q.is_valid(mem));
-        q
-    }
-
-    /// Put a chain of (addr, len, flags) descriptors on the avail ring.
-    fn chain(&mut self, mem: &GuestMemoryMmap, descs: &[(u64, u32, u16)]) {
-        let head = self.next_desc;
-        for (i, (addr, len, flags)) in descs.iter().enumerate() {
-            let idx = self.next_desc;
-            let last = i + 1 == descs.len();
-            let next = if last { 0 } else { (idx + 1) % QSIZE };
-            let flags = if last { *flags } else { flags | F_NEXT };
-            let at = GuestAddress(self.at[0] + 16 * u64::from(idx));
-            mem.write_obj(*addr, at).unwrap();
-            mem.write_obj(*len, at.unchecked_add(8)).unwrap();
-            mem.write_obj(flags, at.unchecked_add(12)).unwrap();
-            mem.write_obj(next, at.unchecked_add(14)).unwrap();
-            self.next_desc = (self.next_desc + 1) % QSIZE;
-        }
-        let slot = self.at[1] + 4 + 2 * u64::from(self.avail_idx % QSIZE);
-        mem.write_obj(head, GuestAddress(slot)).unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        mem.write_obj(self.avail_idx, GuestAddress(self.at[1] + 2))
-            .unwrap();
-    }
-
-    /// The used ring's entries so far: (head, len).
-    fn used(&self, mem: &GuestMemoryMmap) -> Vec<(u32, u32)> {
-        let idx: u16 = mem.read_obj(GuestAddress(self.at[2] + 2)).unwrap();
-        (0..idx)
-            .map(|i| {
-                let e = self.at[2] + 4 + 8 * u64::from(i % QSIZE);
-                (
-                    mem.read_obj(GuestAddress(e)).unwrap(),
-                    mem.read_obj(GuestAddress(e + 4)).unwrap(),
-                )
-            })
-            .collect()
     }
 }
 
@@ -335,40 +251,8 @@ fn the_device_thread_serves_notifications_and_input() {
     let port = Arc::new(ConsolePort::new(drained.try_clone().unwrap(), None).unwrap());
     let out = Collect::default();
     let mut dev = Console::new(port.clone(), Box::new(out.clone()));
-    let irq = Arc::new(Counts::default());
     let (mut rx, mut tx) = (Ring::new(RX_AT), Ring::new(TX_AT));
-    let rx_notify = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-    let tx_notify = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-    dev.activate(Activation {
-        mem: mem.clone(),
-        features: 0,
-        queues: vec![
-            ActiveQueue {
-                index: RXQ,
-                queue: rx.queue(&mem),
-                notify: rx_notify.try_clone().unwrap(),
-            },
-            ActiveQueue {
-                index: TXQ,
-                queue: tx.queue(&mem),
-                notify: tx_notify.try_clone().unwrap(),
-            },
-        ],
-        interrupt: irq.clone(),
-    })
-    .unwrap();
-    let wait = |what: &dyn Fn() -> bool| {
-        let t = Instant::now();
-        loop {
-            if what() {
-                return true;
-            }
-            if t.elapsed() > Duration::from_secs(10) {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    };
+    let (_, [rx_notify, tx_notify]) = activate_two(&mut dev, &mem, [&rx, &tx], 0);
     mem.write_slice(b"out", GuestAddress(0x10000)).unwrap();
     tx.chain(&mem, &[(0x10000, 3, 0)]);
     tx_notify.write(1).unwrap();
