@@ -5,6 +5,9 @@
                                       once it is mapped (exit 1 if none within SECS)
   x11.py size WID                     print WIDTHxHEIGHT of the window
   x11.py xwd-pixels FILE X,Y...       print RRGGBB of each pixel of an xwd screenshot
+  x11.py wait-content WID SECS       wait until the window shows a pixel that is not black;
+                                      print HOST-CONTENT-PIXELS=N (0: none within SECS) and
+                                      HOST-CONTENT-SIZE=WxH
   x11.py close WID                    ask the window to close (WM_DELETE_WINDOW), as a
                                       window manager's close button does
   x11.py latency WID X,Y LOG          for each RVMSPAWN-FB-FRAME=i,RRGGBB line appended to
@@ -84,6 +87,26 @@ def xwd_pixels(path, points):
     return 0
 
 
+def wait_content(wid, secs):
+    d = display.Display()
+    w = d.create_resource_object("window", int(wid))
+    end = time.monotonic() + float(secs)
+    lit, size = 0, "0x0"
+    while time.monotonic() < end:
+        g = w.get_geometry()
+        size = "%dx%d" % (g.width, g.height)
+        img = w.get_image(0, 0, g.width, g.height, X.ZPixmap, 0xFFFFFFFF)
+        data = img.data
+        # 32 bits a pixel: any colour byte that is not 0.
+        lit = sum(1 for i in range(0, len(data), 4) if data[i] or data[i + 1] or data[i + 2])
+        if lit:
+            break
+        time.sleep(0.5)
+    print("HOST-CONTENT-PIXELS=%d" % lit)
+    print("HOST-CONTENT-SIZE=%s" % size)
+    return 0
+
+
 def close(wid):
     d = display.Display()
     w = d.create_resource_object("window", int(wid))
@@ -155,6 +178,8 @@ def main(argv):
         return size(argv[2])
     if cmd == "xwd-pixels" and len(argv) >= 4:
         return xwd_pixels(argv[2], argv[3:])
+    if cmd == "wait-content" and len(argv) == 4:
+        return wait_content(argv[2], argv[3])
     if cmd == "close" and len(argv) == 3:
         return close(argv[2])
     if cmd == "latency" and len(argv) == 5:

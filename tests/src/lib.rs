@@ -148,12 +148,13 @@ impl Results {
     }
 }
 
-/// Shell that builds `$D/uki.efi` from `$KERNEL`, `$INITRD` and an embedded command line, the
+/// Shell that builds `$D/uki.efi` from `$KERNEL`, `$INITRD` and an embedded command line
+/// (`$UKI_CMDLINE`, by default `rvmspawn.uki=embedded`), the
 /// way UKIs were assembled before ukify: sections added to the stub with objcopy.
 pub const UKI_BUILD: &str = r#"D=$(mktemp -d)
 STUB=/usr/lib/systemd/boot/efi/linuxx64.efi.stub
 [ -f "$STUB" ] || { echo "no $STUB (package systemd-boot-efi)"; exit 99; }
-printf 'rvmspawn.uki=embedded' > "$D/cmdline"
+printf '%s' "${UKI_CMDLINE:-rvmspawn.uki=embedded}" > "$D/cmdline"
 printf 'ID=rvmspawn-test
 ' > "$D/os-release"
 objcopy     --add-section .osrel="$D/os-release" --change-section-vma .osrel=0x20000     --add-section .cmdline="$D/cmdline" --change-section-vma .cmdline=0x30000     --add-section .linux="$KERNEL" --change-section-vma .linux=0x2000000     --add-section .initrd="$INITRD" --change-section-vma .initrd=0x4000000     "$STUB" "$D/uki.efi" || exit 98"#;

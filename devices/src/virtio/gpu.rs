@@ -371,6 +371,7 @@ pub struct Gpu2d {
     screen: Arc<Screen>,
     resources: BTreeMap<u32, Resource>,
     host_memory: u64,
+    memory_limit: u64,
     scanout: Option<Scanout>,
     cursor: Option<(u32, u32, u32)>,
     /// Reused for one row (or a whole transfer) of guest bytes.
@@ -413,10 +414,17 @@ fn ok() -> Reply {
 impl Gpu2d {
     /// A processor showing its scanout on `screen`.
     pub fn new(screen: Arc<Screen>) -> Gpu2d {
+        Gpu2d::with_memory_limit(screen, MAX_HOST_MEMORY)
+    }
+
+    /// A processor whose resources may take at most `limit` bytes of host memory (the fuzz
+    /// target uses a small one).
+    pub fn with_memory_limit(screen: Arc<Screen>, limit: u64) -> Gpu2d {
         Gpu2d {
             screen,
             resources: BTreeMap::new(),
             host_memory: 0,
+            memory_limit: limit.min(MAX_HOST_MEMORY),
             scanout: None,
             cursor: None,
             bytes: Vec::new(),
@@ -526,7 +534,7 @@ impl Gpu2d {
             return Err(cmd::ERR_INVALID_PARAMETER);
         }
         let bytes = u64::from(width) * u64::from(height) * 4;
-        if self.resources.len() >= MAX_RESOURCES || self.host_memory + bytes > MAX_HOST_MEMORY {
+        if self.resources.len() >= MAX_RESOURCES || self.host_memory + bytes > self.memory_limit {
             return Err(cmd::ERR_OUT_OF_MEMORY);
         }
         let mut pixels = Vec::new();
@@ -817,6 +825,34 @@ where
     done as u32
 }
 
+/// A request's and a response's bytes, reused from one request to the next.
+#[derive(Debug, Default)]
+pub struct Buffers {
+    request: Vec<u8>,
+    response: Vec<u8>,
+}
+
+/// Serve every available chain of a control or cursor queue with `gpu`; false when the driver
+/// broke the ring (the queue is then served no more until a reset).
+pub fn serve(
+    queue: &mut virtio_queue::Queue,
+    mem: &GuestMemoryMmap,
+    interrupt: &dyn super::Interrupt,
+    index: u16,
+    gpu: &mut Gpu2d,
+    buffers: &mut Buffers,
+) -> bool {
+    let Buffers { request, response } = buffers;
+    serve_queue(queue, mem, interrupt, index, |mem, chain| {
+        read_request(mem, &chain, request);
+        gpu.process(mem, request, response);
+        if response.is_empty() {
+            return 0;
+        }
+        write_response(mem, chain, response)
+    })
+}
+
 /// The thread serving both queues (control and cursor) in order.
 struct GpuWorker {
     queues: Vec<super::ActiveQueue>,
@@ -825,8 +861,7 @@ struct GpuWorker {
     state: Arc<Mutex<Gpu2d>>,
     mem: GuestMemoryMmap,
     interrupt: Arc<dyn super::Interrupt>,
-    request: Vec<u8>,
-    response: Vec<u8>,
+    buffers: Buffers,
 }
 
 impl GpuWorker {
@@ -834,21 +869,14 @@ impl GpuWorker {
         let Some(q) = self.queues.get_mut(i) else {
             return;
         };
-        let (request, response) = (&mut self.request, &mut self.response);
-        let mut st = lock(&self.state);
-        self.serving[i] = serve_queue(
+        let mut gpu = lock(&self.state);
+        self.serving[i] = serve(
             &mut q.queue,
             &self.mem,
             self.interrupt.as_ref(),
             q.index,
-            |mem, chain| {
-                read_request(mem, &chain, request);
-                st.process(mem, request, response);
-                if response.is_empty() {
-                    return 0;
-                }
-                write_response(mem, chain, response)
-            },
+            &mut gpu,
+            &mut self.buffers,
         );
     }
 
@@ -948,8 +976,7 @@ impl VirtioDevice for Gpu {
             state: self.state.clone(),
             mem: a.mem,
             interrupt: a.interrupt,
-            request: Vec::new(),
-            response: Vec::new(),
+            buffers: Buffers::default(),
         };
         w.serving = vec![true; w.queues.len()];
         let worker = QueueWorker::spawn_loop("virtio-gpu".into(), move |kill| w.run(&kill))

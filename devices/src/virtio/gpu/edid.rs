@@ -27,7 +27,10 @@ pub fn block(width: u32, height: u32) -> [u8; 128] {
     e[24] = 0x06;
     // sRGB chromaticity.
     e[25..35].copy_from_slice(&[0xee, 0x91, 0xa3, 0x54, 0x4c, 0x99, 0x26, 0x0f, 0x50, 0x54]);
-    // No established timings; the eight standard timings unused.
+    // Established timings 640x480, 800x600 and 1024x768 at 60 Hz (modes a guest may pick);
+    // the eight standard timings unused.
+    e[35] = 0x21;
+    e[36] = 0x08;
     for s in e[38..54].iter_mut() {
         *s = 1;
     }
