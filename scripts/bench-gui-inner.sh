@@ -1,6 +1,8 @@
 #!/bin/bash
 # The inside of scripts/bench-gui.sh (run in the test host): see there.
 set -uo pipefail
+only=
+[ "$1" = --latency-only ] && { only=1; shift; }
 runs=$1
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 cd "$root"
@@ -44,18 +46,23 @@ latency() { # LABEL TITLE COMMAND...
     w=${size%x*} h=${size#*x}
     "$X" tests/scripts/x11.py latency "$wid" "$((w / 2)),$((h / 2))" "$log" |
         sed "s/^/$label /" | tee -a "$out/latency"
+    # The guest hangs after its frames: closing the window ends the VMM.
+    "$X" tests/scripts/x11.py close "$wid"
     wait $vm
 }
-latency rvmspawn "Virtual Machine bench" "${cmd_rvm_gui[@]}" -M bench \
-    console=ttyS0 quiet rvmspawn.fb=1 rvmspawn.fb-frames=20
+# At debug level rvmspawn also reports, for each update it presents, the time since the guest's
+# flush reached the device: its own part of the latency, without the guest's.
+latency rvmspawn "Virtual Machine bench" env SYSTEMD_LOG_LEVEL=debug "${cmd_rvm_gui[@]}" -M bench \
+    console=ttyS0 quiet rvmspawn.fb=1 rvmspawn.fb-frames=20 rvmspawn.action=hang
 if [ -e /usr/lib/x86_64-linux-gnu/qemu/ui-gtk.so ]; then
     latency qemu "QEMU" "${cmd_qemu_gui[@]}" \
-        -append "console=ttyS0 quiet rvmspawn.fb=1 rvmspawn.fb-frames=20"
+        -append "console=ttyS0 quiet rvmspawn.fb=1 rvmspawn.fb-frames=20 rvmspawn.action=hang"
 else
     echo "qemu: no GTK display (Debian package qemu-system-gui)"
 fi
 
 results=$out/results
+[ -n "$only" ] && runs=-1
 for i in $(seq 0 "$runs"); do
     # Run 0 warms the caches and is not counted.
     r=$results
@@ -67,9 +74,13 @@ for i in $(seq 0 "$runs"); do
 done
 echo "== frame latency (ms from the guest's write() to the window's pixel), median and max"
 for label in rvmspawn qemu; do
-    grep "^$label HOST-FRAME-LATENCY-MS=" "$out/latency" 2>/dev/null | sed 's/.*=[0-9]*,//' | grep -v timeout |
+    grep "^$label HOST-FRAME-LATENCY-MS=" "$out/latency" 2>/dev/null | sed 's/.*=[0-9]*,//' | grep -v 'timeout\|skipped' |
         sort -n | awk -v l="$label" '{ v[NR] = $1 } END { if (NR) printf "%-10s frames %d  median %.1f  max %.1f\n", l, NR, v[int((NR + 1) / 2)], v[NR]; else print l, "no frames" }'
 done
+echo "== rvmspawn's part: the guest's flush reaching the device to the window's present (ms)"
+sed -n "s/.*, \([0-9.]*\) ms after the guest's flush.*/\1/p" "$out/rvmspawn.log" | sort -n |
+    awk '{ v[NR] = $1 } END { if (NR) printf "presents %d  median %.1f  90%% %.1f  max %.1f\n", NR, v[int((NR + 1) / 2)], v[int(NR * 0.9 + 0.5)], v[NR]; else print "no presents traced" }'
+[ -n "$only" ] && exit 0
 echo "== boot to /init and peak RSS, medians of $runs"
 python3 scripts/bench-boot-measure.py summary "$results" rvmspawn-gui rvmspawn-plain qemu-gui qemu-plain
 echo "== what the display costs (gui minus plain, medians)"

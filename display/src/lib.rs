@@ -58,6 +58,9 @@ pub fn check_environment() -> Result<(), Error> {
     }
 }
 
+/// Where the window reports its presents (a status-line printer).
+pub type Trace = Box<dyn Fn(&str) + Send>;
+
 /// What the window shows and where its input goes.
 pub struct Config {
     /// The window's title (vmspawn's: `Virtual Machine NAME`).
@@ -68,8 +71,11 @@ pub struct Config {
     pub keyboard: InputEvents,
     /// The guest's tablet (absolute pointer).
     pub tablet: InputEvents,
-    /// Called once when the user closes the window.
+    /// Called once when the user closes the window, or when the display goes away under it.
     pub on_close: Box<dyn Fn() + Send>,
+    /// Where to report, for each presented update, the time since the guest's flush reached
+    /// the device (rvmspawn's debug level; `scripts/bench-gui.sh` reads it).
+    pub trace: Option<Trace>,
 }
 
 enum UserEvent {
@@ -152,11 +158,18 @@ fn run(config: Config, ready: Ready) {
         full: true,
         pressed: Vec::new(),
         buttons: 0,
+        exiting: false,
+        closed: false,
     };
-    if let Err(e) = event_loop.run_app(&mut app)
+    let result = event_loop.run_app(&mut app);
+    if let Err(e) = &result
         && let Some((ready, _)) = app.ready.take()
     {
         let _ = ready.send(Err(e.to_string()));
+    } else if app.window.is_some() && !app.exiting && !app.closed {
+        // The display went away under a running VM (the X server ended, the compositor
+        // crashed): as QEMU's window does, that ends the VM.
+        (app.config.on_close)();
     }
     // No wakes for a window that is gone.
     screen.set_waker(Box::new(|| {}));
@@ -181,6 +194,10 @@ struct App {
     pressed: Vec<u16>,
     /// Pointer buttons held down (bit per button).
     buttons: u8,
+    /// The VMM asked the window to go ([`Display`] dropped).
+    exiting: bool,
+    /// The user closed the window (`on_close` called).
+    closed: bool,
 }
 
 fn ev(kind: u16, code: u16, value: u32) -> InputEvent {
@@ -254,6 +271,7 @@ impl App {
             };
             let full = self.full || buf.age() != 1;
             let damage = f.damage.take();
+            let flushed_at = f.flushed_at.take();
             let rect = if full {
                 Rect {
                     x: 0,
@@ -300,6 +318,16 @@ impl App {
             };
             if buf.present_with_damage(&[r]).is_ok() {
                 self.full = false;
+                if let (Some(trace), Some(t)) = (&self.config.trace, flushed_at) {
+                    trace(&format!(
+                        "Display: presented {}x{} at ({}, {}), {:.3} ms after the guest's flush",
+                        rect.width,
+                        rect.height,
+                        rect.x,
+                        rect.y,
+                        t.elapsed().as_secs_f64() * 1000.0
+                    ));
+                }
             }
         }
     }
@@ -352,13 +380,17 @@ impl ApplicationHandler<UserEvent> for App {
     fn user_event(&mut self, el: &ActiveEventLoop, event: UserEvent) {
         match event {
             UserEvent::Damage => self.paint(),
-            UserEvent::Exit => el.exit(),
+            UserEvent::Exit => {
+                self.exiting = true;
+                el.exit();
+            }
         }
     }
 
     fn window_event(&mut self, el: &ActiveEventLoop, _id: WindowId, event: WindowEvent) {
         match event {
             WindowEvent::CloseRequested => {
+                self.closed = true;
                 (self.config.on_close)();
                 el.exit();
             }

@@ -24,8 +24,9 @@ pub const FRAME_COLOURS: [u32; 8] = [
     0x800000, 0x008000, 0x000080, 0x808000, 0x008080, 0x800080, 0x808080, 0xff8000,
 ];
 /// The pause after each frame, and after the picture when frames follow (the host measures
-/// from a frame's line to its window showing the colour).
-pub const FRAME_PAUSE: Duration = Duration::from_millis(400);
+/// from a frame's line to its window showing the colour; in the emulated test host that takes
+/// hundreds of milliseconds, and a frame must not overtake the one being measured).
+pub const FRAME_PAUSE: Duration = Duration::from_millis(1500);
 
 /// Where the visible picture is in the framebuffer and how a pixel is laid out.
 #[derive(Debug, Clone, PartialEq, Eq)]

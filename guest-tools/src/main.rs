@@ -39,7 +39,7 @@
 //! Debian's generic kernel with virtio-gpu and virtio-input). `fb` waits up to 20 s for the
 //! virtio-gpu framebuffer, switches the console to graphics mode, draws four quadrants (red,
 //! green, blue, white from the top left) and then N whole-screen frames of known colours, each
-//! followed by a 400 ms pause (see `fb.rs`). `input` waits up to 20 s for rvmspawn's virtio
+//! followed by a 1.5 s pause (see `fb.rs`). `input` waits up to 20 s for rvmspawn's virtio
 //! keyboard and tablet (by name; `--keyboard`/`--tablet` for others), then reports the first N
 //! key presses and every left click with the tablet's position, until it has both or after
 //! `--timeout` seconds (default 60; see `input.rs`). Both print `RVMSPAWN-FB-*`,

@@ -57,6 +57,8 @@ impl Gui {
             on_close: Box::new(move || {
                 let _ = signal.write(1);
             }),
+            trace: crate::log::debug_enabled()
+                .then(|| Box::new(crate::log::line) as display::Trace),
         })
         .map_err(fail)?;
         Ok(Gui {
