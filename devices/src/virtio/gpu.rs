@@ -899,21 +899,19 @@ impl GpuWorker {
         for i in 0..self.queues.len() {
             self.serve(i);
         }
-        let mut fds = Vec::with_capacity(self.queues.len());
-        let mut ready = Vec::with_capacity(self.queues.len());
+        // Two queues: control and cursor.
+        let mut fds = [(-1, false); 2];
+        let mut ready = [false; 2];
+        let n = self.queues.len().min(fds.len());
         loop {
-            fds.clear();
-            fds.extend(
-                self.queues
-                    .iter()
-                    .zip(&self.serving)
-                    .map(|(q, s)| (q.notify.as_raw_fd(), *s)),
-            );
-            if !super::wait_ready(kill, &fds, &mut ready) {
+            for ((f, q), s) in fds.iter_mut().zip(&self.queues).zip(&self.serving) {
+                *f = (q.notify.as_raw_fd(), *s);
+            }
+            if !super::wait_ready(kill, &fds[..n], &mut ready[..n]) {
                 return;
             }
-            for (i, r) in ready.clone().into_iter().enumerate() {
-                if r {
+            for (i, r) in ready[..n].iter().enumerate() {
+                if *r {
                     let _ = self.queues[i].notify.read();
                     self.serve(i);
                 }

@@ -508,7 +508,7 @@ impl VirtioDevice for Input {
                 (statusq_notify.as_raw_fd(), true),
                 (wake.as_raw_fd(), true),
             ];
-            let mut ready = Vec::with_capacity(fds.len());
+            let mut ready = [false; 3];
             loop {
                 if !super::wait_ready(&kill, &fds, &mut ready) {
                     return;

@@ -127,24 +127,30 @@ impl Drop for QueueWorker {
 /// watched `fds` is readable (an fd paired with `false` is not watched: a broken queue). On
 /// return `ready[i]` says whether `fds[i]` is readable; the result is false when the thread is
 /// to stop (`kill` signalled, or `poll` failed). `poll` is in the queue workers' seccomp list;
-/// epoll is not.
-pub fn wait_ready(
-    kill: &EventFd,
-    fds: &[(std::os::fd::RawFd, bool)],
-    ready: &mut Vec<bool>,
-) -> bool {
-    let mut pfds = Vec::with_capacity(fds.len() + 1);
-    pfds.push(libc::pollfd {
+/// epoll is not. At most [`MAX_WAIT_FDS`] fds are watched (more is a device bug: it stops). No
+/// allocation: this runs at every notification.
+pub fn wait_ready(kill: &EventFd, fds: &[(std::os::fd::RawFd, bool)], ready: &mut [bool]) -> bool {
+    const IDLE: libc::pollfd = libc::pollfd {
+        fd: -1,
+        events: 0,
+        revents: 0,
+    };
+    if fds.len() > MAX_WAIT_FDS || ready.len() < fds.len() {
+        return false;
+    }
+    let mut all = [IDLE; MAX_WAIT_FDS + 1];
+    let pfds = &mut all[..fds.len() + 1];
+    pfds[0] = libc::pollfd {
         fd: kill.as_raw_fd(),
         events: libc::POLLIN,
         revents: 0,
-    });
-    for &(fd, watched) in fds {
-        pfds.push(libc::pollfd {
+    };
+    for (p, &(fd, watched)) in pfds[1..].iter_mut().zip(fds) {
+        *p = libc::pollfd {
             fd,
             events: if watched { libc::POLLIN } else { 0 },
             revents: 0,
-        });
+        };
     }
     loop {
         // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs for the whole call.
@@ -159,10 +165,14 @@ pub fn wait_ready(
     if pfds[0].revents != 0 {
         return false;
     }
-    ready.clear();
-    ready.extend(pfds[1..].iter().map(|p| p.revents & libc::POLLIN != 0));
+    for (r, p) in ready.iter_mut().zip(&pfds[1..]) {
+        *r = p.revents & libc::POLLIN != 0;
+    }
     true
 }
+
+/// Most queue fds [`wait_ready`] watches at once.
+pub const MAX_WAIT_FDS: usize = 4;
 
 /// Drain a queue: hand every available chain to `process`, return it to the used ring with the
 /// length `process` wrote, and interrupt the driver when it asked for it. Returns false when the
