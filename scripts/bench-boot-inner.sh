@@ -18,7 +18,25 @@
 # every VMM, the same 300 MiB are written to the test host's tmpfs and freed
 # (RVMSPAWN_BENCH_CONDITION_MIB, 0 for none), and each round starts with the
 # next VMM in the list.
-# Usage: scripts/bench-boot-inner.sh [--directory|--firmware|--console] [RUNS]
+# Usage: scripts/bench-boot-inner.sh [--directory|--firmware|--secure-boot|--console|--systemd|
+#                                     --systemd-directory] [RUNS]
+#
+# --systemd: the real OS instead: the Debian trixie image of tests/tests/systemd.rs
+# (.cache/assets/trixie/disk.raw, systemd 257, built by scripts/systemd-guest.sh) on virtio-blk,
+# booted by the same kernel and initramfs (root=PARTUUID=), 1 GiB and 1 vCPU, with vsock, to
+# systemd's "running" state: the guest's rvmspawn-check.service prints RVMSPAWN-SYSTEMD-STATE=
+# once `systemctl is-system-running --wait` returns (about when systemd sends READY=1), and the
+# VMM then gets SIGTERM (rvmspawn with RVMSPAWN_STOP_TIMEOUT=0: at once). rvmspawn -i on a fresh
+# writable copy, rvmspawn -x -i (the copy-on-write overlay over the untouched image), against QEMU
+# pc with the same disk on virtio-blk, a vhost-vsock device and vmspawn's console (virtconsole,
+# console=hvc0), on a fresh copy and with -snapshot. The image lives in the test host's tmpfs.
+# No warm-up boots (a boot takes minutes here): every VMM's binary is read once before the first
+# boot instead.
+#
+# --systemd-directory: the same OS tree (.cache/assets/trixie/root) booted over virtio-fs instead,
+# on a fresh copy in the test host's tmpfs for every boot (made before the clock starts):
+# rvmspawn -D against QEMU pc with vhost-user-fs-pci, a shared memfd backend and a virtiofsd
+# with vmspawn's arguments, started by a wrapper just before QEMU (as for --directory).
 #
 # --console: an output-heavy boot instead: the same kernel and initramfs without "quiet" (the
 # whole kernel log) and a /init that writes RVMSPAWN_BENCH_CONSOLE_KIB KiB (default 1024) to
@@ -50,8 +68,10 @@
 # (qemu-q35-smm), as vmspawn runs it.
 set -euo pipefail
 
-directory=0 firmware=0 console=0 secure=0
+directory=0 firmware=0 console=0 secure=0 systemd=0
 case ${1:-} in
+    --systemd) systemd=1; shift ;;
+    --systemd-directory) systemd=2; shift ;;
     --directory) directory=1; shift ;;
     --firmware) firmware=1; shift ;;
     --secure-boot) firmware=1 secure=1; shift ;;
@@ -105,6 +125,38 @@ cmd_microvm=(qemu-system-x86_64 -M microvm,x-option-roms=off,isa-serial=on,rtc=o
     "${qemu_common[@]}" -kernel "$vmlinux")
 cmd_pc=(qemu-system-x86_64 -M pc "${qemu_common[@]}" -kernel "$kernel")
 
+# qemu_dir_wrapper TREE MIB QEMU-ARGS APPEND: writes $out/qemu-dir.sh, which starts a virtiofsd
+# on TREE with vmspawn's arguments (on a socket path instead of an inherited fd), then QEMU pc
+# on it with MIB of shared memfd memory, QEMU-ARGS (the console and more; split on spaces) and
+# the kernel command line APPEND. SIGTERM (the --systemd-directory stop) ends QEMU and
+# virtiofsd, not only the wrapper.
+qemu_dir_wrapper() {
+    local virtiofsd
+    virtiofsd=$(command -v virtiofsd) || { echo "bench-boot: virtiofsd is missing" >&2; exit 1; }
+    cat >"$out/qemu-dir.sh" <<SHEOF
+#!/bin/sh
+sock=$out/virtiofsd.sock
+rm -f "\$sock"
+"$virtiofsd" --socket-path="\$sock" --shared-dir="$1" --xattr --no-announce-submounts \\
+    --log-level=error --modcaps=-mknod &
+v=\$!
+while [ ! -S "\$sock" ]; do sleep 0.01; done
+qemu-system-x86_64 -M pc,memory-backend=mem -object memory-backend-memfd,id=mem,size=$2M,share=on \\
+    -enable-kvm -cpu host -m $2 -smp 1 -nodefaults -nographic -no-reboot $3 \\
+    -chardev socket,id=fs0,path="\$sock" -device vhost-user-fs-pci,queue-size=1024,chardev=fs0,tag=root \\
+    -kernel "$kernel" -initrd "$initrd" -append "$4" &
+q=\$!
+trap 'kill \$q \$v 2>/dev/null' TERM
+wait \$q
+rc=\$?
+if [ \$rc -gt 128 ]; then wait \$q; rc=\$?; fi
+kill \$v 2>/dev/null
+wait \$v 2>/dev/null
+exit \$rc
+SHEOF
+    chmod 755 "$out/qemu-dir.sh"
+}
+
 labels=(rvmspawn rvmspawn-vmlinux rvmspawn-uki qemu-microvm qemu-pc)
 [ -f "$vmlinux" ] && [ -f "$uki" ] ||
     { echo "bench-boot: $vmlinux or $uki is missing (scripts/assets.sh builds them)" >&2; exit 1; }
@@ -115,28 +167,9 @@ if [ "$directory" = 1 ]; then
     for a in sh poweroff; do ln -s busybox "$tree/bin/$a"; done
     printf '#!/bin/sh\necho RVMSPAWN-GUEST-INIT\nexec poweroff -f\n' >"$tree/sbin/init"
     chmod 755 "$tree/sbin/init"
-    virtiofsd=$(command -v virtiofsd) || { echo "bench-boot: virtiofsd is missing" >&2; exit 1; }
     cmd_rvmspawn=("$rvmspawn" -q --tpm=no --pass-ssh-key=no --qemu-mem=512M --qemu-smp=1 "--linux=$kernel" "--initrd=$initrd"
         -D "$tree" quiet)
-    # vmspawn's virtiofsd arguments, on a socket path instead of an inherited fd.
-    cat >"$out/qemu-dir.sh" <<EOF
-#!/bin/sh
-sock=$out/virtiofsd.sock
-rm -f "\$sock"
-"$virtiofsd" --socket-path="\$sock" --shared-dir="$tree" --xattr --no-announce-submounts \\
-    --log-level=error --modcaps=-mknod &
-v=\$!
-while [ ! -S "\$sock" ]; do sleep 0.01; done
-qemu-system-x86_64 -M pc,memory-backend=mem -object memory-backend-memfd,id=mem,size=512M,share=on \\
-    -enable-kvm -cpu host -m 512 -smp 1 -nodefaults -nographic -no-reboot -serial stdio \\
-    -chardev socket,id=fs0,path="\$sock" -device vhost-user-fs-pci,queue-size=1024,chardev=fs0,tag=root \\
-    -kernel "$kernel" -initrd "$initrd" -append "console=ttyS0 root=root rootfstype=virtiofs rw quiet"
-rc=\$?
-kill \$v 2>/dev/null
-wait \$v 2>/dev/null
-exit \$rc
-EOF
-    chmod 755 "$out/qemu-dir.sh"
+    qemu_dir_wrapper "$tree" 512 "-serial stdio" "console=ttyS0 root=root rootfstype=virtiofs rw quiet"
     labels=(rvmspawn qemu-pc)
     cmd_pc=("$out/qemu-dir.sh")
 fi
@@ -195,6 +228,45 @@ print(m["executable"]["filename"], m["nvram-template"]["filename"])' "$descripto
         labels=(rvmspawn-sb rvmspawn qemu-q35-smm)
     fi
 fi
+if [ "$systemd" != 0 ]; then
+    image=.cache/assets/trixie/disk.raw
+    [ -f "$image" ] || { echo "bench-boot: $image is missing (scripts/assets.sh builds it)" >&2; exit 1; }
+    partuuid=$(cat .cache/assets/trixie/partuuid)
+    cp --sparse=always "$image" "$out/assets/trixie.raw"
+    image=$out/assets/trixie.raw
+    cp "$rvmspawn" "$out/assets/rvmspawn" && rvmspawn=$out/assets/rvmspawn
+    cat "$(command -v qemu-system-x86_64)" >/dev/null
+    export RVMSPAWN_BENCH_BOOT_TIMEOUT=${RVMSPAWN_BENCH_BOOT_TIMEOUT:-600}
+    export RVMSPAWN_BENCH_MARKER=RVMSPAWN-SYSTEMD-STATE= RVMSPAWN_BENCH_STOP_AT_MARKER=1
+    check=systemd.wants=rvmspawn-check.service
+    rvmspawn_systemd=(env RVMSPAWN_STOP_TIMEOUT=0 SYSTEMD_LOG_LEVEL=debug "$rvmspawn" -q --tpm=no
+        --pass-ssh-key=no --qemu-mem=1G --qemu-smp=1 "--linux=$kernel" "--initrd=$initrd")
+    cmd_rvmspawn=("${rvmspawn_systemd[@]}" -i "$out/rvmspawn.raw" "$check")
+    cmd_rvmspawn_x=("${rvmspawn_systemd[@]}" -x -i "$image" "$check")
+    # -snapshot's temporary overlay goes to $TMPDIR (the test host's /var/tmp is read-only).
+    # shellcheck disable=SC2054 # the commas belong to QEMU's values
+    # The console as vmspawn gives it (and rvmspawn by default): virtio-serial and virtconsole,
+    # console=hvc0. systemd's status lines through an emulated UART cost QEMU pc 12-23 s more
+    # here (2026-12-07, medians of 3, writable and -snapshot: 69.8 and 69.6 s to the running
+    # state with -serial stdio, 57.5 and 46.9 s with virtconsole).
+    qemu_systemd=(env "TMPDIR=$out" qemu-system-x86_64 -M pc -enable-kvm -cpu host -m 1024 -smp 1 -nodefaults
+        -nographic -no-reboot -kernel "$kernel" -initrd "$initrd"
+        -device virtio-serial-pci -chardev stdio,id=con -device virtconsole,chardev=con
+        -device vhost-vsock-pci,guest-cid=4711
+        -append "root=PARTUUID=$partuuid console=hvc0 $check")
+    cmd_pc=("${qemu_systemd[@]}" -drive "file=$out/qemu.raw,format=raw,if=virtio")
+    cmd_pc_snapshot=("${qemu_systemd[@]}" -snapshot -drive "file=$image,format=raw,if=virtio")
+    labels=(rvmspawn rvmspawn-x qemu-pc qemu-pc-snapshot)
+fi
+if [ "$systemd" = 2 ]; then
+    tree=$out/root
+    cmd_rvmspawn=("${rvmspawn_systemd[@]}" -D "$tree" "$check")
+    qemu_dir_wrapper "$tree" 1024 "$(printf '%s ' -device virtio-serial-pci -chardev stdio,id=con \
+        -device virtconsole,chardev=con -device vhost-vsock-pci,guest-cid=4711)" \
+        "console=hvc0 root=root rootfstype=virtiofs rw $check"
+    cmd_pc=("$out/qemu-dir.sh")
+    labels=(rvmspawn qemu-pc)
+fi
 results=$out/results
 # Extracted kernels are cached per user; root's cache (/var/cache) is read-only in the test
 # host, so the cache lives with this run (the warm-up boot fills it).
@@ -227,7 +299,17 @@ boot() { # LABEL RESULTS-FILE
         qemu-q35) cmd=("${cmd_q35[@]}") ;;
         rvmspawn-sb) cmd=("${cmd_rvmspawn_sb[@]}") ;;
         qemu-q35-smm) cmd=("${cmd_q35_smm[@]}") ;;
+        rvmspawn-x) cmd=("${cmd_rvmspawn_x[@]}") ;;
+        qemu-pc-snapshot) cmd=("${cmd_pc_snapshot[@]}") ;;
     esac
+    if [ "$systemd" = 2 ]; then # a fresh tree, before the clock starts
+        rm -rf "$out/root" && cp -a .cache/assets/trixie/root "$out/root"
+    elif [ "$systemd" = 1 ]; then # fresh writable copies, before the clock starts
+        case $1 in
+            rvmspawn) cp --sparse=always "$image" "$out/rvmspawn.raw" ;;
+            qemu-pc) cp --sparse=always "$image" "$out/qemu.raw" ;;
+        esac
+    fi
     if [ "$firmware" = 1 ]; then # fresh copies, before the clock starts
         if [ "$1" = rvmspawn ] || [ "$1" = rvmspawn-sb ]; then
             cp --sparse=always "$esp" "$out/rvmspawn.raw"
@@ -244,11 +326,13 @@ boot() { # LABEL RESULTS-FILE
 # One unmeasured boot each first: it pulls the binaries, libraries and guest
 # images over 9p into the test host's page cache, which would otherwise be
 # charged to whichever VMM happens to go first.
-echo "bench-boot: warm-up boots (not counted)"
-for label in "${labels[@]}"; do
-    case $label in rvmspawn*) [ "$have_rvmspawn" = 0 ] && continue ;; esac
-    boot "$label" /dev/null
-done
+if [ "$systemd" = 0 ]; then
+    echo "bench-boot: warm-up boots (not counted)"
+    for label in "${labels[@]}"; do
+        case $label in rvmspawn*) [ "$have_rvmspawn" = 0 ] && continue ;; esac
+        boot "$label" /dev/null
+    done
+fi
 
 echo "bench-boot: $runs measured boots per VMM; columns: VMM to-init-ms total-ms peak-RSS-KiB status"
 for ((i = 0; i < runs; i++)); do
@@ -259,9 +343,10 @@ for ((i = 0; i < runs; i++)); do
     done
 done
 
-# Show how rvmspawn failed (it is young): the end of its last console output.
+# Show how rvmspawn failed (it is young): the end of its last console output; with --systemd*,
+# any VMM's (a boot costs minutes there).
 for label in "${labels[@]}"; do
-    case $label in rvmspawn*) ;; *) continue ;; esac
+    case $label in rvmspawn*) ;; *) [ "$systemd" = 0 ] && continue ;; esac
     if [ "$have_rvmspawn" = 1 ] && awk -v l="$label" '$1 == l && $5 != "ok" { bad = 1 } END { exit !bad }' "$results"; then
         echo "bench-boot: $label failed; the end of its output:"
         tail -n 20 "$out/$label.log"
@@ -269,7 +354,15 @@ for label in "${labels[@]}"; do
 done
 
 echo
-if [ "$firmware" = 1 ]; then
+if [ "$systemd" = 2 ]; then
+    echo "Debian trixie (systemd 257) from an OS tree over virtio-fs to systemd's running state"
+    echo "(to-init is RVMSPAWN-SYSTEMD-STATE=, total the end of the stop that follows it), in the"
+    echo "nested test host (QEMU TCG; compare ratios, not absolute times):"
+elif [ "$systemd" = 1 ]; then
+    echo "Debian trixie (systemd 257) from a disk image to systemd's running state (to-init is"
+    echo "RVMSPAWN-SYSTEMD-STATE=, total the end of the stop that follows it), in the nested test"
+    echo "host (QEMU TCG; compare ratios, not absolute times):"
+elif [ "$firmware" = 1 ]; then
     echo "UEFI boot of a disk image (OVMF -> systemd-boot -> kernel) to /init, in the nested test"
     echo "host (QEMU TCG; compare ratios, not absolute times):"
 elif [ "$console" = 1 ]; then

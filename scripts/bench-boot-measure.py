@@ -9,6 +9,10 @@
       as its only child. Appends "LABEL init_ms total_ms rss_kb status" to
       RESULTS and the VMM's output to LOG. A boot that does not end within
       RVMSPAWN_BENCH_BOOT_TIMEOUT seconds (default 120) is killed.
+      RVMSPAWN_BENCH_MARKER replaces RVMSPAWN-GUEST-INIT as the line looked
+      for; with RVMSPAWN_BENCH_STOP_AT_MARKER=1 the VMM (GNU time's child) gets
+      SIGTERM as soon as the marker appears, for a guest that does not power
+      itself off (its "total" is then the time to the end of that stop).
       rvmspawn at debug level (SYSTEMD_LOG_LEVEL=debug) prints "Phase: WHAT at
       SECONDS" lines on the same CLOCK_MONOTONIC as time.monotonic(); those
       phases, the guest's first output line, /init and the exit are appended
@@ -28,7 +32,8 @@ import sys
 import tempfile
 import time
 
-INIT_LINE = b"RVMSPAWN-GUEST-INIT"
+INIT_LINE = os.environ.get("RVMSPAWN_BENCH_MARKER", "RVMSPAWN-GUEST-INIT").encode()
+STOP_AT_MARKER = os.environ.get("RVMSPAWN_BENCH_STOP_AT_MARKER") == "1"
 PHASE = re.compile(rb"^Phase: (.*) at (\d+\.\d+)\r?$")
 # rvmspawn's own lines at debug level that can follow the guest's first entry (its other
 # lines come before it, and the guest's first line is looked for only after it).
@@ -37,6 +42,20 @@ OWN_LINE = re.compile(rb"^(Phase: |Guest |Machine |rvmspawn: )")
 PHASES = [("start", "start"), ("kernel loaded", "kernel"), ("first guest entry", "guest-entry"),
           ("first output", "first-line"), ("init", "/init"),
           ("guest stopped", "guest-stop"), ("exit", "exit")]
+
+
+def stop_vmm(time_pid):
+    """SIGTERM to the VMM, the only child of GNU time (which stays to report the peak RSS)."""
+    try:
+        with open("/proc/%d/task/%d/children" % (time_pid, time_pid)) as f:
+            children = [int(c) for c in f.read().split()]
+    except (OSError, ValueError):
+        children = []
+    for child in children:
+        try:
+            os.kill(child, signal.SIGTERM)
+        except OSError:
+            pass
 
 
 def run(label, results, log, cmd):
@@ -89,6 +108,8 @@ def run(label, results, log, cmd):
                 pending += chunk
                 if INIT_LINE in pending:
                     t_init = now
+                    if STOP_AT_MARKER:
+                        stop_vmm(proc.pid)
                 pending = pending[-len(INIT_LINE):]
         try:
             rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))

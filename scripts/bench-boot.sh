@@ -2,7 +2,7 @@
 # Boot-time benchmark (not a test): rvmspawn (bzImage, ELF vmlinux, UKI) against
 # QEMU microvm (vmlinux) and QEMU pc (bzImage), booting the same Debian cloud
 # kernel and busybox initramfs to /init.
-# Usage: scripts/bench-boot.sh [--directory|--firmware|--secure-boot|--console] [RUNS]
+# Usage: scripts/bench-boot.sh [--directory|--firmware|--secure-boot|--console|--systemd|--systemd-directory] [RUNS]
 #        (default 5 boots per VMM)
 # --directory: an OS tree over virtio-fs (rvmspawn -D against QEMU pc with
 # vhost-user-fs-pci and virtiofsd, as vmspawn runs it); see bench-boot-inner.sh.
@@ -10,6 +10,10 @@
 # (rvmspawn -i against QEMU q35 with the same OVMF); see bench-boot-inner.sh.
 # --secure-boot: the same through the Secure Boot build with SMM, against the
 # plain build and QEMU -M q35,smm=on; see bench-boot-inner.sh.
+# --systemd: the Debian trixie image of the systemd tests to systemd's running state: rvmspawn
+# -i and -x -i against QEMU pc with the image on virtio-blk, writable and -snapshot; see
+# bench-boot-inner.sh. --systemd-directory: the same OS tree over virtio-fs (rvmspawn -D against
+# QEMU pc with virtiofsd).
 # --console: an output-heavy boot (full kernel log, then RVMSPAWN_BENCH_CONSOLE_KIB
 # KiB, default 1024, from /init): rvmspawn's virtio console and UART against QEMU
 # pc's UART and virtconsole; see bench-boot-inner.sh.
@@ -24,10 +28,10 @@ set -euo pipefail
 
 mode=()
 case ${1:-} in
-    --directory | --firmware | --secure-boot | --console) mode=("$1"); shift ;;
+    --directory | --firmware | --secure-boot | --console | --systemd | --systemd-directory) mode=("$1"); shift ;;
 esac
 runs=${1:-5}
-case $runs in '' | *[!0-9]* | 0) echo "usage: $0 [--directory|--firmware|--secure-boot|--console] [RUNS]" >&2; exit 2 ;; esac
+case $runs in '' | *[!0-9]* | 0) echo "usage: $0 [--directory|--firmware|--secure-boot|--console|--systemd|--systemd-directory] [RUNS]" >&2; exit 2 ;; esac
 
 scripts=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
 cd "$(dirname "$scripts")"
@@ -38,6 +42,12 @@ if [ "${mode[*]}" = --firmware ]; then
     timeout=$((120 + (runs + 1) * 2 * 150))
 elif [ "${mode[*]}" = --secure-boot ]; then
     timeout=$((120 + (runs + 1) * 3 * 150))
+elif [ "${mode[*]}" = --systemd ]; then
+    # A boot of the trixie image takes 70-120 s under TCG; 4 kinds, no warm-up.
+    timeout=$((300 + runs * 4 * 240))
+elif [ "${mode[*]}" = --systemd-directory ]; then
+    # A boot of the tree over virtio-fs takes about 5 minutes under TCG; 2 kinds.
+    timeout=$((300 + runs * 2 * 600))
 elif [ "${mode[*]}" = --console ]; then
     # Two of the four push every byte through a UART: minutes each for a mebibyte.
     timeout=$((120 + (runs + 1) * 4 * 400))
