@@ -51,6 +51,8 @@ def stop_vmm(time_pid):
             children = [int(c) for c in f.read().split()]
     except (OSError, ValueError):
         children = []
+    if not children:  # no /proc children file: the whole group, peak RSS lost
+        children = [-os.getpgid(time_pid)]
     for child in children:
         try:
             os.kill(child, signal.SIGTERM)
