@@ -229,11 +229,8 @@ print(m["executable"]["filename"], m["nvram-template"]["filename"])' "$descripto
     fi
 fi
 if [ "$systemd" != 0 ]; then
-    image=.cache/assets/trixie/disk.raw
-    [ -f "$image" ] || { echo "bench-boot: $image is missing (scripts/assets.sh builds it)" >&2; exit 1; }
-    partuuid=$(cat .cache/assets/trixie/partuuid)
-    cp --sparse=always "$image" "$out/assets/trixie.raw"
-    image=$out/assets/trixie.raw
+    [ -f .cache/assets/trixie/disk.raw ] ||
+        { echo "bench-boot: .cache/assets/trixie is missing (scripts/assets.sh builds it)" >&2; exit 1; }
     cp "$rvmspawn" "$out/assets/rvmspawn" && rvmspawn=$out/assets/rvmspawn
     cat "$(command -v qemu-system-x86_64)" >/dev/null
     export RVMSPAWN_BENCH_BOOT_TIMEOUT=${RVMSPAWN_BENCH_BOOT_TIMEOUT:-600}
@@ -241,14 +238,19 @@ if [ "$systemd" != 0 ]; then
     check=systemd.wants=rvmspawn-check.service
     rvmspawn_systemd=(env RVMSPAWN_STOP_TIMEOUT=0 SYSTEMD_LOG_LEVEL=debug "$rvmspawn" -q --tpm=no
         --pass-ssh-key=no --qemu-mem=1G --qemu-smp=1 "--linux=$kernel" "--initrd=$initrd")
+fi
+if [ "$systemd" = 1 ]; then
+    partuuid=$(cat .cache/assets/trixie/partuuid)
+    image=$out/assets/trixie.raw
+    cp --sparse=always .cache/assets/trixie/disk.raw "$image"
     cmd_rvmspawn=("${rvmspawn_systemd[@]}" -i "$out/rvmspawn.raw" "$check")
     cmd_rvmspawn_x=("${rvmspawn_systemd[@]}" -x -i "$image" "$check")
-    # -snapshot's temporary overlay goes to $TMPDIR (the test host's /var/tmp is read-only).
-    # shellcheck disable=SC2054 # the commas belong to QEMU's values
     # The console as vmspawn gives it (and rvmspawn by default): virtio-serial and virtconsole,
-    # console=hvc0. systemd's status lines through an emulated UART cost QEMU pc 12-23 s more
-    # here (2026-12-07, medians of 3, writable and -snapshot: 69.8 and 69.6 s to the running
-    # state with -serial stdio, 57.5 and 46.9 s with virtconsole).
+    # console=hvc0 (2026-12-07, medians of 3, writable and -snapshot: 69.8 and 69.6 s to the
+    # running state with -serial stdio, 57.5 and 46.9 s with virtconsole in another run; whole
+    # runs also differ by that much). -snapshot's temporary overlay goes to $TMPDIR (the test
+    # host's /var/tmp is read-only).
+    # shellcheck disable=SC2054 # the commas belong to QEMU's values
     qemu_systemd=(env "TMPDIR=$out" qemu-system-x86_64 -M pc -enable-kvm -cpu host -m 1024 -smp 1 -nodefaults
         -nographic -no-reboot -kernel "$kernel" -initrd "$initrd"
         -device virtio-serial-pci -chardev stdio,id=con -device virtconsole,chardev=con
